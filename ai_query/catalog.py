@@ -1,0 +1,378 @@
+"""The endpoint catalog, in Databricks' serving-endpoint shape.
+
+A catalog maps endpoint names (and aliases) to :class:`Endpoint` objects. Each endpoint serves
+one or more entities: a local model run by vLLM (a bundled model name or a Hugging Face model
+directory) or an ``external_model`` reached over an OpenAI-compatible API. Files are YAML or
+JSON: a list of endpoints, or ``{"endpoints": [...], "aliases": {alias: endpoint}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ai_query.errors import ConfigError, UnknownEndpointError
+
+Task = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]
+#: Tasks an endpoint can serve.
+TASKS: tuple[str, ...] = ("llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings")
+
+#: Bundled model names and the task each serves.
+BUNDLED_MODELS: dict[str, str] = {
+    "smollm2-135m-instruct": "llm/v1/chat",
+    "all-minilm-l6-v2": "llm/v1/embeddings",
+}
+
+#: Databricks foundation-model endpoint names that point at the bundled models.
+DATABRICKS_ALIASES: dict[str, str] = {
+    "databricks-meta-llama-3-3-70b-instruct": "smollm2-135m-instruct",
+    "databricks-meta-llama-3-1-8b-instruct": "smollm2-135m-instruct",
+    "databricks-gte-large-en": "all-minilm-l6-v2",
+    "databricks-bge-large-en": "all-minilm-l6-v2",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpenAIConfig(_Strict):
+    """Connection settings of an OpenAI-compatible provider."""
+
+    openai_api_base: str | None = None
+    """Base URL of the API (``.../v1``)."""
+    openai_api_key: str | None = None
+    """API key as a ``{{secrets/scope/key}}`` reference."""
+    openai_api_key_plaintext: str | None = None
+    """API key in plain text (discouraged; Databricks accepts it too)."""
+    openai_organization: str | None = None
+    """Organisation header, passed through."""
+
+
+class ExternalModel(_Strict):
+    """A model served by another provider over an OpenAI-compatible API."""
+
+    name: str
+    """Model name at the provider."""
+    provider: Literal["openai", "openai-compatible", "custom", "vllm"] = "openai"
+    """Provider kind; every one is spoken to with the OpenAI protocol."""
+    task: Task
+    """What the model does."""
+    openai_config: OpenAIConfig = Field(default_factory=OpenAIConfig)
+    """Where and how to connect."""
+    max_concurrency: int = Field(default=16, ge=1)
+    """Most requests in flight to the provider at once."""
+    max_retries: int = Field(default=5, ge=0)
+    """Retries on 429 and 5xx answers, with backoff honouring Retry-After."""
+
+
+class ServedEntity(_Strict):
+    """One model behind an endpoint."""
+
+    name: str | None = None
+    """Served entity name (routes refer to it); defaults to the entity or external model name."""
+    entity_name: str | None = None
+    """A bundled model name or a path to a Hugging Face model directory."""
+    entity_version: str | None = None
+    """Accepted for Databricks compatibility; not used."""
+    task: Task | None = None
+    """Task of a local model; defaults from the bundled model's task, else chat."""
+    external_model: ExternalModel | None = None
+    """Set for an external model instead of ``entity_name``."""
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    """vLLM engine arguments passed through (e.g. max_model_len, dtype, tensor_parallel_size)."""
+    workload_size: str | None = None
+    """Accepted for Databricks compatibility; not used."""
+    workload_type: str | None = None
+    """Accepted for Databricks compatibility; not used."""
+    scale_to_zero_enabled: bool | None = None
+    """Accepted for Databricks compatibility; not used."""
+    environment_vars: dict[str, str] | None = None
+    """Accepted for Databricks compatibility; not used."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServedEntity:
+        if (self.entity_name is None) == (self.external_model is None):
+            raise ValueError("a served entity needs exactly one of entity_name or external_model")
+        if self.external_model is not None and self.task not in (None, self.external_model.task):
+            raise ValueError("task differs from external_model.task")
+        return self
+
+    @property
+    def served_name(self) -> str:
+        """The name routes use for this entity."""
+        if self.name:
+            return self.name
+        if self.external_model is not None:
+            return self.external_model.name
+        return Path(str(self.entity_name)).name
+
+    @property
+    def resolved_task(self) -> str:
+        """The task this entity serves."""
+        if self.external_model is not None:
+            return self.external_model.task
+        if self.task is not None:
+            return self.task
+        return BUNDLED_MODELS.get(str(self.entity_name), "llm/v1/chat")
+
+
+class Route(_Strict):
+    """A share of an endpoint's traffic."""
+
+    served_model_name: str | None = None
+    """Served entity the route sends to (Databricks also calls it served_entity_name)."""
+    served_entity_name: str | None = None
+    """Alternative spelling of ``served_model_name``."""
+    traffic_percentage: int = Field(ge=0, le=100)
+    """Share of requests, in percent."""
+
+    @property
+    def target(self) -> str:
+        """The served entity name this route points at."""
+        return str(self.served_model_name or self.served_entity_name)
+
+
+class TrafficConfig(_Strict):
+    """How requests are split across served entities."""
+
+    routes: list[Route] = Field(default_factory=list)
+    """The routes; percentages add up to 100."""
+
+
+class EndpointConfig(_Strict):
+    """The served entities and traffic of an endpoint."""
+
+    served_entities: list[ServedEntity] = Field(min_length=1)
+    """Models behind the endpoint (Databricks also accepts served_models)."""
+    traffic_config: TrafficConfig | None = None
+    """Traffic split; default: everything to the first entity."""
+    auto_capture_config: dict[str, Any] | None = None
+    """Accepted for Databricks compatibility."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _served_models_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "served_models" in data and "served_entities" not in data:
+            data = {**data, "served_entities": data["served_models"]}
+            del data["served_models"]
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> EndpointConfig:
+        names = [e.served_name for e in self.served_entities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"served entity names must be unique, got {names}")
+        tasks = {e.resolved_task for e in self.served_entities}
+        if len(tasks) > 1:
+            raise ValueError(f"all served entities of an endpoint must share a task, got {sorted(tasks)}")
+        if any(e.external_model for e in self.served_entities) and len(self.served_entities) > 1:
+            raise ValueError("an endpoint with an external_model must have exactly one served entity")
+        if self.traffic_config and self.traffic_config.routes:
+            routes = self.traffic_config.routes
+            unknown = [r.target for r in routes if r.target not in names]
+            if unknown:
+                raise ValueError(f"traffic route names unknown served entities {unknown}; known {names}")
+            total = sum(r.traffic_percentage for r in routes)
+            if total != 100:
+                raise ValueError(f"traffic percentages must add up to 100, got {total}")
+        return self
+
+
+class RateLimit(_Strict):
+    """A Databricks rate limit."""
+
+    calls: int | None = Field(default=None, ge=1)
+    """Calls allowed per period."""
+    tokens: int | None = Field(default=None, ge=1)
+    """Tokens allowed per period."""
+    key: Literal["user", "endpoint"] = "endpoint"
+    """Whether the limit counts per user or for the whole endpoint."""
+    renewal_period: Literal["minute"] = "minute"
+    """The period (Databricks supports minutes)."""
+
+
+class Tag(_Strict):
+    """A key/value tag."""
+
+    key: str
+    """Tag key."""
+    value: str | None = None
+    """Tag value."""
+
+
+class Endpoint(_Strict):
+    """A serving endpoint."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Endpoint name, as used in ``ai_query('<name>', ...)``."""
+    config: EndpointConfig
+    """Served entities and traffic."""
+    rate_limits: list[RateLimit] = Field(default_factory=list)
+    """Request rate limits."""
+    tags: list[Tag] = Field(default_factory=list)
+    """Tags."""
+    description: str | None = None
+    """Free text."""
+    route_optimized: bool | None = None
+    """Accepted for Databricks compatibility."""
+    ai_gateway: dict[str, Any] | None = None
+    """Accepted for Databricks compatibility."""
+
+    @property
+    def task(self) -> str:
+        """The task every served entity of this endpoint serves."""
+        return self.config.served_entities[0].resolved_task
+
+    def choose_entity(self, rng: random.Random | None = None) -> ServedEntity:
+        """Pick the served entity for one request by the traffic percentages."""
+        entities = self.config.served_entities
+        routes = self.config.traffic_config.routes if self.config.traffic_config else []
+        if not routes:
+            return entities[0]
+        by_name = {e.served_name: e for e in entities}
+        weights = [r.traffic_percentage for r in routes]
+        route = (rng or random).choices(routes, weights=weights, k=1)[0]
+        return by_name[route.target]
+
+
+def local_endpoint(name: str, entity_name: str, task: str | None = None) -> Endpoint:
+    """An endpoint with a single local served entity (bundled name or model directory)."""
+    return Endpoint.model_validate(
+        {"name": name, "config": {"served_entities": [{"entity_name": entity_name, "task": task}]}}
+    )
+
+
+class Catalog:
+    """Endpoints by name, plus aliases; immutable once built."""
+
+    def __init__(self, endpoints: Iterable[Endpoint], aliases: Mapping[str, str] | None = None):
+        self._endpoints: dict[str, Endpoint] = {}
+        for ep in endpoints:
+            if ep.name in self._endpoints:
+                raise ConfigError(f"catalog: endpoint {ep.name!r} is defined twice")
+            self._endpoints[ep.name] = ep
+        self._aliases = dict(aliases or {})
+        for alias, target in self._aliases.items():
+            if target not in self._endpoints:
+                raise ConfigError(f"catalog: alias {alias!r} points at unknown endpoint {target!r}")
+
+    @classmethod
+    def default(cls) -> Catalog:
+        """The bundled endpoints and the Databricks-name aliases."""
+        return cls(
+            [local_endpoint(n, n, task) for n, task in BUNDLED_MODELS.items()],
+            DATABRICKS_ALIASES,
+        )
+
+    @classmethod
+    def from_data(cls, data: Any, *, source: str = "catalog") -> Catalog:
+        """Build from parsed JSON/YAML data.
+
+        Raises:
+            ConfigError: naming the offending field (e.g. ``endpoints[0].config.served_entities``).
+        """
+        if isinstance(data, list):
+            data = {"endpoints": data}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a list of endpoints or an object")
+        unknown = set(data) - {"endpoints", "aliases", "include_defaults"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown top-level field(s) {sorted(unknown)}")
+        endpoints = []
+        for i, raw in enumerate(data.get("endpoints") or []):
+            try:
+                endpoints.append(Endpoint.model_validate(raw))
+            except ValidationError as exc:
+                raise ConfigError(f"{source}: {_describe(exc, f'endpoints[{i}]')}") from exc
+        aliases = data.get("aliases") or {}
+        if not isinstance(aliases, dict):
+            raise ConfigError(f"{source}: aliases must map alias names to endpoint names")
+        if data.get("include_defaults", False):
+            base = cls.default()
+            names = {e.name for e in endpoints}
+            endpoints = [e for e in base.endpoints() if e.name not in names] + endpoints
+            aliases = {**base.aliases(), **aliases}
+        return cls(endpoints, aliases)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Catalog:
+        """Load a catalog file (``.json``, ``.yaml`` or ``.yml``).
+
+        Raises:
+            ConfigError: when the file cannot be read, does not parse or is invalid.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read catalog {path}: {exc.strerror}") from exc
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - yaml and json raise unrelated types
+            raise ConfigError(f"catalog {path} does not parse: {exc}") from exc
+        return cls.from_data(data, source=str(path))
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint, in definition order."""
+        return list(self._endpoints.values())
+
+    def aliases(self) -> dict[str, str]:
+        """Alias name -> endpoint name."""
+        return dict(self._aliases)
+
+    def names(self) -> list[str]:
+        """Every name a call may use: endpoints and aliases."""
+        return [*self._endpoints, *self._aliases]
+
+    def get(self, name: str) -> Endpoint:
+        """The endpoint called ``name`` (or aliased so).
+
+        Raises:
+            UnknownEndpointError: listing the known names.
+        """
+        target = self._aliases.get(name, name)
+        try:
+            return self._endpoints[target]
+        except KeyError:
+            raise UnknownEndpointError(name, self.names()) from None
+
+    def task_of(self, name: str) -> str:
+        """The task of endpoint ``name``; raises UnknownEndpointError when unknown."""
+        return self.get(name).task
+
+    def with_endpoint(self, endpoint: Endpoint) -> Catalog:
+        """A copy with ``endpoint`` added or replaced."""
+        eps = {**self._endpoints, endpoint.name: endpoint}
+        return Catalog(eps.values(), self._aliases)
+
+    def without_endpoint(self, name: str) -> Catalog:
+        """A copy without endpoint ``name`` (and the aliases pointing at it)."""
+        self.get(name)
+        eps = [e for n, e in self._endpoints.items() if n != name]
+        return Catalog(eps, {a: t for a, t in self._aliases.items() if t != name})
+
+    def to_data(self) -> dict[str, Any]:
+        """JSON-able data that :meth:`from_data` reads back."""
+        return {
+            "endpoints": [e.model_dump(mode="json", exclude_none=True) for e in self.endpoints()],
+            "aliases": self.aliases(),
+        }
+
+
+def _describe(exc: ValidationError, prefix: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        parts.append(f"{prefix}{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,71 @@
+"""Process settings, read from the environment in this one place.
+
+Nothing else in ai_query reads ``os.environ``: modules take a :class:`Settings` (or the values
+they need) as arguments. :func:`settings` reads the environment each time it is called, so
+tests can change variables with ``monkeypatch.setenv``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Environment that keeps vLLM small and fast on a CPU; applied with ``setdefault`` so a user's
+#: own values win. Must be in place before ``vllm`` is first imported.
+VLLM_CPU_ENVIRONMENT: dict[str, str] = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Settings of this process, from ``AI_QUERY_*`` environment variables."""
+
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "ai_query")
+    """Where converted bundled models and other caches live (``AI_QUERY_CACHE_DIR``)."""
+    catalog_path: Path | None = None
+    """Endpoint catalog file to use instead of the default (``AI_QUERY_CATALOG``)."""
+    engine_urls: tuple[str, ...] = ()
+    """Engine servers (``grpc://host:port``) for remote use (``AI_QUERY_ENGINE_URL``, comma list)."""
+    secrets_file: Path | None = None
+    """JSON/YAML file of ``{scope: {key: value}}`` secrets (``AI_QUERY_SECRETS_FILE``)."""
+    token: str | None = None
+    """Bearer token a client sends to an engine server (``AI_QUERY_TOKEN``)."""
+
+
+def settings() -> Settings:
+    """Read :class:`Settings` from the environment now."""
+    env = os.environ
+    cache = env.get("AI_QUERY_CACHE_DIR")
+    catalog = env.get("AI_QUERY_CATALOG")
+    secrets = env.get("AI_QUERY_SECRETS_FILE")
+    urls = tuple(u.strip() for u in env.get("AI_QUERY_ENGINE_URL", "").split(",") if u.strip())
+    return Settings(
+        cache_dir=Path(cache).expanduser() if cache else Path.home() / ".cache" / "ai_query",
+        catalog_path=Path(catalog).expanduser() if catalog else None,
+        engine_urls=urls,
+        secrets_file=Path(secrets).expanduser() if secrets else None,
+        token=env.get("AI_QUERY_TOKEN") or None,
+    )
+
+
+def secret_from_environment(scope: str, key: str) -> str | None:
+    """The value of secret ``{{secrets/scope/key}}`` from ``AI_QUERY_SECRET_<SCOPE>_<KEY>``."""
+    name = "AI_QUERY_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", f"{scope}_{key}").upper()
+    return os.environ.get(name)
+
+
+def apply_vllm_environment() -> None:
+    """Put the CPU-friendly vLLM defaults into the environment (user values win)."""
+    for key, value in VLLM_CPU_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))

@@ -1,0 +1,74 @@
+"""The seam between the Arrow engine and the things that run a model for one row.
+
+A :class:`Backend` answers one request at a time, asynchronously; the engine submits every row
+of every batch at once, so a backend with continuous batching (vLLM) keeps its device full.
+A backend raises :class:`RowFailure` (or any ordinary exception) for a row that fails, and
+:class:`ai_query.errors.EngineDeadError` when it can answer nothing any more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ai_query.options import ModelParameters
+
+
+class RowFailure(Exception):
+    """One request failed; the message is what the user sees in ``errorMessage``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest:
+    """What to generate for one chat or completion request."""
+
+    task: str
+    """``llm/v1/chat`` (the text is one user message) or ``llm/v1/completions`` (raw prompt)."""
+    params: ModelParameters
+    """Sampling parameters."""
+    json_schema: dict[str, Any] | None = None
+    """Constrain the output to this JSON schema (structured output), or None."""
+    json_object: bool = False
+    """Constrain the output to any JSON object."""
+    default_max_tokens: int = 256
+    """max_tokens when the call gives none."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A generated answer."""
+
+    text: str
+    """The generated text."""
+    prompt_tokens: int
+    """Tokens in the prompt, after templating."""
+    completion_tokens: int
+    """Tokens generated."""
+    finish_reason: str | None = None
+    """Why generation stopped (``stop``, ``length``)."""
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """An embedding vector."""
+
+    vector: list[float]
+    """The vector (L2-normalised by the model's pooler where it normalises)."""
+    prompt_tokens: int
+    """Tokens in the input."""
+
+
+class Backend(Protocol):
+    """Runs one model. Every method is called on the engine's event loop."""
+
+    async def complete(self, text: str, request: GenerationRequest) -> Completion:
+        """Generate for one chat message or completion prompt."""
+        ...
+
+    async def embed(self, text: str) -> Embedding:
+        """Embed one text."""
+        ...
+
+    async def close(self) -> None:
+        """Release the model; in-flight calls may fail afterwards."""
+        ...

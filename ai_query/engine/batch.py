@@ -1,0 +1,156 @@
+"""The Arrow wire format of the engine, and the row-alignment invariant.
+
+A request batch has one column, ``request`` (string, NULL allowed), and the call's options
+(:class:`ai_query.options.CallOptions`) as JSON in the schema metadata under
+``ai_query.call``. A result batch has one row per request row, in the same order:
+
+=================  ==========  =================================================
+column             type        meaning
+=================  ==========  =================================================
+row                int64       index of the request row this result belongs to
+result             T           the answer, typed (NULL for a NULL request or error)
+error              string      why the row failed, else NULL
+prompt_tokens      int32       tokens read
+completion_tokens  int32       tokens generated
+=================  ==========  =================================================
+
+:func:`align_results` is the one place that checks "output i is input row i": a result batch
+with a missing or repeated row raises :class:`ai_query.errors.RowAlignmentError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ai_query.errors import RowAlignmentError, RowError
+from ai_query.options import CallOptions
+
+REQUEST_COLUMN = "request"
+CALL_METADATA_KEY = b"ai_query.call"
+
+
+@dataclass
+class RowOutcome:
+    """The answer for one row: a value or an error, with token counts."""
+
+    value: Any = None
+    """Python value fitting the result type; None with ``error`` set on failure."""
+    error: str | None = None
+    """Why the row failed."""
+    prompt_tokens: int = 0
+    """Tokens read."""
+    completion_tokens: int = 0
+    """Tokens generated."""
+
+
+def request_batch(requests: Sequence[str | None] | pa.Array, options: CallOptions) -> pa.RecordBatch:
+    """A request batch for ``requests`` under one call's ``options``."""
+    array = requests if isinstance(requests, pa.Array) else pa.array(requests, pa.string())
+    if not pa.types.is_string(array.type):
+        array = array.cast(pa.string())
+    schema = pa.schema(
+        [pa.field(REQUEST_COLUMN, pa.string())],
+        metadata={CALL_METADATA_KEY: options.to_json().encode()},
+    )
+    return pa.RecordBatch.from_arrays([array], schema=schema)
+
+
+def read_request_batch(batch: pa.RecordBatch) -> tuple[list[str | None], CallOptions]:
+    """The requests and call options of a request batch.
+
+    Raises:
+        ConfigError: when the batch lacks the ``request`` column or the options metadata.
+    """
+    from ai_query.errors import ConfigError
+
+    metadata = batch.schema.metadata or {}
+    if CALL_METADATA_KEY not in metadata:
+        raise ConfigError("request batch has no ai_query.call options in its schema metadata")
+    if REQUEST_COLUMN not in batch.schema.names:
+        raise ConfigError(f"request batch has no {REQUEST_COLUMN!r} column")
+    column = batch.column(REQUEST_COLUMN)
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    return column.to_pylist(), CallOptions.from_json(metadata[CALL_METADATA_KEY])
+
+
+def result_schema(result_type: pa.DataType) -> pa.Schema:
+    """The schema of a result batch whose results have ``result_type``."""
+    return pa.schema(
+        [
+            pa.field("row", pa.int64(), nullable=False),
+            pa.field("result", result_type),
+            pa.field("error", pa.string()),
+            pa.field("prompt_tokens", pa.int32()),
+            pa.field("completion_tokens", pa.int32()),
+        ]
+    )
+
+
+def result_batch(outcomes: Sequence[RowOutcome | None], result_type: pa.DataType) -> pa.RecordBatch:
+    """A result batch, row i from ``outcomes[i]`` (None: a NULL request, so a NULL result)."""
+    values = [o.value if o is not None else None for o in outcomes]
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.arange(len(outcomes), dtype=np.int64)),
+            _result_array(values, result_type),
+            pa.array([o.error if o is not None else None for o in outcomes], pa.string()),
+            pa.array([o.prompt_tokens if o is not None else 0 for o in outcomes], pa.int32()),
+            pa.array([o.completion_tokens if o is not None else 0 for o in outcomes], pa.int32()),
+        ],
+        schema=result_schema(result_type),
+    )
+
+
+def _result_array(values: list[Any], result_type: pa.DataType) -> pa.Array:
+    if pa.types.is_list(result_type) and pa.types.is_floating(result_type.value_type):
+        return _float_lists(values, result_type)
+    return pa.array(values, result_type)
+
+
+def _float_lists(values: list[Any], result_type: pa.DataType) -> pa.Array:
+    """Embedding vectors as one contiguous buffer (much faster than per-row conversion)."""
+    lengths = np.fromiter((0 if v is None else len(v) for v in values), np.int32, len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [np.asarray(v, dtype=np.float64) for v in values if v is not None]
+    flat = np.concatenate(present) if present else np.zeros(0)
+    mask = pa.array([v is None for v in values]) if any(v is None for v in values) else None
+    child = pa.array(flat.astype(result_type.value_type.to_pandas_dtype()), result_type.value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), child, type=result_type, mask=mask)
+
+
+def align_results(result: pa.RecordBatch, num_rows: int) -> pa.RecordBatch:
+    """Check that ``result`` holds each row 0..num_rows-1 exactly once; order it by row.
+
+    Raises:
+        RowAlignmentError: naming the missing or repeated rows.
+    """
+    rows = result.column("row").to_numpy(zero_copy_only=False)
+    if len(rows) == num_rows and np.array_equal(rows, np.arange(num_rows)):
+        return result
+    counts = np.bincount(rows[(rows >= 0) & (rows < num_rows)], minlength=num_rows)
+    missing = np.flatnonzero(counts == 0)[:10].tolist()
+    repeated = np.flatnonzero(counts > 1)[:10].tolist()
+    stray = rows[(rows < 0) | (rows >= num_rows)][:10].tolist()
+    if missing or repeated or stray:
+        raise RowAlignmentError(
+            f"result batch does not match its {num_rows} request rows: "
+            f"missing {missing}, repeated {repeated}, out of range {stray}"
+        )
+    return result.take(pc.sort_indices(result.column("row")))
+
+
+def raise_first_error(result: pa.RecordBatch, endpoint: str, row_offset: int = 0) -> None:
+    """Raise :class:`RowError` for the first failed row of an aligned result batch, if any."""
+    errors = result.column("error")
+    if errors.null_count == len(errors):
+        return
+    index = int(pc.index(pc.is_valid(errors), True).as_py())
+    raise RowError(errors[index].as_py(), row_offset + index, endpoint)

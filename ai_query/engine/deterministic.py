@@ -1,0 +1,92 @@
+"""A small deterministic backend for fast tests (no model, no threads, no randomness).
+
+It answers like a model would in shape: text for chat and completions, JSON that fits the
+schema for structured output, unit-length 384-dim vectors for embeddings, a row error for a
+prompt over its context. It is not a substitute for the real-engine tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from ai_query.catalog import ServedEntity
+from ai_query.engine.backend import Completion, Embedding, GenerationRequest, RowFailure
+
+
+class DeterministicBackend:
+    """Answers from a hash of the request; counts its calls."""
+
+    dims = 384
+    """Embedding dimensions."""
+
+    def __init__(self, entity: ServedEntity | None = None, *, max_context: int = 512) -> None:
+        self.name = entity.served_name if entity is not None else "deterministic"
+        self.max_context = max_context
+        self.calls = 0
+        """How many rows reached this backend."""
+
+    def _check(self, text: str) -> int:
+        tokens = len(text.split())
+        if tokens > self.max_context:
+            raise RowFailure(
+                f"This model's maximum context length is {self.max_context} tokens; "
+                f"the prompt has {tokens}"
+            )
+        return tokens
+
+    async def complete(self, text: str, request: GenerationRequest) -> Completion:
+        """A deterministic answer: JSON fitting the schema, or words derived from the text."""
+        self.calls += 1
+        tokens = self._check(text)
+        await asyncio.sleep(0)
+        limit = request.params.max_tokens or request.default_max_tokens
+        if request.json_schema is not None:
+            answer = json.dumps(_value_for(request.json_schema, _seed(text)))
+        elif request.json_object:
+            answer = json.dumps({"answer": text[:20]})
+        else:
+            words = f"{self.name} says: {text}".split()
+            answer = " ".join(words[:limit])
+        return Completion(answer, tokens, len(answer.split()), "stop")
+
+    async def embed(self, text: str) -> Embedding:
+        """A unit vector seeded by the text."""
+        self.calls += 1
+        tokens = self._check(text)
+        vector = np.random.default_rng(_seed(text)).standard_normal(self.dims)
+        vector /= np.linalg.norm(vector)
+        return Embedding(vector.tolist(), tokens)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def _seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def _value_for(schema: dict[str, Any], seed: int) -> Any:
+    kind = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][seed % len(schema["enum"])]
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: _value_for(v, seed + i) for i, (k, v) in enumerate(props.items())}
+    if kind == "array":
+        return [_value_for(schema.get("items", {}), seed + i) for i in range(1 + seed % 3)]
+    if kind == "integer":
+        return seed % 100
+    if kind == "number":
+        return (seed % 1000) / 1000
+    if kind == "boolean":
+        return bool(seed % 2)
+    if schema.get("format") == "date":
+        return f"2024-01-{1 + seed % 28:02d}"
+    if schema.get("format") == "date-time":
+        return f"2024-01-{1 + seed % 28:02d}T12:00:00"
+    return f"v{seed % 997}"

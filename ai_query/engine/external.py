@@ -1,0 +1,152 @@
+"""The external backend: an OpenAI-compatible provider reached with the official ``openai``
+client.
+
+Concurrency is bounded per model; 429 and 5xx answers (and dropped connections) are retried
+with exponential backoff, waiting at least what the server's ``Retry-After`` asks. The API key
+comes from a ``{{secrets/scope/key}}`` reference resolved at first use and is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+from ai_query.catalog import ExternalModel
+from ai_query.engine.backend import Completion, Embedding, GenerationRequest, RowFailure
+from ai_query.secrets import resolve_secret
+
+log = logging.getLogger(__name__)
+
+#: First backoff and the longest single wait, in seconds.
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+
+
+class ExternalBackend:
+    """Calls an OpenAI-compatible API for one external model."""
+
+    def __init__(self, model: ExternalModel) -> None:
+        self.model = model
+        self._client: Any = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self.retries = 0
+        """How many retries this backend has made (for tests and metrics)."""
+
+    def _ensure(self) -> Any:
+        if self._client is None:
+            import openai
+
+            cfg = self.model.openai_config
+            key = cfg.openai_api_key_plaintext
+            if cfg.openai_api_key is not None:
+                key = resolve_secret(cfg.openai_api_key)
+            self._client = openai.AsyncOpenAI(
+                base_url=cfg.openai_api_base,
+                api_key=key or "none",
+                organization=cfg.openai_organization,
+                max_retries=0,  # retried here, so Retry-After and the bound are ours
+            )
+            self._semaphore = asyncio.Semaphore(self.model.max_concurrency)
+        return self._client
+
+    async def complete(self, text: str, request: GenerationRequest) -> Completion:
+        """One chat or completion call."""
+        client = self._ensure()
+        p = request.params
+        kwargs: dict[str, Any] = {
+            "model": self.model.name,
+            "max_tokens": p.max_tokens or request.default_max_tokens,
+            "temperature": p.temperature,
+        }
+        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
+            if getattr(p, name) is not None:
+                kwargs[name] = getattr(p, name)
+        if p.stop:
+            kwargs["stop"] = list(p.stop)
+        if p.top_k is not None:
+            kwargs["extra_body"] = {"top_k": p.top_k}
+        if request.task == "llm/v1/chat":
+            if request.json_schema is not None:
+                kwargs["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "result", "schema": request.json_schema, "strict": True},
+                }
+            elif request.json_object:
+                kwargs["response_format"] = {"type": "json_object"}
+            messages = [{"role": "user", "content": text}]
+            answer = await self._call(client.chat.completions.create, messages=messages, **kwargs)
+            choice = answer.choices[0]
+            content = choice.message.content or ""
+        else:
+            if request.json_schema is not None:
+                kwargs.setdefault("extra_body", {})["structured_outputs"] = {
+                    "json": request.json_schema
+                }
+            answer = await self._call(client.completions.create, prompt=text, **kwargs)
+            choice = answer.choices[0]
+            content = choice.text or ""
+        usage = answer.usage
+        return Completion(
+            content,
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+            choice.finish_reason,
+        )
+
+    async def embed(self, text: str) -> Embedding:
+        """One embeddings call."""
+        client = self._ensure()
+        answer = await self._call(client.embeddings.create, model=self.model.name, input=[text])
+        usage = answer.usage
+        return Embedding(list(answer.data[0].embedding), usage.prompt_tokens if usage else 0)
+
+    async def _call(self, method: Any, **kwargs: Any) -> Any:
+        import openai
+
+        assert self._semaphore is not None  # noqa: S101 - set by _ensure
+        attempt = 0
+        while True:
+            try:
+                async with self._semaphore:
+                    return await method(**kwargs)
+            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
+                status = getattr(exc, "status_code", None)
+                if attempt >= self.model.max_retries:
+                    raise RowFailure(
+                        f"external model {self.model.name!r} failed after {attempt} retries: "
+                        f"{_describe(exc)}"
+                    ) from exc
+                wait = _backoff(attempt, getattr(exc, "response", None))
+                log.info("external %s: HTTP %s, retry in %.2fs", self.model.name, status, wait)
+                attempt += 1
+                self.retries += 1
+                await asyncio.sleep(wait)
+            except openai.APIStatusError as exc:
+                raise RowFailure(f"external model {self.model.name!r}: {_describe(exc)}") from exc
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+def _backoff(attempt: int, response: Any) -> float:
+    wait = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * (0.5 + random.random() / 2)  # noqa: S311
+    header = response.headers.get("retry-after") if response is not None else None
+    if header:
+        try:
+            wait = max(wait, min(BACKOFF_CAP, float(header)))
+        except ValueError:
+            pass  # an HTTP date: the exponential wait stands
+    return wait
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    text = message or str(exc)
+    return f"HTTP {status}: {text}" if status else text

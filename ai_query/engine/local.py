@@ -1,0 +1,187 @@
+"""The in-process engine: request batches in, result batches out, models run by backends.
+
+:class:`LocalEngine` resolves each call against the catalog once (unknown endpoint, bad
+parameters and bad return types fail here, before any row runs), then submits every row of the
+batch to the backend at once on the process's engine loop. Identical greedy requests that are in
+flight together (within a batch or across concurrent batches) run once. A row that fails
+becomes a row error in place; nothing shifts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from ai_query.catalog import Catalog, Endpoint, ServedEntity
+from ai_query.engine.arrow_types import coerce, to_arrow
+from ai_query.engine.backend import Backend, GenerationRequest
+from ai_query.engine.batch import RowOutcome, read_request_batch, result_batch
+from ai_query.engine.loop import EngineLoop, shared_loop
+from ai_query.engine.registry import BackendFactory, shared_backend
+from ai_query.errors import EngineError
+from ai_query.options import CallOptions
+from ai_query.sql.response_format import OutputSpec, resolve_output
+
+#: max_tokens when a call sets none: plain text answers, and structured (JSON) answers.
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_MAX_TOKENS_STRUCTURED = 512
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """A call resolved against the catalog: what to run and what type comes back."""
+
+    options: CallOptions
+    """The call's options as given."""
+    endpoint: Endpoint
+    """The endpoint the call names."""
+    output: OutputSpec
+    """Result SQL type and structured-output constraints."""
+    arrow_type: pa.DataType
+    """Arrow type of the ``result`` column."""
+    generation: GenerationRequest | None
+    """For chat/completions: what to generate; None for embeddings."""
+
+    @property
+    def coalesce_key(self) -> str | None:
+        """Key under which identical requests share one model call; None when sampling."""
+        if not self.options.model_parameters.deterministic:
+            return None
+        return self.options.to_json()
+
+
+class LocalEngine:
+    """Runs request batches on the catalog's models inside this process.
+
+    Thread-safe: any number of threads may call :meth:`run` at once; their rows are in flight
+    together on one event loop.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        *,
+        backend_factory: BackendFactory | None = None,
+        loop: EngineLoop | None = None,
+    ) -> None:
+        self.catalog = catalog or Catalog.default()
+        self._factory = backend_factory
+        self._loop = loop
+        self._inflight: dict[tuple[str, str], asyncio.Future[RowOutcome]] = {}
+        self.model_calls = 0
+        """Rows that reached a backend (duplicates coalesced away are not counted)."""
+
+    @property
+    def loop(self) -> EngineLoop:
+        """The event loop the backends run on."""
+        if self._loop is None:
+            self._loop = shared_loop()
+        return self._loop
+
+    def plan(self, options: CallOptions) -> CallPlan:
+        """Resolve a call; raises ConfigError/UnknownEndpointError before any row runs."""
+        endpoint = self.catalog.get(options.endpoint)
+        output = resolve_output(options.return_type, options.response_format, endpoint.task)
+        generation = None
+        if endpoint.task != "llm/v1/embeddings":
+            structured = output.json_schema is not None or output.json_object
+            generation = GenerationRequest(
+                task=endpoint.task,
+                params=options.model_parameters,
+                json_schema=output.json_schema,
+                json_object=output.json_object,
+                default_max_tokens=(
+                    DEFAULT_MAX_TOKENS_STRUCTURED if structured else DEFAULT_MAX_TOKENS
+                ),
+            )
+        return CallPlan(options, endpoint, output, to_arrow(output.sql_type), generation)
+
+    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Answer a request batch (see :mod:`ai_query.engine.batch`)."""
+        requests, options = read_request_batch(batch)
+        plan = self.plan(options)
+        outcomes = self.loop.run(self.run_rows(requests, plan))
+        return result_batch(outcomes, plan.arrow_type)
+
+    async def run_async(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """:meth:`run` for callers on another event loop (e.g. the HTTP server)."""
+        requests, options = read_request_batch(batch)
+        plan = self.plan(options)
+        future = self.loop.submit(self.run_rows(requests, plan))
+        outcomes = await asyncio.wrap_future(future)
+        return result_batch(outcomes, plan.arrow_type)
+
+    async def run_rows(
+        self, requests: Sequence[str | None], plan: CallPlan
+    ) -> list[RowOutcome | None]:
+        """Answer every request at once (on the engine loop); None for a NULL request."""
+        futures: list[asyncio.Future[RowOutcome] | None]
+        if plan.coalesce_key is None:  # sampling: every row is its own draw
+            futures = [None if t is None else self._coalesced(t, plan) for t in requests]
+        else:
+            unique: dict[str, asyncio.Future[RowOutcome]] = {}
+            for text in requests:
+                if text is not None and text not in unique:
+                    unique[text] = self._coalesced(text, plan)
+            futures = [None if t is None else unique[t] for t in requests]
+        pending = {f for f in futures if f is not None}
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        for fut in pending:
+            exc = fut.exception()
+            if exc is not None:
+                raise exc
+        return [None if f is None else f.result() for f in futures]
+
+    def _coalesced(self, text: str, plan: CallPlan) -> asyncio.Future[RowOutcome]:
+        key = plan.coalesce_key
+        if key is None:
+            return asyncio.ensure_future(self._one(text, plan))
+        found = self._inflight.get((key, text))
+        if found is not None:
+            return found
+        fut = asyncio.ensure_future(self._one(text, plan))
+        self._inflight[(key, text)] = fut
+        fut.add_done_callback(lambda _: self._inflight.pop((key, text), None))
+        return fut
+
+    async def _one(self, text: str, plan: CallPlan) -> RowOutcome:
+        entity = plan.endpoint.choose_entity()
+        backend = self._backend(entity)
+        self.model_calls += 1
+        try:
+            if plan.generation is None:
+                emb = await backend.embed(text)
+                return RowOutcome(emb.vector, prompt_tokens=emb.prompt_tokens)
+            done = await backend.complete(text, plan.generation)
+        except EngineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any other failure is this row's error
+            return RowOutcome(error=str(exc) or type(exc).__name__)
+        outcome = RowOutcome(
+            done.text, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens
+        )
+        if plan.output.parse_json:
+            outcome.value, outcome.error = _parse_structured(done.text, plan, done.finish_reason)
+        return outcome
+
+    def _backend(self, entity: ServedEntity) -> Backend:
+        return shared_backend(entity, self._factory)
+
+    def close(self) -> None:
+        """Nothing to release per engine: backends are shared by the process (see registry)."""
+
+
+def _parse_structured(text: str, plan: CallPlan, finish_reason: str | None) -> tuple[Any, str | None]:
+    ddl = plan.output.sql_type.to_ddl("databricks")
+    try:
+        return coerce(json.loads(text), plan.output.sql_type), None
+    except (ValueError, TypeError) as exc:
+        hint = " (output cut at max_tokens)" if finish_reason == "length" else ""
+        return None, f"could not parse the model's answer as {ddl}{hint}: {exc}"
+

@@ -1,0 +1,29 @@
+"""The ``Engine`` protocol every caller (DuckDB and Spark UDFs, servers, jobs) talks to."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ai_query.catalog import Catalog
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Answers request batches; see :mod:`ai_query.engine.batch` for the columns.
+
+    ``run`` must be thread-safe and return one result row per request row, in order.
+    """
+
+    catalog: Catalog
+    """The endpoints this engine serves (for validation before rows run)."""
+
+    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Answer one request batch."""
+        ...
+
+    def close(self) -> None:
+        """Release what this engine holds."""
+        ...

