@@ -69,19 +69,21 @@ class AIQueryCall:
         )
 
 
-def is_ai_query(node: exp.Expression) -> bool:
+def is_ai_query(node: exp.Expr) -> bool:
     """True when ``node`` is an unqualified ``ai_query(...)`` call (any case)."""
     return isinstance(node, exp.Anonymous) and node.name.lower() == FUNCTION_NAME
 
 
-def find_calls(tree: exp.Expression) -> list[AIQueryCall]:
+def find_calls(tree: exp.Expr) -> list[AIQueryCall]:
     """Bind every ``ai_query(...)`` call in ``tree`` (projections, WHERE, CTEs, joins, ...).
 
     Raises:
         UnsupportedCallError: when a call has arguments of the wrong shape.
         SQLParseError: when a call's returnType DDL does not parse.
     """
-    return [bind_call(node) for node in tree.find_all(exp.Anonymous, bfs=False) if is_ai_query(node)]
+    return [
+        bind_call(node) for node in tree.find_all(exp.Anonymous, bfs=False) if is_ai_query(node)
+    ]
 
 
 def bind_named_args(call: exp.Anonymous) -> dict[str, exp.Expression]:
@@ -121,7 +123,7 @@ def bind_named_args(call: exp.Anonymous) -> dict[str, exp.Expression]:
     return bound
 
 
-def bind_call(node: exp.Expression) -> AIQueryCall:
+def bind_call(node: exp.Expr) -> AIQueryCall:
     """Bind a parsed ``ai_query(...)`` call (positional or named arguments) to an AIQueryCall.
 
     Raises:

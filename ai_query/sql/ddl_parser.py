@@ -240,7 +240,8 @@ def parse_ddl(text: str, make: type[SQLType]) -> SQLType:
     try:
         tokens = _tokenize(text)
     except _Fail as exc:
-        raise SQLParseError(f"bad returnType {text!r}: {exc.message}", *_line_col(text, exc.pos))
+        line, col = _line_col(text, exc.pos)
+        raise SQLParseError(f"bad returnType {text!r}: {exc.message}", line, col) from None
     failures: list[_Fail] = []
     for schema in (False, True):
         parser = _Parser(tokens, make)

@@ -74,7 +74,9 @@ def parse_response_format(value: str | None) -> ResponseFormat:
             sql_type = parse_return_type(text)
         except SQLParseError as exc:
             raise ConfigError(f"bad responseFormat {value!r}: {exc}") from exc
-        return ResponseFormat(kind="json_schema", schema=sql_type.to_json_schema(), sql_type=sql_type)
+        return ResponseFormat(
+            kind="json_schema", schema=sql_type.to_json_schema(), sql_type=sql_type
+        )
     raise ConfigError(
         f"bad responseFormat {value!r}: expected 'text', 'json_object', "
         "an OpenAI json_schema JSON string or a DDL STRUCT<...> string"

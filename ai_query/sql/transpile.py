@@ -97,7 +97,8 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
     """Wrap a call whose result is not a plain STRING so the target returns the SQL type.
 
     DuckDB: ``CAST(CAST(<call> AS JSON) AS <type>)``; Spark: ``from_json(<call>, '<ddl>')``
-    (a scalar: ``from_json(concat('[', <call>, ']'), 'ARRAY<T>')[0]``); Databricks: unchanged (ai_query types its result natively).
+    (a scalar: ``from_json(concat('[', <call>, ']'), 'ARRAY<T>')[0]``); Databricks: unchanged
+    (ai_query types its result natively).
     """
     if not isinstance(node, exp.Anonymous) or node.name.lower() != FUNCTION_NAME:
         return node
@@ -139,7 +140,7 @@ def _struct_literal(params: dict[str, Any], write: str) -> exp.Expression:
                 for key, value in params.items()
             ]
         )
-    flat: list[exp.Expression] = []
+    flat: list[exp.Expr] = []
     for key, value in params.items():
         flat += [exp.Literal.string(key), exp.convert(value)]
     named_struct = exp.Anonymous(this="named_struct", expressions=flat)
@@ -180,7 +181,7 @@ def parse_sql(sql: str, read: str) -> list[exp.Expression]:
         ) from exc
     except TokenError as exc:
         raise SQLParseError(f"cannot tokenize {read} SQL: {exc}") from exc
-    return [tree for tree in trees if tree is not None]
+    return [tree for tree in trees if isinstance(tree, exp.Expression)]
 
 
 def transpile(

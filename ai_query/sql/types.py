@@ -208,7 +208,9 @@ class SQLType:
             SQLParseError: when ``data`` is not a valid type dict.
         """
         if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
-            raise SQLParseError(f"bad returnType JSON: expected an object with a kind, got {data!r}")
+            raise SQLParseError(
+                f"bad returnType JSON: expected an object with a kind, got {data!r}"
+            )
         try:
             element = data.get("element")
             key, value = data.get("key"), data.get("value")

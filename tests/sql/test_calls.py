@@ -217,7 +217,7 @@ def test_bad_return_type_fails_at_bind() -> None:
 
 def test_bind_call_rejects_other_nodes() -> None:
     with pytest.raises(UnsupportedCallError, match="not an ai_query"):
-        bind_call(sqlglot.parse_one("SELECT upper(x)").selects[0])
+        bind_call(sqlglot.parse_one("SELECT upper(x)").find(exp.Upper) or exp.null())
 
 
 def test_find_calls_everywhere() -> None:

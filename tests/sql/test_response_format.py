@@ -24,7 +24,10 @@ PAPER_SCHEMA = {
     "required": ["title"],
 }
 OPENAI_SCHEMA = json.dumps(
-    {"type": "json_schema", "json_schema": {"name": "paper", "schema": PAPER_SCHEMA, "strict": True}}
+    {
+        "type": "json_schema",
+        "json_schema": {"name": "paper", "schema": PAPER_SCHEMA, "strict": True},
+    }
 )
 LABEL_DDL = "STRUCT<label: STRING, score: DOUBLE>"
 LABEL = parse_return_type(LABEL_DDL)
@@ -63,7 +66,9 @@ def test_parse_response_format_ddl() -> None:
         pytest.param("{not json", id="broken-json"),
         pytest.param('{"type": "yaml"}', id="unknown-type"),
         pytest.param('{"type": "json_schema"}', id="schema-missing"),
-        pytest.param('{"type": "json_schema", "json_schema": {"schema": 3}}', id="schema-not-object"),
+        pytest.param(
+            '{"type": "json_schema", "json_schema": {"schema": 3}}', id="schema-not-object"
+        ),
         pytest.param("STRUCT<a: NOPE>", id="bad-ddl"),
         pytest.param("ARRAY<STRING>", id="ddl-not-struct"),
     ],

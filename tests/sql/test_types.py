@@ -93,7 +93,10 @@ def test_parse_return_type(ddl: str, expected: SQLType) -> None:
         ),
         pytest.param("ARRAY<FLOAT>", "ARRAY<FLOAT>", "FLOAT[]", id="float-array"),
         pytest.param(
-            "ARRAY<STRUCT<a: INT>>", "ARRAY<STRUCT<a: INT>>", "STRUCT(a INTEGER)[]", id="array-struct"
+            "ARRAY<STRUCT<a: INT>>",
+            "ARRAY<STRUCT<a: INT>>",
+            "STRUCT(a INTEGER)[]",
+            id="array-struct",
         ),
         pytest.param("MAP<STRING, INT>", "MAP<STRING, INT>", "MAP(VARCHAR, INTEGER)", id="map"),
         pytest.param(
@@ -128,9 +131,7 @@ def test_to_ddl_unknown_dialect() -> None:
         pytest.param("BOOLEAN", {"type": "boolean"}, id="boolean"),
         pytest.param("DATE", {"type": "string", "format": "date"}, id="date"),
         pytest.param("TIMESTAMP", {"type": "string", "format": "date-time"}, id="timestamp"),
-        pytest.param(
-            "ARRAY<STRING>", {"type": "array", "items": {"type": "string"}}, id="array"
-        ),
+        pytest.param("ARRAY<STRING>", {"type": "array", "items": {"type": "string"}}, id="array"),
         pytest.param(
             "MAP<STRING, DOUBLE>",
             {"type": "object", "additionalProperties": {"type": "number"}},
