@@ -22,6 +22,7 @@ VLLM_CPU_ENVIRONMENT: dict[str, str] = {
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_LOGGING_LEVEL": "WARNING",
     "DO_NOT_TRACK": "1",
 }
 

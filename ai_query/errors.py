@@ -14,6 +14,8 @@ Every error the package raises on purpose is an :class:`AIQueryError`::
     │  ├─ EngineDeadError                   the engine failed and cannot recover
     │  ├─ RowAlignmentError                 a result batch misses or repeats a row
     │  └─ RowError(row_index)               one row failed under failOnError => true
+    ├─ AuthenticationError                  no valid bearer token for an engine server
+    ├─ RateLimitExceededError(retry_after)  an endpoint's rate limit is used up for now
     └─ JobError                             a batch job file or run failed
 
 Third-party errors are translated once, at the boundary, with ``raise ... from exc``.
@@ -87,6 +89,18 @@ class RowError(EngineError):
         self.endpoint = endpoint
         self.cause = message
         super().__init__(f"ai_query endpoint {endpoint!r} failed on row {row_index}: {message}")
+
+
+class AuthenticationError(AIQueryError):
+    """A request to an engine server carries no valid bearer token."""
+
+
+class RateLimitExceededError(AIQueryError):
+    """An endpoint's rate limit is used up; retrying after ``retry_after`` seconds may succeed."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class JobError(AIQueryError):

@@ -17,12 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def real_engine() -> Iterator[object]:
-    """The in-process vLLM engine over the default catalog (bundled models)."""
+    """The in-process vLLM engine over the default catalog (bundled models).
+
+    Its answer memo is off, so tests comparing answers really run the model each time.
+    """
     from ai_query.catalog import Catalog
     from ai_query.engine.local import LocalEngine
     from ai_query.engine.registry import close_backends
 
-    engine = LocalEngine(Catalog.default())
+    engine = LocalEngine(Catalog.default(), memo_entries=0)
     yield engine
     close_backends()
 

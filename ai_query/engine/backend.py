@@ -8,6 +8,7 @@ A backend raises :class:`RowFailure` (or any ordinary exception) for a row that 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +33,16 @@ class GenerationRequest:
     """Constrain the output to any JSON object."""
     default_max_tokens: int = 256
     """max_tokens when the call gives none."""
+    messages: list[dict[str, Any]] | None = None
+    """A whole chat conversation (OpenAI ``messages``); when set, used instead of the text."""
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI function tools offered to the model (chat only)."""
+    tool_choice: str | dict[str, Any] | None = None
+    """``none``, ``auto``, ``required`` or a named function (:mod:`ai_query.engine.tool_calls`)."""
+
+    def conversation(self, text: str) -> list[dict[str, Any]]:
+        """The chat messages to send: :attr:`messages`, else ``text`` as one user message."""
+        return self.messages if self.messages is not None else [{"role": "user", "content": text}]
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,25 @@ class Completion:
     completion_tokens: int
     """Tokens generated."""
     finish_reason: str | None = None
-    """Why generation stopped (``stop``, ``length``)."""
+    """Why generation stopped (``stop``, ``length``, ``tool_calls``)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """OpenAI ``tool_calls`` when the model called tools, else None."""
+
+
+@dataclass(frozen=True)
+class CompletionChunk:
+    """A piece of a streamed answer."""
+
+    text: str
+    """Text generated since the previous chunk."""
+    prompt_tokens: int = 0
+    """Tokens in the prompt."""
+    completion_tokens: int = 0
+    """Tokens generated so far (cumulative)."""
+    finish_reason: str | None = None
+    """Set on the last chunk."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """Tool calls, on the last chunk, when the model called tools."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +92,10 @@ class Backend(Protocol):
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
         """Generate for one chat message or completion prompt."""
+        ...
+
+    def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
+        """Generate like :meth:`complete`, yielding text as it is produced (an async generator)."""
         ...
 
     async def embed(self, text: str) -> Embedding:

@@ -10,12 +10,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
 from ai_query.catalog import ServedEntity
-from ai_query.engine.backend import Completion, Embedding, GenerationRequest, RowFailure
+from ai_query.engine.backend import (
+    Completion,
+    CompletionChunk,
+    Embedding,
+    GenerationRequest,
+    RowFailure,
+)
+from ai_query.engine.tool_calls import (
+    function_tools,
+    make_tool_call,
+    tool_call_schema,
+    tool_calls_from_output,
+)
 
 
 class DeterministicBackend:
@@ -40,11 +53,26 @@ class DeterministicBackend:
         return tokens
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
-        """A deterministic answer: JSON fitting the schema, or words derived from the text."""
+        """A deterministic answer: JSON fitting the schema, or words derived from the text.
+
+        With a conversation (``request.messages``) the text is the last message's content;
+        a forced tool choice gets a tool call with arguments fitting the tool's schema.
+        """
         self.calls += 1
+        if request.messages:
+            text = _content_text(request.messages[-1].get("content"))
         tokens = self._check(text)
         await asyncio.sleep(0)
         limit = request.params.max_tokens or request.default_max_tokens
+        forced = tool_call_schema(request.tools, request.tool_choice)
+        if forced is not None:
+            if request.tool_choice == "required":  # the first tool, arguments fitting it
+                name, params = next(iter(function_tools(request.tools).items()))
+                calls = [make_tool_call(name, _value_for(params, _seed(text)))]
+                return Completion("", tokens, 8, "tool_calls", calls)
+            answer = json.dumps(_value_for(forced, _seed(text)))
+            calls = tool_calls_from_output(answer, request.tools, request.tool_choice)
+            return Completion("", tokens, len(answer.split()), "stop", calls)
         if request.json_schema is not None:
             answer = json.dumps(_value_for(request.json_schema, _seed(text)))
         elif request.json_object:
@@ -53,6 +81,17 @@ class DeterministicBackend:
             words = f"{self.name} says: {text}".split()
             answer = " ".join(words[:limit])
         return Completion(answer, tokens, len(answer.split()), "stop")
+
+    async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
+        """:meth:`complete`'s answer, one word per chunk."""
+        done = await self.complete(text, request)
+        words = done.text.split(" ") if done.text else []
+        for i, word in enumerate(words):
+            yield CompletionChunk(word if i == 0 else " " + word, done.prompt_tokens, i + 1)
+            await asyncio.sleep(0)
+        yield CompletionChunk(
+            "", done.prompt_tokens, done.completion_tokens, done.finish_reason, done.tool_calls
+        )
 
     async def embed(self, text: str) -> Embedding:
         """A unit vector seeded by the text."""
@@ -64,6 +103,13 @@ class DeterministicBackend:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _content_text(content: Any) -> str:
+    """The text of a chat message's content (a string or a list of text parts)."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
 
 
 def _seed(text: str) -> int:

@@ -11,10 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ai_query.catalog import ExternalModel
-from ai_query.engine.backend import Completion, Embedding, GenerationRequest, RowFailure
+from ai_query.engine.backend import (
+    Completion,
+    CompletionChunk,
+    Embedding,
+    GenerationRequest,
+    RowFailure,
+)
 from ai_query.secrets import resolve_secret
 
 log = logging.getLogger(__name__)
@@ -52,8 +59,76 @@ class ExternalBackend:
         return self._client
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
-        """One chat or completion call."""
+        """One chat or completion call (tools and tool_choice are passed through)."""
         client = self._ensure()
+        kwargs = self._arguments(request)
+        if request.task == "llm/v1/chat":
+            answer = await self._call(
+                client.chat.completions.create, messages=request.conversation(text), **kwargs
+            )
+            choice = answer.choices[0]
+            content = choice.message.content or ""
+            calls = choice.message.tool_calls
+            tool_calls = [c.model_dump(mode="json", exclude_none=True) for c in calls or ()]
+        else:
+            answer = await self._call(client.completions.create, prompt=text, **kwargs)
+            choice = answer.choices[0]
+            content = choice.text or ""
+            tool_calls = []
+        usage = answer.usage
+        return Completion(
+            content,
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+            choice.finish_reason,
+            tool_calls or None,
+        )
+
+    async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
+        """A streamed chat or completion call; tool calls come whole, on the last chunk."""
+        if request.tools and request.tool_choice != "none":
+            done = await self.complete(text, request)
+            yield CompletionChunk(
+                done.text,
+                done.prompt_tokens,
+                done.completion_tokens,
+                done.finish_reason,
+                done.tool_calls,
+            )
+            return
+        client = self._ensure()
+        kwargs = self._arguments(request)
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+        if request.task == "llm/v1/chat":
+            method = client.chat.completions.create
+            kwargs["messages"] = request.conversation(text)
+        else:
+            method = client.completions.create
+            kwargs["prompt"] = text
+        events = await self._call(method, **kwargs)
+        prompt_tokens = generated = 0
+        finish: str | None = None
+        try:
+            async for event in events:
+                if event.usage is not None:
+                    prompt_tokens = event.usage.prompt_tokens
+                    generated = event.usage.completion_tokens
+                if not event.choices:
+                    continue
+                choice = event.choices[0]
+                piece = (
+                    choice.delta.content if request.task == "llm/v1/chat" else choice.text
+                ) or ""
+                finish = choice.finish_reason or finish
+                if piece:
+                    generated += 1
+                    yield CompletionChunk(piece, prompt_tokens, generated)
+        except Exception as exc:  # a broken stream is this request's failure
+            raise RowFailure(f"external model {self.model.name!r}: {_describe(exc)}") from exc
+        yield CompletionChunk("", prompt_tokens, generated, finish or "stop")
+
+    def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
+        """The OpenAI API arguments of ``request`` (everything but the prompt/messages)."""
         p = request.params
         kwargs: dict[str, Any] = {
             "model": self.model.name,
@@ -75,25 +150,15 @@ class ExternalBackend:
                 }
             elif request.json_object:
                 kwargs["response_format"] = {"type": "json_object"}
-            messages = [{"role": "user", "content": text}]
-            answer = await self._call(client.chat.completions.create, messages=messages, **kwargs)
-            choice = answer.choices[0]
-            content = choice.message.content or ""
-        else:
-            if request.json_schema is not None:
-                kwargs.setdefault("extra_body", {})["structured_outputs"] = {
-                    "json": request.json_schema
-                }
-            answer = await self._call(client.completions.create, prompt=text, **kwargs)
-            choice = answer.choices[0]
-            content = choice.text or ""
-        usage = answer.usage
-        return Completion(
-            content,
-            usage.prompt_tokens if usage else 0,
-            usage.completion_tokens if usage else 0,
-            choice.finish_reason,
-        )
+            if request.tools:
+                kwargs["tools"] = request.tools
+                if request.tool_choice is not None:
+                    kwargs["tool_choice"] = request.tool_choice
+        elif request.json_schema is not None:
+            kwargs.setdefault("extra_body", {})["structured_outputs"] = {
+                "json": request.json_schema
+            }
+        return kwargs
 
     async def embed(self, text: str) -> Embedding:
         """One embeddings call."""

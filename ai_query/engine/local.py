@@ -3,7 +3,8 @@
 :class:`LocalEngine` resolves each call against the catalog once (unknown endpoint, bad
 parameters and bad return types fail here, before any row runs), then submits every row of the
 batch to the backend at once on the process's engine loop. Identical greedy requests that are in
-flight together (within a batch or across concurrent batches) run once. A row that fails
+flight together (within a batch or across concurrent batches) run once, and so do repeats of
+recent greedy requests (a bounded memo, :mod:`~ai_query.engine.memo`). A row that fails
 becomes a row error in place; nothing shifts.
 """
 
@@ -22,6 +23,7 @@ from ai_query.engine.arrow_types import coerce, to_arrow
 from ai_query.engine.backend import Backend, GenerationRequest
 from ai_query.engine.batch import RowOutcome, read_request_batch, result_batch
 from ai_query.engine.loop import EngineLoop, shared_loop
+from ai_query.engine.memo import ResultMemo
 from ai_query.engine.registry import BackendFactory, shared_backend
 from ai_query.errors import EngineError
 from ai_query.options import CallOptions
@@ -68,11 +70,13 @@ class LocalEngine:
         *,
         backend_factory: BackendFactory | None = None,
         loop: EngineLoop | None = None,
+        memo_entries: int = 20_000,
     ) -> None:
         self.catalog = catalog or Catalog.default()
         self._factory = backend_factory
         self._loop = loop
         self._inflight: dict[tuple[str, str], asyncio.Future[RowOutcome]] = {}
+        self._memo = ResultMemo(memo_entries)
         self.model_calls = 0
         """Rows that reached a backend (duplicates coalesced away are not counted)."""
 
@@ -145,10 +149,20 @@ class LocalEngine:
         found = self._inflight.get((key, text))
         if found is not None:
             return found
+        remembered = self._memo.get((key, text))
+        if remembered is not None:
+            done: asyncio.Future[RowOutcome] = asyncio.get_running_loop().create_future()
+            done.set_result(remembered)
+            return done
         fut = asyncio.ensure_future(self._one(text, plan))
         self._inflight[(key, text)] = fut
-        fut.add_done_callback(lambda _: self._inflight.pop((key, text), None))
+        fut.add_done_callback(lambda f: self._finished(key, text, f))
         return fut
+
+    def _finished(self, key: str, text: str, fut: asyncio.Future[RowOutcome]) -> None:
+        self._inflight.pop((key, text), None)
+        if not fut.cancelled() and fut.exception() is None:
+            self._memo.put((key, text), fut.result())
 
     async def _one(self, text: str, plan: CallPlan) -> RowOutcome:
         entity = plan.endpoint.choose_entity()

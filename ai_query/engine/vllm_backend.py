@@ -4,19 +4,33 @@ The engine is built lazily, on the process's engine loop (``AsyncLLM`` must live
 the first time a row needs it. Chat prompts are rendered with the model's chat template exactly
 as ``LLM.chat`` does; embeddings use vLLM's pooling runner. Each row is its own vLLM request, so
 vLLM's continuous batching sees every row of every concurrent batch.
+
+Function calling: ``tools`` are given to the chat template; a forced ``tool_choice``
+(``required`` or a named function) is served by structured output for any model (see
+:mod:`ai_query.engine.tool_calls`); ``tool_choice="auto"`` returns ``tool_calls`` only when the
+served entity names one of vLLM's tool parsers in ``engine_args["tool_call_parser"]`` (e.g.
+``hermes`` for Qwen/Hermes models), else the model's text comes back as content.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ai_query.config import apply_vllm_environment
-from ai_query.engine.backend import Completion, Embedding, GenerationRequest, RowFailure
+from ai_query.engine.backend import (
+    Completion,
+    CompletionChunk,
+    Embedding,
+    GenerationRequest,
+    RowFailure,
+)
+from ai_query.engine.tool_calls import tool_call_schema, tool_calls_from_output
 from ai_query.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)
@@ -32,6 +46,8 @@ DEFAULT_ENGINE_ARGS: dict[str, dict[str, Any]] = {
         "max_num_seqs": 256,
         "max_num_batched_tokens": 4096,
         "disable_log_stats": True,
+        # Compact JSON in structured output: small models otherwise spend tokens on whitespace.
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     },
     "pooling": {
         "runner": "pooling",
@@ -53,7 +69,10 @@ class VLLMBackend:
         self.model_dir = model_dir
         self.embeddings = embeddings
         kind = "pooling" if embeddings else "generate"
-        self.engine_args = {**DEFAULT_ENGINE_ARGS[kind], **dict(engine_args or {})}
+        args = dict(engine_args or {})
+        self.tool_call_parser: str | None = args.pop("tool_call_parser", None)
+        """Name of the vLLM tool parser for ``tool_choice="auto"`` (not an engine argument)."""
+        self.engine_args = {**DEFAULT_ENGINE_ARGS[kind], **args}
         self._engine: Any = None
         self._start_lock: asyncio.Lock | None = None
         self._ids = itertools.count()
@@ -82,13 +101,20 @@ class VLLMBackend:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         log.info("starting vLLM for %s (%s)", self.model_dir, self.engine_args)
+        kwargs = dict(self.engine_args)
+        if isinstance(kwargs.get("structured_outputs_config"), dict):
+            from vllm.config import StructuredOutputsConfig
+
+            kwargs["structured_outputs_config"] = StructuredOutputsConfig(
+                **kwargs["structured_outputs_config"]
+            )
         try:
-            args = AsyncEngineArgs(model=str(self.model_dir), **self.engine_args)
+            args = AsyncEngineArgs(model=str(self.model_dir), **kwargs)
             return AsyncLLM.from_engine_args(args)
         except Exception as exc:
             raise EngineDeadError(f"vLLM could not start {self.model_dir}: {exc}") from exc
 
-    def _sampling_params(self, request: GenerationRequest) -> Any:
+    def _sampling_params(self, request: GenerationRequest, *, delta: bool = False) -> Any:
         from vllm.sampling_params import (
             RequestOutputKind,
             SamplingParams,
@@ -97,33 +123,45 @@ class VLLMBackend:
 
         p = request.params
         structured = None
-        if request.json_schema is not None:
-            structured = StructuredOutputsParams(json=request.json_schema)
+        forced = tool_call_schema(request.tools, request.tool_choice)
+        # Compact JSON: small models otherwise spend their token budget on whitespace.
+        if forced is not None:
+            structured = StructuredOutputsParams(json=forced, disable_any_whitespace=True)
+        elif request.json_schema is not None:
+            structured = StructuredOutputsParams(
+                json=request.json_schema, disable_any_whitespace=True
+            )
         elif request.json_object:
-            structured = StructuredOutputsParams(json_object=True)
+            structured = StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
         kwargs: dict[str, Any] = {
             "max_tokens": p.max_tokens or request.default_max_tokens,
             "temperature": p.temperature,
             "stop": list(p.stop) or None,
             "seed": p.seed,
             "structured_outputs": structured,
-            "output_kind": RequestOutputKind.FINAL_ONLY,
+            "output_kind": RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         }
         for name in ("top_p", "top_k", "presence_penalty", "frequency_penalty"):
             if getattr(p, name) is not None:
                 kwargs[name] = getattr(p, name)
         return SamplingParams(**kwargs)
 
-    async def _render(self, text: str, chat: bool) -> Any:
+    async def _render(
+        self, text: str, chat: bool, request: GenerationRequest | None = None
+    ) -> Any:
         renderer = self._engine.renderer
         if chat:
             from vllm.renderers import ChatParams
 
-            params = ChatParams(chat_template_kwargs={"add_generation_prompt": True})
+            kwargs: dict[str, Any] = {"add_generation_prompt": True}
+            messages: list[Any] = [{"role": "user", "content": text}]
+            if request is not None:
+                messages = request.conversation(text)
+                if request.tools and request.tool_choice != "none":
+                    kwargs["tools"] = request.tools
+            params = ChatParams(chat_template_kwargs=kwargs)
             tok = renderer.default_chat_tok_params
-            _, prompts = await renderer.render_chat_async(
-                [[{"role": "user", "content": text}]], params, tok
-            )
+            _, prompts = await renderer.render_chat_async([messages], params, tok)
         else:
             from vllm.renderers.inputs.preprocess import parse_model_prompt
 
@@ -138,19 +176,92 @@ class VLLMBackend:
         await self.start()
         final = None
         async with self._guard():
-            prompt = await self._render(text, request.task == "llm/v1/chat")
+            prompt = await self._render(text, request.task == "llm/v1/chat", request)
             params = self._sampling_params(request)
             async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
                 final = out
         if final is None or not final.outputs:
             raise RowFailure("the engine returned no output")
         choice = final.outputs[0]
+        content, tool_calls, finish = self._tool_calls(choice.text, request, choice.finish_reason)
         return Completion(
-            text=choice.text,
+            text=content,
             prompt_tokens=len(final.prompt_token_ids or ()),
             completion_tokens=len(choice.token_ids),
-            finish_reason=choice.finish_reason,
+            finish_reason=finish,
+            tool_calls=tool_calls,
         )
+
+    async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
+        """Generate, yielding the new text as vLLM produces it (``RequestOutputKind.DELTA``).
+
+        A tool call cannot be shown before it is complete: with tools in play the answer comes
+        as one chunk at the end.
+        """
+        if request.tools and request.tool_choice != "none":
+            done = await self.complete(text, request)
+            yield CompletionChunk(
+                done.text,
+                done.prompt_tokens,
+                done.completion_tokens,
+                done.finish_reason,
+                done.tool_calls,
+            )
+            return
+        if self.embeddings:
+            raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
+        await self.start()
+        generated = 0
+        async with self._guard():
+            prompt = await self._render(text, request.task == "llm/v1/chat", request)
+            params = self._sampling_params(request, delta=True)
+            async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
+                if not out.outputs:
+                    continue
+                choice = out.outputs[0]
+                generated += len(choice.token_ids)
+                yield CompletionChunk(
+                    choice.text,
+                    len(out.prompt_token_ids or ()),
+                    generated,
+                    choice.finish_reason if out.finished else None,
+                )
+
+    def _tool_calls(
+        self, text: str, request: GenerationRequest, finish: str | None
+    ) -> tuple[str, list[dict[str, Any]] | None, str | None]:
+        """(content, tool_calls, finish_reason) for an answer generated under ``request``."""
+        if not request.tools or request.tool_choice == "none":
+            return text, None, finish
+        if tool_call_schema(request.tools, request.tool_choice) is not None:
+            try:
+                calls = tool_calls_from_output(text, request.tools, request.tool_choice)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RowFailure(f"the model's tool call is not complete JSON: {exc}") from exc
+            return "", calls, "tool_calls" if request.tool_choice == "required" else finish
+        if self.tool_call_parser is None:
+            return text, None, finish
+        return self._parse_auto_tool_calls(text, request, finish)
+
+    def _parse_auto_tool_calls(
+        self, text: str, request: GenerationRequest, finish: str | None
+    ) -> tuple[str, list[dict[str, Any]] | None, str | None]:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.tool_parsers import ToolParserManager
+
+        api_request = ChatCompletionRequest(
+            model=self.model_dir.name,
+            messages=request.conversation(text),  # type: ignore[arg-type]
+            tools=request.tools,  # type: ignore[arg-type]
+            tool_choice="auto",
+        )
+        parser_cls = ToolParserManager.get_tool_parser(str(self.tool_call_parser))
+        parser = parser_cls(self._engine.renderer.get_tokenizer(), api_request.tools)
+        info = parser.extract_tool_calls(text, api_request)
+        if not info.tools_called:
+            return text, None, finish
+        calls = [tc.model_dump(mode="json", exclude_none=True) for tc in info.tool_calls]
+        return info.content or "", calls, "tool_calls"
 
     async def embed(self, text: str) -> Embedding:
         """Embed one text with the pooling runner."""
@@ -181,6 +292,20 @@ class VLLMBackend:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
+
+
+def chat_messages(text: str, schema: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The conversation for one request: the text as the user turn; with structured output, a
+    system turn giving the schema first (the grammar forces valid JSON, the instruction helps
+    small models fill it sensibly)."""
+    messages = [{"role": "user", "content": text}]
+    if schema is not None:
+        instruction = (
+            "Answer with one JSON value that matches this JSON schema, and nothing else: "
+            + json.dumps(schema, separators=(",", ":"))
+        )
+        messages.insert(0, {"role": "system", "content": instruction})
+    return messages
 
 
 class _RowGuard:

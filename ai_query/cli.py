@@ -1,0 +1,201 @@
+"""The ``ai-query`` command line.
+
+Commands: ``demo``, ``sql``, ``serve``, ``endpoints list``, ``jobs ...``. Errors print one line
+on stderr and exit non-zero (1: the work failed, 2: bad usage); ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="ai-query",
+    help="Call chat and embedding models from SQL over whole tables (Databricks ai_query semantics).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+endpoints_app = typer.Typer(help="Inspect the endpoint catalog.", no_args_is_help=True)
+app.add_typer(endpoints_app, name="endpoints")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+CatalogOption = Annotated[
+    Path | None,
+    typer.Option("--catalog", "-c", help="Endpoint catalog file (YAML/JSON); default: bundled endpoints."),
+]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and engine logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option(help="How many sample reviews.")] = 100,
+) -> None:
+    """Run the sample job: summaries, structured sentiment and embeddings over product reviews."""
+    from ai_query.demo import run_demo
+
+    run_demo(console, rows=rows)
+
+
+@app.command()
+def sql(
+    query: Annotated[str | None, typer.Argument(help="SQL text (Databricks dialect by default).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the SQL from a file.")] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (default) or spark.")] = "duckdb",
+    read_dialect: Annotated[str, typer.Option("--read-dialect", help="databricks, duckdb or spark.")] = "databricks",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result to .parquet/.csv/.json.")] = None,
+    database: Annotated[str, typer.Option(help="DuckDB database file.")] = ":memory:",
+    catalog: CatalogOption = None,
+    engine_url: Annotated[str | None, typer.Option(help="Engine server(s) grpc://host:port, comma separated.")] = None,
+    max_rows: Annotated[int, typer.Option(help="Rows to print.")] = 20,
+) -> None:
+    """Run SQL with ai_query(...) calls and print or save the result."""
+    from ai_query import load_catalog
+    from ai_query.display import arrow_table, row_progress, write_table
+    from ai_query.errors import ConfigError
+
+    if (query is None) == (file is None):
+        raise typer.BadParameter("give the SQL as an argument or with --file, not both")
+    text = query if query is not None else _read(file)
+    cat = load_catalog(str(catalog) if catalog else None)
+    if engine == "duckdb":
+        table = _run_duckdb(text, read_dialect, cat, database, engine_url)
+    elif engine == "spark":
+        from ai_query.udf.spark import run_sql
+
+        with row_progress(err_console, "ai_query", None):
+            table = run_sql(text, catalog=cat, engine_url=engine_url, read=read_dialect)
+    else:
+        raise ConfigError(f"--engine must be duckdb or spark, got {engine!r}")
+    if table is None:
+        return
+    if output is not None:
+        write_table(table, output)
+        err_console.print(f"wrote {table.num_rows} rows to {output}")
+    else:
+        console.print(arrow_table(table, max_rows=max_rows))
+
+
+def _run_duckdb(text: str, read: str, cat: Any, database: str, engine_url: str | None) -> Any:
+    from ai_query.display import row_progress
+    from ai_query.engine.spec import EngineSpec, get_engine
+    from ai_query.udf.duckdb import connect
+
+    spec = EngineSpec.for_catalog(cat)
+    if engine_url:
+        spec = EngineSpec.for_catalog(cat, kind="flight", urls=tuple(engine_url.split(",")))
+    con = connect(database, cat, engine=get_engine(spec))
+    try:
+        statement = con.rewrite(text, read=read)  # bad calls fail here, before any row runs
+        with row_progress(err_console, "ai_query", None) as bar:
+            con.progress.listeners.append(bar)
+            relation = con.raw.sql(statement)
+            table = relation.to_arrow_table() if relation is not None else None
+        return table
+    finally:
+        con.close()
+
+
+def _read(path: Path | None) -> str:
+    from ai_query.errors import ConfigError
+
+    assert path is not None
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+@endpoints_app.command("list")
+def endpoints_list(catalog: CatalogOption = None) -> None:
+    """List the catalog's endpoints and aliases."""
+    from rich.table import Table
+
+    from ai_query import load_catalog
+
+    cat = load_catalog(str(catalog) if catalog else None)
+    table = Table(title="Serving endpoints", header_style="bold")
+    for col in ("name", "task", "served entities", "aliases"):
+        table.add_column(col)
+    aliases = cat.aliases()
+    for ep in cat.endpoints():
+        entities = ", ".join(
+            (e.external_model.provider + ":" + e.external_model.name) if e.external_model else str(e.entity_name)
+            for e in ep.config.served_entities
+        )
+        names = ", ".join(a for a, t in aliases.items() if t == ep.name)
+        table.add_row(ep.name, ep.task, entities, names)
+    console.print(table)
+
+
+@app.command()
+def serve(
+    catalog: CatalogOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Arrow Flight port.")] = 8815,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port (OpenAI/Databricks APIs); off when unset.")] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token clients must send.", envvar="AI_QUERY_SERVER_TOKEN")] = None,
+    tokens_file: Annotated[Path | None, typer.Option(help="JSON/YAML file of token -> principal.")] = None,
+) -> None:
+    """Host the catalog's models: Arrow Flight for SQL engines, HTTP for applications."""
+    from ai_query.engine.server.process import run_server_cli
+
+    run_server_cli(catalog=catalog, host=host, port=port, http_port=http_port, token=token, tokens_file=tokens_file)
+
+
+def _add_jobs() -> None:
+    try:
+        from ai_query.jobs.cli import jobs_app
+    except ImportError:
+        return
+    app.add_typer(jobs_app, name="jobs")
+
+
+_add_jobs()
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning errors into one line and an exit code."""
+    from ai_query.errors import AIQueryError
+
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except (typer.BadParameter, typer.BadParameter.__mro__[1]) as exc:  # click.UsageError family
+        err_console.print(f"error: {exc.format_message() if hasattr(exc, 'format_message') else exc}")
+        sys.exit(2)
+    except (AIQueryError, OSError) as exc:
+        _fail(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. DuckDB's own errors: still one line
+        _fail(exc)
+
+
+def _fail(exc: BaseException) -> None:
+    if _state["debug"]:
+        raise exc
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""The engine server: one process hosting the catalog's engines for other processes.
+
+- :mod:`~ai_query.engine.server.flight`: Arrow Flight (``DoExchange`` of Arrow batches), for
+  Spark executors and other SQL engines; its client is
+  :class:`ai_query.engine.flight_client.FlightEngineClient`.
+- :mod:`~ai_query.engine.server.http`: the HTTP API (OpenAI-compatible and Databricks routes).
+- :mod:`~ai_query.engine.server.process`: ``ai-query serve``: build the engine, serve, stop
+  gracefully on SIGTERM/SIGINT.
+- :mod:`~ai_query.engine.server.launcher`: start and stop a server subprocess (embedded
+  server for local Spark, tests, benchmarks).
+
+Nothing is imported here, so importing a submodule stays cheap.
+"""

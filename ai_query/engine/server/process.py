@@ -1,0 +1,325 @@
+"""The engine server process: build the engine, serve it over Flight (and HTTP), stop cleanly.
+
+``ai-query serve`` calls :func:`run_server_cli`; :func:`serve` is the same for Python callers;
+:func:`start_server` starts one without blocking (tests, embedding). ``python -m
+ai_query.engine.server.process`` is the launcher that :mod:`ai_query.engine.server.launcher`
+uses for server subprocesses (it also offers the test engines).
+
+SIGTERM or SIGINT stops the server gracefully: no new calls are taken, in-flight batches
+finish, then the models shut down. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ai_query.catalog import Catalog
+from ai_query.engine.batch import request_batch
+from ai_query.engine.protocol import Engine
+from ai_query.engine.server.flight import EngineFlightServer
+from ai_query.errors import ConfigError
+from ai_query.options import CallOptions, ModelParameters
+
+log = logging.getLogger("ai_query.server")
+
+DEFAULT_PORT = 8815
+#: Engines a server can host: vLLM (the real one) and the test engines.
+ENGINE_KINDS: tuple[str, ...] = ("local", "deterministic", "echo")
+
+
+@dataclass
+class RunningServer:
+    """A started engine server (Flight, and HTTP when asked)."""
+
+    flight: EngineFlightServer
+    """The Flight server."""
+    engine: Engine
+    """The engine it serves."""
+    stop_http: Callable[[], None] | None = None
+    """Stops the HTTP server, when one runs."""
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        """The Flight address, ``grpc://host:port``."""
+        return self.flight.url
+
+    def stop(self) -> None:
+        """Graceful stop: refuse new calls, let in-flight batches finish, close the engine."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.stop_http is not None:
+            self.stop_http()
+        self.flight.shutdown()
+        self.engine.close()
+        from ai_query.engine.registry import close_backends
+
+        close_backends()
+
+
+def build_server_engine(catalog: Catalog, kind: str = "local", *, batch_delay: float = 0.0) -> Engine:
+    """The engine a server hosts: ``local`` (vLLM), ``deterministic`` or ``echo`` (tests).
+
+    Raises:
+        ConfigError: for an unknown kind.
+    """
+    engine: Engine
+    if kind == "local":
+        from ai_query.engine.local import LocalEngine
+
+        engine = LocalEngine(catalog)
+    elif kind == "deterministic":
+        from ai_query.engine.deterministic import DeterministicBackend
+        from ai_query.engine.local import LocalEngine
+
+        engine = LocalEngine(catalog, backend_factory=DeterministicBackend)
+    elif kind == "echo":
+        from ai_query.engine.server.diagnostics import EchoEngine
+
+        engine = EchoEngine(catalog)
+    else:
+        raise ConfigError(f"unknown server engine {kind!r}; expected one of {ENGINE_KINDS}")
+    if batch_delay > 0:
+        from ai_query.engine.server.diagnostics import DelayedEngine
+
+        engine = DelayedEngine(engine, batch_delay)
+    return engine
+
+
+def warm_up(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
+    """Run one tiny request on each named endpoint (default: every local one) so models load.
+
+    External endpoints are skipped unless named (warming them would call the provider).
+    """
+    catalog = engine.catalog
+    if endpoints is None:
+        endpoints = [
+            ep.name for ep in catalog.endpoints()
+            if all(e.external_model is None for e in ep.config.served_entities)
+        ]
+    for name in endpoints:
+        params = ModelParameters() if catalog.task_of(name) == "llm/v1/embeddings" else (
+            ModelParameters(max_tokens=1)
+        )
+        log.info("warming up endpoint %s", name)
+        engine.run(request_batch(["warm up"], CallOptions(endpoint=name, model_parameters=params)))
+
+
+def load_tokens(path: str | Path) -> dict[str, str]:
+    """Bearer tokens from a JSON/YAML file: ``{token: principal}`` or a list of tokens.
+
+    Raises:
+        ConfigError: when the file cannot be read or has another shape.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read tokens file {path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - yaml's errors
+        raise ConfigError(f"tokens file {path} does not parse: {exc}") from exc
+    if isinstance(data, list) and all(isinstance(t, str) for t in data):
+        return {t: f"token-{i}" for i, t in enumerate(data)}
+    if isinstance(data, dict) and all(isinstance(k, str) for k in data):
+        return {k: str(v) for k, v in data.items()}
+    raise ConfigError(f"tokens file {path}: expected {{token: principal}} or a list of tokens")
+
+
+def start_server(
+    catalog: Catalog | str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    http_port: int | None = None,
+    token: str | None = None,
+    tokens_file: str | Path | None = None,
+    engine: Engine | None = None,
+    engine_kind: str = "local",
+    preload: bool | Sequence[str] = False,
+    batch_delay: float = 0.0,
+) -> RunningServer:
+    """Start an engine server and return at once; see :func:`serve` for the arguments."""
+    tokens: dict[str, str] = {}
+    if tokens_file is not None:
+        tokens.update(load_tokens(tokens_file))
+    if token:
+        tokens[token] = "default"
+    if engine is None:
+        cat = catalog if isinstance(catalog, Catalog) else (
+            Catalog.load(catalog) if catalog is not None else Catalog.default()
+        )
+        engine = build_server_engine(cat, engine_kind, batch_delay=batch_delay)
+    if preload:
+        warm_up(engine, None if preload is True else list(preload))
+    server = EngineFlightServer(
+        engine, f"grpc://{host}:{port}", tokens=tokens, description=engine_kind
+    )
+    running = RunningServer(server, engine)
+    if http_port is not None:
+        running.stop_http = _start_http(engine, host, http_port, tokens)
+    log.info(
+        "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
+        engine_kind, server.url, ", ".join(engine.catalog.names()), "on" if tokens else "off",
+    )
+    return running
+
+
+def serve(
+    catalog: Catalog | str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    http_port: int | None = None,
+    token: str | None = None,
+    tokens_file: str | Path | None = None,
+    engine: Engine | None = None,
+    engine_kind: str = "local",
+    preload: bool | Sequence[str] = False,
+    batch_delay: float = 0.0,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Run an engine server until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully.
+
+    Args:
+        catalog: the endpoints (object or file); default: the bundled ones.
+        host: address to bind; 127.0.0.1 unless told otherwise.
+        port: Flight port (0: any free port).
+        http_port: also serve the HTTP API on this port (same engine); off when None.
+        token: a bearer token clients must send.
+        tokens_file: more tokens (:func:`load_tokens`).
+        engine: serve this engine instead of building one from the catalog.
+        engine_kind: ``local`` (vLLM), or ``deterministic``/``echo`` for tests.
+        preload: load models before listening (True: every local endpoint; or names).
+        batch_delay: hold each batch this many seconds (failure tests only).
+        stop_event: set it to stop the server (for callers not on the main thread).
+    """
+    stop = stop_event or threading.Event()
+    signals = _install_signal_handlers(stop)
+    server = start_server(
+        catalog, host, port, http_port=http_port, token=token, tokens_file=tokens_file,
+        engine=engine, engine_kind=engine_kind, preload=preload, batch_delay=batch_delay,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, previous in signals.items():
+            signal.signal(sig, previous)
+
+
+def run_server_cli(
+    catalog: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    http_port: int | None = None,
+    token: str | None = None,
+    tokens_file: str | Path | None = None,
+) -> None:
+    """What ``ai-query serve`` runs: logging to stderr, then :func:`serve` until a signal."""
+    configure_logging()
+    serve(
+        str(catalog) if catalog is not None else None, host, port,
+        http_port=http_port, token=token, tokens_file=tokens_file, preload=True,
+    )
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Timestamped log lines on stderr for the server's own loggers."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("ai_query").setLevel(level.upper())
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("received %s: finishing in-flight batches", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handle)
+    return previous
+
+
+# --- HTTP hook --------------------------------------------------------------------------------
+# The HTTP API (OpenAI-compatible and Databricks routes) lives in ai_query.engine.server.http and
+# is started here, in the same process and on the same engine, when --http-port is given.
+def _start_http(
+    engine: Engine, host: str, port: int, tokens: Mapping[str, str]
+) -> Callable[[], None]:
+    try:
+        from ai_query.engine.server.http.app import create_app  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ConfigError(
+            "the HTTP server is not available in this build "
+            "(ai_query.engine.server.http.app is missing); omit --http-port"
+        ) from exc
+    import uvicorn
+
+    app = create_app(engine, tokens=dict(tokens))
+    config = uvicorn.Config(app, host=host, port=port, log_level="info")
+    http = uvicorn.Server(config)
+    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours handle them
+    thread = threading.Thread(target=http.run, name="aiq-http", daemon=True)
+    thread.start()
+    log.info("HTTP API listening on http://%s:%d", host, port)
+
+    def stop() -> None:
+        http.should_exit = True
+        thread.join(timeout=30)
+
+    return stop
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Launcher: ``python -m ai_query.engine.server.process [options]``."""
+    parser = argparse.ArgumentParser(prog="python -m ai_query.engine.server.process")
+    parser.add_argument("--catalog", help="catalog file (default: bundled endpoints)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--http-port", type=int)
+    parser.add_argument("--token")
+    parser.add_argument("--tokens-file")
+    parser.add_argument("--engine", choices=ENGINE_KINDS, default="local")
+    parser.add_argument("--preload", default="", help="'all' or comma-separated endpoint names")
+    parser.add_argument("--batch-delay", type=float, default=0.0, help="tests only")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    preload: bool | list[str] = (
+        True if args.preload == "all" else [p for p in args.preload.split(",") if p]
+    )
+    serve(
+        args.catalog, args.host, args.port, http_port=args.http_port, token=args.token,
+        tokens_file=args.tokens_file, engine_kind=args.engine, preload=preload,
+        batch_delay=args.batch_delay,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""``ai_query`` in DuckDB: an Arrow UDF behind a SQL macro, and a connection that rewrites.
+
+:func:`register` installs, on any DuckDB connection::
+
+    ai_query(endpoint, request, returnType := NULL, failOnError := true,
+             modelParameters := NULL, responseFormat := NULL)
+
+as a macro (DuckDB Python UDFs take no named arguments; macros do, with ``=>`` or ``:=`` and
+any case) over an Arrow UDF that returns VARCHAR: the answer for string results, JSON for typed
+ones. :class:`AIQueryConnection` (what :func:`connect` returns) also rewrites each statement
+through :func:`ai_query.sql.transpile`, so typed calls come back as real DuckDB types
+(``FLOAT[]`` for embeddings, ``STRUCT(...)`` for ``returnType`` and ``failOnError => false``),
+and bad calls fail before any row runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ai_query.catalog import Catalog
+from ai_query.engine.protocol import Engine
+from ai_query.engine.spec import EngineSpec, get_engine
+from ai_query.sql import transpile
+from ai_query.udf.rows import ProgressCallback, answer_rows
+
+_ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"]
+_ids = itertools.count()
+
+
+class ProgressCounter:
+    """Rows and tokens answered so far, updated from DuckDB's worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rows = 0
+        """Rows answered."""
+        self.prompt_tokens = 0
+        """Tokens read."""
+        self.completion_tokens = 0
+        """Tokens generated."""
+        self.listeners: list[ProgressCallback] = []
+        """Called with each increment (e.g. a progress bar's advance)."""
+
+    def __call__(self, rows: int, prompt_tokens: int, completion_tokens: int) -> None:
+        with self._lock:
+            self.rows += rows
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+        for listener in list(self.listeners):
+            listener(rows, prompt_tokens, completion_tokens)
+
+
+def register(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog | None = None,
+    engine: Engine | None = None,
+    *,
+    name: str = "ai_query",
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Make ``ai_query(...)`` callable in SQL on ``con``.
+
+    Args:
+        con: the DuckDB connection.
+        catalog: endpoints (default: the bundled ones); ignored when ``engine`` is given.
+        engine: the engine rows run on (default: vLLM in this process, shared).
+        name: SQL name of the macro.
+        progress: called with the number of rows answered after each chunk.
+    """
+    engine = engine or get_engine(EngineSpec.for_catalog(catalog))
+    udf_name = f"__ai_query_udf_{next(_ids)}"
+
+    def udf(
+        endpoint: pa.Array,
+        request: pa.Array,
+        return_type: pa.Array,
+        fail_on_error: pa.Array,
+        model_parameters: pa.Array,
+        response_format: pa.Array,
+    ) -> pa.Array:
+        texts = answer_rows(
+            engine,
+            endpoint.to_pylist(),
+            request.to_pylist(),
+            return_type.to_pylist(),
+            fail_on_error.to_pylist(),
+            model_parameters.to_pylist(),
+            response_format.to_pylist(),
+            progress=progress,
+        )
+        return pa.array(texts, pa.string())
+
+    con.create_function(
+        udf_name, udf, _ARGS, "VARCHAR", type="arrow", null_handling="special", side_effects=True
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO {name}(endpoint, request, returnType := NULL, "
+        "failOnError := true, modelParameters := NULL, responseFormat := NULL) AS "
+        f"{udf_name}(endpoint, request, returnType, failOnError, "
+        "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
+    )
+
+
+class AIQueryConnection:
+    """A DuckDB connection whose ``sql``/``execute``/``query`` understand every ai_query form.
+
+    Everything else is the DuckDB connection's own (attribute access is forwarded); ``raw`` is
+    the underlying ``duckdb.DuckDBPyConnection``.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, catalog: Catalog, engine: Engine) -> None:
+        self.raw = con
+        self.catalog = catalog
+        self.engine = engine
+        self.progress = ProgressCounter()
+        register(con, catalog, engine, progress=self.progress)
+
+    def rewrite(self, query: str, read: str = "duckdb") -> str:
+        """The statement DuckDB runs for ``query`` (unchanged when it has no ai_query call)."""
+        if read == "duckdb" and "ai_query" not in query.lower():
+            return query
+        return transpile(query, read=read, write="duckdb", catalog=self.catalog)
+
+    def sql(self, query: str, **kwargs: Any) -> Any:
+        """Run ``query`` (DuckDB SQL) like ``DuckDBPyConnection.sql``."""
+        return self.raw.sql(self.rewrite(query), **kwargs)
+
+    query = sql
+
+    def execute(self, query: str, parameters: Any = None) -> AIQueryConnection:
+        """Run ``query`` like ``DuckDBPyConnection.execute``; returns this connection."""
+        self.raw.execute(self.rewrite(query), parameters)
+        return self
+
+    def databricks_sql(self, query: str, **kwargs: Any) -> Any:
+        """Run a query written in Databricks SQL."""
+        return self.raw.sql(self.rewrite(query, read="databricks"), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def __enter__(self) -> AIQueryConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw.close()
+
+    def close(self) -> None:
+        """Close the DuckDB connection (the shared engine stays up for other callers)."""
+        self.raw.close()
+
+
+def connect(
+    database: str = ":memory:",
+    catalog: Catalog | str | Path | None = None,
+    *,
+    engine: Engine | None = None,
+    **config: Any,
+) -> AIQueryConnection:
+    """A DuckDB connection with ``ai_query`` ready; see :func:`ai_query.connect`."""
+    if isinstance(catalog, (str, Path)):
+        catalog = Catalog.load(catalog)
+    if engine is not None:
+        catalog = engine.catalog
+    catalog = catalog or Catalog.default()
+    engine = engine or get_engine(EngineSpec.for_catalog(catalog))
+    return AIQueryConnection(duckdb.connect(database, config=config or {}), catalog, engine)

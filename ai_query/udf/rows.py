@@ -1,0 +1,192 @@
+"""What a SQL UDF does with a chunk of rows, shared by DuckDB and Spark.
+
+Rows arrive as columns of the six ``ai_query`` arguments. Rows are grouped by their constant
+arguments (one group per distinct call), each group goes to the engine as one request batch,
+and the answers come back as text in the original row order: the answer itself for string
+results, JSON for typed results (``{"result": ..., "errorMessage": ...}`` under
+``failOnError => false``). With ``failOnError => true`` the first failed row raises
+:class:`ai_query.errors.RowError` naming the endpoint and the cause.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ai_query.engine.batch import align_results, raise_first_error, request_batch
+from ai_query.engine.protocol import Engine
+from ai_query.errors import UnsupportedCallError
+from ai_query.options import CallOptions, ModelParameters
+
+#: Called after each answered group of rows with (rows, prompt_tokens, completion_tokens).
+ProgressCallback = Callable[[int, int, int], None]
+
+
+def answer_rows(
+    engine: Engine,
+    endpoints: Sequence[str | None],
+    requests: Sequence[str | None],
+    return_types: Sequence[str | None],
+    fail_on_errors: Sequence[bool | None],
+    model_parameters: Sequence[str | None],
+    response_formats: Sequence[str | None],
+    *,
+    progress: ProgressCallback | None = None,
+) -> list[str | None]:
+    """Answer a chunk of rows; returns one text (or None) per row, in order."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(zip(endpoints, return_types, fail_on_errors, model_parameters, response_formats)):
+        groups.setdefault(key, []).append(i)
+    out: list[str | None] = [None] * len(requests)
+    for (endpoint, return_type, fail, params, fmt), rows in groups.items():
+        if endpoint is None:
+            raise UnsupportedCallError("ai_query endpoint must not be NULL")
+        options = CallOptions(
+            endpoint=endpoint,
+            model_parameters=ModelParameters.from_value(_params_value(params)),
+            return_type=return_type,
+            response_format=fmt,
+            fail_on_error=True if fail is None else bool(fail),
+        )
+        group = [requests[i] for i in rows]
+        texts = _answer_in_slices(engine, group, options, rows, progress)
+        for i, text in zip(rows, texts):
+            out[i] = text
+    return out
+
+
+def _answer_in_slices(
+    engine: Engine,
+    requests: list[str | None],
+    options: CallOptions,
+    rows: list[int],
+    progress: ProgressCallback | None,
+) -> list[str | None]:
+    """Answer a group as concurrent slices: all rows are in flight together (the engine batches
+    across calls), and progress moves as slices finish rather than once per chunk."""
+    size = max(MIN_SLICE_ROWS, -(-len(requests) // SLICES_PER_CHUNK))
+    starts = list(range(0, len(requests), size))
+
+    def one(start: int) -> CallAnswer:
+        answer = answer_call(engine, requests[start:start + size], options, row_offset=rows[start])
+        if progress is not None:
+            progress(len(answer.texts), answer.prompt_tokens, answer.completion_tokens)
+        return answer
+
+    if len(starts) == 1:
+        return one(0).texts
+    answers = list(_slice_pool().map(one, starts))
+    return [text for answer in answers for text in answer.texts]
+
+
+#: A chunk is cut into at most this many concurrent slices of at least MIN_SLICE_ROWS rows.
+SLICES_PER_CHUNK = 16
+MIN_SLICE_ROWS = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _slice_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ai-query-slice")
+        return _pool
+
+
+@dataclass(frozen=True)
+class CallAnswer:
+    """The text per row of one call, and the tokens it took."""
+
+    texts: list[str | None]
+    """One text per request row (None for NULL)."""
+    prompt_tokens: int
+    """Tokens read, over all rows."""
+    completion_tokens: int
+    """Tokens generated, over all rows."""
+
+
+def answer_call(
+    engine: Engine, requests: Sequence[str | None], options: CallOptions, *, row_offset: int = 0
+) -> CallAnswer:
+    """Answer the rows of one call; text per row (see the module docstring)."""
+    result = align_results(engine.run(request_batch(list(requests), options)), len(requests))
+    if options.fail_on_error:
+        raise_first_error(result, options.endpoint, row_offset)
+    column = result.column("result")
+    as_text = pa.types.is_string(column.type)
+    values = column.to_pylist() if as_text else _json_values(column)
+    if not options.fail_on_error:
+        errors = result.column("error").to_pylist()
+        values = [
+            None if req is None else _error_struct_json(value, err, as_text)
+            for req, value, err in zip(requests, values, errors)
+        ]
+    return CallAnswer(
+        values,
+        int(pc.sum(result.column("prompt_tokens")).as_py() or 0),
+        int(pc.sum(result.column("completion_tokens")).as_py() or 0),
+    )
+
+
+def _params_value(params: str | None) -> Any:
+    """modelParameters arrive as JSON text; a JSON *string* holding JSON is unwrapped."""
+    if params is None:
+        return None
+    value = json.loads(params) if params.strip() else None
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value
+
+
+def _json_values(column: pa.Array) -> list[str | None]:
+    if pa.types.is_list(column.type) and pa.types.is_floating(column.type.value_type):
+        return _float_lists_json(column)
+    return [None if v is None else json.dumps(v, default=_json_default, ensure_ascii=False)
+            for v in column.to_pylist()]
+
+
+def _float_lists_json(column: pa.Array) -> list[str | None]:
+    """Embeddings as JSON arrays, formatted in bulk (they are the bulk of the bytes)."""
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    offsets = column.offsets.to_numpy()
+    # float32 has ~9 significant digits; '%.9g' keeps every bit and stays short.
+    formatted = np.char.mod("%.9g", flat) if flat.size else np.array([], dtype=str)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    out: list[str | None] = []
+    for i in range(len(column)):
+        if not valid[i]:
+            out.append(None)
+        else:
+            out.append("[" + ",".join(formatted[offsets[i]:offsets[i + 1]]) + "]")
+    return out
+
+
+def _error_struct_json(value: str | None, error: str | None, value_is_text: bool) -> str:
+    if value is None:
+        result: Any = None
+    elif value_is_text:
+        result = value
+    else:
+        return '{"result":' + value + ',"errorMessage":' + json.dumps(error) + "}"
+    return json.dumps({"result": result, "errorMessage": error}, ensure_ascii=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -1,0 +1,117 @@
+"""The engine through real vLLM with the bundled models (started once per session)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ai_query.engine.batch import align_results, request_batch
+from ai_query.options import CallOptions, ModelParameters
+
+pytestmark = pytest.mark.slow
+
+CHAT = "smollm2-135m-instruct"
+
+
+def run(engine, requests, **opts):  # type: ignore[no-untyped-def]
+    batch = request_batch(requests, CallOptions(**opts))
+    return align_results(engine.run(batch), len(requests))
+
+
+def test_chat_answers_are_text(real_engine) -> None:
+    out = run(real_engine, ["What is 2+2?", None, "Name a colour."], endpoint=CHAT,
+              model_parameters=ModelParameters(max_tokens=16))
+    results = out.column("result").to_pylist()
+    assert results[1] is None
+    assert all(isinstance(r, str) and r.strip() for r in (results[0], results[2]))
+    assert out.column("completion_tokens").to_pylist()[0] > 0
+
+
+def test_completions_endpoint(real_engine) -> None:
+    from ai_query.catalog import Catalog, local_endpoint
+    from ai_query.engine.local import LocalEngine
+
+    catalog = Catalog([local_endpoint("smol-complete", "smollm2-135m-instruct", "llm/v1/completions")])
+    engine = LocalEngine(catalog)  # shares the chat model's vLLM engine? no: task differs, same model
+    out = run(engine, ["The capital of France is"], endpoint="smol-complete",
+              model_parameters=ModelParameters(max_tokens=6))
+    assert "Paris" in out.column("result")[0].as_py()
+
+
+def _reference_embeddings(texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 as sentence-transformers computes it: mean pooling, L2 norm."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from ai_query.engine.bundled import minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    model = AutoModel.from_pretrained(str(minilm_dir())).eval()
+    enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+
+def test_embeddings_match_reference(real_engine) -> None:
+    texts = ["A cat sits on the mat.", "Quarterly revenue grew 12%.", "Ünïcödé text ✓"]
+    out = run(real_engine, texts, endpoint="databricks-gte-large-en")
+    assert out.schema.field("result").type == pa.list_(pa.float32())
+    got = np.array(out.column("result").to_pylist())
+    assert got.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+    ref = _reference_embeddings(texts)
+    cosine = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cosine.min() >= 0.999, cosine
+
+
+def test_structured_output_gives_typed_structs(real_engine) -> None:
+    prompts = [f"Classify the sentiment of: {t}" for t in ("I love it", "It is ok", "Great value for money")]
+    out = run(real_engine, prompts, endpoint=CHAT, return_type="STRUCT<label: STRING, score: DOUBLE>",
+              model_parameters=ModelParameters(max_tokens=128))
+    assert out.schema.field("result").type == pa.struct([("label", pa.string()), ("score", pa.float64())])
+    for row, err in zip(out.column("result").to_pylist(), out.column("error").to_pylist()):
+        assert err is None
+        assert isinstance(row["label"], str) and isinstance(row["score"], float)
+
+
+def test_array_return_type(real_engine) -> None:
+    out = run(real_engine, ["List three fruits."], endpoint=CHAT, return_type="ARRAY<STRING>",
+              model_parameters=ModelParameters(max_tokens=48))
+    value = out.column("result")[0].as_py()
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def test_prompt_over_context_is_a_row_error_in_place(real_engine) -> None:
+    prompts = ["Say hi.", "word " * 3000, "Say bye.", None]
+    out = run(real_engine, prompts, endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8))
+    results, errors = out.column("result").to_pylist(), out.column("error").to_pylist()
+    assert results[0] and results[2] and results[1] is None and results[3] is None
+    assert errors[0] is None and errors[2] is None and errors[3] is None
+    assert "maximum context length" in errors[1]
+    # The good rows are the same answers they get alone: nothing shifted.
+    alone = run(real_engine, ["Say bye."], endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8))
+    assert alone.column("result")[0].as_py() == results[2]
+
+
+def test_concurrent_batches_match_serial_answers(real_engine) -> None:
+    prompts = [[f"Give one word for the number {k * 10 + i}." for i in range(10)] for k in range(4)]
+    serial = [run(real_engine, p, endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8))
+              .column("result").to_pylist() for p in prompts]
+    parallel: dict[int, list[str]] = {}
+
+    def caller(k: int) -> None:
+        parallel[k] = run(real_engine, prompts[k], endpoint=CHAT,
+                          model_parameters=ModelParameters(max_tokens=8)).column("result").to_pylist()
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [parallel[k] for k in range(4)] == serial
