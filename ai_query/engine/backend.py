@@ -8,6 +8,7 @@ A backend raises :class:`RowFailure` (or any ordinary exception) for a row that 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,9 +41,22 @@ class GenerationRequest:
     tool_choice: str | dict[str, Any] | None = None
     """``none``, ``auto``, ``required`` or a named function (:mod:`ai_query.engine.tool_calls`)."""
 
+    schema_hint: bool = False
+    """With a JSON schema and no ``messages``: add a system turn stating the schema (SQL calls:
+    the grammar forces valid JSON; the instruction helps small models fill it sensibly)."""
+
     def conversation(self, text: str) -> list[dict[str, Any]]:
         """The chat messages to send: :attr:`messages`, else ``text`` as one user message."""
-        return self.messages if self.messages is not None else [{"role": "user", "content": text}]
+        if self.messages is not None:
+            return self.messages
+        messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+        if self.schema_hint and self.json_schema is not None:
+            instruction = (
+                "Answer with one JSON value that matches this JSON schema, and nothing else: "
+                + json.dumps(self.json_schema, separators=(",", ":"))
+            )
+            messages.insert(0, {"role": "system", "content": instruction})
+        return messages
 
 
 @dataclass(frozen=True)

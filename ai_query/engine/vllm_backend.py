@@ -294,20 +294,6 @@ class VLLMBackend:
             engine.shutdown()
 
 
-def chat_messages(text: str, schema: dict[str, Any] | None) -> list[dict[str, str]]:
-    """The conversation for one request: the text as the user turn; with structured output, a
-    system turn giving the schema first (the grammar forces valid JSON, the instruction helps
-    small models fill it sensibly)."""
-    messages = [{"role": "user", "content": text}]
-    if schema is not None:
-        instruction = (
-            "Answer with one JSON value that matches this JSON schema, and nothing else: "
-            + json.dumps(schema, separators=(",", ":"))
-        )
-        messages.insert(0, {"role": "system", "content": instruction})
-    return messages
-
-
 class _RowGuard:
     """Turns vLLM's exceptions for one request into row failures or a dead engine."""
 

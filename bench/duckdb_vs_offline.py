@@ -1,0 +1,106 @@
+"""ai_query in DuckDB vs vLLM offline and vs a per-row OpenAI-client loop, same run.
+
+Chat: 4096 prompts in a DuckDB table (max_tokens 8, temperature 0: several 2048-row chunks on
+several DuckDB threads) through ``SELECT ai_query(...) FROM t`` vs ``LLM.chat`` on the same
+prompts; and rows/s of a per-row loop of the ``openai`` client against vLLM's own api_server
+(a 128-row sample). Embeddings: 8192 rows vs ``LLM.embed``. Ratios are printed last.
+
+    .venv/bin/python bench/duckdb_vs_offline.py [--chat-rows 4096] [--embed-rows 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from common import chat_prompts, offline_chat, offline_llm, texts, timed  # noqa: E402
+
+
+def duckdb_run(endpoint: str, rows: list[str], params: str) -> float:
+    import pyarrow as pa
+
+    import ai_query
+
+    con = ai_query.connect()
+    con.raw.register("src", pa.table({"p": rows}))
+    con.execute("CREATE TABLE t AS SELECT * FROM src")
+    con.sql(f"SELECT ai_query('{endpoint}', 'warm up'{params})").fetchall()
+    sql = f"SELECT ai_query('{endpoint}', p{params}) AS r FROM t"
+    table, seconds = timed(lambda: con.sql(sql).to_arrow_table())
+    assert table.num_rows == len(rows) and table.column("r").null_count == 0
+    con.close()
+    return seconds
+
+
+def per_row_openai(prompts: list[str], max_tokens: int) -> float:
+    """rows/s of one client calling vLLM's api_server row by row."""
+    import openai
+
+    from ai_query.engine.bundled import smollm2_dir
+    from tests.servers import free_port, stop, vllm_api_server, wait_http
+
+    port = free_port()
+    log = Path(tempfile.mkdtemp()) / "vllm.log"
+    proc = vllm_api_server(smollm2_dir(), port, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=400)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+
+        def loop() -> None:
+            for p in prompts:
+                client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": p}],
+                                               max_tokens=max_tokens, temperature=0.0)
+
+        loop_prompts = prompts[:4]
+        for p in loop_prompts:  # warm up
+            client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": p}], max_tokens=2)
+        _, seconds = timed(loop)
+        return len(prompts) / seconds
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chat-rows", type=int, default=4096)
+    parser.add_argument("--embed-rows", type=int, default=8192)
+    parser.add_argument("--sample-rows", type=int, default=128)
+    args = parser.parse_args()
+    from ai_query.engine.registry import close_backends
+
+    prompts = chat_prompts(args.chat_rows)
+    llm = offline_llm("chat")
+    offline_chat(llm, prompts[:8], 8)
+    _, offline_s = timed(lambda: offline_chat(llm, prompts, 8))
+    del llm
+    gc.collect()
+    ours_s = duckdb_run("smollm2-135m-instruct", prompts, ", modelParameters => {'max_tokens': 8}")
+
+    docs = texts(args.embed_rows)
+    emb = offline_llm("embed")
+    emb.embed(docs[:8], use_tqdm=False)
+    _, offline_e = timed(lambda: emb.embed(docs, use_tqdm=False))
+    del emb
+    gc.collect()
+    ours_e = duckdb_run("all-minilm-l6-v2", docs, "")
+    close_backends()
+
+    per_row = per_row_openai(chat_prompts(args.sample_rows + 7)[7:], 8)
+
+    print(f"chat rows/s: offline LLM.chat {len(prompts) / offline_s:.1f}, "
+          f"ai_query in DuckDB {len(prompts) / ours_s:.1f}, per-row openai client {per_row:.1f}")
+    print(f"embeddings rows/s: offline LLM.embed {len(docs) / offline_e:.1f}, ai_query in DuckDB {len(docs) / ours_e:.1f}")
+    print(f"ratio embeddings ours/LLM.embed = {offline_e / ours_e:.3f} (goal >= 0.9)")
+    print(f"ratio chat ours/per-row openai = {(len(prompts) / ours_s) / per_row:.2f} (goal >= 5)")
+    print(f"ratio chat ours/offline = {offline_s / ours_s:.3f} (goal >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The external backend against vLLM's own OpenAI-compatible server on 127.0.0.1, directly and
+behind a proxy that answers 429 with Retry-After."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from ai_query.catalog import Catalog
+from ai_query.engine.batch import align_results, request_batch
+from ai_query.engine.local import LocalEngine
+from ai_query.engine.registry import shared_backend
+from ai_query.options import CallOptions, ModelParameters
+from tests.servers import free_port, stop, vllm_api_server, wait_http
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from ai_query.engine.bundled import smollm2_dir
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    proc = vllm_api_server(smollm2_dir(), port, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=400)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop(proc)
+
+
+class _Throttle(http.server.ThreadingHTTPServer):
+    """Answers the first ``refusals`` POSTs with 429 + Retry-After, then forwards to vLLM."""
+
+    def __init__(self, upstream: str, refusals: int) -> None:
+        self.upstream = upstream
+        self.refusals = refusals
+        self.log: list[tuple[float, int]] = []
+        super().__init__(("127.0.0.1", 0), _ThrottleHandler)
+
+
+class _ThrottleHandler(http.server.BaseHTTPRequestHandler):
+    server: _Throttle
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if len(self.server.log) < self.server.refusals:
+            self.server.log.append((time.monotonic(), 429))
+            payload = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        self.server.log.append((time.monotonic(), 200))
+        req = urllib.request.Request(self.server.upstream + self.path.removeprefix("/v1"), data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback
+            payload = resp.read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _catalog(base: str, retries: int = 5) -> Catalog:
+    return Catalog.from_data([{
+        "name": "ext-chat",
+        "config": {"served_entities": [{"external_model": {
+            "name": "smollm2", "provider": "openai-compatible", "task": "llm/v1/chat",
+            "max_retries": retries,
+            "openai_config": {"openai_api_base": base, "openai_api_key": "{{secrets/test/vllm}}"},
+        }}]},
+    }])
+
+
+def _run(engine: LocalEngine, prompts: list[str | None], **opts: Any) -> pa.RecordBatch:
+    return align_results(engine.run(request_batch(prompts, CallOptions(endpoint="ext-chat", **opts))), len(prompts))
+
+
+def test_external_chat_and_structured(vllm_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_QUERY_SECRET_TEST_VLLM", "sk-test")
+    engine = LocalEngine(_catalog(vllm_server), memo_entries=0)
+    out = _run(engine, ["What is 2+2?", None, "Name a fruit."], model_parameters=ModelParameters(max_tokens=12))
+    texts = out.column("result").to_pylist()
+    assert texts[0] and texts[2] and texts[1] is None
+    assert out.column("prompt_tokens").to_pylist()[0] > 0
+    typed = _run(engine, ["Classify the sentiment of: I love it"], return_type="STRUCT<label: STRING>",
+                 model_parameters=ModelParameters(max_tokens=64))
+    assert typed.column("error").to_pylist() == [None]
+    assert isinstance(typed.column("result")[0].as_py()["label"], str)
+
+
+def test_429_is_retried_after_retry_after(vllm_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_QUERY_SECRET_TEST_VLLM", "sk-test")
+    proxy = _Throttle(vllm_server, refusals=2)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        catalog = _catalog(f"http://127.0.0.1:{proxy.server_address[1]}/v1")
+        engine = LocalEngine(catalog, memo_entries=0)
+        out = _run(engine, ["Say hello."], model_parameters=ModelParameters(max_tokens=6))
+        assert out.column("error").to_pylist() == [None] and out.column("result")[0].as_py()
+        statuses = [s for _, s in proxy.log]
+        assert statuses == [429, 429, 200]
+        gaps = [b[0] - a[0] for a, b in zip(proxy.log, proxy.log[1:])]
+        assert min(gaps) >= 0.9  # waited at least the Retry-After second each time
+        backend = shared_backend(catalog.get("ext-chat").config.served_entities[0])
+        assert backend.retries == 2  # type: ignore[attr-defined]
+    finally:
+        proxy.shutdown()
+
+
+def test_429_past_the_retry_bound_is_a_row_error(vllm_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_QUERY_SECRET_TEST_VLLM", "sk-test")
+    proxy = _Throttle(vllm_server, refusals=100)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        engine = LocalEngine(_catalog(f"http://127.0.0.1:{proxy.server_address[1]}/v1", retries=1), memo_entries=0)
+        out = _run(engine, ["a", None], model_parameters=ModelParameters(max_tokens=4))
+        assert out.column("result").to_pylist() == [None, None]
+        error = out.column("error").to_pylist()[0]
+        assert "failed after 1 retries" in error and "429" in error
+        assert "sk-test" not in error
+    finally:
+        proxy.shutdown()

@@ -1,0 +1,65 @@
+"""Starting and stopping real server processes for tests (127.0.0.1 only, bounded waits)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+    """Poll ``url`` until it answers 200, the process dies, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a server process with its output in ``log``."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **(env or {})}
+    handle = log.open("wb")
+    return subprocess.Popen(list(args), stdout=handle, stderr=subprocess.STDOUT, env=full_env)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Terminate a server process, killing it if it does not stop in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def vllm_api_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """vLLM's own OpenAI-compatible server for ``model_dir`` (eager, bf16, small KV cache)."""
+    return start(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+         "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "2048",
+         "--max-num-seqs", "256", "--max-num-batched-tokens", "4096", "--disable-log-stats"],
+        log,
+    )
