@@ -193,6 +193,12 @@ def _fail(exc: BaseException) -> None:
     if _state["debug"]:
         raise exc
     message = " ".join(str(exc).split()) or type(exc).__name__
+    # DuckDB wraps errors raised in a UDF: show ours, not the wrapper.
+    marker = "Python exception occurred while executing the UDF: "
+    if marker in message:
+        message = message.split(marker, 1)[1]
+        name, sep, rest = message.partition(": ")
+        message = rest if sep and name.isidentifier() else message
     err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(1)
 

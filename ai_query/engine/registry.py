@@ -22,7 +22,6 @@ BackendFactory = Callable[[ServedEntity], "Backend"]
 
 _backends: dict[str, Backend] = {}
 _lock = threading.Lock()
-_atexit_registered = False
 
 
 def backend_key(entity: ServedEntity) -> str:
@@ -48,7 +47,6 @@ def default_backend_factory(entity: ServedEntity) -> Backend:
 
 def shared_backend(entity: ServedEntity, factory: BackendFactory | None = None) -> Backend:
     """The process's backend for ``entity``, created on first use by ``factory``."""
-    global _atexit_registered
     make = factory or default_backend_factory
     key = f"{getattr(make, '__qualname__', repr(make))}:{backend_key(entity)}"
     with _lock:
@@ -56,10 +54,19 @@ def shared_backend(entity: ServedEntity, factory: BackendFactory | None = None) 
         if backend is None:
             backend = make(entity)
             _backends[key] = backend
-            if not _atexit_registered:
-                atexit.register(close_backends)
-                _atexit_registered = True
+            close_backends_first_at_exit()
         return backend
+
+
+def close_backends_first_at_exit() -> None:
+    """(Re-)register :func:`close_backends` so it runs before every exit hook registered so far.
+
+    Exit hooks run last-registered first; vLLM registers its own (which kill the engine process)
+    when an engine starts, so a backend calls this again after starting its engine: our orderly
+    shutdown then runs while the engine process is still alive.
+    """
+    atexit.unregister(close_backends)
+    atexit.register(close_backends)
 
 
 def close_backends() -> None:
