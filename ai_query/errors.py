@@ -17,6 +17,7 @@ Every error the package raises on purpose is an :class:`AIQueryError`::
     ├─ AuthenticationError                  no valid bearer token for an engine server
     ├─ RateLimitExceededError(retry_after)  an endpoint's rate limit is used up for now
     └─ JobError                             a batch job file or run failed
+       └─ JobLockedError                    another run of the same job holds its lock
 
 Third-party errors are translated once, at the boundary, with ``raise ... from exc``.
 """
@@ -105,3 +106,7 @@ class RateLimitExceededError(AIQueryError):
 
 class JobError(AIQueryError):
     """A batch job file is invalid or its run failed."""
+
+
+class JobLockedError(JobError):
+    """Another run of the same job is in progress (it holds the job's lock)."""

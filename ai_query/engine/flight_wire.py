@@ -60,9 +60,8 @@ def error_to_flight(exc: BaseException) -> flight.FlightError:
     """
     if not isinstance(exc, AIQueryError):
         exc = EngineError(f"engine server error: {type(exc).__name__}: {exc}")
-    attrs = {
-        k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float, bool, list, type(None)))
-    }
+    simple = (str, int, float, bool, list, type(None))
+    attrs = {k: v for k, v in vars(exc).items() if isinstance(v, simple)}
     info = {_ERROR_KEY: type(exc).__name__, "message": str(exc), "attrs": attrs}
     extra = json.dumps(info).encode()
     message = f"{type(exc).__name__}: {exc}"

@@ -87,6 +87,11 @@ class LocalEngine:
             self._loop = shared_loop()
         return self._loop
 
+    @property
+    def backend_factory(self) -> BackendFactory | None:
+        """What builds this engine's backends (None: vLLM for local models, else external)."""
+        return self._factory
+
     def plan(self, options: CallOptions) -> CallPlan:
         """Resolve a call; raises ConfigError/UnknownEndpointError before any row runs."""
         endpoint = self.catalog.get(options.endpoint)

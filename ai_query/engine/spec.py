@@ -70,8 +70,10 @@ def build_engine(spec: EngineSpec) -> Engine:
         return LocalEngine(spec.catalog(), backend_factory=DeterministicBackend)
     if spec.kind == "flight":
         try:
-            from ai_query.engine.flight_client import FlightEngineClient  # type: ignore[import-not-found]
+            from ai_query.engine.flight_client import FlightEngineClient
         except ImportError as exc:
             raise ConfigError("the Flight engine client is not available in this build") from exc
-        return FlightEngineClient(spec.urls, catalog=spec.catalog(), token=spec.token)  # type: ignore[no-any-return]
+        # No catalog in the spec: the client asks the servers for theirs when it needs one.
+        catalog = spec.catalog() if spec.catalog_json is not None else None
+        return FlightEngineClient(spec.urls, catalog=catalog, token=spec.token)
     raise ConfigError(f"unknown engine kind {spec.kind!r}; expected local, deterministic or flight")

@@ -94,6 +94,9 @@ class VLLMBackend:
         async with self._start_lock:
             if self._engine is None:
                 self._engine = self._build()
+                from ai_query.engine.registry import close_backends_first_at_exit
+
+                close_backends_first_at_exit()
 
     def _build(self) -> Any:
         apply_vllm_environment()
@@ -249,14 +252,17 @@ class VLLMBackend:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.tool_parsers import ToolParserManager
 
-        api_request = ChatCompletionRequest(
-            model=self.model_dir.name,
-            messages=request.conversation(text),  # type: ignore[arg-type]
-            tools=request.tools,  # type: ignore[arg-type]
-            tool_choice="auto",
+        api_request = ChatCompletionRequest.model_validate(
+            {
+                "model": self.model_dir.name,
+                "messages": request.conversation(text),
+                "tools": request.tools,
+                "tool_choice": "auto",
+            }
         )
         parser_cls = ToolParserManager.get_tool_parser(str(self.tool_call_parser))
-        parser = parser_cls(self._engine.renderer.get_tokenizer(), api_request.tools)
+        tools: Any = api_request.tools
+        parser = parser_cls(self._engine.renderer.get_tokenizer(), tools)
         info = parser.extract_tool_calls(text, api_request)
         if not info.tools_called:
             return text, None, finish

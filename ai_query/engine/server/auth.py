@@ -116,7 +116,7 @@ class TokenAuth:
                 data = yaml.safe_load(text)
             else:
                 data = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - yaml and json raise unrelated types
+        except Exception as exc:
             raise ConfigError(f"tokens file {path} does not parse") from exc
         by_digest = _digests(data, f"tokens file {path}")
         with self._lock:

@@ -9,19 +9,20 @@ results back in order. So every batch of every stream is in flight at once, and 
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as flight
 
+from ai_query.engine.batch import CALL_METADATA_KEY, REQUEST_COLUMN
 from ai_query.engine.flight_wire import (
     ACTION_CATALOG,
     ACTION_HEALTH,
@@ -30,37 +31,40 @@ from ai_query.engine.flight_wire import (
     error_to_flight,
 )
 from ai_query.engine.protocol import Engine
+from ai_query.engine.server.auth import ANONYMOUS, TokenAuth
+from ai_query.engine.server.ratelimit import RateLimiter
+from ai_query.errors import AuthenticationError
+from ai_query.options import CallOptions
 
 log = logging.getLogger(__name__)
 
 _AUTH = "auth"
 
 
-class BearerTokenMiddleware(flight.ServerMiddleware):
-    """Remembers who made a call (the principal of the token it presented)."""
+class PrincipalMiddleware(flight.ServerMiddleware):
+    """Remembers who made a call (the principal its bearer token stands for)."""
 
     def __init__(self, principal: str) -> None:
         self.principal = principal
 
 
-class BearerTokenMiddlewareFactory(flight.ServerMiddlewareFactory):
-    """Refuses every call that lacks one of the server's bearer tokens."""
+class TokenAuthMiddlewareFactory(flight.ServerMiddlewareFactory):
+    """Refuses every call without a bearer token that one of ``auths`` accepts."""
 
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._tokens = [(tok.encode(), principal) for tok, principal in tokens.items()]
+    def __init__(self, auths: Sequence[TokenAuth]) -> None:
+        self._auths = list(auths)
 
-    def start_call(self, info: Any, headers: Mapping[str, list[str]]) -> BearerTokenMiddleware:
+    def start_call(self, info: Any, headers: Mapping[str, list[str]]) -> PrincipalMiddleware:
         """Check the ``authorization`` header; raise FlightUnauthenticatedError without a match."""
-        for value in headers.get(AUTH_HEADER, []):
-            scheme, _, presented = value.partition(" ")
-            if scheme.lower() != "bearer":
-                continue
-            for token, principal in self._tokens:
-                if hmac.compare_digest(token, presented.encode()):
-                    return BearerTokenMiddleware(principal)
-        raise flight.FlightUnauthenticatedError(
-            "missing or invalid bearer token for this ai_query engine server"
-        )
+        values: list[str | None] = [*headers.get(AUTH_HEADER, [])] or [None]
+        problem = "a bearer token is required"
+        for auth in self._auths:
+            for value in values:
+                try:
+                    return PrincipalMiddleware(auth.authenticate_header(value))
+                except AuthenticationError as exc:
+                    problem = str(exc)
+        raise flight.FlightUnauthenticatedError(problem)
 
 
 class EngineFlightServer(flight.FlightServerBase):
@@ -69,7 +73,10 @@ class EngineFlightServer(flight.FlightServerBase):
     Args:
         engine: the engine answering request batches (thread-safe ``run``).
         location: ``grpc://host:port`` to bind (port 0: any free port, see :attr:`port`).
-        tokens: bearer token -> principal; when non-empty every call must present a token.
+        auth: bearer tokens (shared with the HTTP server); every call must present one that
+            one of them accepts. None or empty: auth off.
+        limiter: endpoint rate limits (shared with the HTTP server): a batch waits until its
+            rows are admitted. None: no limits.
         max_workers: most request batches run at once (over all streams).
         description: a word for logs and health (e.g. ``local``, ``deterministic``).
     """
@@ -79,23 +86,27 @@ class EngineFlightServer(flight.FlightServerBase):
         engine: Engine,
         location: str = "grpc://127.0.0.1:0",
         *,
-        tokens: Mapping[str, str] | None = None,
+        auth: Sequence[TokenAuth] | None = None,
+        limiter: RateLimiter | None = None,
         max_workers: int = 256,
         description: str = "engine",
     ) -> None:
-        middleware = {_AUTH: BearerTokenMiddlewareFactory(tokens)} if tokens else None
+        auths = [a for a in auth or () if a.enabled]
+        middleware = {_AUTH: TokenAuthMiddlewareFactory(auths)} if auths else None
         super().__init__(location, middleware=middleware)
         self.engine = engine
+        self.limiter = limiter
         self.description = description
-        self.auth_required = bool(tokens)
+        self.auth_required = bool(auths)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="aiq-batch")
         self._lock = threading.Lock()
         self._started = time.time()
         self._draining = False
-        self.stats: dict[str, int] = {
-            "exchanges": 0, "active_exchanges": 0, "batches": 0, "rows": 0, "errors": 0,
-        }
-        """Counters since start: exchanges, active_exchanges, batches, rows, errors."""
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("exchanges", "active_exchanges", "batches", "rows", "errors", "prompt_tokens",
+             "completion_tokens"), 0
+        )
+        """Counters since start: exchanges, active_exchanges, batches, rows, errors, tokens."""
         host = location.split("://", 1)[-1].rsplit(":", 1)[0]
         self.url = f"grpc://{host}:{self.port}"
         """The address clients use."""
@@ -104,16 +115,17 @@ class EngineFlightServer(flight.FlightServerBase):
     def do_exchange(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
         """Answer each request batch of the stream with a result batch, in order."""
         peer = _peer(context)
+        principal = _principal(context)
         started = time.monotonic()
         self._count(exchanges=1, active_exchanges=1)
         pending: queue.Queue[Future[pa.RecordBatch] | None] = queue.Queue()
         stop = threading.Event()
         reader_thread = threading.Thread(
-            target=self._read_requests, args=(reader, pending, stop), daemon=True,
+            target=self._read_requests, args=(reader, pending, stop, principal), daemon=True,
             name="aiq-exchange-reader",
         )
         reader_thread.start()
-        batches = rows = 0
+        batches = rows = prompt_tokens = completion_tokens = 0
         try:
             begun = False
             while (future := pending.get()) is not None:
@@ -124,6 +136,8 @@ class EngineFlightServer(flight.FlightServerBase):
                 writer.write_batch(result)
                 batches += 1
                 rows += result.num_rows
+                prompt_tokens += _total(result, "prompt_tokens")
+                completion_tokens += _total(result, "completion_tokens")
             log.info(
                 "exchange from %s: %d batch(es), %d rows in %.2fs",
                 peer, batches, rows, time.monotonic() - started,
@@ -140,21 +154,44 @@ class EngineFlightServer(flight.FlightServerBase):
             # The reader must be done with the stream before the handler returns; a client
             # always ends its side after its last batch, so this join is short.
             reader_thread.join()
-            self._count(active_exchanges=-1, batches=batches, rows=rows)
+            self._count(
+                active_exchanges=-1, batches=batches, rows=rows, prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
 
     def _read_requests(
-        self, reader: Any, pending: queue.Queue[Future[pa.RecordBatch] | None], stop: threading.Event
+        self,
+        reader: Any,
+        pending: queue.Queue[Future[pa.RecordBatch] | None],
+        stop: threading.Event,
+        principal: str,
     ) -> None:
         try:
             for chunk in reader:
                 if chunk.data is not None and not stop.is_set():
-                    pending.put(self._pool.submit(self.engine.run, chunk.data))
+                    pending.put(self._pool.submit(self._run_batch, chunk.data, principal))
         except Exception as exc:  # noqa: BLE001 - a client that went away ends the stream
             failed: Future[pa.RecordBatch] = Future()
             failed.set_exception(exc)
             pending.put(failed)
         finally:
             pending.put(None)
+
+    def _run_batch(self, batch: pa.RecordBatch, principal: str) -> pa.RecordBatch:
+        endpoint = None
+        if self.limiter is not None:
+            meta = (batch.schema.metadata or {}).get(CALL_METADATA_KEY)
+            if meta is not None:
+                endpoint = self.engine.catalog.get(CallOptions.from_json(meta).endpoint)
+        if endpoint is None or not endpoint.rate_limits or self.limiter is None:
+            return self.engine.run(batch)
+        # Throttle rather than fail: the rows wait until the endpoint's limits admit them.
+        rows = batch.num_rows - batch.column(REQUEST_COLUMN).null_count
+        self.limiter.wait(endpoint, principal, rows)
+        result = self.engine.run(batch)
+        used = _total(result, "prompt_tokens") + _total(result, "completion_tokens")
+        self.limiter.record_tokens(endpoint, principal, used)
+        return result
 
     # -- actions ---------------------------------------------------------------------------
     def list_actions(self, context: Any) -> list[tuple[str, str]]:
@@ -210,11 +247,21 @@ def public_catalog_data(engine: Engine) -> dict[str, Any]:
     return data
 
 
+def _total(result: pa.RecordBatch, column: str) -> int:
+    if column not in result.schema.names:
+        return 0
+    return int(pc.sum(result.column(column)).as_py() or 0)
+
+
+def _principal(context: Any) -> str:
+    middleware = context.get_middleware(_AUTH)
+    return middleware.principal if middleware is not None else ANONYMOUS
+
+
 def _peer(context: Any) -> str:
     try:
         peer = context.peer()
-        name = context.get_middleware(_AUTH)
+        text = peer.decode() if isinstance(peer, bytes) else str(peer)
+        return f"{text} ({_principal(context)})"
     except Exception:  # noqa: BLE001 - only for log lines
         return "?"
-    text = peer.decode() if isinstance(peer, bytes) else str(peer)
-    return f"{text} ({name.principal})" if name is not None else text

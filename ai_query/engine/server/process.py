@@ -12,12 +12,11 @@ finish, then the models shut down. A second signal exits at once.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,9 @@ from typing import Any
 from ai_query.catalog import Catalog
 from ai_query.engine.batch import request_batch
 from ai_query.engine.protocol import Engine
+from ai_query.engine.server.auth import TokenAuth
 from ai_query.engine.server.flight import EngineFlightServer
+from ai_query.engine.server.ratelimit import RateLimiter
 from ai_query.errors import ConfigError
 from ai_query.options import CallOptions, ModelParameters
 
@@ -67,7 +68,9 @@ class RunningServer:
         close_backends()
 
 
-def build_server_engine(catalog: Catalog, kind: str = "local", *, batch_delay: float = 0.0) -> Engine:
+def build_server_engine(
+    catalog: Catalog, kind: str = "local", *, batch_delay: float = 0.0
+) -> Engine:
     """The engine a server hosts: ``local`` (vLLM), ``deterministic`` or ``echo`` (tests).
 
     Raises:
@@ -115,32 +118,6 @@ def warm_up(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
         engine.run(request_batch(["warm up"], CallOptions(endpoint=name, model_parameters=params)))
 
 
-def load_tokens(path: str | Path) -> dict[str, str]:
-    """Bearer tokens from a JSON/YAML file: ``{token: principal}`` or a list of tokens.
-
-    Raises:
-        ConfigError: when the file cannot be read or has another shape.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read tokens file {path}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - yaml's errors
-        raise ConfigError(f"tokens file {path} does not parse: {exc}") from exc
-    if isinstance(data, list) and all(isinstance(t, str) for t in data):
-        return {t: f"token-{i}" for i, t in enumerate(data)}
-    if isinstance(data, dict) and all(isinstance(k, str) for k in data):
-        return {k: str(v) for k, v in data.items()}
-    raise ConfigError(f"tokens file {path}: expected {{token: principal}} or a list of tokens")
-
-
 def start_server(
     catalog: Catalog | str | Path | None = None,
     host: str = "127.0.0.1",
@@ -155,11 +132,10 @@ def start_server(
     batch_delay: float = 0.0,
 ) -> RunningServer:
     """Start an engine server and return at once; see :func:`serve` for the arguments."""
-    tokens: dict[str, str] = {}
-    if tokens_file is not None:
-        tokens.update(load_tokens(tokens_file))
+    auths = [TokenAuth.from_file(tokens_file)]
     if token:
-        tokens[token] = "default"
+        auths.append(TokenAuth({token: "token"}))
+    limiter = RateLimiter()
     if engine is None:
         cat = catalog if isinstance(catalog, Catalog) else (
             Catalog.load(catalog) if catalog is not None else Catalog.default()
@@ -168,14 +144,17 @@ def start_server(
     if preload:
         warm_up(engine, None if preload is True else list(preload))
     server = EngineFlightServer(
-        engine, f"grpc://{host}:{port}", tokens=tokens, description=engine_kind
+        engine, f"grpc://{host}:{port}", auth=auths, limiter=limiter, description=engine_kind
     )
     running = RunningServer(server, engine)
     if http_port is not None:
-        running.stop_http = _start_http(engine, host, http_port, tokens)
+        running.stop_http = _start_http(
+            engine, host, http_port, auth=auths, limiter=limiter, tokens_file=tokens_file
+        )
     log.info(
         "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
-        engine_kind, server.url, ", ".join(engine.catalog.names()), "on" if tokens else "off",
+        engine_kind, server.url, ", ".join(engine.catalog.names()),
+        "on" if server.auth_required else "off",
     )
     return running
 
@@ -202,7 +181,8 @@ def serve(
         port: Flight port (0: any free port).
         http_port: also serve the HTTP API on this port (same engine); off when None.
         token: a bearer token clients must send.
-        tokens_file: more tokens (:func:`load_tokens`).
+        tokens_file: a JSON/YAML file of ``{token: principal}`` (see
+            :class:`ai_query.engine.server.auth.TokenAuth`; re-read when it changes).
         engine: serve this engine instead of building one from the catalog.
         engine_kind: ``local`` (vLLM), or ``deterministic``/``echo`` for tests.
         preload: load models before listening (True: every local endpoint; or names).
@@ -260,17 +240,24 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
         log.info("received %s: finishing in-flight batches", signal.Signals(signum).name)
         stop.set()
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, handle)
     return previous
 
 
 # --- HTTP hook --------------------------------------------------------------------------------
-# The HTTP API (OpenAI-compatible and Databricks routes) lives in ai_query.engine.server.http and
-# is started here, in the same process and on the same engine, when --http-port is given.
+# The HTTP API (OpenAI-compatible and Databricks routes) lives in ai_query.engine.server.http. When
+# --http-port is given it runs here, in the same process, beside Flight, sharing the engine, the
+# bearer tokens and the rate limiter. This function is the one integration point.
 def _start_http(
-    engine: Engine, host: str, port: int, tokens: Mapping[str, str]
+    engine: Engine,
+    host: str,
+    port: int,
+    *,
+    auth: Sequence[TokenAuth],
+    limiter: RateLimiter,
+    tokens_file: str | Path | None,
 ) -> Callable[[], None]:
     try:
         from ai_query.engine.server.http.app import create_app  # type: ignore[import-not-found]
@@ -281,10 +268,11 @@ def _start_http(
         ) from exc
     import uvicorn
 
-    app = create_app(engine, tokens=dict(tokens))
-    config = uvicorn.Config(app, host=host, port=port, log_level="info")
-    http = uvicorn.Server(config)
-    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours handle them
+    app = create_app(
+        engine=engine, host=host, port=port, auth=auth, limiter=limiter, tokens_file=tokens_file
+    )
+    http = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    # uvicorn installs no signal handlers off the main thread: ours stop both servers.
     thread = threading.Thread(target=http.run, name="aiq-http", daemon=True)
     thread.start()
     log.info("HTTP API listening on http://%s:%d", host, port)

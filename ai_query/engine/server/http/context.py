@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
-from ai_query.engine.server.auth import TokenAuth
+from ai_query.engine.server.auth import ANONYMOUS, TokenAuth
 from ai_query.engine.server.http.inference_table import InferenceTable
 from ai_query.engine.server.http.metrics import ServerMetrics
 from ai_query.engine.server.http.options import HTTPOptions
+from ai_query.engine.server.http.problems import APIError
 from ai_query.engine.server.http.service import ServingState
 from ai_query.engine.server.ratelimit import RateLimiter
+from ai_query.errors import AuthenticationError
 
 
 @dataclass
@@ -23,8 +26,8 @@ class ServerContext:
     """How the server runs."""
     serving: ServingState
     """Endpoints, deployments and backends."""
-    auth: TokenAuth
-    """Bearer tokens (shared with the Flight server)."""
+    auth: tuple[TokenAuth, ...]
+    """Bearer tokens (shared with the Flight server); a token any of them accepts is valid."""
     limiter: RateLimiter
     """Rate limits (shared with the Flight server)."""
     metrics: ServerMetrics
@@ -33,9 +36,35 @@ class ServerContext:
     """The inference table, when one is configured."""
     rng: random.Random = field(default_factory=random.Random)
     """Draws the served entity of each request (traffic split)."""
+    owns_models: bool = False
+    """Shut the process's model backends down when the app stops (set by ``run_http``)."""
 
 
 def get_context(request: Request) -> ServerContext:
     """The context of the app serving ``request``."""
     ctx: ServerContext = request.app.state.ctx
     return ctx
+
+
+def get_principal(request: Request) -> str:
+    """The authenticated principal of ``request`` (a FastAPI dependency).
+
+    Raises:
+        APIError: 401 when auth is on and the bearer token is missing or not valid.
+    """
+    auths = [a for a in get_context(request).auth if a.enabled]
+    if not auths:
+        return ANONYMOUS
+    header = request.headers.get("authorization")
+    problem = "a bearer token is required"
+    for auth in auths:
+        try:
+            return auth.authenticate_header(header)
+        except AuthenticationError as exc:
+            problem = str(exc)
+    raise APIError(401, problem, headers={"WWW-Authenticate": "Bearer"})
+
+
+#: Route parameter types: the app's context, and the authenticated principal.
+Ctx = Annotated[ServerContext, Depends(get_context)]
+Principal = Annotated[str, Depends(get_principal)]

@@ -107,6 +107,11 @@ class InferenceTable:
         self._queue = asyncio.Queue(self._max_queue)
         self._task = asyncio.create_task(self._run(), name="inference-table-writer")
 
+    @property
+    def queue_depth(self) -> int:
+        """Records waiting to be written."""
+        return 0 if self._queue is None else self._queue.qsize()
+
     def append(self, record: InferenceRecord) -> None:
         """Queue ``record`` (from the server's loop); drops it when the queue is full."""
         if self._queue is None:
@@ -134,7 +139,7 @@ class InferenceTable:
             await asyncio.sleep(self._flush_seconds)
             try:
                 await self._flush()
-            except Exception:  # noqa: BLE001 - a failed write must not stop the writer
+            except Exception:
                 log.exception("inference table: write failed")
 
     async def _flush(self) -> None:

@@ -9,6 +9,7 @@ an inference-table row, also for refused and failed requests.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -24,7 +25,7 @@ from ai_query.engine.server.http import responses
 from ai_query.engine.server.http.context import ServerContext
 from ai_query.engine.server.http.inference_table import InferenceRecord
 from ai_query.engine.server.http.logs import access_log
-from ai_query.engine.server.http.problems import APIError, bad_request, from_exception, rate_limited
+from ai_query.engine.server.http.problems import bad_request, from_exception, rate_limited
 from ai_query.engine.server.http.schemas import (
     ChatRequest,
     CompletionRequest,
@@ -39,7 +40,12 @@ ROUTE_TASKS = {
     "completions": "llm/v1/completions",
     "embeddings": "llm/v1/embeddings",
 }
-_BODY_KEYS = {"llm/v1/chat": "messages", "llm/v1/completions": "prompt", "llm/v1/embeddings": "input"}
+#: The body field that holds the request, by task.
+_BODY_KEYS = {
+    "llm/v1/chat": "messages",
+    "llm/v1/completions": "prompt",
+    "llm/v1/embeddings": "input",
+}
 
 
 @dataclass
@@ -76,7 +82,8 @@ class Call:
         """Record the answered call: metrics, token limits, access log, inference table."""
         ctx = self.ctx
         seconds = time.perf_counter() - self.started
-        label = self.endpoint.name if self.endpoint is not None else self.name
+        # Unknown names share one label: metrics must not grow with whatever callers send.
+        label = self.endpoint.name if self.endpoint is not None else "(unknown)"
         ctx.metrics.observe(label, self.route, status, seconds)
         ctx.metrics.count_tokens(label, self.prompt_tokens, self.completion_tokens)
         if self.endpoint is not None:
@@ -85,7 +92,15 @@ class Call:
             )
         entity = self.entity.served_name if self.entity is not None else None
         access_log.info(
-            "request",
+            "%s %s -> %d in %.1f ms (principal %s, entity %s, tokens %d/%d)",
+            self.route,
+            label,
+            status,
+            seconds * 1000,
+            self.principal,
+            entity,
+            self.prompt_tokens,
+            self.completion_tokens,
             extra={
                 "request_id": self.request_id,
                 "endpoint": label,
@@ -145,9 +160,13 @@ async def invoke(
         task = call.endpoint.task
         wanted = ROUTE_TASKS.get(route)
         if wanted is not None and wanted != task:
-            raise bad_request(f"endpoint {name!r} serves {task}, not {wanted}")
+            # A chat model also completes raw prompts (as vLLM's own server allows).
+            if not (route == "completions" and task == "llm/v1/chat"):
+                raise bad_request(f"endpoint {name!r} serves {task}, not {wanted}")
+            task = wanted
         if route == "invocations" and isinstance(body, dict) and _BODY_KEYS[task] not in body:
-            raise bad_request(f"endpoint {name!r} serves {task}: the body needs {_BODY_KEYS[task]!r}")
+            key = _BODY_KEYS[task]
+            raise bad_request(f"endpoint {name!r} serves {task}: the body needs {key!r}")
         wait = ctx.limiter.acquire(call.endpoint, principal)
         if wait > 0:
             ctx.metrics.rate_limited.labels(call.endpoint.name).inc()
@@ -170,11 +189,14 @@ async def invoke(
         finally:
             if not isinstance(answer, StreamingResponse):  # a stream lowers it when it ends
                 gauge.dec()
-    except Exception as exc:  # noqa: BLE001 - every failure becomes an API error answer
+    except Exception as exc:
         error = from_exception(exc, external=call.external)
         error.headers = {**call.headers(), **error.headers}
         error.message = ctx.serving.redactor(error.message)
         call.finish(error.status, {"error_code": error.code, "message": error.message})
+        error.logged = True
+        if error is exc:
+            raise
         raise error from exc
     return answer
 
@@ -198,7 +220,7 @@ async def _completions(call: Call, cmpl: CompletionRequest) -> Response:
     done = await call.ctx.serving.run(_gather(jobs))
     call.prompt_tokens = sum(d.prompt_tokens for d in done[:: cmpl.n])
     call.completion_tokens = sum(d.completion_tokens for d in done)
-    body = responses.completion(call.request_id, _model(call), done)
+    body = responses.completion(call.request_id, _model(call), done, cmpl.n)
     call.finish(200, body)
     return JSONResponse(body, headers=call.headers())
 
@@ -249,6 +271,9 @@ async def _stream(call: Call, gen: Any, text: str, usage: bool, *, chat: bool) -
                     yield event
             for event in assembler.close():
                 yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            status = 499  # the client went away; closing the chunks aborts the generation
+            raise
         except Exception as exc:  # noqa: BLE001 - the status is sent; report in-stream
             error = from_exception(exc, external=call.external)
             status = error.status
@@ -266,13 +291,9 @@ async def _stream(call: Call, gen: Any, text: str, usage: bool, *, chat: bool) -
 
 async def _gather(coros: list[Any]) -> list[Any]:
     """Await ``coros`` together (on the engine loop)."""
-    import asyncio
-
     return list(await asyncio.gather(*coros))
 
 
 def _model(call: Call) -> str:
     return call.entity.served_name if call.entity is not None else call.name
 
-
-__all__ = ["APIError", "Call", "invoke"]

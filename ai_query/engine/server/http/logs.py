@@ -16,7 +16,13 @@ import time
 from typing import Any
 
 #: Fields of a log record that are not extra context.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+    "vllm_process_name",
+}
 
 access_log = logging.getLogger("ai_query.http.access")
 

@@ -63,6 +63,8 @@ class APIError(Exception):
         self.code = code or _CODES.get(status, "INTERNAL_ERROR")
         self.message = message
         self.headers = headers or {}
+        self.logged = False
+        """True once the access log has a line for this error."""
         super().__init__(message)
 
 

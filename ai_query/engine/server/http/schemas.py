@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ai_query.engine.backend import GenerationRequest
@@ -154,6 +155,18 @@ class EmbeddingRequest(_Body):
         return texts
 
 
+async def read_json(request: Request) -> Any:
+    """The request's JSON body.
+
+    Raises:
+        APIError: 400 when it is not JSON.
+    """
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from exc
+
+
 def parse(model: type[_Body], body: Any) -> Any:
     """Validate ``body`` as ``model``.
 
@@ -193,4 +206,6 @@ def _response_format(value: dict[str, Any] | None) -> tuple[dict[str, Any] | Non
         if not isinstance(schema, dict):
             raise bad_request("response_format.json_schema.schema must be a JSON schema object")
         return schema, False
-    raise bad_request(f"response_format.type must be text, json_object or json_schema, got {kind!r}")
+    raise bad_request(
+        f"response_format.type must be text, json_object or json_schema, got {kind!r}"
+    )

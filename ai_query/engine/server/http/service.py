@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -87,6 +87,7 @@ class ServingState:
         }
         self._stored: dict[str, EndpointRecord] = {r.name: r for r in store.load()}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[Callable[[Catalog], None]] = []
         self._catalog = Catalog([])
         self._rebuild()
 
@@ -95,6 +96,14 @@ class ServingState:
     def catalog(self) -> Catalog:
         """The endpoints served right now (thread-safe: an immutable snapshot)."""
         return self._catalog
+
+    def subscribe(self, listener: Callable[[Catalog], None]) -> None:
+        """Call ``listener(catalog)`` now and whenever the served endpoints change.
+
+        The server uses it to keep the engine behind Flight on the same endpoints.
+        """
+        self._listeners.append(listener)
+        listener(self._catalog)
 
     def records(self) -> list[EndpointRecord]:
         """Every endpoint's record: the catalog's first, then those created through the API."""
@@ -169,6 +178,7 @@ class ServingState:
         )
         self._save(record)
         self._deploy_later(record.name)
+        log.info("endpoint %s: created by %s", record.name, principal)
         return record
 
     def update_config(self, name: str, body: Any) -> EndpointRecord:
@@ -191,6 +201,7 @@ class ServingState:
         )
         self._save(record)
         self._deploy_later(name)
+        log.info("endpoint %s: config update started", name)
         return record
 
     def set_rate_limits(self, name: str, body: Any) -> list[RateLimit]:
@@ -234,6 +245,7 @@ class ServingState:
         self._stored.pop(name, None)
         self.store.delete(name)
         self._rebuild()
+        log.info("endpoint %s: deleted", name)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -320,6 +332,8 @@ class ServingState:
         names = {e.name for e in endpoints}
         aliases = {a: t for a, t in self._aliases.items() if t in names}
         self._catalog = Catalog(endpoints, aliases)
+        for listener in self._listeners:
+            listener(self._catalog)
 
     def _deploy_later(self, name: str) -> None:
         self._spawn(self._deploy(name), f"deploy:{name}")

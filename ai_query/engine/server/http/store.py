@@ -96,7 +96,8 @@ class EndpointStore:
         self._db = sqlite3.connect(
             str(path) if path is not None else ":memory:", check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL" if path is not None else "PRAGMA foreign_keys=ON")
+        if path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._db.commit()
 

@@ -8,7 +8,8 @@ client went away) cancels the pump, which cancels the model's request (vLLM abor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from ai_query.engine.backend import Backend, CompletionChunk, GenerationRequest
@@ -25,19 +26,23 @@ _END = object()
 
 async def stream_chunks(
     backend: Backend, text: str, request: GenerationRequest
-) -> AsyncIterator[CompletionChunk]:
+) -> AsyncGenerator[CompletionChunk, None]:
     """The chunks of ``backend.stream(text, request)``, as produced on the engine loop."""
     here = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
 
+    def put(item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the server's loop closed: nobody reads
+            here.call_soon_threadsafe(queue.put_nowait, item)
+
     async def pump() -> None:
         try:
             async for chunk in backend.stream(text, request):
-                here.call_soon_threadsafe(queue.put_nowait, chunk)
+                put(chunk)
         except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
-            here.call_soon_threadsafe(queue.put_nowait, _Failed(exc))
+            put(_Failed(exc))
         finally:
-            here.call_soon_threadsafe(queue.put_nowait, _END)
+            put(_END)
 
     future = shared_loop().submit(pump())
     try:

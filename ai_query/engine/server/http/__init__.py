@@ -1,0 +1,15 @@
+"""The HTTP half of the engine server: Model Serving for applications.
+
+OpenAI-compatible ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/models``; Databricks ``/serving-endpoints/{name}/invocations`` and the
+``/api/2.0/serving-endpoints`` management API; ``/health`` and Prometheus ``/metrics``.
+Endpoints created over HTTP persist in a SQLite file and are served by the same process-wide
+backends as the SQL path. See :func:`create_app`, :func:`run_http` and :func:`start_http`.
+"""
+
+from __future__ import annotations
+
+from ai_query.engine.server.http.app import HTTPServerThread, create_app, run_http, start_http
+from ai_query.engine.server.http.options import HTTPOptions
+
+__all__ = ["HTTPOptions", "HTTPServerThread", "create_app", "run_http", "start_http"]

@@ -1,0 +1,302 @@
+"""The HTTP server: a FastAPI app, run by uvicorn, alone or next to the Flight server.
+
+:func:`create_app` builds the app; :func:`run_http` serves it in the calling thread (signals
+handled); :func:`start_http` serves it from a background thread, for a process whose main
+thread runs the Flight server. To share auth, rate limits and the endpoints with Flight, build
+one :class:`~ai_query.engine.server.auth.TokenAuth` and one
+:class:`~ai_query.engine.server.ratelimit.RateLimiter`, pass them to :func:`create_app`, and
+give Flight ``app.state.ctx.serving.catalog`` (a callable returning the live catalog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ai_query.catalog import Catalog
+from ai_query.engine.protocol import Engine
+from ai_query.engine.registry import BackendFactory, close_backends
+from ai_query.engine.server.auth import TokenAuth
+from ai_query.engine.server.http import databricks_routes, management, openai_routes
+from ai_query.engine.server.http.backends import backend_factory_for
+from ai_query.engine.server.http.context import Ctx, Principal, ServerContext
+from ai_query.engine.server.http.inference_table import InferenceTable
+from ai_query.engine.server.http.logs import Redactor, access_log, configure_logging
+from ai_query.engine.server.http.metrics import ServerMetrics
+from ai_query.engine.server.http.options import HTTPOptions
+from ai_query.engine.server.http.problems import APIError, render
+from ai_query.engine.server.http.service import ServingState
+from ai_query.engine.server.http.store import EndpointStore
+from ai_query.engine.server.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+def serving_catalog(catalog: Catalog | None) -> Catalog:
+    """The server's own endpoints: the bundled defaults plus ``catalog`` (which wins)."""
+    base = Catalog.default()
+    if catalog is None:
+        return base
+    names = {e.name for e in catalog.endpoints()}
+    endpoints = [e for e in base.endpoints() if e.name not in names] + catalog.endpoints()
+    aliases = {a: t for a, t in base.aliases().items() if a not in names}
+    return Catalog(endpoints, {**aliases, **catalog.aliases()})
+
+
+def create_app(
+    options: HTTPOptions | None = None,
+    *,
+    catalog: Catalog | None = None,
+    engine: Engine | None = None,
+    auth: TokenAuth | Sequence[TokenAuth] | None = None,
+    limiter: RateLimiter | None = None,
+    backend_factory: BackendFactory | None = None,
+    **overrides: Any,
+) -> FastAPI:
+    """Build the HTTP server's app.
+
+    Args:
+        options: how the server runs (database, tokens file, inference table, engine...).
+        catalog: the server's catalog file endpoints; the bundled defaults are always added.
+            Default: ``engine.catalog`` when an engine is given.
+        engine: the engine the Flight server in this process serves. Its backends are shared
+            (same backend factory), and its ``catalog`` is kept equal to the served endpoints,
+            so SQL sees endpoints created over HTTP (and their rate limits).
+        auth: bearer tokens to share with Flight; a token any of them accepts is valid
+            (default: from ``options.tokens_file``).
+        limiter: rate limiter to share with Flight (default: a new one).
+        backend_factory: builds model backends (default: the engine's, else by
+            ``options.engine``).
+        **overrides: :class:`HTTPOptions` fields that replace those of ``options``.
+
+    Returns:
+        The app; ``app.state.ctx`` is its :class:`ServerContext`.
+    """
+    options = replace(options or HTTPOptions(), **_normalise(overrides))
+    factory = backend_factory_for(options.engine)
+    if backend_factory is not None:
+        factory = backend_factory
+    elif engine is not None and hasattr(engine, "backend_factory"):
+        factory = engine.backend_factory  # the Flight engine's own (None: vLLM)
+    if engine is not None and catalog is None:
+        catalog = engine.catalog
+    redactor = Redactor()
+    metrics = ServerMetrics()
+    serving = ServingState(
+        serving_catalog(catalog),
+        EndpointStore(options.database),
+        backend_factory=factory,
+        check_models=factory is None,
+        redactor=redactor,
+    )
+    if engine is not None and hasattr(engine, "catalog"):
+        serving.subscribe(lambda served: setattr(engine, "catalog", served))
+    if auth is None:
+        auths: tuple[TokenAuth, ...] = (TokenAuth.from_file(options.tokens_file),)
+    elif isinstance(auth, TokenAuth):
+        auths = (auth,)
+    else:
+        auths = tuple(auth)
+    table = None
+    if options.inference_table is not None:
+        table = InferenceTable(
+            options.inference_table,
+            metrics=metrics,
+            flush_seconds=options.inference_flush_seconds,
+            max_queue=options.inference_queue_size,
+        )
+    ctx = ServerContext(
+        options=options,
+        serving=serving,
+        auth=auths,
+        limiter=limiter or RateLimiter(period_scale=options.rate_limit_period_scale),
+        metrics=metrics,
+        table=table,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if table is not None:
+            await table.start()
+        await serving.start(warmup=options.warmup)
+        log.info("HTTP server ready", extra={"host": options.host, "port": options.port})
+        try:
+            yield
+        finally:
+            await serving.stop()
+            if table is not None:
+                await table.stop()
+            serving.store.close()
+            if ctx.owns_models:  # else the process (Flight) closes them after its own drain
+                await asyncio.to_thread(close_backends)
+
+    app = FastAPI(title="ai_query serving endpoints", lifespan=lifespan, docs_url=None)
+    app.state.ctx = ctx
+    app.include_router(openai_routes.router)
+    app.include_router(databricks_routes.router)
+    app.include_router(management.router)
+    _add_operations(app)
+    _add_error_handlers(app, redactor)
+    return app
+
+
+def _normalise(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Option overrides with paths as :class:`~pathlib.Path` (callers pass strings too)."""
+    out = dict(overrides)
+    for key in ("database", "tokens_file", "inference_table"):
+        if out.get(key) is not None:
+            out[key] = Path(out[key])
+    return out
+
+
+def _add_operations(app: FastAPI) -> None:
+    @app.get("/health", tags=["operations"])
+    async def health(ctx: Ctx) -> dict[str, Any]:
+        """Liveness, and each endpoint's readiness (no auth: for probes)."""
+        return {
+            "status": "ok",
+            "endpoints": {r.name: r.ready for r in ctx.serving.records()},
+        }
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics(
+        principal: Principal, ctx: Ctx
+    ) -> Response:
+        """Prometheus metrics."""
+        if ctx.table is not None:
+            ctx.metrics.table_queue.set(ctx.table.queue_depth)
+        return Response(ctx.metrics.render(), media_type=ctx.metrics.content_type)
+
+
+def _add_error_handlers(app: FastAPI, redactor: Redactor) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        if not exc.logged:  # queries log their own line; this covers auth and management
+            access_log.info(
+                "%s %s -> %d: %s",
+                request.method,
+                request.url.path,
+                exc.status,
+                redactor(exc.message),
+                extra={"path": request.url.path, "status": exc.status},
+            )
+        return render(request, exc, redactor)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return render(request, APIError(400, str(exc.errors())), redactor)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return render(request, APIError(exc.status_code, str(exc.detail)), redactor)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s: %s", request.url.path, redactor(repr(exc)))
+        return render(request, APIError(500, "internal error"), redactor)
+
+
+def run_http(
+    options: HTTPOptions | None = None,
+    *,
+    app: FastAPI | None = None,
+    catalog: Catalog | None = None,
+    auth: TokenAuth | None = None,
+    limiter: RateLimiter | None = None,
+) -> None:
+    """Serve the HTTP API in this thread until interrupted (SIGINT/SIGTERM).
+
+    Args:
+        options: host, port and the rest; the app is built from them unless ``app`` is given.
+        app: an app from :func:`create_app`.
+        catalog: see :func:`create_app`.
+        auth: see :func:`create_app`.
+        limiter: see :func:`create_app`.
+    """
+    import uvicorn
+
+    options = options or HTTPOptions()
+    app = app or create_app(options, catalog=catalog, auth=auth, limiter=limiter)
+    configure_logging(options.log_level, app.state.ctx.serving.redactor)
+    # Serving alone, this app owns the models: it shuts them down when it stops (uvicorn
+    # re-raises SIGTERM after shutdown, so neither a finally here nor atexit would run).
+    app.state.ctx.owns_models = True
+    uvicorn.run(
+        app,
+        host=options.host,
+        port=options.port,
+        log_config=None,
+        access_log=False,
+        log_level=options.log_level,
+        timeout_keep_alive=30,
+    )
+
+
+class HTTPServerThread:
+    """The HTTP server running in a background thread (see :func:`start_http`)."""
+
+    def __init__(self, app: FastAPI, options: HTTPOptions) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,
+            host=options.host,
+            port=options.port,
+            log_config=None,
+            access_log=False,
+            log_level=options.log_level,
+            timeout_keep_alive=30,
+        )
+        self.server = uvicorn.Server(config)
+        """The uvicorn server."""
+        self.thread = threading.Thread(target=self.server.run, name="ai-query-http", daemon=True)
+        """The thread serving."""
+
+    def start(self, timeout: float = 60.0) -> HTTPServerThread:
+        """Start serving; return once the socket listens.
+
+        Raises:
+            RuntimeError: when the server did not start within ``timeout`` seconds.
+        """
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP server did not start (is the port free?)")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop serving and wait for the thread."""
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def start_http(
+    options: HTTPOptions | None = None,
+    *,
+    app: FastAPI | None = None,
+    catalog: Catalog | None = None,
+    auth: TokenAuth | None = None,
+    limiter: RateLimiter | None = None,
+) -> HTTPServerThread:
+    """Serve the HTTP API from a background thread (the Flight server keeps the main thread).
+
+    Arguments as for :func:`run_http`. Returns the running server; call ``stop()`` to end it.
+    """
+    options = options or HTTPOptions()
+    app = app or create_app(options, catalog=catalog, auth=auth, limiter=limiter)
+    configure_logging(options.log_level, app.state.ctx.serving.redactor)
+    return HTTPServerThread(app, options).start()

@@ -1,0 +1,159 @@
+"""``/api/2.0/serving-endpoints``: create, get, list, delete, update config, rate limits, tags.
+
+Bodies and answers follow Databricks' Serving Endpoints REST API. Answers never carry a secret:
+``openai_api_key`` is a ``{{secrets/scope/key}}`` reference, shown as given, and a plain-text
+key (``openai_api_key_plaintext``) is never returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ai_query.catalog import Endpoint
+from ai_query.engine.server.http.context import Ctx, Principal
+from ai_query.engine.server.http.schemas import read_json
+from ai_query.engine.server.http.store import EndpointRecord
+
+router = APIRouter(prefix="/api/2.0/serving-endpoints", tags=["management"])
+
+
+def entity_json(endpoint: Endpoint, record: EndpointRecord, *, deployed: bool) -> list[Any]:
+    """The served entities of ``endpoint`` as Databricks shows them (with their state)."""
+    out = []
+    for entity in endpoint.config.served_entities:
+        data = entity.model_dump(mode="json", exclude_none=True)
+        data["name"] = entity.served_name
+        external = data.get("external_model", {}).get("openai_config")
+        if external is not None:
+            external.pop("openai_api_key_plaintext", None)
+        if deployed:
+            state = {"deployment": "DEPLOYMENT_READY", "deployment_state_message": ""}
+        else:
+            state = {"deployment": "DEPLOYMENT_CREATING", "deployment_state_message": "starting"}
+        data["state"] = state
+        data["creator"] = record.creator
+        data["creation_timestamp"] = record.creation_timestamp
+        out.append(data)
+    return out
+
+
+def _config_json(endpoint: Endpoint, record: EndpointRecord, version: int, deployed: bool) -> Any:
+    config: dict[str, Any] = {
+        "served_entities": entity_json(endpoint, record, deployed=deployed),
+        "config_version": version,
+    }
+    if endpoint.config.traffic_config is not None:
+        config["traffic_config"] = endpoint.config.traffic_config.model_dump(
+            mode="json", exclude_none=True
+        )
+    else:
+        first = endpoint.config.served_entities[0].served_name
+        config["traffic_config"] = {
+            "routes": [{"served_model_name": first, "traffic_percentage": 100}]
+        }
+    if endpoint.config.auto_capture_config is not None:
+        config["auto_capture_config"] = endpoint.config.auto_capture_config
+    return config
+
+
+def endpoint_json(record: EndpointRecord) -> dict[str, Any]:
+    """An endpoint in the shape of Databricks' ``ServingEndpointDetailed``."""
+    latest = record.latest
+    data: dict[str, Any] = {
+        "name": record.name,
+        "id": record.id,
+        "creator": record.creator,
+        "creation_timestamp": record.creation_timestamp,
+        "last_updated_timestamp": record.last_updated_timestamp,
+        "state": {"ready": record.ready, "config_update": record.config_update},
+        "task": latest.task,
+        "tags": [t.model_dump(mode="json", exclude_none=True) for t in latest.tags],
+        "rate_limits": [r.model_dump(mode="json", exclude_none=True) for r in latest.rate_limits],
+        "permission_level": "CAN_MANAGE",
+        "route_optimized": bool(latest.route_optimized),
+    }
+    if latest.description is not None:
+        data["description"] = latest.description
+    if record.served is not None:
+        data["config"] = _config_json(record.served, record, record.config_version, True)
+    if record.pending is not None:
+        pending = _config_json(record.pending, record, record.config_version + 1, False)
+        pending["start_time"] = record.last_updated_timestamp
+        data["pending_config"] = pending
+    if record.message:
+        data["state"]["config_update_message"] = record.message
+    return data
+
+
+@router.post("")
+async def create_endpoint(
+    request: Request,
+    principal: Principal,
+    ctx: Ctx,
+) -> dict[str, Any]:
+    """Create a serving endpoint; it is ``NOT_READY`` until its models have started."""
+    record = ctx.serving.create(await read_json(request), principal)
+    return endpoint_json(record)
+
+
+@router.get("")
+async def list_endpoints(
+    principal: Principal, ctx: Ctx
+) -> dict[str, Any]:
+    """Every serving endpoint."""
+    return {"endpoints": [endpoint_json(r) for r in ctx.serving.records()]}
+
+
+@router.get("/{name}")
+async def get_endpoint(
+    name: str, principal: Principal, ctx: Ctx
+) -> dict[str, Any]:
+    """One serving endpoint."""
+    return endpoint_json(ctx.serving.record(name))
+
+
+@router.delete("/{name}")
+async def delete_endpoint(
+    name: str, principal: Principal, ctx: Ctx
+) -> dict[str, Any]:
+    """Delete an endpoint created through the API."""
+    ctx.serving.delete(name)
+    return {}
+
+
+@router.put("/{name}/config")
+async def update_config(
+    name: str,
+    request: Request,
+    principal: Principal,
+    ctx: Ctx,
+) -> dict[str, Any]:
+    """Replace served entities and traffic; the old config serves until the new one is ready."""
+    record = ctx.serving.update_config(name, await read_json(request))
+    return endpoint_json(record)
+
+
+@router.put("/{name}/rate-limits")
+async def put_rate_limits(
+    name: str,
+    request: Request,
+    principal: Principal,
+    ctx: Ctx,
+) -> dict[str, Any]:
+    """Replace the endpoint's rate limits."""
+    limits = ctx.serving.set_rate_limits(name, await read_json(request))
+    return {"rate_limits": [r.model_dump(mode="json", exclude_none=True) for r in limits]}
+
+
+@router.patch("/{name}/tags")
+async def patch_tags(
+    name: str,
+    request: Request,
+    principal: Principal,
+    ctx: Ctx,
+) -> dict[str, Any]:
+    """Add and delete tags."""
+    tags = ctx.serving.patch_tags(name, await read_json(request))
+    return {"tags": [t.model_dump(mode="json", exclude_none=True) for t in tags]}

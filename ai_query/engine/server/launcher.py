@@ -1,0 +1,217 @@
+"""Start and stop engine server subprocesses.
+
+The embedded server of local Spark, the tests and the benchmarks run ``python -m
+ai_query.engine.server.process`` in its own process group, wait (boundedly) until its health
+check answers, and stop it with SIGTERM (graceful) then SIGKILL. Every server started here is
+also stopped when this process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ai_query.catalog import Catalog
+from ai_query.errors import EngineUnavailableError
+
+_LISTENING = re.compile(r"listening on (grpc://\S+?);")
+_started: list[ServerProcess] = []
+_lock = threading.Lock()
+_atexit_registered = False
+
+
+class ServerProcess:
+    """A running engine server subprocess."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], log_path: Path, token: str | None,
+        workdir: Path | None = None,
+    ) -> None:
+        self.proc = proc
+        """The process."""
+        self.log_path = log_path
+        """Its log file (stdout and stderr)."""
+        self.token = token
+        """The bearer token it requires, if any."""
+        self.url = ""
+        """``grpc://host:port``, known once it listens."""
+        self._workdir = workdir
+
+    @property
+    def pid(self) -> int:
+        """Process id."""
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of its log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the server listens and its health check answers.
+
+        Raises:
+            EngineUnavailableError: it exited or did not get ready in time (with its log tail).
+        """
+        from ai_query.engine.flight_client import FlightEngineClient
+
+        deadline = time.monotonic() + timeout
+        client: FlightEngineClient | None = None
+        try:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise EngineUnavailableError(
+                        f"engine server exited with code {self.proc.returncode}; log "
+                        f"{self.log_path}:\n{self.log_tail()}"
+                    )
+                if not self.url:
+                    found = _LISTENING.search(self.log_path.read_text(errors="replace"))
+                    self.url = found.group(1) if found else ""
+                if self.url:
+                    client = client or FlightEngineClient([self.url], token=self.token or "")
+                    status = client.health(timeout=2.0)[self.url]
+                    if status.get("status") == "ok":
+                        return
+                time.sleep(0.2)
+        finally:
+            if client is not None:
+                client.close()
+        self.stop(grace=5)
+        raise EngineUnavailableError(
+            f"engine server not ready after {timeout:.0f}s; log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self, grace: float = 60.0) -> None:
+        """SIGTERM (in-flight batches finish), then SIGKILL the group after ``grace`` seconds.
+
+        A temporary directory the launcher made for the server (log, catalog) is removed.
+        """
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill_group()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def kill(self) -> None:
+        """SIGKILL at once (failure tests)."""
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group this launcher created
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def __repr__(self) -> str:
+        return f"ServerProcess(pid={self.pid}, url={self.url!r})"
+
+
+def start_server_process(
+    catalog: Catalog | str | Path | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    engine: str = "local",
+    preload: bool | Sequence[str] = True,
+    token: str | None = None,
+    batch_delay: float = 0.0,
+    startup_timeout: float = 600.0,
+    env: Mapping[str, str] | None = None,
+    log_dir: str | Path | None = None,
+) -> ServerProcess:
+    """Start an engine server subprocess and wait until it is healthy.
+
+    Args:
+        catalog: the endpoints (object or file); None: the bundled ones.
+        host: address to bind.
+        port: Flight port; 0 picks a free one (read back from the server's log).
+        engine: ``local`` (vLLM), ``deterministic`` or ``echo``.
+        preload: load models before listening (True: every local endpoint; or names).
+        token: bearer token the server requires (passed in a private file, not argv).
+        batch_delay: hold each batch this many seconds (failure tests only).
+        startup_timeout: most seconds to wait for the health check.
+        env: extra environment variables for the server.
+        log_dir: where the log goes (default: a temporary directory, removed by ``stop``).
+
+    Raises:
+        EngineUnavailableError: the server exited or did not get ready in time.
+    """
+    own_dir = log_dir is None
+    if log_dir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="ai-query-server-"))
+    else:
+        workdir = Path(log_dir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "ai_query.engine.server.process",
+            "--host", host, "--port", str(port), "--engine", engine]
+    if catalog is not None:
+        path = Path(catalog) if not isinstance(catalog, Catalog) else workdir / "catalog.json"
+        if isinstance(catalog, Catalog):
+            path.write_text(json.dumps(catalog.to_data()))
+        args += ["--catalog", str(path)]
+    if preload:
+        args += ["--preload", "all" if preload is True else ",".join(preload)]
+    tokens = workdir / f"tokens-{time.time_ns()}.json"
+    if token:
+        tokens.touch(mode=0o600)
+        tokens.write_text(json.dumps({token: "launcher"}))
+        args += ["--tokens-file", str(tokens)]
+    if batch_delay:
+        args += ["--batch-delay", str(batch_delay)]
+    log_path = workdir / f"engine-server-{time.time_ns()}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **dict(env or {})}, start_new_session=True,
+        )
+    server = ServerProcess(proc, log_path, token, workdir if own_dir else None)
+    _remember(server)
+    try:
+        server.wait_ready(startup_timeout)
+    finally:
+        tokens.unlink(missing_ok=True)  # the server has read it (it keeps the last good tokens)
+    return server
+
+
+def _remember(server: ServerProcess) -> None:
+    global _atexit_registered
+    with _lock:
+        _started.append(server)
+        if not _atexit_registered:
+            atexit.register(stop_all)
+            _atexit_registered = True
+
+
+def stop_all() -> None:
+    """Stop every server this process started (also run at exit)."""
+    with _lock:
+        servers = list(_started)
+        _started.clear()
+    for server in servers:
+        server.stop(grace=30)

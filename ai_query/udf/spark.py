@@ -1,0 +1,311 @@
+"""``ai_query`` in Spark SQL: a pandas UDF whose Arrow batches go to engine servers over Flight.
+
+:func:`register` installs on a SparkSession::
+
+    ai_query(endpoint, request [, returnType] [, failOnError] [, modelParameters]
+             [, responseFormat]) -> STRING
+
+as one pandas UDF whose last four parameters have defaults, so Spark 4 accepts every Databricks
+call form: positional, and named arguments (``=>``, any order). ``modelParameters`` may be a
+``named_struct(...)`` or its JSON text. The UDF returns text: the answer for string results, JSON
+for typed ones (a Spark UDF's type is fixed). :meth:`SparkAIQuery.sql` runs Databricks SQL
+through :func:`ai_query.sql.transpile`, which wraps typed calls in ``from_json(...)``, so
+``returnType``, embeddings and ``failOnError => false`` come back as the declared Spark types,
+and a bad call (unknown endpoint, bad returnType) fails before Spark runs a task.
+
+Each Spark Arrow batch (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows; ``batch_size``
+sets it) becomes one engine request batch per call, which the Flight client spreads over the
+servers. The client is built once per Python worker process: the UDF carries only a picklable
+:class:`~ai_query.engine.spec.EngineSpec`, and :func:`ai_query.engine.spec.get_engine` keeps
+one client per spec in a module-level cache. With no server address and a local master, the
+driver starts an engine server itself and stops it at exit (the embedded default).
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+import math
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.functions import pandas_udf
+
+from ai_query.catalog import Catalog
+from ai_query.config import settings
+from ai_query.engine.flight_client import FlightEngineClient, parse_urls
+from ai_query.engine.server.launcher import ServerProcess, start_server_process
+from ai_query.engine.spec import EngineSpec, get_engine
+from ai_query.errors import ConfigError
+from ai_query.sql import transpile
+from ai_query.sql.transpile import parse_sql
+from ai_query.udf.rows import answer_rows
+
+#: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+_embedded: dict[tuple[str, str], ServerProcess] = {}
+_embedded_lock = threading.Lock()
+
+
+class SparkAIQuery:
+    """``ai_query`` registered on a SparkSession; runs Databricks SQL that calls it."""
+
+    def __init__(
+        self, spark: SparkSession, spec: EngineSpec, catalog: Catalog, name: str,
+        server: ServerProcess | None,
+    ) -> None:
+        self.spark = spark
+        """The session."""
+        self.spec = spec
+        """What the UDF's workers connect to."""
+        self.catalog = catalog
+        """Endpoints, for checking calls before Spark runs."""
+        self.name = name
+        """SQL name of the function."""
+        self.server = server
+        """The embedded engine server, when the driver started one."""
+
+    def transpile(self, query: str, read: str = "databricks") -> str:
+        """The Spark SQL that runs ``query`` (one statement).
+
+        Raises:
+            ConfigError, SQLParseError, UnsupportedCallError: a bad ai_query call.
+        """
+        if read == "spark" and "ai_query" not in query.lower():
+            return query
+        return transpile(query, read=read, write="spark", catalog=self.catalog)
+
+    def sql(self, query: str, read: str = "databricks") -> DataFrame:
+        """Run ``query`` (Databricks SQL by default); the last statement's DataFrame.
+
+        Raises:
+            ConfigError, SQLParseError, UnsupportedCallError: a bad ai_query call, before
+                any Spark job starts.
+        """
+        trees = parse_sql(query, read)
+        statements = [query] if len(trees) <= 1 else [t.sql(dialect=read) for t in trees]
+        spark_sql = [self.transpile(s, read) for s in statements]  # check every call first
+        frame = None
+        for statement in spark_sql:
+            frame = self.spark.sql(statement)
+        if frame is None:
+            raise ConfigError("no SQL statement to run")
+        return frame
+
+
+def register(
+    spark: SparkSession,
+    catalog: Catalog | str | Path | None = None,
+    engine_url: str | Sequence[str] | None = None,
+    *,
+    token: str | None = None,
+    name: str = "ai_query",
+    batch_size: int | None = None,
+    embedded_engine: str = "local",
+) -> SparkAIQuery:
+    """Make ``ai_query(...)`` callable in ``spark.sql(...)``.
+
+    Args:
+        spark: the session.
+        catalog: endpoints (object or file); None: the servers' catalog (or the bundled one
+            for an embedded server).
+        engine_url: engine server address(es), ``grpc://host:port`` (list or comma string);
+            None: ``AI_QUERY_ENGINE_URL``; if that is unset too and the master is local, an
+            embedded server is started (and stopped at exit).
+        token: bearer token for the servers; None: ``AI_QUERY_TOKEN``.
+        name: SQL name of the function.
+        batch_size: rows per Spark Arrow batch (sets ``spark.sql.execution.arrow.
+            maxRecordsPerBatch``); None keeps the session's setting.
+        embedded_engine: engine of an embedded server: ``local`` (vLLM) or ``deterministic``.
+
+    Returns:
+        A :class:`SparkAIQuery` whose ``sql`` runs Databricks SQL with typed results.
+
+    Raises:
+        ConfigError: no server address outside local mode, or a bad address or catalog.
+        AuthenticationError: the servers refuse the token.
+        EngineUnavailableError: no given server answers.
+    """
+    env = settings()
+    if isinstance(catalog, (str, Path)):
+        catalog = Catalog.load(catalog)
+    urls = parse_urls(engine_url) if engine_url else env.engine_urls
+    token = token if token is not None else env.token
+    server = None
+    if not urls:
+        if not _is_local(spark):
+            raise ConfigError(
+                "no engine server for Spark: pass engine_url='grpc://host:port' or set "
+                "AI_QUERY_ENGINE_URL (a server is only started automatically in local mode)"
+            )
+        catalog = catalog or Catalog.default()
+        server = embedded_server(catalog, embedded_engine)
+        urls, token = (server.url,), None
+    client = FlightEngineClient(urls, catalog=catalog, token=token or "")
+    try:
+        client.check()  # fail here, clearly, rather than in the first task
+        catalog = client.catalog
+    finally:
+        client.close()
+    spec = EngineSpec(kind="flight", urls=tuple(urls), token=token or None)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        spark.conf.set(ARROW_BATCH_CONF, str(batch_size))
+    spark.udf.register(name, _make_udf(spec))
+    return SparkAIQuery(spark, spec, catalog, name, server)
+
+
+def run_sql(
+    query: str,
+    *,
+    catalog: Catalog | str | Path | None = None,
+    engine_url: str | Sequence[str] | None = None,
+    read: str = "databricks",
+    master: str = "local[*]",
+) -> pa.Table:
+    """Run ``query`` on Spark (``ai-query sql --engine spark``); the last statement's rows.
+
+    Uses the active SparkSession, else starts a local one (and stops it, and any embedded
+    engine server, before returning).
+    """
+    active = SparkSession.getActiveSession()
+    spark = active or local_session(master)
+    try:
+        aq = register(spark, catalog, engine_url)
+        return aq.sql(query, read=read).toArrow()
+    finally:
+        if active is None:
+            spark.stop()
+            stop_embedded_servers()
+
+
+def local_session(master: str = "local[*]", app_name: str = "ai-query") -> SparkSession:
+    """A quiet local SparkSession whose Python workers run this interpreter."""
+    # PySpark reads the workers' interpreter from this variable when it starts the context.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def embedded_server(catalog: Catalog, engine: str = "local") -> ServerProcess:
+    """The driver's engine server for ``catalog``, started on first use (stopped at exit)."""
+    key = (json.dumps(catalog.to_data(), sort_keys=True), engine)
+    with _embedded_lock:
+        server = _embedded.get(key)
+        if server is None or not server.alive():
+            server = start_server_process(catalog, engine=engine, preload=True)
+            _embedded[key] = server
+        return server
+
+
+def stop_embedded_servers() -> None:
+    """Stop the engine servers the driver started."""
+    with _embedded_lock:
+        servers = list(_embedded.values())
+        _embedded.clear()
+    for server in servers:
+        server.stop()
+
+
+def _is_local(spark: SparkSession) -> bool:
+    try:
+        master = spark.conf.get("spark.master") or ""
+    except Exception:  # noqa: BLE001 - e.g. Spark Connect without the setting
+        return False
+    return master.startswith("local")
+
+
+# --- worker side -------------------------------------------------------------------------------
+def _make_udf(spec: EngineSpec) -> Any:
+    """The pandas UDF; it captures only ``spec`` (the client is built in each worker)."""
+
+    # Parameters default to None so that Spark accepts 2 to 6 arguments, positional or named.
+    def ai_query(
+        endpoint: pd.Series,
+        request: pd.Series,
+        returnType: pd.Series = None,  # type: ignore[assignment]
+        failOnError: pd.Series = None,  # type: ignore[assignment]
+        modelParameters: pd.Series = None,  # type: ignore[assignment]
+        responseFormat: pd.Series = None,  # type: ignore[assignment]
+    ) -> pd.Series:
+        return answer_series(
+            spec, endpoint, request, returnType, failOnError, modelParameters, responseFormat
+        )
+
+    return pandas_udf(ai_query, "string")  # type: ignore[call-overload]
+
+
+def answer_series(
+    spec: EngineSpec,
+    endpoint: pd.Series,
+    request: pd.Series,
+    return_type: pd.Series | None = None,
+    fail_on_error: pd.Series | None = None,
+    model_parameters: pd.Series | pd.DataFrame | None = None,
+    response_format: pd.Series | None = None,
+) -> pd.Series:
+    """Answer one Spark Arrow batch of ai_query rows (runs in a Python worker)."""
+    n = len(request)
+    texts = answer_rows(
+        get_engine(spec),
+        _values(endpoint, n),
+        _values(request, n),
+        _values(return_type, n),
+        _values(fail_on_error, n),
+        _params_json(model_parameters, n),
+        _values(response_format, n),
+    )
+    return pd.Series(texts, dtype=object)
+
+
+def _values(series: pd.Series | None, n: int) -> list[Any]:
+    """Plain Python values with None for every kind of missing value (pandas 3 uses NaN)."""
+    if series is None:
+        return [None] * n
+    return [None if _missing(v) else _plain(v) for v in series.tolist()]
+
+
+def _params_json(params: pd.Series | pd.DataFrame | None, n: int) -> list[str | None]:
+    """modelParameters as JSON text: a named_struct arrives as a DataFrame, JSON as strings."""
+    if params is None:
+        return [None] * n
+    if isinstance(params, pd.DataFrame):
+        out: list[str | None] = []
+        for record in params.to_dict("records"):
+            clean = {str(k): _plain(v) for k, v in record.items() if not _missing(v)}
+            out.append(json.dumps(clean) if clean else None)
+        return out
+    return _values(params, n)
+
+
+def _missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    return value

@@ -1,0 +1,52 @@
+"""Our HTTP server as a subprocess on 127.0.0.1, for the server tests and their fixtures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.servers import free_port, start, stop, wait_http
+
+#: The provider's API key: a secret the front server must forward and never show.
+PROVIDER_SECRET = "sk-provider-SECRET-4f1d9c"
+#: Bearer tokens of the front (deterministic) server.
+TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+
+
+class HTTPServer:
+    """``python -m ai_query.engine.server.http`` in a subprocess."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port = free_port()
+        self.starts = 0
+        self.args = [sys.executable, "-m", "ai_query.engine.server.http",
+                     "--port", str(self.port), *args]
+        self.env = env or {}
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> HTTPServer:
+        self.starts += 1
+        self.proc = start(self.args, self.workdir / f"server{self.starts}.log", self.env)
+        wait_http(f"{self.url}/health", self.proc, timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.workdir.glob("server*.log"))
+
+    def client(self, token: str | None = None, timeout: float = 120.0) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
