@@ -65,7 +65,8 @@ def run(engine, requests, **opts):  # type: ignore[no-untyped-def]
     "opts",
     [
         pytest.param({"endpoint": CHAT}, id="text"),
-        pytest.param({"endpoint": CHAT, "return_type": "STRUCT<label: STRING, n: INT>"}, id="struct"),
+        pytest.param({"endpoint": CHAT, "return_type": "STRUCT<label: STRING, n: INT>"},
+                     id="struct"),
         pytest.param({"endpoint": CHAT, "fail_on_error": False,
                       "model_parameters": ModelParameters(max_tokens=3)}, id="params"),
         pytest.param({"endpoint": EMBED}, id="embeddings"),
@@ -91,7 +92,8 @@ def test_batches_are_spread_over_servers(two_servers) -> None:
     client = FlightEngineClient([s.url for s in two_servers])
     out = run(client, [f"r{i}" for i in range(100)], endpoint=CHAT)
     assert out.column("row").to_pylist() == list(range(100))
-    assert [r.split()[-1] for r in out.column("result").to_pylist()] == [f"r{i}" for i in range(100)]
+    last_words = [r.split()[-1] for r in out.column("result").to_pylist()]
+    assert last_words == [f"r{i}" for i in range(100)]
     rows = [s.health()["rows"] for s in two_servers]
     assert rows == [50, 50]
 
@@ -226,7 +228,9 @@ def test_shutdown_lets_in_flight_batches_finish() -> None:
     srv = EngineFlightServer(DelayedEngine(_engine(), 0.5))
     client = FlightEngineClient([srv.url])
     out: dict[str, pa.RecordBatch] = {}
-    thread = threading.Thread(target=lambda: out.setdefault("r", run(client, ["a", "b"], endpoint=CHAT)))
+    thread = threading.Thread(
+        target=lambda: out.setdefault("r", run(client, ["a", "b"], endpoint=CHAT))
+    )
     thread.start()
     while srv.health()["active_exchanges"] == 0:
         time.sleep(0.01)

@@ -13,7 +13,10 @@ import pytest
 
 from ai_query.errors import UnknownEndpointError
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
 
 CHAT = "smollm2-135m-instruct"
 LONG = "word " * 3000  # longer than the model's 2048-token context: a row error
@@ -54,9 +57,9 @@ def test_two_positional_args_give_text_and_null_for_null(spark, aq) -> None:
 
 
 def test_named_args_with_named_struct_match_the_transpiled_form(spark, aq) -> None:
-    query = ("SELECT id, ai_query(endpoint => '{ep}', request => prompt, "
+    query = (f"SELECT id, ai_query(endpoint => '{CHAT}', request => prompt, "
              "modelParameters => named_struct('max_tokens', 4, 'temperature', 0.0)) AS answer "
-             "FROM prompts WHERE id <= 4 ORDER BY id").format(ep=CHAT)
+             "FROM prompts WHERE id <= 4 ORDER BY id")
     raw = _rows(spark.sql(query))  # the struct reaches the UDF as a struct
     rewritten = _rows(aq.sql(query))  # transpiled: modelParameters => to_json(named_struct(...))
     assert raw == rewritten
@@ -77,7 +80,8 @@ def test_six_positional_args_give_a_typed_struct(aq) -> None:
 
 def test_embeddings_are_array_float(aq) -> None:
     frame = aq.sql("SELECT id, ai_query('databricks-gte-large-en', prompt) AS v, "
-                   "ai_query('all-minilm-l6-v2', prompt) AS w FROM prompts WHERE id <= 4 ORDER BY id")
+                   "ai_query('all-minilm-l6-v2', prompt) AS w "
+                   "FROM prompts WHERE id <= 4 ORDER BY id")
     assert frame.schema["v"].dataType.simpleString() == "array<float>"
     rows = _rows(frame)
     assert rows[1]["v"] is None
@@ -89,7 +93,8 @@ def test_embeddings_are_array_float(aq) -> None:
 
 def test_fail_on_error_false_keeps_every_other_row(aq) -> None:
     frame = aq.sql(f"SELECT id, ai_query('{CHAT}', prompt, failOnError => false, "
-                   "modelParameters => named_struct('max_tokens', 4)) AS a FROM prompts ORDER BY id")
+                   "modelParameters => named_struct('max_tokens', 4)) AS a "
+                   "FROM prompts ORDER BY id")
     assert frame.schema["a"].dataType.simpleString() == "struct<result:string,errorMessage:string>"
     rows = {r["id"]: r["a"] for r in _rows(frame)}
     assert rows[2] is None
@@ -100,8 +105,8 @@ def test_fail_on_error_false_keeps_every_other_row(aq) -> None:
 
 def test_fail_on_error_true_fails_the_query_naming_endpoint_and_cause(aq) -> None:
     with pytest.raises(Exception, match=f"ai_query endpoint '{CHAT}' failed on row") as info:
-        aq.sql(f"SELECT ai_query('{CHAT}', prompt, modelParameters => named_struct('max_tokens', 4)) "
-               "FROM prompts").collect()
+        aq.sql(f"SELECT ai_query('{CHAT}', prompt, "
+               "modelParameters => named_struct('max_tokens', 4)) FROM prompts").collect()
     assert "RowError" in str(info.value)
 
 
@@ -110,7 +115,8 @@ def test_unknown_endpoint_fails_at_analysis_and_at_the_first_batch(spark, aq) ->
     with pytest.raises(UnknownEndpointError, match="unknown endpoint 'nope'; known endpoints: "):
         aq.sql("SELECT ai_query('nope', prompt) FROM prompts")
     assert len(spark.sparkContext.statusTracker().getJobIdsForGroup(None)) == jobs_before
-    with pytest.raises(Exception, match="UnknownEndpointError: unknown endpoint 'nope'; known endpoints: all-minilm"):
+    message = "UnknownEndpointError: unknown endpoint 'nope'; known endpoints: all-minilm"
+    with pytest.raises(Exception, match=message):
         spark.sql("SELECT ai_query('nope', prompt) FROM prompts").collect()
 
 
@@ -118,7 +124,8 @@ def test_same_rows_from_duckdb_and_spark(spark, aq, real_engine) -> None:
     """One Databricks query over one table: DuckDB (embedded engine) and Spark (Flight server)."""
     import ai_query
 
-    query = (f"SELECT id, ai_query('{CHAT}', prompt, modelParameters => named_struct('max_tokens', 12)) "
+    query = (f"SELECT id, ai_query('{CHAT}', prompt, "
+             "modelParameters => named_struct('max_tokens', 12)) "
              f"AS answer, ai_query('{CHAT}', prompt, returnType => 'STRUCT<positive: BOOLEAN>', "
              "modelParameters => named_struct('max_tokens', 20)) AS s, "
              "ai_query('all-minilm-l6-v2', prompt) AS v FROM prompts WHERE id <= 4 ORDER BY id")

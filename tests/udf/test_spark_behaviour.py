@@ -13,7 +13,10 @@ import pytest
 
 from ai_query.errors import AuthenticationError
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
 
 CHAT = "smollm2-135m-instruct"
 
@@ -25,7 +28,8 @@ def _answer(prompt: str) -> str:
 def _batches(server: Any) -> int:
     from ai_query.engine.flight_client import FlightEngineClient
 
-    return int(FlightEngineClient([server.url], token=server.token or "").health()[server.url]["batches"])
+    client = FlightEngineClient([server.url], token=server.token or "")
+    return int(client.health()[server.url]["batches"])
 
 
 def test_spark_arrow_batch_size_is_honoured(spark, det_server, restore_batch_size) -> None:
@@ -64,7 +68,8 @@ def test_one_client_per_worker_process(spark, det_server, restore_batch_size) ->
     spark.udf.register("probe", pandas_udf(probe, "string"))
     spark.createDataFrame([(i, f"q{i}") for i in range(40)], "id INT, p STRING") \
         .repartition(2).createOrReplaceTempView("forty")
-    rows = spark.sql(f"SELECT id, ai_query('{CHAT}', p) AS a, probe(id) AS who FROM forty").collect()
+    rows = spark.sql(f"SELECT id, ai_query('{CHAT}', p) AS a, probe(id) AS who FROM forty")\
+        .collect()
     assert sorted(r.a for r in rows) == sorted(_answer(f"q{i}") for i in range(40))
     seen: dict[str, set[str]] = {}
     for r in rows:

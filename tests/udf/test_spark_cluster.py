@@ -19,7 +19,10 @@ from ai_query.engine.batch import align_results, request_batch
 from ai_query.engine.flight_client import FlightEngineClient
 from ai_query.options import CallOptions, ModelParameters
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
 
 CHAT = "smollm2-135m-instruct"
 PROMPTS = [f"Name a fruit that starts with the letter {c}." for c in "ABCDEFGH"]

@@ -265,6 +265,11 @@ def test_models_metrics_and_inference_table(client: TestClient, tmp_path: Path) 
     assert {CHAT, "databricks-meta-llama-3-3-70b-instruct"} <= models
     ok = client.post("/v1/chat/completions", headers={"x-client-request-id": "mine-1"},
                      json={"model": CHAT, "messages": [{"role": "user", "content": "log me"}]})
+    quiet = _endpoint("not-captured", "q")
+    quiet["config"]["auto_capture_config"] = {"enabled": False}
+    client.post("/api/2.0/serving-endpoints", json=quiet)
+    _wait_ready(client, "not-captured")
+    assert _chat(client, "not-captured").status_code == 200
     metrics = client.get("/metrics").text
     assert f'ai_query_requests_total{{endpoint="{CHAT}",route="chat",status="200"}}' in metrics
     assert "ai_query_tokens_total" in metrics and "ai_query_queue_depth" in metrics

@@ -10,7 +10,8 @@ under a temporary name and renamed, so readers never see half a file. Read it fr
 Columns follow Databricks' inference (payload) tables, plus token counts:
 ``databricks_request_id, client_request_id, request_date, request_time, status_code,
 execution_duration_ms, request, response, served_entity_id, requester, input_token_count,
-output_token_count`` (and ``endpoint_name`` from the directory).
+output_token_count`` (and ``endpoint_name`` from the directory). An endpoint whose config has
+``auto_capture_config: {"enabled": false}`` is not recorded.
 """
 
 from __future__ import annotations

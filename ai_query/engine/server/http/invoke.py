@@ -115,6 +115,9 @@ class Call:
         )
         if ctx.table is None or self.endpoint is None:
             return
+        capture = self.endpoint.config.auto_capture_config or {}
+        if capture.get("enabled") is False:  # Databricks' per-endpoint opt-out
+            return
         ctx.table.append(
             InferenceRecord(
                 endpoint_name=self.endpoint.name,
