@@ -170,14 +170,20 @@ class EndpointConfig(_Strict):
             raise ValueError(f"served entity names must be unique, got {names}")
         tasks = {e.resolved_task for e in self.served_entities}
         if len(tasks) > 1:
-            raise ValueError(f"all served entities of an endpoint must share a task, got {sorted(tasks)}")
+            raise ValueError(
+                f"all served entities of an endpoint must share a task, got {sorted(tasks)}"
+            )
         if any(e.external_model for e in self.served_entities) and len(self.served_entities) > 1:
-            raise ValueError("an endpoint with an external_model must have exactly one served entity")
+            raise ValueError(
+                "an endpoint with an external_model must have exactly one served entity"
+            )
         if self.traffic_config and self.traffic_config.routes:
             routes = self.traffic_config.routes
             unknown = [r.target for r in routes if r.target not in names]
             if unknown:
-                raise ValueError(f"traffic route names unknown served entities {unknown}; known {names}")
+                raise ValueError(
+                    f"traffic route names unknown served entities {unknown}; known {names}"
+                )
             total = sum(r.traffic_percentage for r in routes)
             if total != 100:
                 raise ValueError(f"traffic percentages must add up to 100, got {total}")
@@ -319,7 +325,7 @@ class Catalog:
                 data = yaml.safe_load(text)
             else:
                 data = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - yaml and json raise unrelated types
+        except Exception as exc:
             raise ConfigError(f"catalog {path} does not parse: {exc}") from exc
         return cls.from_data(data, source=str(path))
 

@@ -16,7 +16,7 @@ from rich.console import Console
 
 app = typer.Typer(
     name="ai-query",
-    help="Call chat and embedding models from SQL over whole tables (Databricks ai_query semantics).",
+    help="Call chat and embedding models from SQL over whole tables (Databricks ai_query).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -30,16 +30,23 @@ _state = {"debug": False}
 
 CatalogOption = Annotated[
     Path | None,
-    typer.Option("--catalog", "-c", help="Endpoint catalog file (YAML/JSON); default: bundled endpoints."),
+    typer.Option(
+        "--catalog", "-c", help="Endpoint catalog file (YAML/JSON); default: bundled endpoints."
+    ),
 ]
 
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and engine logs.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and engine logs.")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
@@ -54,14 +61,24 @@ def demo(
 
 @app.command()
 def sql(
-    query: Annotated[str | None, typer.Argument(help="SQL text (Databricks dialect by default).")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the SQL from a file.")] = None,
+    query: Annotated[
+        str | None, typer.Argument(help="SQL text (Databricks dialect by default).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read the SQL from a file.")
+    ] = None,
     engine: Annotated[str, typer.Option(help="duckdb (default) or spark.")] = "duckdb",
-    read_dialect: Annotated[str, typer.Option("--read-dialect", help="databricks, duckdb or spark.")] = "databricks",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result to .parquet/.csv/.json.")] = None,
+    read_dialect: Annotated[
+        str, typer.Option("--read-dialect", help="databricks, duckdb or spark.")
+    ] = "databricks",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the result to .parquet/.csv/.json.")
+    ] = None,
     database: Annotated[str, typer.Option(help="DuckDB database file.")] = ":memory:",
     catalog: CatalogOption = None,
-    engine_url: Annotated[str | None, typer.Option(help="Engine server(s) grpc://host:port, comma separated.")] = None,
+    engine_url: Annotated[
+        str | None, typer.Option(help="Engine server(s) grpc://host:port, comma separated.")
+    ] = None,
     max_rows: Annotated[int, typer.Option(help="Rows to print.")] = 20,
 ) -> None:
     """Run SQL with ai_query(...) calls and print or save the result."""
@@ -135,7 +152,9 @@ def endpoints_list(catalog: CatalogOption = None) -> None:
     aliases = cat.aliases()
     for ep in cat.endpoints():
         entities = ", ".join(
-            (e.external_model.provider + ":" + e.external_model.name) if e.external_model else str(e.entity_name)
+            (e.external_model.provider + ":" + e.external_model.name)
+            if e.external_model
+            else str(e.entity_name)
             for e in ep.config.served_entities
         )
         names = ", ".join(a for a, t in aliases.items() if t == ep.name)
@@ -148,14 +167,28 @@ def serve(
     catalog: CatalogOption = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Arrow Flight port.")] = 8815,
-    http_port: Annotated[int | None, typer.Option(help="HTTP port (OpenAI/Databricks APIs); off when unset.")] = None,
-    token: Annotated[str | None, typer.Option(help="Bearer token clients must send.", envvar="AI_QUERY_SERVER_TOKEN")] = None,
-    tokens_file: Annotated[Path | None, typer.Option(help="JSON/YAML file of token -> principal.")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port (OpenAI/Databricks APIs); off when unset.")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token clients must send.", envvar="AI_QUERY_SERVER_TOKEN"),
+    ] = None,
+    tokens_file: Annotated[
+        Path | None, typer.Option(help="JSON/YAML file of token -> principal.")
+    ] = None,
 ) -> None:
     """Host the catalog's models: Arrow Flight for SQL engines, HTTP for applications."""
     from ai_query.engine.server.process import run_server_cli
 
-    run_server_cli(catalog=catalog, host=host, port=port, http_port=http_port, token=token, tokens_file=tokens_file)
+    run_server_cli(
+        catalog=catalog,
+        host=host,
+        port=port,
+        http_port=http_port,
+        token=token,
+        tokens_file=tokens_file,
+    )
 
 
 def _add_jobs() -> None:
@@ -184,7 +217,9 @@ def main() -> None:
         err_console.print("aborted")
         sys.exit(130)
     except (typer.BadParameter, typer.BadParameter.__mro__[1]) as exc:  # click.UsageError family
-        err_console.print(f"error: {exc.format_message() if hasattr(exc, 'format_message') else exc}")
+        err_console.print(
+            f"error: {exc.format_message() if hasattr(exc, 'format_message') else exc}"
+        )
         sys.exit(2)
     except (AIQueryError, OSError) as exc:
         _fail(exc)

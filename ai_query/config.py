@@ -37,7 +37,7 @@ class Settings:
     catalog_path: Path | None = None
     """Endpoint catalog file to use instead of the default (``AI_QUERY_CATALOG``)."""
     engine_urls: tuple[str, ...] = ()
-    """Engine servers (``grpc://host:port``) for remote use (``AI_QUERY_ENGINE_URL``, comma list)."""
+    """Engine servers (``grpc://host:port``) to use (``AI_QUERY_ENGINE_URL``, comma list)."""
     secrets_file: Path | None = None
     """JSON/YAML file of ``{scope: {key: value}}`` secrets (``AI_QUERY_SECRETS_FILE``)."""
     token: str | None = None

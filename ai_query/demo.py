@@ -15,8 +15,16 @@ from rich.console import Console
 from ai_query.display import arrow_table, row_progress
 
 PRODUCTS = [
-    "wireless headphones", "espresso machine", "running shoes", "standing desk", "e-reader",
-    "air fryer", "mechanical keyboard", "backpack", "smart watch", "blender",
+    "wireless headphones",
+    "espresso machine",
+    "running shoes",
+    "standing desk",
+    "e-reader",
+    "air fryer",
+    "mechanical keyboard",
+    "backpack",
+    "smart watch",
+    "blender",
 ]
 OPINIONS = [
     ("I love these {p}: the quality is excellent and they arrived a day early.", "positive"),
@@ -34,12 +42,13 @@ OPINIONS = [
 SUMMARY_SQL = """
 SELECT id, ai_query('databricks-meta-llama-3-3-70b-instruct',
                     concat('Summarize this product review in one short sentence: ', review),
-                    modelParameters => named_struct('max_tokens', 24, 'temperature', 0.0)) AS summary
+       modelParameters => named_struct('max_tokens', 24, 'temperature', 0.0)) AS summary
 FROM reviews ORDER BY id
 """
 SENTIMENT_SQL = """
 SELECT id, ai_query('smollm2-135m-instruct',
-                    concat('Classify the sentiment of this review as positive, negative or neutral: ', review),
+       concat('Classify the sentiment of this review as positive, negative or neutral: ',
+              review),
                     returnType => 'STRUCT<sentiment: STRING, confidence: DOUBLE>',
                     failOnError => false,
                     modelParameters => named_struct('max_tokens', 64)) AS classification
@@ -50,7 +59,8 @@ CREATE TABLE review_vectors AS
 SELECT id, review, ai_query('databricks-gte-large-en', review) AS embedding FROM reviews
 """
 NEIGHBOURS_SQL = """
-WITH q AS (SELECT ai_query('all-minilm-l6-v2', 'product stopped working, I want my money back') AS v)
+WITH q AS (
+  SELECT ai_query('all-minilm-l6-v2', 'product stopped working, I want my money back') AS v)
 SELECT id, review, list_cosine_similarity(embedding, q.v) AS similarity
 FROM review_vectors, q ORDER BY similarity DESC LIMIT 5
 """
@@ -62,7 +72,9 @@ def sample_reviews(rows: int = 100) -> list[dict[str, Any]]:
     for i in range(rows):
         template, label = OPINIONS[i % len(OPINIONS)]
         product = PRODUCTS[(i // len(OPINIONS) + i) % len(PRODUCTS)]
-        out.append({"id": i + 1, "product": product, "review": template.format(p=product), "label": label})
+        out.append(
+            {"id": i + 1, "product": product, "review": template.format(p=product), "label": label}
+        )
     return out
 
 
@@ -76,7 +88,9 @@ def run_demo(console: Console, rows: int = 100, engine: Any = None) -> dict[str,
     con = connect(engine=engine)
     con.raw.register("reviews_src", pa.Table.from_pylist(sample_reviews(rows)))
     con.execute("CREATE TABLE reviews AS SELECT * FROM reviews_src")
-    console.print(f"[bold]ai_query demo[/bold]: {rows} product reviews in DuckDB, bundled models on vLLM\n")
+    console.print(
+        f"[bold]ai_query demo[/bold]: {rows} product reviews in DuckDB, bundled models on vLLM\n"
+    )
     figures: dict[str, Any] = {"rows": rows}
     steps = [
         ("summaries", SUMMARY_SQL, "One-line summary per review (chat)"),
@@ -95,15 +109,28 @@ def run_demo(console: Console, rows: int = 100, engine: Any = None) -> dict[str,
             finally:
                 con.progress.listeners.remove(bar)
         seconds = time.perf_counter() - t0
-        tokens = (con.progress.prompt_tokens - before[0], con.progress.completion_tokens - before[1])
-        figures[key] = {"seconds": seconds, "prompt_tokens": tokens[0], "completion_tokens": tokens[1]}
+        tokens = (
+            con.progress.prompt_tokens - before[0],
+            con.progress.completion_tokens - before[1],
+        )
+        figures[key] = {
+            "seconds": seconds,
+            "prompt_tokens": tokens[0],
+            "completion_tokens": tokens[1],
+        }
         if table is None:
-            table = con.raw.sql("SELECT id, review, embedding FROM review_vectors ORDER BY id").to_arrow_table()
+            table = con.raw.sql(
+                "SELECT id, review, embedding FROM review_vectors ORDER BY id"
+            ).to_arrow_table()
         console.print(arrow_table(table, title=title, max_rows=5))
         if key == "sentiment":
             figures["sentiment_agreement"] = _agreement(table, rows)
     neighbours = con.raw.sql(con.rewrite(NEIGHBOURS_SQL, read="databricks")).to_arrow_table()
-    console.print(arrow_table(neighbours, title="Nearest reviews to 'product stopped working, I want my money back'"))
+    console.print(
+        arrow_table(
+            neighbours, title="Nearest reviews to 'product stopped working, I want my money back'"
+        )
+    )
     figures["total_seconds"] = time.perf_counter() - started
     _summary(console, figures)
     con.close()
@@ -129,8 +156,14 @@ def _summary(console: Console, figures: dict[str, Any]) -> None:
     for key in ("summaries", "sentiment", "embeddings"):
         f = figures[key]
         secs = max(f["seconds"], 1e-9)
-        table.add_row(key, f"{secs:.1f}", f"{figures['rows'] / secs:.1f}", str(f["prompt_tokens"]),
-                      str(f["completion_tokens"]), f"{f['completion_tokens'] / secs:.0f}")
+        table.add_row(
+            key,
+            f"{secs:.1f}",
+            f"{figures['rows'] / secs:.1f}",
+            str(f["prompt_tokens"]),
+            str(f["completion_tokens"]),
+            f"{f['completion_tokens'] / secs:.0f}",
+        )
     console.print(table)
     console.print(
         f"sentiment labels matching the sample's own: {figures['sentiment_agreement']:.0%}; "

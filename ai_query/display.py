@@ -70,7 +70,9 @@ def _flatten_for_csv(table: Any) -> Any:
     columns = []
     for col in table.columns:
         if pa.types.is_nested(col.type):
-            col = pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()])
+            col = pa.array(
+                [None if v is None else json.dumps(v, default=str) for v in col.to_pylist()]
+            )
         columns.append(col)
     return pa.table(columns, names=table.column_names)
 

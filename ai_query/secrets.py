@@ -59,7 +59,7 @@ def _read_secrets_file(path: Path) -> dict[str, Any]:
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - parse errors of two libraries, message kept short
+    except Exception as exc:
         raise ConfigError(f"secrets file {path} does not parse") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"secrets file {path} must hold an object of scopes")

@@ -39,12 +39,12 @@ def to_arrow(t: SQLType) -> pa.DataType:
     if t.kind == "DECIMAL":
         return pa.decimal128(t.precision or 10, t.scale or 0)
     if t.kind == "ARRAY":
-        assert t.element is not None  # noqa: S101 - guaranteed by the parser
+        assert t.element is not None
         return pa.list_(to_arrow(t.element))
     if t.kind == "STRUCT":
         return pa.struct([pa.field(name, to_arrow(ft)) for name, ft in t.fields])
     if t.kind == "MAP":
-        assert t.key is not None and t.value is not None  # noqa: S101
+        assert t.key is not None and t.value is not None
         return pa.map_(to_arrow(t.key), to_arrow(t.value))
     raise ValueError(f"no Arrow type for SQL type {t.kind}")
 
@@ -98,7 +98,7 @@ def coerce(value: Any, t: SQLType, path: str = "result") -> Any:
     if kind == "ARRAY":
         if not isinstance(value, list):
             raise ValueError(f"{path}: expected an array, got {type(value).__name__}")
-        assert t.element is not None  # noqa: S101
+        assert t.element is not None
         return [coerce(v, t.element, f"{path}[{i}]") for i, v in enumerate(value)]
     if kind == "STRUCT":
         if not isinstance(value, dict):
@@ -111,7 +111,7 @@ def coerce(value: Any, t: SQLType, path: str = "result") -> Any:
     if kind == "MAP":
         if not isinstance(value, dict):
             raise ValueError(f"{path}: expected an object, got {type(value).__name__}")
-        assert t.key is not None and t.value is not None  # noqa: S101
+        assert t.key is not None and t.value is not None
         return [
             (coerce(k, t.key, f"{path} key"), coerce(v, t.value, f"{path}.{k}"))
             for k, v in value.items()

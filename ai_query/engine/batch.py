@@ -49,7 +49,9 @@ class RowOutcome:
     """Tokens generated."""
 
 
-def request_batch(requests: Sequence[str | None] | pa.Array, options: CallOptions) -> pa.RecordBatch:
+def request_batch(
+    requests: Sequence[str | None] | pa.Array, options: CallOptions
+) -> pa.RecordBatch:
     """A request batch for ``requests`` under one call's ``options``."""
     array = requests if isinstance(requests, pa.Array) else pa.array(requests, pa.string())
     if not pa.types.is_string(array.type):

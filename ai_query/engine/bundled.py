@@ -99,7 +99,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here
+    except Exception as exc:
         raise ModelNotAvailableError(f"cannot convert {gguf.name}: {exc}") from exc
     # The dequantised weights are plain tensors; the quantizer state is not serialisable.
     model.hf_quantizer = None

@@ -146,7 +146,11 @@ class ExternalBackend:
             if request.json_schema is not None:
                 kwargs["response_format"] = {
                     "type": "json_schema",
-                    "json_schema": {"name": "result", "schema": request.json_schema, "strict": True},
+                    "json_schema": {
+                        "name": "result",
+                        "schema": request.json_schema,
+                        "strict": True,
+                    },
                 }
             elif request.json_object:
                 kwargs["response_format"] = {"type": "json_object"}
@@ -170,13 +174,17 @@ class ExternalBackend:
     async def _call(self, method: Any, **kwargs: Any) -> Any:
         import openai
 
-        assert self._semaphore is not None  # noqa: S101 - set by _ensure
+        assert self._semaphore is not None
         attempt = 0
         while True:
             try:
                 async with self._semaphore:
                     return await method(**kwargs)
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.APIConnectionError,
+            ) as exc:
                 status = getattr(exc, "status_code", None)
                 if attempt >= self.model.max_retries:
                     raise RowFailure(

@@ -197,11 +197,12 @@ class LocalEngine:
         """Nothing to release per engine: backends are shared by the process (see registry)."""
 
 
-def _parse_structured(text: str, plan: CallPlan, finish_reason: str | None) -> tuple[Any, str | None]:
+def _parse_structured(
+    text: str, plan: CallPlan, finish_reason: str | None
+) -> tuple[Any, str | None]:
     ddl = plan.output.sql_type.to_ddl("databricks")
     try:
         return coerce(json.loads(text), plan.output.sql_type), None
     except (ValueError, TypeError) as exc:
         hint = " (output cut at max_tokens)" if finish_reason == "length" else ""
         return None, f"could not parse the model's answer as {ddl}{hint}: {exc}"
-

@@ -35,7 +35,11 @@ class ResultMemo:
         """Remember a successful answer (vectors are kept compactly as float32 arrays)."""
         if outcome.error is not None or self.max_entries <= 0:
             return
-        if isinstance(outcome.value, list) and outcome.value and isinstance(outcome.value[0], float):
+        if (
+            isinstance(outcome.value, list)
+            and outcome.value
+            and isinstance(outcome.value[0], float)
+        ):
             outcome = RowOutcome(
                 np.asarray(outcome.value, dtype=np.float32),
                 prompt_tokens=outcome.prompt_tokens,

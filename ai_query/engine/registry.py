@@ -84,4 +84,3 @@ def close_backends() -> None:
             loop.run(backend.close())
         except Exception:  # noqa: BLE001, S110 - best effort at shutdown
             pass
-

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -149,9 +148,7 @@ class VLLMBackend:
                 kwargs[name] = getattr(p, name)
         return SamplingParams(**kwargs)
 
-    async def _render(
-        self, text: str, chat: bool, request: GenerationRequest | None = None
-    ) -> Any:
+    async def _render(self, text: str, chat: bool, request: GenerationRequest | None = None) -> Any:
         renderer = self._engine.renderer
         if chat:
             from vllm.renderers import ChatParams

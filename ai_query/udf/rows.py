@@ -45,7 +45,11 @@ def answer_rows(
 ) -> list[str | None]:
     """Answer a chunk of rows; returns one text (or None) per row, in order."""
     groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, key in enumerate(zip(endpoints, return_types, fail_on_errors, model_parameters, response_formats)):
+    for i, key in enumerate(
+        zip(
+            endpoints, return_types, fail_on_errors, model_parameters, response_formats, strict=True
+        )
+    ):
         groups.setdefault(key, []).append(i)
     out: list[str | None] = [None] * len(requests)
     for (endpoint, return_type, fail, params, fmt), rows in groups.items():
@@ -60,7 +64,7 @@ def answer_rows(
         )
         group = [requests[i] for i in rows]
         texts = _answer_in_slices(engine, group, options, rows, progress)
-        for i, text in zip(rows, texts):
+        for i, text in zip(rows, texts, strict=True):
             out[i] = text
     return out
 
@@ -78,7 +82,9 @@ def _answer_in_slices(
     starts = list(range(0, len(requests), size))
 
     def one(start: int) -> CallAnswer:
-        answer = answer_call(engine, requests[start:start + size], options, row_offset=rows[start])
+        answer = answer_call(
+            engine, requests[start : start + size], options, row_offset=rows[start]
+        )
         if progress is not None:
             progress(len(answer.texts), answer.prompt_tokens, answer.completion_tokens)
         return answer
@@ -130,7 +136,7 @@ def answer_call(
         errors = result.column("error").to_pylist()
         values = [
             None if req is None else _error_struct_json(value, err, as_text)
-            for req, value, err in zip(requests, values, errors)
+            for req, value, err in zip(requests, values, errors, strict=True)
         ]
     return CallAnswer(
         values,
@@ -152,8 +158,10 @@ def _params_value(params: str | None) -> Any:
 def _json_values(column: pa.Array) -> list[str | None]:
     if pa.types.is_list(column.type) and pa.types.is_floating(column.type.value_type):
         return _float_lists_json(column)
-    return [None if v is None else json.dumps(v, default=_json_default, ensure_ascii=False)
-            for v in column.to_pylist()]
+    return [
+        None if v is None else json.dumps(v, default=_json_default, ensure_ascii=False)
+        for v in column.to_pylist()
+    ]
 
 
 def _float_lists_json(column: pa.Array) -> list[str | None]:
@@ -168,7 +176,7 @@ def _float_lists_json(column: pa.Array) -> list[str | None]:
         if not valid[i]:
             out.append(None)
         else:
-            out.append("[" + ",".join(formatted[offsets[i]:offsets[i + 1]]) + "]")
+            out.append("[" + ",".join(formatted[offsets[i] : offsets[i + 1]]) + "]")
     return out
 
 

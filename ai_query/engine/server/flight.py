@@ -138,7 +138,7 @@ class EngineFlightServer(flight.FlightServerBase):
                 rows += result.num_rows
                 prompt_tokens += _total(result, "prompt_tokens")
                 completion_tokens += _total(result, "completion_tokens")
-            log.info(
+            log.debug(
                 "exchange from %s: %d batch(es), %d rows in %.2fs",
                 peer, batches, rows, time.monotonic() - started,
             )
