@@ -8,19 +8,39 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-TOPICS = ["the sea", "a bicycle", "coffee", "winter", "a library", "robots", "bread", "music",
-          "mountains", "a train", "gardens", "the moon", "rain", "a market", "chess", "bees"]
+TOPICS = [
+    "the sea",
+    "a bicycle",
+    "coffee",
+    "winter",
+    "a library",
+    "robots",
+    "bread",
+    "music",
+    "mountains",
+    "a train",
+    "gardens",
+    "the moon",
+    "rain",
+    "a market",
+    "chess",
+    "bees",
+]
 
 
 def chat_prompts(n: int) -> list[str]:
     """``n`` distinct short chat prompts."""
-    return [f"Write one sentence about {TOPICS[i % len(TOPICS)]} (variation {i})." for i in range(n)]
+    return [
+        f"Write one sentence about {TOPICS[i % len(TOPICS)]} (variation {i})." for i in range(n)
+    ]
 
 
 def texts(n: int) -> list[str]:
     """``n`` distinct sentences to embed."""
-    return [f"Document {i}: notes about {TOPICS[i % len(TOPICS)]} and {TOPICS[(i * 7) % len(TOPICS)]}."
-            for i in range(n)]
+    return [
+        f"Document {i}: notes about {TOPICS[i % len(TOPICS)]} and {TOPICS[(i * 7) % len(TOPICS)]}."
+        for i in range(n)
+    ]
 
 
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
@@ -41,17 +61,28 @@ def offline_llm(kind: str) -> Any:
     from ai_query.engine.vllm_backend import DEFAULT_ENGINE_ARGS
 
     if kind == "chat":
-        args = {k: v for k, v in DEFAULT_ENGINE_ARGS["generate"].items() if k != "structured_outputs_config"}
+        args = {
+            k: v
+            for k, v in DEFAULT_ENGINE_ARGS["generate"].items()
+            if k != "structured_outputs_config"
+        }
         return LLM(model=str(smollm2_dir()), distributed_executor_backend="uni", **args)
-    return LLM(model=str(minilm_dir()), distributed_executor_backend="uni", **DEFAULT_ENGINE_ARGS["pooling"])
+    return LLM(
+        model=str(minilm_dir()),
+        distributed_executor_backend="uni",
+        **DEFAULT_ENGINE_ARGS["pooling"],
+    )
 
 
 def offline_chat(llm: Any, prompts: list[str], max_tokens: int) -> int:
     """Generate with ``LLM.chat``; returns output tokens."""
     from vllm import SamplingParams
 
-    outs = llm.chat([[{"role": "user", "content": p}] for p in prompts],
-                    SamplingParams(max_tokens=max_tokens, temperature=0.0), use_tqdm=False)
+    outs = llm.chat(
+        [[{"role": "user", "content": p}] for p in prompts],
+        SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        use_tqdm=False,
+    )
     return sum(len(o.outputs[0].token_ids) for o in outs)
 
 

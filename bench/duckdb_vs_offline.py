@@ -55,12 +55,18 @@ def per_row_openai(prompts: list[str], max_tokens: int) -> float:
 
         def loop() -> None:
             for p in prompts:
-                client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": p}],
-                                               max_tokens=max_tokens, temperature=0.0)
+                client.chat.completions.create(
+                    model="smollm2",
+                    messages=[{"role": "user", "content": p}],
+                    max_tokens=max_tokens,
+                    temperature=0.0,
+                )
 
         loop_prompts = prompts[:4]
         for p in loop_prompts:  # warm up
-            client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": p}], max_tokens=2)
+            client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": p}], max_tokens=2
+            )
         _, seconds = timed(loop)
         return len(prompts) / seconds
     finally:
@@ -79,7 +85,7 @@ def main() -> None:
     llm = offline_llm("chat")
     offline_chat(llm, prompts[:8], 8)
     _, offline_s = timed(lambda: offline_chat(llm, prompts, 8))
-    del llm
+    llm = None
     gc.collect()
     ours_s = duckdb_run("smollm2-135m-instruct", prompts, ", modelParameters => {'max_tokens': 8}")
 
@@ -87,16 +93,20 @@ def main() -> None:
     emb = offline_llm("embed")
     emb.embed(docs[:8], use_tqdm=False)
     _, offline_e = timed(lambda: emb.embed(docs, use_tqdm=False))
-    del emb
+    emb = None
     gc.collect()
     ours_e = duckdb_run("all-minilm-l6-v2", docs, "")
     close_backends()
 
     per_row = per_row_openai(chat_prompts(args.sample_rows + 7)[7:], 8)
 
-    print(f"chat rows/s: offline LLM.chat {len(prompts) / offline_s:.1f}, "
-          f"ai_query in DuckDB {len(prompts) / ours_s:.1f}, per-row openai client {per_row:.1f}")
-    print(f"embeddings rows/s: offline LLM.embed {len(docs) / offline_e:.1f}, ai_query in DuckDB {len(docs) / ours_e:.1f}")
+    print(
+        f"chat rows/s: offline LLM.chat {len(prompts) / offline_s:.1f}, "
+        f"ai_query in DuckDB {len(prompts) / ours_s:.1f}, per-row openai client {per_row:.1f}"
+    )
+    print(
+        f"embeddings rows/s: offline LLM.embed {len(docs) / offline_e:.1f}, ai_query in DuckDB {len(docs) / ours_e:.1f}"
+    )
     print(f"ratio embeddings ours/LLM.embed = {offline_e / ours_e:.3f} (goal >= 0.9)")
     print(f"ratio chat ours/per-row openai = {(len(prompts) / ours_s) / per_row:.2f} (goal >= 5)")
     print(f"ratio chat ours/offline = {offline_s / ours_s:.3f} (goal >= 0.9)")

@@ -17,10 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import chat_prompts, offline_chat, offline_llm, report, texts, timed  # noqa: E402
+from common import chat_prompts, offline_chat, offline_llm, report, texts, timed
 
 
-def ours(endpoint: str, rows: list[str], max_tokens: int | None, batches: int = 8) -> tuple[int, float]:
+def ours(
+    endpoint: str, rows: list[str], max_tokens: int | None, batches: int = 8
+) -> tuple[int, float]:
     import pyarrow.compute as pc
 
     from ai_query.catalog import Catalog
@@ -29,10 +31,12 @@ def ours(endpoint: str, rows: list[str], max_tokens: int | None, batches: int = 
     from ai_query.options import CallOptions, ModelParameters
 
     engine = LocalEngine(Catalog.default(), memo_entries=0)
-    options = CallOptions(endpoint=endpoint, model_parameters=ModelParameters(max_tokens=max_tokens))
+    options = CallOptions(
+        endpoint=endpoint, model_parameters=ModelParameters(max_tokens=max_tokens)
+    )
     engine.run(request_batch(["warm up"], options))  # start the engine outside the timing
     size = -(-len(rows) // batches)
-    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+    chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
 
     def one(chunk: list[str]) -> int:
         out = align_results(engine.run(request_batch(chunk, options)), len(chunk))
@@ -55,7 +59,7 @@ def main() -> None:
     llm = offline_llm("chat")
     offline_chat(llm, prompts[:8], 32)  # warm up
     base_tokens, base_s = timed(lambda: offline_chat(llm, prompts, 32))
-    del llm
+    llm = None
     gc.collect()
     our_tokens, our_s = ours("smollm2-135m-instruct", prompts, 32)
 
@@ -63,7 +67,7 @@ def main() -> None:
     emb = offline_llm("embed")
     emb.embed(docs[:8], use_tqdm=False)
     _, base_e = timed(lambda: emb.embed(docs, use_tqdm=False))
-    del emb
+    emb = None
     gc.collect()
     _, our_e = ours("all-minilm-l6-v2", docs, None)
 

@@ -26,7 +26,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -35,10 +35,17 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def start(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    args: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a server process with its output in ``log``."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **(env or {})}
+    full_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        **(env or {}),
+    }
     handle = log.open("wb")
     return subprocess.Popen(list(args), stdout=handle, stderr=subprocess.STDOUT, env=full_env)
 
@@ -57,9 +64,28 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 def vllm_api_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """vLLM's own OpenAI-compatible server for ``model_dir`` (eager, bf16, small KV cache)."""
     return start(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-         "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "2048",
-         "--max-num-seqs", "256", "--max-num-batched-tokens", "4096", "--disable-log-stats"],
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            "smollm2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "bfloat16",
+            "--enforce-eager",
+            "--max-model-len",
+            "2048",
+            "--max-num-seqs",
+            "256",
+            "--max-num-batched-tokens",
+            "4096",
+            "--disable-log-stats",
+        ],
         log,
     )

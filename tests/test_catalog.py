@@ -56,13 +56,39 @@ def test_load_spec_example(tmp_path: Path, suffix: str) -> None:
     [
         pytest.param({"name": ""}, r"endpoints\[0\]\.name", id="empty-name"),
         pytest.param({"config": {"served_entities": []}}, r"served_entities", id="no-entities"),
-        pytest.param({"config": {"served_entities": [{"entity_name": "x", "task": "llm/v1/chatt"}]}}, r"served_entities\[0\]\.task", id="bad-task"),
-        pytest.param({"config": {"served_entities": [{"entity_name": "a"}], "traffic_config": {"routes": [{"served_model_name": "a", "traffic_percentage": 60}]}}}, "add up to 100", id="traffic-sum"),
-        pytest.param({"rate_limits": [{"calls": 1, "key": "team"}]}, r"rate_limits\[0\]\.key", id="bad-key"),
+        pytest.param(
+            {"config": {"served_entities": [{"entity_name": "x", "task": "llm/v1/chatt"}]}},
+            r"served_entities\[0\]\.task",
+            id="bad-task",
+        ),
+        pytest.param(
+            {
+                "config": {
+                    "served_entities": [{"entity_name": "a"}],
+                    "traffic_config": {
+                        "routes": [{"served_model_name": "a", "traffic_percentage": 60}]
+                    },
+                }
+            },
+            "add up to 100",
+            id="traffic-sum",
+        ),
+        pytest.param(
+            {"rate_limits": [{"calls": 1, "key": "team"}]}, r"rate_limits\[0\]\.key", id="bad-key"
+        ),
         pytest.param({"colour": "red"}, r"endpoints\[0\]\.colour", id="unknown-field"),
-        pytest.param({"config": {"served_entities": [
-            {"external_model": {"name": "m", "task": "llm/v1/chat"}}, {"entity_name": "a"}]}},
-            "exactly one served entity", id="external-alone"),
+        pytest.param(
+            {
+                "config": {
+                    "served_entities": [
+                        {"external_model": {"name": "m", "task": "llm/v1/chat"}},
+                        {"entity_name": "a"},
+                    ]
+                }
+            },
+            "exactly one served entity",
+            id="external-alone",
+        ),
     ],
 )
 def test_validation_names_the_field(change: dict, message: str) -> None:
@@ -76,15 +102,25 @@ def test_alias_to_unknown_endpoint_is_an_error() -> None:
 
 
 def test_traffic_split_follows_percentages() -> None:
-    ep = Catalog.from_data([{
-        "name": "ab",
-        "config": {
-            "served_entities": [{"name": "a", "entity_name": "a"}, {"name": "b", "entity_name": "b"}],
-            "traffic_config": {"routes": [
-                {"served_model_name": "a", "traffic_percentage": 80},
-                {"served_model_name": "b", "traffic_percentage": 20}]},
-        },
-    }]).get("ab")
+    ep = Catalog.from_data(
+        [
+            {
+                "name": "ab",
+                "config": {
+                    "served_entities": [
+                        {"name": "a", "entity_name": "a"},
+                        {"name": "b", "entity_name": "b"},
+                    ],
+                    "traffic_config": {
+                        "routes": [
+                            {"served_model_name": "a", "traffic_percentage": 80},
+                            {"served_model_name": "b", "traffic_percentage": 20},
+                        ]
+                    },
+                },
+            }
+        ]
+    ).get("ab")
     rng = random.Random(7)
     counts = Counter(ep.choose_entity(rng).served_name for _ in range(2000))
     assert abs(counts["a"] / 2000 - 0.8) < 0.04

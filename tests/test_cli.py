@@ -30,7 +30,11 @@ def test_endpoints_list_shows_catalog(tmp_path: Path) -> None:
     assert out.returncode == 0
     assert "all-minilm-l6-v2" in out.stdout and "llm/v1/embeddings" in out.stdout
     bad = tmp_path / "c.json"
-    bad.write_text(json.dumps([{"name": "x", "config": {"served_entities": [{"entity_name": "a", "task": "nope"}]}}]))
+    bad.write_text(
+        json.dumps(
+            [{"name": "x", "config": {"served_entities": [{"entity_name": "a", "task": "nope"}]}}]
+        )
+    )
     out = cli("endpoints", "list", "--catalog", str(bad))
     assert out.returncode == 1
     assert out.stderr.strip().startswith("error:") and "served_entities[0].task" in out.stderr
@@ -41,10 +45,16 @@ def test_endpoints_list_shows_catalog(tmp_path: Path) -> None:
     ("sql", "message"),
     [
         pytest.param("SELECT ai_query('nope', 'x')", "unknown endpoint 'nope'", id="endpoint"),
-        pytest.param("SELECT ai_query('smollm2-135m-instruct', 'x', modelParameters => named_struct('max_tokenz', 1))",
-                     "unknown modelParameters key 'max_tokenz'", id="parameter"),
-        pytest.param("SELECT ai_query('smollm2-135m-instruct', 'x', returnType => 'STRUCT<a INT')",
-                     "bad returnType", id="return-type"),
+        pytest.param(
+            "SELECT ai_query('smollm2-135m-instruct', 'x', modelParameters => named_struct('max_tokenz', 1))",
+            "unknown modelParameters key 'max_tokenz'",
+            id="parameter",
+        ),
+        pytest.param(
+            "SELECT ai_query('smollm2-135m-instruct', 'x', returnType => 'STRUCT<a INT')",
+            "bad returnType",
+            id="return-type",
+        ),
         pytest.param("SELEC 1", "", id="syntax"),
     ],
 )
@@ -74,6 +84,10 @@ def test_databricks_docs_examples_run_verbatim(tmp_path: Path) -> None:
     assert isinstance(row["summary"], str) and row["summary"]
     assert len(row["embedding"]) == 384
     assert set(row["typed"]) == {"result", "errorMessage"}
-    printed = cli("sql", "--read-dialect", "duckdb",
-                  "SELECT ai_query('smollm2-135m-instruct', 'Say hi', modelParameters := {'max_tokens': 4}) AS hi")
+    printed = cli(
+        "sql",
+        "--read-dialect",
+        "duckdb",
+        "SELECT ai_query('smollm2-135m-instruct', 'Say hi', modelParameters := {'max_tokens': 4}) AS hi",
+    )
     assert printed.returncode == 0 and "hi" in printed.stdout

@@ -10,11 +10,19 @@ from ai_query.options import CallOptions, ModelParameters
     ("raw", "expected"),
     [
         pytest.param(None, ModelParameters(), id="none"),
-        pytest.param({"max_tokens": 100, "temperature": 0.7}, ModelParameters(max_tokens=100, temperature=0.7), id="dict"),
+        pytest.param(
+            {"max_tokens": 100, "temperature": 0.7},
+            ModelParameters(max_tokens=100, temperature=0.7),
+            id="dict",
+        ),
         pytest.param('{"MAX_TOKENS": 5}', ModelParameters(max_tokens=5), id="json-case"),
         pytest.param({"max_tokens": 64.0}, ModelParameters(max_tokens=64), id="whole-float"),
         pytest.param({"stop": "END"}, ModelParameters(stop=("END",)), id="stop-str"),
-        pytest.param({"stop": ["a", "b"], "seed": 3}, ModelParameters(stop=("a", "b"), seed=3), id="stop-list"),
+        pytest.param(
+            {"stop": ["a", "b"], "seed": 3},
+            ModelParameters(stop=("a", "b"), seed=3),
+            id="stop-list",
+        ),
         pytest.param({"top_k": None}, ModelParameters(), id="null-ignored"),
     ],
 )

@@ -9,8 +9,10 @@ import ai_query
 
 def test_all_is_complete_and_sorted() -> None:
     public = {
-        name for name, value in vars(ai_query).items()
-        if (not name.startswith("_") or name == "__version__") and not isinstance(value, types.ModuleType)
+        name
+        for name, value in vars(ai_query).items()
+        if (not name.startswith("_") or name == "__version__")
+        and not isinstance(value, types.ModuleType)
     }
     public -= {"annotations", "TYPE_CHECKING", "Any"}
     assert ai_query.__all__ == sorted(ai_query.__all__)

@@ -53,12 +53,16 @@ def test_missing_or_duplicated_rows_raise(rows: list[int], message: str) -> None
 
 
 def test_float_lists_with_nulls() -> None:
-    batch = result_batch([RowOutcome([1.0, 2.0]), None, RowOutcome(error="x")], pa.list_(pa.float32()))
+    batch = result_batch(
+        [RowOutcome([1.0, 2.0]), None, RowOutcome(error="x")], pa.list_(pa.float32())
+    )
     assert batch.column("result").to_pylist() == [[1.0, 2.0], None, None]
     assert batch.column("error").to_pylist() == [None, None, "x"]
 
 
 def test_raise_first_error_names_row_and_endpoint() -> None:
-    batch = result_batch([RowOutcome("a"), RowOutcome(error="boom"), RowOutcome(error="b2")], pa.string())
+    batch = result_batch(
+        [RowOutcome("a"), RowOutcome(error="boom"), RowOutcome(error="b2")], pa.string()
+    )
     with pytest.raises(RowError, match="endpoint 'ep' failed on row 11: boom"):
         raise_first_error(batch, "ep", row_offset=10)

@@ -50,7 +50,7 @@ class _Throttle(http.server.ThreadingHTTPServer):
 class _ThrottleHandler(http.server.BaseHTTPRequestHandler):
     server: _Throttle
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         if len(self.server.log) < self.server.refusals:
             self.server.log.append((time.monotonic(), 429))
@@ -63,9 +63,13 @@ class _ThrottleHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(payload)
             return
         self.server.log.append((time.monotonic(), 200))
-        req = urllib.request.Request(self.server.upstream + self.path.removeprefix("/v1"), data=body,
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback
+        req = urllib.request.Request(
+            self.server.upstream + self.path.removeprefix("/v1"),
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=120) as resp:
             payload = resp.read()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -78,34 +82,61 @@ class _ThrottleHandler(http.server.BaseHTTPRequestHandler):
 
 
 def _catalog(base: str, retries: int = 5) -> Catalog:
-    return Catalog.from_data([{
-        "name": "ext-chat",
-        "config": {"served_entities": [{"external_model": {
-            "name": "smollm2", "provider": "openai-compatible", "task": "llm/v1/chat",
-            "max_retries": retries,
-            "openai_config": {"openai_api_base": base, "openai_api_key": "{{secrets/test/vllm}}"},
-        }}]},
-    }])
+    return Catalog.from_data(
+        [
+            {
+                "name": "ext-chat",
+                "config": {
+                    "served_entities": [
+                        {
+                            "external_model": {
+                                "name": "smollm2",
+                                "provider": "openai-compatible",
+                                "task": "llm/v1/chat",
+                                "max_retries": retries,
+                                "openai_config": {
+                                    "openai_api_base": base,
+                                    "openai_api_key": "{{secrets/test/vllm}}",
+                                },
+                            }
+                        }
+                    ]
+                },
+            }
+        ]
+    )
 
 
 def _run(engine: LocalEngine, prompts: list[str | None], **opts: Any) -> pa.RecordBatch:
-    return align_results(engine.run(request_batch(prompts, CallOptions(endpoint="ext-chat", **opts))), len(prompts))
+    return align_results(
+        engine.run(request_batch(prompts, CallOptions(endpoint="ext-chat", **opts))), len(prompts)
+    )
 
 
 def test_external_chat_and_structured(vllm_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AI_QUERY_SECRET_TEST_VLLM", "sk-test")
     engine = LocalEngine(_catalog(vllm_server), memo_entries=0)
-    out = _run(engine, ["What is 2+2?", None, "Name a fruit."], model_parameters=ModelParameters(max_tokens=12))
+    out = _run(
+        engine,
+        ["What is 2+2?", None, "Name a fruit."],
+        model_parameters=ModelParameters(max_tokens=12),
+    )
     texts = out.column("result").to_pylist()
     assert texts[0] and texts[2] and texts[1] is None
     assert out.column("prompt_tokens").to_pylist()[0] > 0
-    typed = _run(engine, ["Classify the sentiment of: I love it"], return_type="STRUCT<label: STRING>",
-                 model_parameters=ModelParameters(max_tokens=64))
+    typed = _run(
+        engine,
+        ["Classify the sentiment of: I love it"],
+        return_type="STRUCT<label: STRING>",
+        model_parameters=ModelParameters(max_tokens=64),
+    )
     assert typed.column("error").to_pylist() == [None]
     assert isinstance(typed.column("result")[0].as_py()["label"], str)
 
 
-def test_429_is_retried_after_retry_after(vllm_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_429_is_retried_after_retry_after(
+    vllm_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AI_QUERY_SECRET_TEST_VLLM", "sk-test")
     proxy = _Throttle(vllm_server, refusals=2)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
@@ -125,13 +156,17 @@ def test_429_is_retried_after_retry_after(vllm_server: str, monkeypatch: pytest.
         proxy.shutdown()
 
 
-def test_429_past_the_retry_bound_is_a_row_error(vllm_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_429_past_the_retry_bound_is_a_row_error(
+    vllm_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AI_QUERY_SECRET_TEST_VLLM", "sk-test")
     proxy = _Throttle(vllm_server, refusals=100)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
-        engine = LocalEngine(_catalog(f"http://127.0.0.1:{proxy.server_address[1]}/v1", retries=1), memo_entries=0)
+        engine = LocalEngine(
+            _catalog(f"http://127.0.0.1:{proxy.server_address[1]}/v1", retries=1), memo_entries=0
+        )
         out = _run(engine, ["a", None], model_parameters=ModelParameters(max_tokens=4))
         assert out.column("result").to_pylist() == [None, None]
         error = out.column("error").to_pylist()[0]

@@ -30,8 +30,12 @@ def test_chat_text_nulls_and_empty(fake_engine) -> None:
 
 
 def test_structured_output_is_typed(fake_engine) -> None:
-    out = run(fake_engine, ["a", "b"], endpoint=CHAT, return_type="STRUCT<label: STRING, score: DOUBLE>")
-    assert out.schema.field("result").type == pa.struct([("label", pa.string()), ("score", pa.float64())])
+    out = run(
+        fake_engine, ["a", "b"], endpoint=CHAT, return_type="STRUCT<label: STRING, score: DOUBLE>"
+    )
+    assert out.schema.field("result").type == pa.struct(
+        [("label", pa.string()), ("score", pa.float64())]
+    )
     row = out.column("result").to_pylist()[0]
     assert set(row) == {"label", "score"} and isinstance(row["score"], float)
 

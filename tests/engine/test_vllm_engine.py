@@ -22,8 +22,12 @@ def run(engine, requests, **opts):  # type: ignore[no-untyped-def]
 
 
 def test_chat_answers_are_text(real_engine) -> None:
-    out = run(real_engine, ["What is 2+2?", None, "Name a colour."], endpoint=CHAT,
-              model_parameters=ModelParameters(max_tokens=16))
+    out = run(
+        real_engine,
+        ["What is 2+2?", None, "Name a colour."],
+        endpoint=CHAT,
+        model_parameters=ModelParameters(max_tokens=16),
+    )
     results = out.column("result").to_pylist()
     assert results[1] is None
     assert all(isinstance(r, str) and r.strip() for r in (results[0], results[2]))
@@ -34,10 +38,18 @@ def test_completions_endpoint(real_engine) -> None:
     from ai_query.catalog import Catalog, local_endpoint
     from ai_query.engine.local import LocalEngine
 
-    catalog = Catalog([local_endpoint("smol-complete", "smollm2-135m-instruct", "llm/v1/completions")])
-    engine = LocalEngine(catalog)  # shares the chat model's vLLM engine? no: task differs, same model
-    out = run(engine, ["The capital of France is"], endpoint="smol-complete",
-              model_parameters=ModelParameters(max_tokens=6))
+    catalog = Catalog(
+        [local_endpoint("smol-complete", "smollm2-135m-instruct", "llm/v1/completions")]
+    )
+    engine = LocalEngine(
+        catalog
+    )  # shares the chat model's vLLM engine? no: task differs, same model
+    out = run(
+        engine,
+        ["The capital of France is"],
+        endpoint="smol-complete",
+        model_parameters=ModelParameters(max_tokens=6),
+    )
     assert "Paris" in out.column("result")[0].as_py()
 
 
@@ -71,18 +83,33 @@ def test_embeddings_match_reference(real_engine) -> None:
 
 
 def test_structured_output_gives_typed_structs(real_engine) -> None:
-    prompts = [f"Classify the sentiment of: {t}" for t in ("I love it", "It is ok", "Great value for money")]
-    out = run(real_engine, prompts, endpoint=CHAT, return_type="STRUCT<label: STRING, score: DOUBLE>",
-              model_parameters=ModelParameters(max_tokens=128))
-    assert out.schema.field("result").type == pa.struct([("label", pa.string()), ("score", pa.float64())])
+    prompts = [
+        f"Classify the sentiment of: {t}"
+        for t in ("I love it", "It is ok", "Great value for money")
+    ]
+    out = run(
+        real_engine,
+        prompts,
+        endpoint=CHAT,
+        return_type="STRUCT<label: STRING, score: DOUBLE>",
+        model_parameters=ModelParameters(max_tokens=128),
+    )
+    assert out.schema.field("result").type == pa.struct(
+        [("label", pa.string()), ("score", pa.float64())]
+    )
     for row, err in zip(out.column("result").to_pylist(), out.column("error").to_pylist()):
         assert err is None
         assert isinstance(row["label"], str) and isinstance(row["score"], float)
 
 
 def test_array_return_type(real_engine) -> None:
-    out = run(real_engine, ["List three fruits."], endpoint=CHAT, return_type="ARRAY<STRING>",
-              model_parameters=ModelParameters(max_tokens=48))
+    out = run(
+        real_engine,
+        ["List three fruits."],
+        endpoint=CHAT,
+        return_type="ARRAY<STRING>",
+        model_parameters=ModelParameters(max_tokens=48),
+    )
     value = out.column("result")[0].as_py()
     assert isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -95,19 +122,33 @@ def test_prompt_over_context_is_a_row_error_in_place(real_engine) -> None:
     assert errors[0] is None and errors[2] is None and errors[3] is None
     assert "maximum context length" in errors[1]
     # The good rows are the same answers they get alone: nothing shifted.
-    alone = run(real_engine, ["Say bye."], endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8))
+    alone = run(
+        real_engine, ["Say bye."], endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8)
+    )
     assert alone.column("result")[0].as_py() == results[2]
 
 
 def test_concurrent_batches_match_serial_answers(real_engine) -> None:
     prompts = [[f"Give one word for the number {k * 10 + i}." for i in range(10)] for k in range(4)]
-    serial = [run(real_engine, p, endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8))
-              .column("result").to_pylist() for p in prompts]
+    serial = [
+        run(real_engine, p, endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8))
+        .column("result")
+        .to_pylist()
+        for p in prompts
+    ]
     parallel: dict[int, list[str]] = {}
 
     def caller(k: int) -> None:
-        parallel[k] = run(real_engine, prompts[k], endpoint=CHAT,
-                          model_parameters=ModelParameters(max_tokens=8)).column("result").to_pylist()
+        parallel[k] = (
+            run(
+                real_engine,
+                prompts[k],
+                endpoint=CHAT,
+                model_parameters=ModelParameters(max_tokens=8),
+            )
+            .column("result")
+            .to_pylist()
+        )
 
     threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
     for t in threads:

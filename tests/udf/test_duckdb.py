@@ -20,7 +20,9 @@ CHAT = "smollm2-135m-instruct"
 @pytest.fixture
 def con(fake_engine):  # type: ignore[no-untyped-def]
     c = ai_query.connect(engine=fake_engine)
-    c.execute("CREATE TABLE t AS SELECT * FROM (VALUES (1, 'good'), (2, NULL), (3, ''), (4, 'good')) v(id, p)")
+    c.execute(
+        "CREATE TABLE t AS SELECT * FROM (VALUES (1, 'good'), (2, NULL), (3, ''), (4, 'good')) v(id, p)"
+    )
     yield c
     c.close()
 
@@ -33,10 +35,17 @@ def _type(con, sql: str) -> str:  # type: ignore[no-untyped-def]
     "call",
     [
         pytest.param(f"ai_query('{CHAT}', p)", id="positional"),
-        pytest.param(f"ai_query('{CHAT}', p, modelParameters => {{'max_tokens': 3}})", id="arrow-named"),
-        pytest.param(f"ai_query('{CHAT}', p, MODELPARAMETERS := {{'max_tokens': 3}})", id="walrus-upper"),
+        pytest.param(
+            f"ai_query('{CHAT}', p, modelParameters => {{'max_tokens': 3}})", id="arrow-named"
+        ),
+        pytest.param(
+            f"ai_query('{CHAT}', p, MODELPARAMETERS := {{'max_tokens': 3}})", id="walrus-upper"
+        ),
         pytest.param(f"ai_query(endpoint => '{CHAT}', request => p)", id="named-endpoint"),
-        pytest.param(f"ai_query('databricks-meta-llama-3-3-70b-instruct', p, returnType => 'STRING')", id="alias"),
+        pytest.param(
+            "ai_query('databricks-meta-llama-3-3-70b-instruct', p, returnType => 'STRING')",
+            id="alias",
+        ),
     ],
 )
 def test_text_forms_return_varchar(con, call: str) -> None:  # type: ignore[no-untyped-def]
@@ -49,17 +58,25 @@ def test_text_forms_return_varchar(con, call: str) -> None:  # type: ignore[no-u
 
 def test_struct_return_type(con) -> None:  # type: ignore[no-untyped-def]
     sql = f"SELECT ai_query('{CHAT}', p, returnType => 'STRUCT<label: STRING, score: DOUBLE>') AS s FROM t ORDER BY id"
-    assert _type(con, sql) == "STRUCT(\"label\" VARCHAR, score DOUBLE)"
+    assert _type(con, sql) == 'STRUCT("label" VARCHAR, score DOUBLE)'
     rows = [r[0] for r in con.sql(sql).fetchall()]
     assert rows[1] is None and isinstance(rows[0]["score"], float)
     assert con.sql(f"SELECT s.label FROM ({sql}) WHERE s IS NOT NULL LIMIT 1").fetchall()[0][0]
 
 
 def test_array_return_type_and_response_format(con) -> None:  # type: ignore[no-untyped-def]
-    assert _type(con, f"SELECT ai_query('{CHAT}', p, returnType => 'ARRAY<STRING>') FROM t") == "VARCHAR[]"
+    assert (
+        _type(con, f"SELECT ai_query('{CHAT}', p, returnType => 'ARRAY<STRING>') FROM t")
+        == "VARCHAR[]"
+    )
     fmt = "STRUCT<a: INT>"
-    assert _type(con, f"SELECT ai_query('{CHAT}', p, responseFormat => '{fmt}') FROM t") == "STRUCT(a INTEGER)"
-    js = con.sql(f"SELECT ai_query('{CHAT}', p, responseFormat => 'json_object') FROM t WHERE id = 1").fetchall()[0][0]
+    assert (
+        _type(con, f"SELECT ai_query('{CHAT}', p, responseFormat => '{fmt}') FROM t")
+        == "STRUCT(a INTEGER)"
+    )
+    js = con.sql(
+        f"SELECT ai_query('{CHAT}', p, responseFormat => 'json_object') FROM t WHERE id = 1"
+    ).fetchall()[0][0]
     assert js.startswith("{")
 
 
@@ -68,8 +85,10 @@ def test_embeddings_are_float_lists(con) -> None:  # type: ignore[no-untyped-def
     assert _type(con, sql) == "FLOAT[]"
     rows = [r[0] for r in con.sql(sql).fetchall()]
     assert len(rows[0]) == 384 and rows[1] is None
-    sim = con.sql("SELECT list_cosine_similarity(ai_query('databricks-gte-large-en', 'good'), "
-                  "ai_query('databricks-bge-large-en', 'good'))").fetchall()[0][0]
+    sim = con.sql(
+        "SELECT list_cosine_similarity(ai_query('databricks-gte-large-en', 'good'), "
+        "ai_query('databricks-bge-large-en', 'good'))"
+    ).fetchall()[0][0]
     assert sim == pytest.approx(1.0, abs=1e-5)
 
 
@@ -77,29 +96,56 @@ def test_fail_on_error_false_gives_error_struct(con) -> None:  # type: ignore[no
     con.execute("INSERT INTO t VALUES (5, repeat('word ', 2000))")
     sql = f"SELECT id, ai_query('{CHAT}', p, failOnError => false) AS r FROM t ORDER BY id"
     assert _type(con, f"SELECT ai_query('{CHAT}', p, failOnError => false) FROM t") == (
-        "STRUCT(result VARCHAR, errorMessage VARCHAR)")
+        "STRUCT(result VARCHAR, errorMessage VARCHAR)"
+    )
     rows = dict(con.sql(sql).fetchall())
     assert rows[1]["result"] and rows[1]["errorMessage"] is None
     assert rows[2] is None
     assert rows[5]["result"] is None and "maximum context length" in rows[5]["errorMessage"]
-    typed = con.sql(f"SELECT ai_query('{CHAT}', p, returnType => 'STRUCT<a: INT>', failOnError => false) FROM t").types[0]
+    typed = con.sql(
+        f"SELECT ai_query('{CHAT}', p, returnType => 'STRUCT<a: INT>', failOnError => false) FROM t"
+    ).types[0]
     assert str(typed) == "STRUCT(result STRUCT(a INTEGER), errorMessage VARCHAR)"
 
 
 def test_fail_on_error_true_fails_the_query_naming_endpoint(con) -> None:  # type: ignore[no-untyped-def]
     con.execute("INSERT INTO t VALUES (5, repeat('word ', 2000))")
-    with pytest.raises(duckdb.Error, match=f"endpoint '{CHAT}' failed on row .*maximum context length"):
+    with pytest.raises(
+        duckdb.Error, match=f"endpoint '{CHAT}' failed on row .*maximum context length"
+    ):
         con.sql(f"SELECT ai_query('{CHAT}', p) FROM t").fetchall()
 
 
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        pytest.param("ai_query('nope', p)", UnknownEndpointError, "known endpoints: all-minilm", id="endpoint"),
-        pytest.param(f"ai_query('{CHAT}', p, modelParameters => {{'max_tokenz': 1}})", ConfigError, "max_tokenz", id="param"),
-        pytest.param(f"ai_query('{CHAT}', p, returnType => 'STRUCT<a INT')", SQLParseError, "bad returnType", id="return-type"),
-        pytest.param(f"ai_query('{CHAT}', p, colour => 'red')", UnsupportedCallError, "colour", id="argument"),
-        pytest.param("ai_query('all-minilm-l6-v2', p, returnType => 'STRUCT<a: INT>')", ConfigError, "embeddings", id="embed-type"),
+        pytest.param(
+            "ai_query('nope', p)",
+            UnknownEndpointError,
+            "known endpoints: all-minilm",
+            id="endpoint",
+        ),
+        pytest.param(
+            f"ai_query('{CHAT}', p, modelParameters => {{'max_tokenz': 1}})",
+            ConfigError,
+            "max_tokenz",
+            id="param",
+        ),
+        pytest.param(
+            f"ai_query('{CHAT}', p, returnType => 'STRUCT<a INT')",
+            SQLParseError,
+            "bad returnType",
+            id="return-type",
+        ),
+        pytest.param(
+            f"ai_query('{CHAT}', p, colour => 'red')", UnsupportedCallError, "colour", id="argument"
+        ),
+        pytest.param(
+            "ai_query('all-minilm-l6-v2', p, returnType => 'STRUCT<a: INT>')",
+            ConfigError,
+            "embeddings",
+            id="embed-type",
+        ),
     ],
 )
 def test_bad_calls_fail_before_rows_run(con, fake_engine, call, error, message) -> None:  # type: ignore[no-untyped-def]
@@ -111,10 +157,14 @@ def test_bad_calls_fail_before_rows_run(con, fake_engine, call, error, message) 
 def test_register_on_a_users_own_connection(fake_engine) -> None:  # type: ignore[no-untyped-def]
     raw = duckdb.connect()
     register(raw, engine=fake_engine)
-    got = raw.sql(f"SELECT ai_query('{CHAT}', 'hi', modelParameters := {{'max_tokens': 2}}) AS r").fetchall()[0][0]
+    got = raw.sql(
+        f"SELECT ai_query('{CHAT}', 'hi', modelParameters := {{'max_tokens': 2}}) AS r"
+    ).fetchall()[0][0]
     assert got == f"{CHAT} says:"
     # Typed results come back as JSON text on a plain connection; CAST gives the type.
-    s = raw.sql(f"SELECT CAST(CAST(ai_query('{CHAT}', 'x', returnType => 'STRUCT<a: INT>') AS JSON) AS STRUCT(a INT))").fetchall()[0][0]
+    s = raw.sql(
+        f"SELECT CAST(CAST(ai_query('{CHAT}', 'x', returnType => 'STRUCT<a: INT>') AS JSON) AS STRUCT(a INT))"
+    ).fetchall()[0][0]
     assert isinstance(s["a"], int)
     with pytest.raises(duckdb.Error, match="unknown endpoint 'nope'"):
         raw.sql("SELECT ai_query('nope', 'x')").fetchall()
@@ -122,7 +172,9 @@ def test_register_on_a_users_own_connection(fake_engine) -> None:  # type: ignor
 
 def test_large_table_rows_stay_aligned(con, fake_engine) -> None:  # type: ignore[no-untyped-def]
     n = 6000  # three DuckDB chunks
-    con.execute(f"CREATE TABLE big AS SELECT i, CASE WHEN i % 7 = 0 THEN NULL ELSE 'row ' || (i % 500) END AS p FROM range({n}) r(i)")
+    con.execute(
+        f"CREATE TABLE big AS SELECT i, CASE WHEN i % 7 = 0 THEN NULL ELSE 'row ' || (i % 500) END AS p FROM range({n}) r(i)"
+    )
     rows = con.sql(f"SELECT i, p, ai_query('{CHAT}', p) FROM big ORDER BY i").fetchall()
     assert len(rows) == n
     for i, p, answer in rows:
@@ -158,7 +210,9 @@ def test_duckdb_threads_are_in_flight_together(fake_engine) -> None:  # type: ig
 
 
 def test_databricks_sql_runs_as_written(con) -> None:  # type: ignore[no-untyped-def]
-    sql = (f"SELECT id, ai_query('{CHAT}', concat('Summarize: ', p), "
-           "modelParameters => named_struct('max_tokens', 5, 'temperature', 0.0)) AS summary FROM t ORDER BY id")
+    sql = (
+        f"SELECT id, ai_query('{CHAT}', concat('Summarize: ', p), "
+        "modelParameters => named_struct('max_tokens', 5, 'temperature', 0.0)) AS summary FROM t ORDER BY id"
+    )
     rows = con.databricks_sql(sql).fetchall()
     assert rows[0][1] == f"{CHAT} says: Summarize: good"

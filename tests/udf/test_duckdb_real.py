@@ -58,29 +58,41 @@ def test_300_rows_with_nulls_unicode_duplicates_and_a_row_error(con, real_engine
             assert r["errorMessage"] is None and isinstance(r["result"], str), (i, r)
             assert by_prompt.setdefault(p, r["result"]) == r["result"]  # same prompt, same answer
     # Spot-check alignment: rows answered alone (no memo) give the same text as in the table.
-    sample = [p for i, p, _ in rows if p is not None and i != 157][:: 25]
-    alone = align_results(real_engine.run(request_batch(
-        sample, CallOptions(endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8)))), len(sample))
+    sample = [p for i, p, _ in rows if p is not None and i != 157][::25]
+    alone = align_results(
+        real_engine.run(
+            request_batch(
+                sample, CallOptions(endpoint=CHAT, model_parameters=ModelParameters(max_tokens=8))
+            )
+        ),
+        len(sample),
+    )
     assert alone.column("result").to_pylist() == [by_prompt[p] for p in sample]
 
 
 def test_typed_calls_through_the_real_engine(con) -> None:  # type: ignore[no-untyped-def]
-    con.execute("CREATE OR REPLACE TABLE reviews AS SELECT * FROM (VALUES (1, 'I love this phone'), "
-                "(2, 'Great value for money'), (3, NULL)) v(id, review)")
+    con.execute(
+        "CREATE OR REPLACE TABLE reviews AS SELECT * FROM (VALUES (1, 'I love this phone'), "
+        "(2, 'Great value for money'), (3, NULL)) v(id, review)"
+    )
     structs = con.sql(
         f"SELECT id, ai_query('{CHAT}', 'Classify the sentiment of: ' || review, "
         "returnType => 'STRUCT<label: STRING, score: DOUBLE>', modelParameters => {'max_tokens': 96}) AS s "
-        "FROM reviews ORDER BY id").fetchall()
+        "FROM reviews ORDER BY id"
+    ).fetchall()
     assert structs[2][1] is None
     for _, s in structs[:2]:
         assert isinstance(s["label"], str) and isinstance(s["score"], float)
-    vectors = con.sql("SELECT ai_query('databricks-gte-large-en', review) AS v FROM reviews ORDER BY id").fetchall()
+    vectors = con.sql(
+        "SELECT ai_query('databricks-gte-large-en', review) AS v FROM reviews ORDER BY id"
+    ).fetchall()
     assert len(vectors[0][0]) == 384 and vectors[2][0] is None
     near = con.sql(
         "SELECT list_cosine_similarity(ai_query('all-minilm-l6-v2', 'a great phone'), "
         "ai_query('all-minilm-l6-v2', 'I love this phone')) > "
         "list_cosine_similarity(ai_query('all-minilm-l6-v2', 'a great phone'), "
-        "ai_query('all-minilm-l6-v2', 'the weather is rainy'))").fetchall()[0][0]
+        "ai_query('all-minilm-l6-v2', 'the weather is rainy'))"
+    ).fetchall()[0][0]
     assert near is True
 
 
