@@ -8,7 +8,6 @@ JSON: a list of endpoints, or ``{"endpoints": [...], "aliases": {alias: endpoint
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ai_query.datafile import read_data_file
 from ai_query.errors import ConfigError, UnknownEndpointError
 
 Task = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]
@@ -314,20 +314,7 @@ class Catalog:
             ConfigError: when the file cannot be read, does not parse or is invalid.
         """
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read catalog {path}: {exc.strerror}") from exc
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:
-            raise ConfigError(f"catalog {path} does not parse: {exc}") from exc
-        return cls.from_data(data, source=str(path))
+        return cls.from_data(read_data_file(path, "catalog"), source=str(path))
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint, in definition order."""

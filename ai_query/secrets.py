@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from ai_query.config import secret_from_environment, settings
+from ai_query.datafile import read_data_file
 from ai_query.errors import ConfigError
 
 _REFERENCE = re.compile(r"^\{\{\s*secrets/([^/\s}]+)/([^/\s}]+)\s*\}\}$")
@@ -48,19 +48,7 @@ def resolve_secret(value: str, secrets_file: Path | None = None) -> str:
 
 
 def _read_secrets_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read secrets file {path}: {exc.strerror}") from exc
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise ConfigError(f"secrets file {path} does not parse") from exc
+    data = read_data_file(path, "secrets file", show_parse_error=False)  # no secret in messages
     if not isinstance(data, dict):
         raise ConfigError(f"secrets file {path} must hold an object of scopes")
     return data

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ai_query.datafile import read_data_file
 from ai_query.errors import JobError
 
 #: File suffixes read as Parquet, CSV and JSON inputs.
@@ -239,25 +240,9 @@ def load_job(path: str | Path) -> JobSpec:
         JobError: naming the file and the offending field.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise JobError(f"cannot read job file {path}: {exc.strerror}") from exc
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data: Any = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            raise JobError(f"job file {path} must end in .toml, .yaml or .yml")
-    except JobError:
-        raise
-    except Exception as exc:
-        raise JobError(f"job file {path} does not parse: {exc}") from exc
+    if path.suffix.lower() not in (".toml", ".yaml", ".yml"):
+        raise JobError(f"job file {path} must end in .toml, .yaml or .yml")
+    data = read_data_file(path, "job file", JobError)
     return job_from_data(data, base_dir=path.resolve().parent, source=str(path))
 
 

@@ -13,12 +13,12 @@ be added or revoked without a restart.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from ai_query.datafile import read_data_file
 from ai_query.errors import AuthenticationError, ConfigError
 
 #: The principal of every caller when auth is off.
@@ -106,18 +106,9 @@ class TokenAuth:
         path = self._path
         try:
             mtime = path.stat().st_mtime
-            text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read tokens file {path}: {exc.strerror}") from exc
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:
-            raise ConfigError(f"tokens file {path} does not parse") from exc
+        data = read_data_file(path, "tokens file", show_parse_error=False)  # no token in messages
         by_digest = _digests(data, f"tokens file {path}")
         with self._lock:
             self._by_digest = by_digest
