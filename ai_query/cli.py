@@ -89,7 +89,8 @@ def sql(
     if (query is None) == (file is None):
         raise typer.BadParameter("give the SQL as an argument or with --file, not both")
     text = query if query is not None else _read(file)
-    cat = load_catalog(str(catalog) if catalog else None)
+    # With engine servers and no --catalog, calls are checked against the servers' own catalog.
+    cat = None if engine_url and not catalog else load_catalog(str(catalog) if catalog else None)
     if engine == "duckdb":
         table = _run_duckdb(text, read_dialect, cat, database, engine_url)
     elif engine == "spark":
@@ -115,8 +116,9 @@ def _run_duckdb(text: str, read: str, cat: Any, database: str, engine_url: str |
 
     spec = EngineSpec.for_catalog(cat)
     if engine_url:
-        spec = EngineSpec.for_catalog(cat, kind="flight", urls=tuple(engine_url.split(",")))
-    con = connect(database, cat, engine=get_engine(spec))
+        urls = tuple(u.strip() for u in engine_url.split(",") if u.strip())
+        spec = EngineSpec.for_catalog(cat, kind="flight", urls=urls)
+    con = connect(database, engine=get_engine(spec))
     try:
         statement = con.rewrite(text, read=read)  # bad calls fail here, before any row runs
         with row_progress(err_console, "ai_query", None) as bar:
@@ -177,6 +179,13 @@ def serve(
     tokens_file: Annotated[
         Path | None, typer.Option(help="JSON/YAML file of token -> principal.")
     ] = None,
+    database: Annotated[
+        Path | None,
+        typer.Option(help="SQLite file for endpoints made over HTTP (default: in the cache dir)."),
+    ] = None,
+    inference_table: Annotated[
+        Path | None, typer.Option(help="Directory for the inference table (Parquet); off if unset.")
+    ] = None,
 ) -> None:
     """Host the catalog's models: Arrow Flight for SQL engines, HTTP for applications."""
     from ai_query.engine.server.process import run_server_cli
@@ -188,6 +197,8 @@ def serve(
         http_port=http_port,
         token=token,
         tokens_file=tokens_file,
+        database=database,
+        inference_table=inference_table,
     )
 
 

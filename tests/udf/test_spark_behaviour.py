@@ -73,9 +73,10 @@ def test_one_client_per_worker_process(spark, det_server, restore_batch_size) ->
     assert sorted(r.a for r in rows) == sorted(_answer(f"q{i}") for i in range(40))
     seen: dict[str, set[str]] = {}
     for r in rows:
-        pid, engine_id, clients = r.who.split(":")
+        pid, engine_id, _clients = r.who.split(":")
         seen.setdefault(pid, set()).add(engine_id)
-        assert clients == "1"
+    # Every batch a worker process ran used the same client (reused workers may also hold
+    # clients of other specs from earlier tests, so the process-wide count is not checked).
     assert all(len(ids) == 1 for ids in seen.values())
 
 

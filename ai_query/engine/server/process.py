@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_query.catalog import Catalog
+from ai_query.config import settings
 from ai_query.engine.batch import request_batch
 from ai_query.engine.protocol import Engine
 from ai_query.engine.server.auth import TokenAuth
@@ -130,6 +131,8 @@ def start_server(
     engine_kind: str = "local",
     preload: bool | Sequence[str] = False,
     batch_delay: float = 0.0,
+    database: str | Path | None = None,
+    inference_table: str | Path | None = None,
 ) -> RunningServer:
     """Start an engine server and return at once; see :func:`serve` for the arguments."""
     auths = [TokenAuth.from_file(tokens_file)]
@@ -149,7 +152,8 @@ def start_server(
     running = RunningServer(server, engine)
     if http_port is not None:
         running.stop_http = _start_http(
-            engine, host, http_port, auth=auths, limiter=limiter, tokens_file=tokens_file
+            engine, host, http_port, auth=auths, limiter=limiter, tokens_file=tokens_file,
+            database=database, inference_table=inference_table,
         )
     log.info(
         "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
@@ -172,6 +176,8 @@ def serve(
     preload: bool | Sequence[str] = False,
     batch_delay: float = 0.0,
     stop_event: threading.Event | None = None,
+    database: str | Path | None = None,
+    inference_table: str | Path | None = None,
 ) -> None:
     """Run an engine server until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully.
 
@@ -188,12 +194,15 @@ def serve(
         preload: load models before listening (True: every local endpoint; or names).
         batch_delay: hold each batch this many seconds (failure tests only).
         stop_event: set it to stop the server (for callers not on the main thread).
+        database: SQLite file for endpoints created over HTTP (None: in memory).
+        inference_table: directory for the HTTP inference table (None: off).
     """
     stop = stop_event or threading.Event()
     signals = _install_signal_handlers(stop)
     server = start_server(
         catalog, host, port, http_port=http_port, token=token, tokens_file=tokens_file,
         engine=engine, engine_kind=engine_kind, preload=preload, batch_delay=batch_delay,
+        database=database, inference_table=inference_table,
     )
     try:
         while not stop.wait(0.5):
@@ -212,12 +221,22 @@ def run_server_cli(
     http_port: int | None = None,
     token: str | None = None,
     tokens_file: str | Path | None = None,
+    database: str | Path | None = None,
+    inference_table: str | Path | None = None,
 ) -> None:
-    """What ``ai-query serve`` runs: logging to stderr, then :func:`serve` until a signal."""
+    """What ``ai-query serve`` runs: logging to stderr, then :func:`serve` until a signal.
+
+    ``database`` holds endpoints created over HTTP (default: ``<cache>/serving/endpoints.sqlite``,
+    so they survive restarts); ``inference_table`` is a directory for request/response logs.
+    """
     configure_logging()
+    if http_port is not None and database is None:
+        database = settings().cache_dir / "serving" / "endpoints.sqlite"
+        database.parent.mkdir(parents=True, exist_ok=True)
     serve(
         str(catalog) if catalog is not None else None, host, port,
         http_port=http_port, token=token, tokens_file=tokens_file, preload=True,
+        database=database, inference_table=inference_table,
     )
 
 
@@ -258,6 +277,8 @@ def _start_http(
     auth: Sequence[TokenAuth],
     limiter: RateLimiter,
     tokens_file: str | Path | None,
+    database: str | Path | None = None,
+    inference_table: str | Path | None = None,
 ) -> Callable[[], None]:
     try:
         from ai_query.engine.server.http.app import create_app  # type: ignore[import-not-found]
@@ -269,7 +290,9 @@ def _start_http(
     import uvicorn
 
     app = create_app(
-        engine=engine, host=host, port=port, auth=auth, limiter=limiter, tokens_file=tokens_file
+        engine=engine, host=host, port=port, auth=auth, limiter=limiter, tokens_file=tokens_file,
+        database=Path(database) if database else None,
+        inference_table=Path(inference_table) if inference_table else None,
     )
     http = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
     # uvicorn installs no signal handlers off the main thread: ours stop both servers.
