@@ -15,59 +15,20 @@ and last the ratio of the median rounds (robust to a round stalled by other work
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import openai
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.servers import free_port, start, stop, wait_http
+
 MODEL = "smollm2-135m-instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    from ai_query.config import VLLM_CPU_ENVIRONMENT
-
-    env = {**os.environ, **VLLM_CPU_ENVIRONMENT}
-    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}) before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def prompts(n: int) -> list[str]:
@@ -142,7 +103,7 @@ def main() -> None:
         for name, args in commands.items():  # one after the other: both start faster alone
             began = time.perf_counter()
             procs[name] = start(args, workdir / f"{name.split()[0]}.log")
-            wait_healthy(f"http://127.0.0.1:{ports[name]}/health", procs[name])
+            wait_http(f"http://127.0.0.1:{ports[name]}/health", procs[name], timeout=600)
             load(f"http://127.0.0.1:{ports[name]}/v1", opts.clients, 4, opts.max_tokens)
             print(f"[{name}] ready and warm after {time.perf_counter() - began:.1f} s "
                   f"(log in {workdir})", flush=True)
