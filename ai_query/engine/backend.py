@@ -74,6 +74,16 @@ class Completion:
     tool_calls: list[dict[str, Any]] | None = None
     """OpenAI ``tool_calls`` when the model called tools, else None."""
 
+    def as_chunk(self) -> CompletionChunk:
+        """The whole answer as one streamed chunk (used when tool calls must come whole)."""
+        return CompletionChunk(
+            self.text,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.finish_reason,
+            self.tool_calls,
+        )
+
 
 @dataclass(frozen=True)
 class CompletionChunk:

@@ -87,14 +87,7 @@ class ExternalBackend:
     async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
         """A streamed chat or completion call; tool calls come whole, on the last chunk."""
         if request.tools and request.tool_choice != "none":
-            done = await self.complete(text, request)
-            yield CompletionChunk(
-                done.text,
-                done.prompt_tokens,
-                done.completion_tokens,
-                done.finish_reason,
-                done.tool_calls,
-            )
+            yield (await self.complete(text, request)).as_chunk()
             return
         client = self._ensure()
         kwargs = self._arguments(request)

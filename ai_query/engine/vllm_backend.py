@@ -199,14 +199,7 @@ class VLLMBackend:
         as one chunk at the end.
         """
         if request.tools and request.tool_choice != "none":
-            done = await self.complete(text, request)
-            yield CompletionChunk(
-                done.text,
-                done.prompt_tokens,
-                done.completion_tokens,
-                done.finish_reason,
-                done.tool_calls,
-            )
+            yield (await self.complete(text, request)).as_chunk()
             return
         if self.embeddings:
             raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
