@@ -186,10 +186,22 @@ def serve(
     inference_table: Annotated[
         Path | None, typer.Option(help="Directory for the inference table (Parquet); off if unset.")
     ] = None,
+    preload: Annotated[
+        str,
+        typer.Option(help="Start models before listening: all, none, or endpoint names (a,b)."),
+    ] = "all",
+    log_level: Annotated[str, typer.Option(help="Log level of the server's own logs.")] = "INFO",
+    # Hidden: for the launcher of private engine servers and for failure tests.
+    engine: Annotated[str, typer.Option(hidden=True)] = "local",
+    batch_delay: Annotated[float, typer.Option(hidden=True)] = 0.0,
+    lifeline_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Host the catalog's models: Arrow Flight for SQL engines, HTTP for applications."""
     from ai_query.engine.server.process import run_server_cli
 
+    chosen: bool | list[str] = (
+        True if preload == "all" else [p for p in preload.split(",") if p not in ("", "none")]
+    )
     run_server_cli(
         catalog=catalog,
         host=host,
@@ -199,6 +211,11 @@ def serve(
         tokens_file=tokens_file,
         database=database,
         inference_table=inference_table,
+        preload=chosen,
+        log_level=log_level,
+        engine_kind=engine,
+        batch_delay=batch_delay,
+        lifeline_fd=lifeline_fd,
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ai_query.engine.supervision import EngineHealth
 from ai_query.options import ModelParameters
 
 
@@ -124,6 +125,10 @@ class Backend(Protocol):
 
     async def embed(self, text: str) -> Embedding:
         """Embed one text."""
+        ...
+
+    def health(self) -> EngineHealth:
+        """Whether the model answers now (see :mod:`ai_query.engine.supervision`)."""
         ...
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from ai_query.engine.backend import (
     GenerationRequest,
     RowFailure,
 )
+from ai_query.engine.supervision import EngineHealth, EngineState
 from ai_query.engine.tool_calls import (
     function_tools,
     make_tool_call,
@@ -100,6 +101,10 @@ class DeterministicBackend:
         vector = np.random.default_rng(_seed(text)).standard_normal(self.dims)
         vector /= np.linalg.norm(vector)
         return Embedding(vector.tolist(), tokens)
+
+    def health(self) -> EngineHealth:
+        """Always ready: nothing here can die (a failed call is that row's error)."""
+        return EngineHealth(EngineState.READY)
 
     async def close(self) -> None:
         """Nothing to release."""

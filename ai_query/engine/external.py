@@ -22,6 +22,7 @@ from ai_query.engine.backend import (
     GenerationRequest,
     RowFailure,
 )
+from ai_query.engine.supervision import EngineHealth, EngineState
 from ai_query.secrets import resolve_secret
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,10 @@ class ExternalBackend:
                 await asyncio.sleep(wait)
             except openai.APIStatusError as exc:
                 raise RowFailure(f"external model {self.model.name!r}: {_describe(exc)}") from exc
+
+    def health(self) -> EngineHealth:
+        """Always ready: nothing here can die (a failed call is that row's error)."""
+        return EngineHealth(EngineState.READY)
 
     async def close(self) -> None:
         """Close the HTTP client."""

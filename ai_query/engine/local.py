@@ -24,7 +24,8 @@ from ai_query.engine.backend import Backend, GenerationRequest
 from ai_query.engine.batch import RowOutcome, read_request_batch, result_batch
 from ai_query.engine.loop import EngineLoop, shared_loop
 from ai_query.engine.memo import ResultMemo
-from ai_query.engine.registry import BackendFactory, shared_backend
+from ai_query.engine.registry import BackendFactory, existing_backend, shared_backend
+from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import EngineError
 from ai_query.options import CallOptions
 from ai_query.sql.response_format import OutputSpec, resolve_output
@@ -192,6 +193,22 @@ class LocalEngine:
 
     def _backend(self, entity: ServedEntity) -> Backend:
         return shared_backend(entity, self._factory)
+
+    def endpoint_health(self) -> dict[str, EngineHealth]:
+        """Each endpoint's health: the least ready of its served entities' engines.
+
+        An engine not built yet counts as ``NOT_STARTED`` (it starts with the first request).
+        """
+        out: dict[str, EngineHealth] = {}
+        for endpoint in self.catalog.endpoints():
+            healths = [
+                backend.health() if backend is not None else EngineHealth(EngineState.NOT_STARTED)
+                for backend in (
+                    existing_backend(e, self._factory) for e in endpoint.config.served_entities
+                )
+            ]
+            out[endpoint.name] = worst_health(healths)
+        return out
 
     def close(self) -> None:
         """Nothing to release per engine: backends are shared by the process (see registry)."""

@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from ai_query.catalog import Catalog
+    from ai_query.engine.supervision import EngineHealth
 
 
 @runtime_checkable
@@ -27,3 +28,19 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release what this engine holds."""
         ...
+
+
+@runtime_checkable
+class SupervisedEngine(Protocol):
+    """An engine whose models run in processes that can die (vLLM, engine servers)."""
+
+    def endpoint_health(self) -> dict[str, EngineHealth]:
+        """Each endpoint's health now (see :mod:`ai_query.engine.supervision`)."""
+        ...
+
+
+def engine_health(engine: Engine) -> dict[str, EngineHealth]:
+    """Each endpoint's health; empty for an engine with nothing that can die."""
+    if isinstance(engine, SupervisedEngine):
+        return engine.endpoint_health()
+    return {}

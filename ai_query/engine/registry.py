@@ -45,10 +45,21 @@ def default_backend_factory(entity: ServedEntity) -> Backend:
     )
 
 
+def _registry_key(entity: ServedEntity, factory: BackendFactory | None) -> str:
+    make = factory or default_backend_factory
+    return f"{getattr(make, '__qualname__', repr(make))}:{backend_key(entity)}"
+
+
+def existing_backend(entity: ServedEntity, factory: BackendFactory | None = None) -> Backend | None:
+    """The process's backend for ``entity`` if one was made; never makes one."""
+    with _lock:
+        return _backends.get(_registry_key(entity, factory))
+
+
 def shared_backend(entity: ServedEntity, factory: BackendFactory | None = None) -> Backend:
     """The process's backend for ``entity``, created on first use by ``factory``."""
     make = factory or default_backend_factory
-    key = f"{getattr(make, '__qualname__', repr(make))}:{backend_key(entity)}"
+    key = _registry_key(entity, factory)
     with _lock:
         backend = _backends.get(key)
         if backend is None:

@@ -22,7 +22,9 @@ class EngineSpec:
     """How to reach an engine, in a form that pickles and hashes."""
 
     kind: Literal["local", "deterministic", "flight"] = "local"
-    """``local``: vLLM in this process; ``deterministic``: the test backend; ``flight``: servers."""
+    """``local``: vLLM in a private engine server started for this process
+    (:class:`~ai_query.engine.embedded.EmbeddedEngine`); ``deterministic``: the test backend, in
+    this process; ``flight``: engine servers at :attr:`urls`."""
     catalog_json: str | None = None
     """The catalog as JSON (``Catalog.to_data``); None for the default catalog."""
     urls: tuple[str, ...] = ()
@@ -60,19 +62,17 @@ def get_engine(spec: EngineSpec) -> Engine:
 def build_engine(spec: EngineSpec) -> Engine:
     """A new engine for ``spec`` (prefer :func:`get_engine`, which shares it)."""
     if spec.kind == "local":
-        from ai_query.engine.local import LocalEngine
+        from ai_query.engine.embedded import EmbeddedEngine
 
-        return LocalEngine(spec.catalog())
+        return EmbeddedEngine(spec.catalog())
     if spec.kind == "deterministic":
         from ai_query.engine.deterministic import DeterministicBackend
         from ai_query.engine.local import LocalEngine
 
         return LocalEngine(spec.catalog(), backend_factory=DeterministicBackend)
     if spec.kind == "flight":
-        try:
-            from ai_query.engine.flight_client import FlightEngineClient
-        except ImportError as exc:
-            raise ConfigError("the Flight engine client is not available in this build") from exc
+        from ai_query.engine.flight_client import FlightEngineClient
+
         # No catalog in the spec: the client asks the servers for theirs when it needs one.
         catalog = spec.catalog() if spec.catalog_json is not None else None
         return FlightEngineClient(spec.urls, catalog=catalog, token=spec.token)

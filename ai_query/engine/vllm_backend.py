@@ -29,6 +29,8 @@ from ai_query.engine.backend import (
     GenerationRequest,
     RowFailure,
 )
+from ai_query.engine.lifeline import start_reaper
+from ai_query.engine.supervision import EngineHealth, EngineState, Supervisor
 from ai_query.engine.tool_calls import tool_call_schema, tool_calls_from_output
 from ai_query.errors import EngineDeadError, EngineError
 
@@ -75,7 +77,8 @@ class VLLMBackend:
         self._engine: Any = None
         self._start_lock: asyncio.Lock | None = None
         self._ids = itertools.count()
-        self._dead: BaseException | None = None
+        self.supervisor = Supervisor(model_dir.name)
+        """Restarts after the engine process dies; the engine's health."""
 
     @property
     def max_model_len(self) -> int:
@@ -84,21 +87,54 @@ class VLLMBackend:
             return int(self._engine.model_config.max_model_len)
         return int(self.engine_args.get("max_model_len", 2048))
 
+    def health(self) -> EngineHealth:
+        """The engine's health; notices an engine process that died while idle."""
+        engine = self._engine
+        if engine is not None and self.supervisor.state is EngineState.READY and engine.errored:
+            self._mark_dead("the engine process exited")
+        return self.supervisor.health()
+
     async def start(self) -> None:
-        """Build the engine (once) on the running loop."""
-        if self._engine is not None:
+        """Build the engine on the running loop: once, and again after it died.
+
+        Raises:
+            EngineDeadError: it could not start, or died more often than the restart policy
+                allows (the message names the last cause).
+        """
+        if self.supervisor.state is EngineState.READY and self._engine_errored():
+            self._mark_dead("the engine process exited")
+        if self._engine is not None and not self.supervisor.needs_start:
             return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
-            if self._engine is None:
+            if self._engine is not None and not self.supervisor.needs_start:
+                return
+            delay = self.supervisor.starting()
+            if self._engine is not None:  # a dead engine: release what is left of it
+                old, self._engine = self._engine, None
+                _quiet_shutdown(old)
+            if delay:
+                log.warning("restarting vLLM for %s in %.0f s", self.model_dir.name, delay)
+                await asyncio.sleep(delay)
+            try:
                 self._engine = self._build()
-                from ai_query.engine.registry import close_backends_first_at_exit
+            except EngineDeadError as exc:
+                self.supervisor.start_failed(exc)
+                raise
+            self.supervisor.started()
+            from ai_query.engine.registry import close_backends_first_at_exit
 
-                close_backends_first_at_exit()
+            close_backends_first_at_exit()
+
+    def _mark_dead(self, cause: BaseException | str) -> None:
+        if self.supervisor.state is EngineState.READY:
+            log.warning("vLLM engine for %s died: %s", self.model_dir.name, cause)
+        self.supervisor.died(cause)
 
     def _build(self) -> Any:
         apply_vllm_environment()
+        start_reaper()  # vLLM's engine processes must not outlive this one, even on SIGKILL
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -115,6 +151,10 @@ class VLLMBackend:
             return AsyncLLM.from_engine_args(args)
         except Exception as exc:
             raise EngineDeadError(f"vLLM could not start {self.model_dir}: {exc}") from exc
+
+    def _engine_errored(self) -> bool:
+        engine = self._engine
+        return engine is not None and bool(engine.errored)
 
     def _sampling_params(self, request: GenerationRequest, *, delta: bool = False) -> Any:
         from vllm.sampling_params import (
@@ -279,15 +319,14 @@ class VLLMBackend:
         )
 
     def _guard(self) -> _RowGuard:
-        if self._dead is not None:
-            raise EngineDeadError(f"vLLM engine for {self.model_dir.name} is dead: {self._dead}")
         return _RowGuard(self)
 
     async def close(self) -> None:
-        """Shut the engine down."""
+        """Shut the engine down (a later request starts it again)."""
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
+            self.supervisor.stopped()
 
 
 class _RowGuard:
@@ -304,10 +343,21 @@ class _RowGuard:
             return False
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
 
-        if isinstance(exc, VLLMEngineDead):
-            self._backend._dead = exc
-            raise EngineDeadError(f"vLLM engine died: {exc}") from exc
+        if isinstance(exc, VLLMEngineDead) or self._backend._engine_errored():
+            cause = str(exc) or "the engine process exited"
+            self._backend._mark_dead(cause)
+            raise EngineDeadError(
+                f"the vLLM engine for {self._backend.model_dir.name} died ({_short(cause)}); "
+                "the next request restarts it"
+            ) from exc
         raise RowFailure(_short(str(exc) or type(exc).__name__)) from exc
+
+
+def _quiet_shutdown(engine: Any) -> None:
+    try:
+        engine.shutdown()
+    except Exception as exc:  # noqa: BLE001 - what is left of a dead engine
+        log.debug("shutting down a dead engine: %s", exc)
 
 
 def _short(message: str, limit: int = 500) -> str:

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from ai_query.catalog import Catalog
 from ai_query.engine.batch import REQUEST_COLUMN, read_request_batch, result_schema
-from ai_query.engine.protocol import Engine
+from ai_query.engine.protocol import Engine, engine_health
+from ai_query.engine.supervision import EngineHealth
 
 
 class EchoEngine:
@@ -56,6 +57,10 @@ class DelayedEngine:
         """Wait, then answer."""
         time.sleep(self.delay)
         return self.engine.run(batch)
+
+    def endpoint_health(self) -> dict[str, EngineHealth]:
+        """The wrapped engine's health."""
+        return engine_health(self.engine)
 
     def close(self) -> None:
         """Close the wrapped engine."""

@@ -30,7 +30,7 @@ from ai_query.engine.flight_wire import (
     AUTH_HEADER,
     error_to_flight,
 )
-from ai_query.engine.protocol import Engine
+from ai_query.engine.protocol import Engine, engine_health
 from ai_query.engine.server.auth import ANONYMOUS, TokenAuth
 from ai_query.engine.server.ratelimit import RateLimiter
 from ai_query.errors import AuthenticationError
@@ -208,13 +208,21 @@ class EngineFlightServer(flight.FlightServerBase):
         raise flight.FlightServerError(f"unknown action {kind!r}; known: {', '.join(ACTIONS)}")
 
     def health(self) -> dict[str, Any]:
-        """Status (``ok`` or ``draining``), engine kind, endpoints and counters."""
+        """Status, engine kind, endpoints with their engines' states, and counters.
+
+        ``status`` is ``ok``, ``not_ready`` (an engine is dead, restarting or failed: see
+        ``endpoint_states``) or ``draining`` (stopping).
+        """
         with self._lock:
             stats = dict(self.stats)
+        states = engine_health(self.engine)
+        ready = all(h.state.ready for h in states.values())
         return {
-            "status": "draining" if self._draining else "ok",
+            "status": "draining" if self._draining else ("ok" if ready else "not_ready"),
             "engine": self.description,
             "endpoints": self.engine.catalog.names(),
+            "endpoint_states": {name: h.to_data() for name, h in states.items()},
+            "engine_restarts": sum(h.restarts for h in states.values()),
             "uptime_s": round(time.time() - self._started, 3),
             "auth": self.auth_required,
             **stats,

@@ -1,9 +1,12 @@
-"""Start and stop engine server subprocesses.
+"""Start and stop engine server subprocesses: ``ai-query serve``, run as users run it.
 
-The embedded server of local Spark, the tests and the benchmarks run ``python -m
-ai_query.engine.server.process`` in its own process group, wait (boundedly) until its health
-check answers, and stop it with SIGTERM (graceful) then SIGKILL. Every server started here is
-also stopped when this process exits.
+The private engine of a DuckDB connection (:mod:`ai_query.engine.embedded`), the embedded
+server of local Spark, the tests and the benchmarks run ``python -m ai_query serve`` (the same
+command as the ``ai-query serve`` script) in its own process group, wait (boundedly) until its
+health check answers, and stop it with SIGTERM (graceful) then SIGKILL. Every server started
+here is also stopped when this process exits, and it exits by itself when this process dies,
+even of SIGKILL: it holds the read end of a lifeline pipe whose write end only this process
+holds (see :mod:`ai_query.engine.lifeline`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class ServerProcess:
     ) -> None:
         self.proc = proc
         """The process."""
+        self.lifeline: int | None = None
+        """Write end of the server's lifeline pipe (closing it makes the server exit)."""
         self.log_path = log_path
         """Its log file (stdout and stderr)."""
         self.token = token
@@ -110,13 +115,20 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 pass
         self._kill_group()
+        self._cut_lifeline()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
+    def _cut_lifeline(self) -> None:
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
+
     def kill(self) -> None:
         """SIGKILL at once (failure tests)."""
         self._kill_group()
+        self._cut_lifeline()
 
     def _kill_group(self) -> None:
         try:
@@ -168,15 +180,14 @@ def start_server_process(
     else:
         workdir = Path(log_dir)
         workdir.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "ai_query.engine.server.process",
+    args = [sys.executable, "-m", "ai_query", "serve",
             "--host", host, "--port", str(port), "--engine", engine]
     if catalog is not None:
         path = Path(catalog) if not isinstance(catalog, Catalog) else workdir / "catalog.json"
         if isinstance(catalog, Catalog):
             path.write_text(json.dumps(catalog.to_data()))
         args += ["--catalog", str(path)]
-    if preload:
-        args += ["--preload", "all" if preload is True else ",".join(preload)]
+    args += ["--preload", ("all" if preload is True else ",".join(preload)) if preload else "none"]
     tokens = workdir / f"tokens-{time.time_ns()}.json"
     if token:
         tokens.touch(mode=0o600)
@@ -185,12 +196,22 @@ def start_server_process(
     if batch_delay:
         args += ["--batch-delay", str(batch_delay)]
     log_path = workdir / f"engine-server-{time.time_ns()}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **dict(env or {})}, start_new_session=True,
-        )
+    read_end, write_end = os.pipe()
+    args += ["--lifeline-fd", str(read_end)]
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **dict(env or {})}, start_new_session=True,
+                pass_fds=(read_end,),
+            )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
     server = ServerProcess(proc, log_path, token, workdir if own_dir else None)
+    server.lifeline = write_end
     _remember(server)
     try:
         server.wait_ready(startup_timeout)

@@ -1,9 +1,8 @@
 """The engine server process: build the engine, serve it over Flight (and HTTP), stop cleanly.
 
-``ai-query serve`` calls :func:`run_server_cli`; :func:`serve` is the same for Python callers;
-:func:`start_server` starts one without blocking (tests, embedding). ``python -m
-ai_query.engine.server.process`` is the launcher that :mod:`ai_query.engine.server.launcher`
-uses for server subprocesses (it also offers the test engines).
+``ai-query serve`` (the one launcher: :mod:`ai_query.engine.server.launcher` runs it too) calls
+:func:`run_server_cli`; :func:`serve` is the same for Python callers; :func:`start_server`
+starts one without blocking (tests, embedding).
 
 SIGTERM or SIGINT stops the server gracefully: no new calls are taken, in-flight batches
 finish, then the models shut down. A second signal exits at once.
@@ -11,7 +10,6 @@ finish, then the models shut down. A second signal exits at once.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -24,6 +22,7 @@ from typing import Any
 from ai_query.catalog import Catalog
 from ai_query.config import settings
 from ai_query.engine.batch import request_batch
+from ai_query.engine.lifeline import start_reaper, watch_lifeline
 from ai_query.engine.protocol import Engine
 from ai_query.engine.server.auth import TokenAuth
 from ai_query.engine.server.flight import EngineFlightServer
@@ -223,20 +222,32 @@ def run_server_cli(
     tokens_file: str | Path | None = None,
     database: str | Path | None = None,
     inference_table: str | Path | None = None,
+    preload: bool | Sequence[str] = True,
+    log_level: str = "INFO",
+    engine_kind: str = "local",
+    batch_delay: float = 0.0,
+    lifeline_fd: int | None = None,
 ) -> None:
     """What ``ai-query serve`` runs: logging to stderr, then :func:`serve` until a signal.
 
     ``database`` holds endpoints created over HTTP (default: ``<cache>/serving/endpoints.sqlite``,
     so they survive restarts); ``inference_table`` is a directory for request/response logs.
+    ``lifeline_fd``: the read end of a pipe held by the process that started this server; when
+    it closes (that process died) the server exits (see :mod:`ai_query.engine.lifeline`).
     """
-    configure_logging()
+    configure_logging(log_level)
+    if lifeline_fd is not None:
+        watch_lifeline(lifeline_fd)
+    if engine_kind == "local":
+        start_reaper()  # started before any engine, so it notes every engine process
     if http_port is not None and database is None:
         database = settings().cache_dir / "serving" / "endpoints.sqlite"
         database.parent.mkdir(parents=True, exist_ok=True)
     serve(
         str(catalog) if catalog is not None else None, host, port,
-        http_port=http_port, token=token, tokens_file=tokens_file, preload=True,
-        database=database, inference_table=inference_table,
+        http_port=http_port, token=token, tokens_file=tokens_file, preload=preload,
+        database=database, inference_table=inference_table, engine_kind=engine_kind,
+        batch_delay=batch_delay,
     )
 
 
@@ -305,32 +316,3 @@ def _start_http(
         thread.join(timeout=30)
 
     return stop
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Launcher: ``python -m ai_query.engine.server.process [options]``."""
-    parser = argparse.ArgumentParser(prog="python -m ai_query.engine.server.process")
-    parser.add_argument("--catalog", help="catalog file (default: bundled endpoints)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--http-port", type=int)
-    parser.add_argument("--token")
-    parser.add_argument("--tokens-file")
-    parser.add_argument("--engine", choices=ENGINE_KINDS, default="local")
-    parser.add_argument("--preload", default="", help="'all' or comma-separated endpoint names")
-    parser.add_argument("--batch-delay", type=float, default=0.0, help="tests only")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    preload: bool | list[str] = (
-        True if args.preload == "all" else [p for p in args.preload.split(",") if p]
-    )
-    serve(
-        args.catalog, args.host, args.port, http_port=args.http_port, token=args.token,
-        tokens_file=args.tokens_file, engine_kind=args.engine, preload=preload,
-        batch_delay=args.batch_delay,
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -163,12 +163,22 @@ def _normalise(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def _add_operations(app: FastAPI) -> None:
     @app.get("/health", tags=["operations"])
-    async def health(ctx: Ctx) -> dict[str, Any]:
-        """Liveness, and each endpoint's readiness (no auth: for probes)."""
-        return {
-            "status": "ok",
-            "endpoints": {r.name: r.ready for r in ctx.serving.records()},
-        }
+    async def health(ctx: Ctx) -> JSONResponse:
+        """Each endpoint's readiness and engine state (no auth: for probes).
+
+        200 while every endpoint is ``READY``; 503 while one is not (its config is being
+        deployed, or an engine of it is dead, restarting or failed).
+        """
+        records = ctx.serving.records()
+        ready = {r.name: ctx.serving.readiness(r) for r in records}
+        engines = {}
+        for record in records:
+            found = ctx.serving.endpoint_health(record)
+            if found is not None:
+                engines[record.name] = found.to_data()
+        ok = all(v == "READY" for v in ready.values())
+        body = {"status": "ok" if ok else "not_ready", "endpoints": ready, "engines": engines}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"])
     async def metrics(
@@ -177,6 +187,10 @@ def _add_operations(app: FastAPI) -> None:
         """Prometheus metrics."""
         if ctx.table is not None:
             ctx.metrics.table_queue.set(ctx.table.queue_depth)
+        for record in ctx.serving.records():
+            found = ctx.serving.endpoint_health(record)
+            if found is not None:
+                ctx.metrics.engine_state(record.name, found)
         return Response(ctx.metrics.render(), media_type=ctx.metrics.content_type)
 
 

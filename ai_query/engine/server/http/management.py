@@ -14,12 +14,27 @@ from fastapi import APIRouter, Request
 from ai_query.catalog import Endpoint
 from ai_query.engine.server.http.context import Ctx, Principal
 from ai_query.engine.server.http.schemas import read_json
+from ai_query.engine.server.http.service import ServingState
 from ai_query.engine.server.http.store import EndpointRecord
+from ai_query.engine.supervision import EngineHealth, EngineState
 
 router = APIRouter(prefix="/api/2.0/serving-endpoints", tags=["management"])
 
 
-def entity_json(endpoint: Endpoint, record: EndpointRecord, *, deployed: bool) -> list[Any]:
+#: Databricks' served-entity deployment state for each engine state.
+_DEPLOYMENT = {
+    EngineState.NOT_STARTED: "DEPLOYMENT_READY",
+    EngineState.READY: "DEPLOYMENT_READY",
+    EngineState.STARTING: "DEPLOYMENT_CREATING",
+    EngineState.DEAD: "DEPLOYMENT_RECOVERING",
+    EngineState.RESTARTING: "DEPLOYMENT_RECOVERING",
+    EngineState.FAILED: "DEPLOYMENT_FAILED",
+}
+
+
+def entity_json(
+    endpoint: Endpoint, record: EndpointRecord, *, deployed: bool, serving: ServingState
+) -> list[Any]:
     """The served entities of ``endpoint`` as Databricks shows them (with their state)."""
     out = []
     for entity in endpoint.config.served_entities:
@@ -29,7 +44,11 @@ def entity_json(endpoint: Endpoint, record: EndpointRecord, *, deployed: bool) -
         if external is not None:
             external.pop("openai_api_key_plaintext", None)
         if deployed:
-            state = {"deployment": "DEPLOYMENT_READY", "deployment_state_message": ""}
+            health = serving.entity_health(entity)
+            state = {
+                "deployment": _DEPLOYMENT[health.state],
+                "deployment_state_message": _deployment_message(health),
+            }
         else:
             state = {"deployment": "DEPLOYMENT_CREATING", "deployment_state_message": "starting"}
         data["state"] = state
@@ -39,9 +58,18 @@ def entity_json(endpoint: Endpoint, record: EndpointRecord, *, deployed: bool) -
     return out
 
 
-def _config_json(endpoint: Endpoint, record: EndpointRecord, version: int, deployed: bool) -> Any:
+def _deployment_message(health: EngineHealth) -> str:
+    if health.state.ready:
+        return ""
+    message = f"engine {health.state.value.lower()} (restarts: {health.restarts})"
+    return f"{message}; last error: {health.last_error}" if health.last_error else message
+
+
+def _config_json(
+    endpoint: Endpoint, record: EndpointRecord, version: int, deployed: bool, serving: ServingState
+) -> Any:
     config: dict[str, Any] = {
-        "served_entities": entity_json(endpoint, record, deployed=deployed),
+        "served_entities": entity_json(endpoint, record, deployed=deployed, serving=serving),
         "config_version": version,
     }
     if endpoint.config.traffic_config is not None:
@@ -58,7 +86,7 @@ def _config_json(endpoint: Endpoint, record: EndpointRecord, version: int, deplo
     return config
 
 
-def endpoint_json(record: EndpointRecord) -> dict[str, Any]:
+def endpoint_json(record: EndpointRecord, serving: ServingState) -> dict[str, Any]:
     """An endpoint in the shape of Databricks' ``ServingEndpointDetailed``."""
     latest = record.latest
     data: dict[str, Any] = {
@@ -67,7 +95,7 @@ def endpoint_json(record: EndpointRecord) -> dict[str, Any]:
         "creator": record.creator,
         "creation_timestamp": record.creation_timestamp,
         "last_updated_timestamp": record.last_updated_timestamp,
-        "state": {"ready": record.ready, "config_update": record.config_update},
+        "state": {"ready": serving.readiness(record), "config_update": record.config_update},
         "task": latest.task,
         "tags": [t.model_dump(mode="json", exclude_none=True) for t in latest.tags],
         "rate_limits": [r.model_dump(mode="json", exclude_none=True) for r in latest.rate_limits],
@@ -77,9 +105,9 @@ def endpoint_json(record: EndpointRecord) -> dict[str, Any]:
     if latest.description is not None:
         data["description"] = latest.description
     if record.served is not None:
-        data["config"] = _config_json(record.served, record, record.config_version, True)
+        data["config"] = _config_json(record.served, record, record.config_version, True, serving)
     if record.pending is not None:
-        pending = _config_json(record.pending, record, record.config_version + 1, False)
+        pending = _config_json(record.pending, record, record.config_version + 1, False, serving)
         pending["start_time"] = record.last_updated_timestamp
         data["pending_config"] = pending
     if record.message:
@@ -95,7 +123,7 @@ async def create_endpoint(
 ) -> dict[str, Any]:
     """Create a serving endpoint; it is ``NOT_READY`` until its models have started."""
     record = ctx.serving.create(await read_json(request), principal)
-    return endpoint_json(record)
+    return endpoint_json(record, ctx.serving)
 
 
 @router.get("")
@@ -103,7 +131,7 @@ async def list_endpoints(
     principal: Principal, ctx: Ctx
 ) -> dict[str, Any]:
     """Every serving endpoint."""
-    return {"endpoints": [endpoint_json(r) for r in ctx.serving.records()]}
+    return {"endpoints": [endpoint_json(r, ctx.serving) for r in ctx.serving.records()]}
 
 
 @router.get("/{name}")
@@ -111,7 +139,7 @@ async def get_endpoint(
     name: str, principal: Principal, ctx: Ctx
 ) -> dict[str, Any]:
     """One serving endpoint."""
-    return endpoint_json(ctx.serving.record(name))
+    return endpoint_json(ctx.serving.record(name), ctx.serving)
 
 
 @router.delete("/{name}")
@@ -132,7 +160,7 @@ async def update_config(
 ) -> dict[str, Any]:
     """Replace served entities and traffic; the old config serves until the new one is ready."""
     record = ctx.serving.update_config(name, await read_json(request))
-    return endpoint_json(record)
+    return endpoint_json(record, ctx.serving)
 
 
 @router.put("/{name}/rate-limits")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ai_query.engine.supervision import EngineHealth
+
 #: Latency buckets in seconds: tiny models answer in milliseconds, big ones in minutes.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -59,11 +61,29 @@ class ServerMetrics:
             "Inference-table rows dropped because the queue was full.",
             registry=self.registry,
         )
+        # Set from the supervisors' own counts at scrape time, hence gauges.
+        self.engine_restarts = Gauge(
+            "ai_query_engine_restarts_total",
+            "Times an endpoint's engine was restarted after its process died.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.engine_ready = Gauge(
+            "ai_query_engine_ready",
+            "1 while an endpoint's engines answer requests, 0 while dead or restarting.",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self.table_written = Counter(
             "ai_query_inference_table_rows",
             "Inference-table rows written.",
             registry=self.registry,
         )
+
+    def engine_state(self, endpoint: str, health: EngineHealth) -> None:
+        """Record an endpoint's engine restarts and readiness (at scrape time)."""
+        self.engine_restarts.labels(endpoint).set(health.restarts)
+        self.engine_ready.labels(endpoint).set(1 if health.state.ready else 0)
 
     def observe(self, endpoint: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""

@@ -27,11 +27,12 @@ from pydantic import ValidationError
 from ai_query.catalog import Catalog, Endpoint, EndpointConfig, RateLimit, ServedEntity, Tag
 from ai_query.engine.backend import Backend
 from ai_query.engine.loop import shared_loop
-from ai_query.engine.registry import BackendFactory, shared_backend
+from ai_query.engine.registry import BackendFactory, existing_backend, shared_backend
 from ai_query.engine.server.http.logs import Redactor
 from ai_query.engine.server.http.problems import APIError, bad_request, not_found
 from ai_query.engine.server.http.schemas import describe
 from ai_query.engine.server.http.store import EndpointRecord, EndpointStore
+from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import AIQueryError, ConfigError
 from ai_query.secrets import resolve_secret
 
@@ -138,6 +139,25 @@ class ServingState:
     def backend(self, entity: ServedEntity) -> Backend:
         """The process's shared backend for ``entity``."""
         return shared_backend(entity, self._factory)
+
+    def entity_health(self, entity: ServedEntity) -> EngineHealth:
+        """The health of ``entity``'s engine (``NOT_STARTED`` until a request needs it)."""
+        backend = existing_backend(entity, self._factory)
+        return backend.health() if backend is not None else EngineHealth(EngineState.NOT_STARTED)
+
+    def endpoint_health(self, record: EndpointRecord) -> EngineHealth | None:
+        """The least ready engine of the endpoint's served config (None: no config served)."""
+        if record.served is None:
+            return None
+        return worst_health([self.entity_health(e) for e in record.served.config.served_entities])
+
+    def readiness(self, record: EndpointRecord) -> str:
+        """Databricks' ``state.ready``: ``READY`` only while the config is served and every
+        engine of it answers (a dead or restarting engine makes it ``NOT_READY``)."""
+        health = self.endpoint_health(record)
+        if record.ready != "READY" or health is None or not health.state.ready:
+            return "NOT_READY"
+        return "READY"
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the engine loop (where backends live) and await it from here."""
