@@ -45,7 +45,7 @@ def connect(
     Args:
         database: DuckDB database path, or ``:memory:``.
         catalog: endpoint catalog (object or file path); default: the bundled endpoints.
-        engine: engine to run rows on; default: vLLM in this process.
+        engine: engine to run rows on; default: vLLM in a private engine server process.
         **duckdb_config: passed to ``duckdb.connect``.
 
     Returns:

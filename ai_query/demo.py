@@ -1,13 +1,18 @@
 """``ai-query demo``: the main job on a laptop, end to end in DuckDB.
 
-A deterministic table of product reviews goes through three Databricks-style queries: a one-line
-summary per review, a structured sentiment classification (``returnType`` STRUCT), and
-embeddings with a nearest-neighbour search over them. Rows run on the bundled models with vLLM.
+A deterministic table of product reviews goes through three queries: a one-line summary per
+review (Databricks SQL), a sentiment label per review that guided decoding restricts to
+:data:`SENTIMENT_LABELS` (DuckDB SQL: ``responseFormat`` with a JSON schema ``enum``, cast to a
+typed STRUCT), and embeddings with a nearest-neighbour search over them (Databricks SQL). Rows
+run on the bundled models with vLLM. Tables are kept to one line per row so that they read well
+in an 80-column terminal.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -32,10 +37,10 @@ OPINIONS = [
     ("Decent {p} for the price, nothing special but it does the job.", "neutral"),
     ("Best {p} I have ever owned, I recommend it to everyone.", "positive"),
     ("The {p} is too loud and the manual is confusing.", "negative"),
-    ("Shipping was slow, but the {p} itself works fine.", "neutral"),
+    ("Shipping was slow, but the {p} itself works fine.", "mixed"),
     ("Fantastic {p}! Setup took five minutes and it works perfectly.", "positive"),
     ("Returned the {p}: it stopped working on the first day.", "negative"),
-    ("The {p} looks nice. Battery life could be better.", "neutral"),
+    ("The {p} looks nice. Battery life could be better.", "mixed"),
     ("Great value, the {p} feels sturdy and well made.", "positive"),
 ]
 
@@ -45,14 +50,46 @@ SELECT id, ai_query('databricks-meta-llama-3-3-70b-instruct',
        modelParameters => named_struct('max_tokens', 24, 'temperature', 0.0)) AS summary
 FROM reviews ORDER BY id
 """
-SENTIMENT_SQL = """
-SELECT id, ai_query('smollm2-135m-instruct',
-       concat('Classify the sentiment of this review as positive, negative or neutral: ',
-              review),
-                    returnType => 'STRUCT<sentiment: STRING, confidence: DOUBLE>',
-                    failOnError => false,
-                    modelParameters => named_struct('max_tokens', 64)) AS classification
-FROM reviews ORDER BY id
+#: The labels the sentiment step may answer; guided decoding allows no other answer.
+SENTIMENT_LABELS: tuple[str, ...] = ("positive", "negative", "neutral", "mixed")
+_SENTIMENT_FORMAT = json.dumps(
+    {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "sentiment",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {"label": {"type": "string", "enum": list(SENTIMENT_LABELS)}},
+                "required": ["label"],
+                "additionalProperties": False,
+            },
+        },
+    }
+)
+_SENTIMENT_PROMPT = (
+    "Classify the sentiment of the product review below as one of these labels.\n"
+    "positive: the customer is happy with the product.\n"
+    "negative: the customer is unhappy with the product.\n"
+    "neutral: the customer is neither happy nor unhappy.\n"
+    "mixed: the customer likes some things and dislikes others.\n\n"
+    "Review: "
+)
+# DuckDB SQL: responseFormat (an OpenAI json_schema whose "enum" guided decoding enforces)
+# returns the JSON text, which DuckDB casts to a typed STRUCT. try_cast, because a failed row
+# has no JSON to cast and must show up as an error, not fail the whole query.
+SENTIMENT_SQL = f"""
+WITH answers AS (
+  SELECT id, review, label,
+         ai_query('smollm2-135m-instruct', concat('{_SENTIMENT_PROMPT}', review),
+                  responseFormat := '{_SENTIMENT_FORMAT}',
+                  failOnError := false,
+                  modelParameters := {{'max_tokens': 24, 'temperature': 0.0}}) AS answer
+  FROM reviews)
+SELECT id, review, label AS sample_label,
+       try_cast(try_cast(answer.result AS JSON) AS STRUCT(label VARCHAR)) AS sentiment,
+       answer.errorMessage AS error
+FROM answers ORDER BY id
 """
 EMBED_SQL = """
 CREATE TABLE review_vectors AS
@@ -79,7 +116,17 @@ def sample_reviews(rows: int = 100) -> list[dict[str, Any]]:
 
 
 def run_demo(console: Console, rows: int = 100, engine: Any = None) -> dict[str, Any]:
-    """Run the demo, printing result tables and a timing/token summary; returns the figures."""
+    """Run the demo, printing result tables and a timing/token summary; returns the figures.
+
+    Args:
+        console: where tables and progress bars go; tables fit its width (80 columns too).
+        rows: how many sample reviews.
+        engine: the engine to run on; None means the bundled models on vLLM.
+
+    Returns:
+        Per-step seconds and token counts, the sentiment labels the model gave (None for a row
+        without a valid label), how many agree with the sample's own labels, how many failed.
+    """
     import pyarrow as pa
 
     from ai_query.udf.duckdb import connect
@@ -92,43 +139,42 @@ def run_demo(console: Console, rows: int = 100, engine: Any = None) -> dict[str,
         f"[bold]ai_query demo[/bold]: {rows} product reviews in DuckDB, bundled models on vLLM\n"
     )
     figures: dict[str, Any] = {"rows": rows}
-    steps = [
-        ("summaries", SUMMARY_SQL, "One-line summary per review (chat)"),
-        ("sentiment", SENTIMENT_SQL, "Structured sentiment (returnType STRUCT)"),
-        ("embeddings", EMBED_SQL, "Embeddings (ARRAY<FLOAT>, 384 dims)"),
-    ]
-    for key, query, title in steps:
-        t0 = time.perf_counter()
-        before = (con.progress.prompt_tokens, con.progress.completion_tokens)
-        statement = con.rewrite(query, read="databricks")
-        with row_progress(console, key, rows) as bar:
-            con.progress.listeners.append(bar)
-            try:
-                relation = con.raw.sql(statement)
-                table = relation.to_arrow_table() if relation is not None else None
-            finally:
-                con.progress.listeners.remove(bar)
-        seconds = time.perf_counter() - t0
-        tokens = (
-            con.progress.prompt_tokens - before[0],
-            con.progress.completion_tokens - before[1],
+
+    summaries = _run_step(con, console, figures, "summaries", SUMMARY_SQL, "databricks")
+    console.print(arrow_table(summaries, title="One-line summary per review (chat)", max_rows=5))
+
+    sentiment = _run_step(con, console, figures, "sentiment", SENTIMENT_SQL, "duckdb")
+    figures["sentiment_type"] = str(sentiment.schema.field("sentiment").type)
+    verdicts = _sentiment_verdicts(sentiment)
+    figures["sentiment_labels"] = [v["model_label"] for v in verdicts]
+    figures["sentiment_agree"] = sum(v["model_label"] == v["sample_label"] for v in verdicts)
+    figures["sentiment_errors"] = sum(v["error"] is not None for v in verdicts)
+    figures["sentiment_agreement"] = figures["sentiment_agree"] / max(rows, 1)
+    shown = pa.Table.from_pylist(verdicts)
+    if not figures["sentiment_errors"]:
+        shown = shown.drop_columns(["error"])
+    console.print(
+        arrow_table(
+            shown, title="Sentiment (JSON schema enum, typed STRUCT)", max_rows=8, wrap=False
         )
-        figures[key] = {
-            "seconds": seconds,
-            "prompt_tokens": tokens[0],
-            "completion_tokens": tokens[1],
-        }
-        if table is None:
-            table = con.raw.sql(
-                "SELECT id, review, embedding FROM review_vectors ORDER BY id"
-            ).to_arrow_table()
-        console.print(arrow_table(table, title=title, max_rows=5))
-        if key == "sentiment":
-            figures["sentiment_agreement"] = _agreement(table, rows)
+    )
+
+    _run_step(con, console, figures, "embeddings", EMBED_SQL, "databricks")
+    vectors = con.raw.sql("SELECT id, review, embedding FROM review_vectors ORDER BY id")
+    console.print(
+        arrow_table(
+            vectors.to_arrow_table(),
+            title="Embeddings (ARRAY<FLOAT>, 384 dims)",
+            max_rows=5,
+            wrap=False,
+        )
+    )
     neighbours = con.raw.sql(con.rewrite(NEIGHBOURS_SQL, read="databricks")).to_arrow_table()
     console.print(
         arrow_table(
-            neighbours, title="Nearest reviews to 'product stopped working, I want my money back'"
+            neighbours,
+            title="Nearest reviews to 'product stopped working, I want my money back'",
+            wrap=False,
         )
     )
     figures["total_seconds"] = time.perf_counter() - started
@@ -137,21 +183,55 @@ def run_demo(console: Console, rows: int = 100, engine: Any = None) -> dict[str,
     return figures
 
 
-def _agreement(table: Any, rows: int) -> float:
-    labels = {r["id"]: r["label"] for r in sample_reviews(rows)}
-    hits = 0
+def _run_step(
+    con: Any, console: Console, figures: dict[str, Any], key: str, query: str, read: str
+) -> Any:
+    """Run one step's query under a progress bar; record its time and tokens in ``figures``."""
+    t0 = time.perf_counter()
+    before = (con.progress.prompt_tokens, con.progress.completion_tokens)
+    statement = con.rewrite(query, read=read)
+    with row_progress(console, key, figures["rows"]) as bar:
+        con.progress.listeners.append(bar)
+        try:
+            relation = con.raw.sql(statement)
+            table = relation.to_arrow_table() if relation is not None else None
+        finally:
+            con.progress.listeners.remove(bar)
+    figures[key] = {
+        "seconds": time.perf_counter() - t0,
+        "prompt_tokens": con.progress.prompt_tokens - before[0],
+        "completion_tokens": con.progress.completion_tokens - before[1],
+    }
+    return table
+
+
+def _sentiment_verdicts(table: Any) -> list[dict[str, Any]]:
+    """One row per review: the sample's label, the model's label, and why a row has none."""
+    out = []
     for row in table.to_pylist():
-        result = (row["classification"] or {}).get("result") or {}
-        got = result.get("sentiment") or ""
-        hits += labels[row["id"]] in got.lower()
-    return hits / max(rows, 1)
+        label = (row["sentiment"] or {}).get("label")
+        error = row["error"]
+        if error is None and label is None:
+            error = "the answer is not the JSON the schema asks for"
+        elif error is None and label not in SENTIMENT_LABELS:
+            error = f"{label!r} is not one of the allowed labels"
+        out.append(
+            {
+                "id": row["id"],
+                "review": row["review"],
+                "sample_label": row["sample_label"],
+                "model_label": label if error is None else None,
+                "error": error,
+            }
+        )
+    return out
 
 
 def _summary(console: Console, figures: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="Timing and tokens", header_style="bold")
-    for col in ("step", "seconds", "rows/s", "prompt tokens", "completion tokens", "output tok/s"):
+    for col in ("step", "seconds", "rows/s", "tokens in", "tokens out", "out tok/s"):
         table.add_column(col, justify="right")
     for key in ("summaries", "sentiment", "embeddings"):
         f = figures[key]
@@ -165,7 +245,16 @@ def _summary(console: Console, figures: dict[str, Any]) -> None:
             f"{f['completion_tokens'] / secs:.0f}",
         )
     console.print(table)
+    rows, agree, errors = figures["rows"], figures["sentiment_agree"], figures["sentiment_errors"]
+    counts = Counter(label for label in figures["sentiment_labels"] if label is not None)
+    answered = ", ".join(f"{label} {counts[label]}" for label in SENTIMENT_LABELS)
+    failed = (
+        f"{errors} of {rows} rows failed and count as disagreeing" if errors else "no row failed"
+    )
     console.print(
-        f"sentiment labels matching the sample's own: {figures['sentiment_agreement']:.0%}; "
-        f"total {figures['total_seconds']:.1f} s (includes starting the engines)"
+        f"Sentiment: agrees with the sample's own labels on {agree} of {rows} reviews "
+        f"({agree / max(rows, 1):.0%}); {failed}.\n"
+        f"Model's labels: {answered}.\n"
+        f"Total {figures['total_seconds']:.1f} s (includes starting the engines).",
+        highlight=False,
     )

@@ -11,34 +11,70 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ai_query.errors import ConfigError
 
 MAX_CELL = 80
+#: How many leading values of a vector a cell shows.
+VECTOR_PREVIEW = 3
 
 
-def arrow_table(table: Any, *, title: str | None = None, max_rows: int = 20) -> Table:
-    """A rich table of the first ``max_rows`` rows of a ``pyarrow.Table``."""
+def arrow_table(
+    table: Any, *, title: str | None = None, max_rows: int = 20, wrap: bool = True
+) -> Table:
+    """A rich table of the first ``max_rows`` rows of a ``pyarrow.Table``.
+
+    Args:
+        table: the ``pyarrow.Table`` to show.
+        title: shown above the table.
+        max_rows: rows shown; a caption says how many there were.
+        wrap: True wraps long cells over several lines; False keeps each row on one line and
+            ends cells that do not fit the terminal with an ellipsis, so that narrow terminals
+            get one readable line per row instead of tall, narrow columns.
+    """
+    import pyarrow as pa
+
     out = Table(title=title, show_lines=False, header_style="bold")
-    for name in table.column_names:
-        out.add_column(name, overflow="fold")
+    for field in table.schema:
+        # rich narrows only the "wrappable" columns to fit the terminal, widest first. Without
+        # wrapping, text columns are the ones to narrow (their cells end in "…"); ids, numbers
+        # and vector previews keep their width.
+        is_text = pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+        out.add_column(field.name, overflow="fold", no_wrap=not wrap and not is_text)
     for row in table.slice(0, max_rows).to_pylist():
-        out.add_row(*(_cell(v) for v in row.values()))
+        cells = [_cell(v) for v in row.values()]
+        if not wrap:
+            for cell in cells:
+                cell.no_wrap = True
+                cell.overflow = "ellipsis"
+        out.add_row(*cells)
     if table.num_rows > max_rows:
         out.caption = f"{max_rows} of {table.num_rows} rows shown"
     return out
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
+    # Text, not markup strings: a "[" in a model's answer must print as itself.
     if value is None:
-        return "[dim]NULL[/dim]"
-    if isinstance(value, list) and value and isinstance(value[0], float):
-        head = ", ".join(f"{v:.3f}" for v in value[:3])
-        return f"[{head}, ...] ({len(value)} floats)"
+        return Text("NULL", style="dim")
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return Text(vector_preview(value))
     if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value).replace("\n", " ")
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+        return Text(f"{value:.4g}")
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}: {'NULL' if v is None else v}" for k, v in value.items())
+    else:
+        text = str(value)
+    text = text.replace("\n", " ")
+    return Text(text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…")
+
+
+def vector_preview(values: list[float]) -> str:
+    """A vector's first values and its length, e.g. ``[0.012, -0.034, 0.056, …] 384 dims``."""
+    head = ", ".join(f"{v:.3f}" for v in values[:VECTOR_PREVIEW])
+    more = ", …" if len(values) > VECTOR_PREVIEW else ""
+    return f"[{head}{more}] {len(values)} dims"
 
 
 def write_table(table: Any, path: Path) -> None:

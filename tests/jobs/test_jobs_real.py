@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 
+from ai_query.engine.lifeline import descendants
 from ai_query.errors import JobLockedError
 from ai_query.jobs.runlog import RunLog
 from ai_query.jobs.runner import RunRequest, run_job
 from ai_query.jobs.schedule import ScheduledJob, run_schedule
 from ai_query.jobs.spec import JobSpec, load_job
 from tests.jobs.helpers import read_rows, write_reviews
+from tests.processes import engine_cores, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -102,10 +104,10 @@ def test_killed_run_resumes_with_every_row_once(
     job = _job(tmp_path, "verdicts-killed", _rows(N))  # its own state and cache
     staging = Path(str(job.state_dir)) / "staging"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    # Its own session, so SIGKILL reaches the whole process tree (vLLM's engine core too),
-    # as when a machine or a scheduler kills a job.
+    # SIGKILL of the job's own process only (as a scheduler kills a job): its engine server
+    # and vLLM's engine processes must then go by themselves.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ai_query.cli", "jobs", "run", "job.toml", "--quiet"],
+        [str(Path(sys.executable).with_name("ai-query")), "jobs", "run", "job.toml", "--quiet"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -120,8 +122,11 @@ def test_killed_run_resumes_with_every_row_once(
             time.sleep(0.2)
         with pytest.raises(JobLockedError):  # the running job holds its lock
             run_job(job, engine=real_engine)
-        os.killpg(proc.pid, signal.SIGKILL)
+        tree = descendants(proc.pid)
+        assert engine_cores(proc.pid), "the job's vLLM engine should be running"
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        assert wait_gone(tree) == [], "engine processes outlived the killed job"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -227,7 +227,7 @@ def test_http_beside_flight_in_one_process(tmp_path: Path) -> None:
 
     (tmp_path / "tokens.json").write_text(json.dumps({"tok-sql": "etl"}))
     flight_port, http_port = free_port(), free_port()
-    proc = start([sys.executable, "-m", "ai_query.engine.server.process", "--engine",
+    proc = start([sys.executable, "-m", "ai_query", "serve", "--engine",
                   "deterministic", "--port", str(flight_port), "--http-port", str(http_port),
                   "--tokens-file", str(tmp_path / "tokens.json")], tmp_path / "serve.log")
     try:
