@@ -83,7 +83,7 @@ class EmbeddedEngine:
         except EngineUnavailableError as exc:
             if server.alive():
                 raise
-            cause = f"the engine server (pid {server.pid}) exited with code {server.proc.returncode}"
+            cause = _exit_cause(server)
             self.supervisor.died(cause)
             raise EngineDeadError(f"{cause}; the next query restarts it") from exc
 
@@ -114,10 +114,7 @@ class EmbeddedEngine:
     def _ensure(self) -> tuple[ServerProcess, FlightEngineClient]:
         with self._lock:
             if self._server is not None and not self._server.alive():
-                self.supervisor.died(
-                    f"the engine server (pid {self._server.pid}) exited with code "
-                    f"{self._server.proc.returncode}"
-                )
+                self.supervisor.died(_exit_cause(self._server))
                 self._discard(grace=0.0)
             if self._server is None or self._client is None:
                 time.sleep(self.supervisor.starting())
@@ -148,3 +145,7 @@ class EmbeddedEngine:
 
     def __repr__(self) -> str:
         return f"EmbeddedEngine(kind={self.engine_kind!r}, server={self._server!r})"
+
+
+def _exit_cause(server: ServerProcess) -> str:
+    return f"the engine server (pid {server.pid}) exited with code {server.proc.returncode}"
