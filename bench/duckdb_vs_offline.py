@@ -5,7 +5,12 @@ several DuckDB threads) through ``SELECT ai_query(...) FROM t`` vs ``LLM.chat`` 
 prompts; and rows/s of a per-row loop of the ``openai`` client against vLLM's own api_server
 (a 128-row sample). Embeddings: 8192 rows vs ``LLM.embed``. Ratios are printed last.
 
+``ai_query.connect()`` runs vLLM in a private engine server process (what users get); the same
+queries also run with the engine inside the benchmark's own process (``--in-process``: the
+design before the engine moved out), so the cost of the process boundary shows in one run.
+
     .venv/bin/python bench/duckdb_vs_offline.py [--chat-rows 4096] [--embed-rows 8192]
+        [--in-process] [--no-per-row]
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ sys.path.insert(0, str(ROOT))
 from common import chat_prompts, offline_chat, offline_llm, texts, timed  # noqa: E402
 
 
-def duckdb_run(endpoint: str, rows: list[str], params: str) -> float:
+def duckdb_run(endpoint: str, rows: list[str], params: str, in_process: bool = False) -> float:
     import pyarrow as pa
 
     import ai_query
+    from ai_query.engine.local import LocalEngine
 
-    con = ai_query.connect()
+    con = ai_query.connect(engine=LocalEngine() if in_process else None)
     con.raw.register("src", pa.table({"p": rows}))
     con.execute("CREATE TABLE t AS SELECT * FROM src")
     con.sql(f"SELECT ai_query('{endpoint}', 'warm up'{params})").fetchall()
@@ -78,6 +84,8 @@ def main() -> None:
     parser.add_argument("--chat-rows", type=int, default=4096)
     parser.add_argument("--embed-rows", type=int, default=8192)
     parser.add_argument("--sample-rows", type=int, default=128)
+    parser.add_argument("--in-process", action="store_true", help="also run vLLM in-process")
+    parser.add_argument("--no-per-row", action="store_true", help="skip the openai-client loop")
     args = parser.parse_args()
     from ai_query.engine.registry import close_backends
 
@@ -87,7 +95,12 @@ def main() -> None:
     _, offline_s = timed(lambda: offline_chat(llm, prompts, 8))
     llm = None
     gc.collect()
-    ours_s = duckdb_run("smollm2-135m-instruct", prompts, ", modelParameters => {'max_tokens': 8}")
+    chat_params = ", modelParameters => {'max_tokens': 8}"
+    inproc_s = inproc_e = None
+    if args.in_process:
+        inproc_s = duckdb_run("smollm2-135m-instruct", prompts, chat_params, in_process=True)
+        close_backends()
+    ours_s = duckdb_run("smollm2-135m-instruct", prompts, chat_params)
 
     docs = texts(args.embed_rows)
     emb = offline_llm("embed")
@@ -95,20 +108,29 @@ def main() -> None:
     _, offline_e = timed(lambda: emb.embed(docs, use_tqdm=False))
     emb = None
     gc.collect()
+    if args.in_process:
+        inproc_e = duckdb_run("all-minilm-l6-v2", docs, "", in_process=True)
+        close_backends()
     ours_e = duckdb_run("all-minilm-l6-v2", docs, "")
-    close_backends()
 
-    per_row = per_row_openai(chat_prompts(args.sample_rows + 7)[7:], 8)
+    per_row = None if args.no_per_row else per_row_openai(chat_prompts(args.sample_rows + 7)[7:], 8)
 
     print(
         f"chat rows/s: offline LLM.chat {len(prompts) / offline_s:.1f}, "
-        f"ai_query in DuckDB {len(prompts) / ours_s:.1f}, per-row openai client {per_row:.1f}"
+        f"ai_query in DuckDB {len(prompts) / ours_s:.1f}"
+        + (f", per-row openai client {per_row:.1f}" if per_row else "")
     )
     print(
         f"embeddings rows/s: offline LLM.embed {len(docs) / offline_e:.1f}, ai_query in DuckDB {len(docs) / ours_e:.1f}"
     )
+    if inproc_s is not None and inproc_e is not None:
+        print(
+            f"ratio chat in-process engine/offline = {offline_s / inproc_s:.3f}, "
+            f"embeddings {offline_e / inproc_e:.3f} (the design before the private server)"
+        )
     print(f"ratio embeddings ours/LLM.embed = {offline_e / ours_e:.3f} (goal >= 0.9)")
-    print(f"ratio chat ours/per-row openai = {(len(prompts) / ours_s) / per_row:.2f} (goal >= 5)")
+    if per_row:
+        print(f"ratio chat ours/per-row openai = {(len(prompts) / ours_s) / per_row:.2f} (goal >= 5)")
     print(f"ratio chat ours/offline = {offline_s / ours_s:.3f} (goal >= 0.9)")
 
 
