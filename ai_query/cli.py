@@ -168,16 +168,17 @@ def endpoints_list(catalog: CatalogOption = None) -> None:
 def serve(
     catalog: CatalogOption = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Arrow Flight port.")] = 8815,
+    port: Annotated[int, typer.Option(help="Arrow Flight port (0: any free port).")] = 8815,
     http_port: Annotated[
-        int | None, typer.Option(help="HTTP port (OpenAI/Databricks APIs); off when unset.")
-    ] = None,
+        int, typer.Option(help="HTTP port (OpenAI-compatible and Databricks APIs, web UI).")
+    ] = 8000,
+    no_http: Annotated[bool, typer.Option("--no-http", help="Serve Arrow Flight only.")] = False,
     token: Annotated[
         str | None,
-        typer.Option(help="Bearer token clients must send.", envvar="AI_QUERY_SERVER_TOKEN"),
+        typer.Option(help="An administrator's bearer token.", envvar="AI_QUERY_SERVER_TOKEN"),
     ] = None,
     tokens_file: Annotated[
-        Path | None, typer.Option(help="JSON/YAML file of token -> principal.")
+        Path | None, typer.Option(help="JSON/YAML file of bearer tokens -> principals.")
     ] = None,
     database: Annotated[
         Path | None,
@@ -190,32 +191,43 @@ def serve(
         str,
         typer.Option(help="Start models before listening: all, none, or endpoint names (a,b)."),
     ] = "all",
-    log_level: Annotated[str, typer.Option(help="Log level of the server's own logs.")] = "INFO",
-    # Hidden: for the launcher of private engine servers and for failure tests.
+    default_max_tokens: Annotated[
+        int, typer.Option(help="max_tokens of an HTTP request that sets none.")
+    ] = 1024,
+    log_level: Annotated[str, typer.Option(help="Level of the server's own logs.")] = "info",
+    # Hidden: for the launcher of private engine servers and for tests.
     engine: Annotated[str, typer.Option(hidden=True)] = "local",
     batch_delay: Annotated[float, typer.Option(hidden=True)] = 0.0,
+    rate_limit_period_scale: Annotated[float, typer.Option(hidden=True)] = 1.0,
+    inference_flush_seconds: Annotated[float, typer.Option(hidden=True)] = 1.0,
     lifeline_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Host the catalog's models: Arrow Flight for SQL engines, HTTP for applications."""
-    from ai_query.engine.server.process import run_server_cli
+    """Host the catalog's models: HTTP for applications, Arrow Flight for SQL engines."""
+    from ai_query.serving.options import ServeOptions
+    from ai_query.serving.serve import run_server_cli
 
-    chosen: bool | list[str] = (
-        True if preload == "all" else [p for p in preload.split(",") if p not in ("", "none")]
+    chosen: bool | tuple[str, ...] = (
+        True if preload == "all" else tuple(p for p in preload.split(",") if p not in ("", "none"))
     )
     run_server_cli(
-        catalog=catalog,
-        host=host,
-        port=port,
-        http_port=http_port,
-        token=token,
-        tokens_file=tokens_file,
-        database=database,
-        inference_table=inference_table,
-        preload=chosen,
-        log_level=log_level,
-        engine_kind=engine,
-        batch_delay=batch_delay,
-        lifeline_fd=lifeline_fd,
+        ServeOptions(
+            catalog=catalog,
+            host=host,
+            port=port,
+            http_port=None if no_http else http_port,
+            token=token,
+            tokens_file=tokens_file,
+            database=database,
+            inference_table=inference_table,
+            preload=chosen or False,
+            engine=engine,
+            batch_delay=batch_delay,
+            default_max_tokens=default_max_tokens,
+            rate_limit_period_scale=rate_limit_period_scale,
+            inference_flush_seconds=inference_flush_seconds,
+            log_level=log_level,
+            lifeline_fd=lifeline_fd,
+        )
     )
 
 

@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 from common import timed  # noqa: E402
 
 from ai_query.engine.batch import align_results, request_batch  # noqa: E402
+from ai_query.engine.diagnostics import EchoEngine  # noqa: E402
 from ai_query.engine.flight_client import FlightEngineClient  # noqa: E402
-from ai_query.engine.server.diagnostics import EchoEngine  # noqa: E402
-from ai_query.engine.server.launcher import start_server_process  # noqa: E402
+from ai_query.engine.launcher import start_server_process  # noqa: E402
 from ai_query.options import CallOptions  # noqa: E402
 
 

@@ -34,7 +34,7 @@ class SparkSide:
     def __init__(self) -> None:
         from ai_query.catalog import Catalog
         from ai_query.engine.flight_client import FlightEngineClient
-        from ai_query.engine.server.launcher import start_server_process
+        from ai_query.engine.launcher import start_server_process
         from ai_query.udf.spark import local_session, register
 
         catalog = Catalog([e for e in Catalog.default().endpoints() if e.name == CHAT])

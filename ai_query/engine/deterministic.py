@@ -17,12 +17,14 @@ import numpy as np
 
 from ai_query.catalog import ServedEntity
 from ai_query.engine.backend import (
+    Backend,
     Completion,
     CompletionChunk,
     Embedding,
     GenerationRequest,
     RowFailure,
 )
+from ai_query.engine.registry import default_backend_factory
 from ai_query.engine.supervision import EngineHealth, EngineState
 from ai_query.engine.tool_calls import (
     function_tools,
@@ -141,3 +143,23 @@ def _value_for(schema: dict[str, Any], seed: int) -> Any:
     if schema.get("format") == "date-time":
         return f"2024-01-{1 + seed % 28:02d}T12:00:00"
     return f"v{seed % 997}"
+
+
+class _StartingDeterministic(DeterministicBackend):
+    """The deterministic backend with a start-up time, so deployments can be watched."""
+
+    def __init__(self, entity: ServedEntity) -> None:
+        super().__init__(entity)
+        self._startup = float(entity.engine_args.get("startup_seconds", 0) or 0)
+
+    async def start(self) -> None:
+        """Take ``engine_args.startup_seconds`` to start, like a model loading."""
+        if self._startup > 0:
+            await asyncio.sleep(self._startup)
+
+
+def deterministic_backend_factory(entity: ServedEntity) -> Backend:
+    """Local entities on the deterministic backend; external models forwarded for real."""
+    if entity.external_model is not None:
+        return default_backend_factory(entity)
+    return _StartingDeterministic(entity)

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from ai_query.catalog import Catalog
 from ai_query.engine.flight_client import FlightEngineClient
-from ai_query.engine.server.launcher import ServerProcess, start_server_process
+from ai_query.engine.launcher import ServerProcess, start_server_process
 from ai_query.engine.supervision import (
     EngineHealth,
     EngineState,

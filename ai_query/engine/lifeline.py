@@ -10,7 +10,7 @@ SIGKILL cannot be caught, so two small watchers do the clean-up from outside:
   the host is gone, however it died: the reaper kills the descendants it noted that still run
   (the same PID *and* start time, never a name), then exits.
 * The **lifeline**: a private engine server started for a user's process (see
-  :mod:`ai_query.engine.server.launcher`) gets the read end of a pipe whose write end only that
+  :mod:`ai_query.engine.launcher`) gets the read end of a pipe whose write end only that
   user's process holds (:func:`watch_lifeline`). End of file means the user's process died; the
   server exits at once and its reaper kills its engines.
 

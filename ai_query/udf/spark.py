@@ -42,7 +42,7 @@ from pyspark.sql.functions import pandas_udf
 from ai_query.catalog import Catalog
 from ai_query.config import settings
 from ai_query.engine.flight_client import FlightEngineClient, parse_urls
-from ai_query.engine.server.launcher import ServerProcess, start_server_process
+from ai_query.engine.launcher import ServerProcess, start_server_process
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.sql import transpile

@@ -95,7 +95,7 @@ def test_embedded_server_in_local_mode(spark, monkeypatch) -> None:
 
 
 def test_auth_refused_without_the_token(spark) -> None:
-    from ai_query.engine.server.launcher import start_server_process
+    from ai_query.engine.launcher import start_server_process
     from ai_query.udf.spark import register
 
     server = start_server_process(engine="deterministic", preload=False, token="sp4rk")
@@ -121,7 +121,7 @@ def test_run_sql_uses_the_active_session(spark, det_server) -> None:
 def test_a_server_killed_mid_query(spark, restore_batch_size) -> None:
     """Two servers; one is killed while it holds batches; no row is lost or duplicated."""
     from ai_query.engine.flight_client import FlightEngineClient
-    from ai_query.engine.server.launcher import start_server_process
+    from ai_query.engine.launcher import start_server_process
     from ai_query.udf.spark import register
 
     servers = [start_server_process(engine="deterministic", preload=False, batch_delay=0.4)

@@ -3,7 +3,7 @@
 :class:`ServingState` is the one model of what the server serves. Its :meth:`catalog` is the
 union of the server's catalog (bundled defaults and the catalog file, read-only except for
 config, rate limits and tags, which the API may override) and the endpoints created through
-the management API (kept in :class:`~ai_query.engine.server.http.store.EndpointStore`). A new
+the management API (kept in :class:`~ai_query.serving.store.EndpointStore`). A new
 config is deployed in the background (its models started) while the old one keeps serving;
 the swap happens when every served entity is ready. The Flight server reads the same
 :meth:`catalog`, so SQL sees endpoints created over HTTP.
@@ -28,13 +28,13 @@ from ai_query.catalog import Catalog, Endpoint, EndpointConfig, RateLimit, Serve
 from ai_query.engine.backend import Backend
 from ai_query.engine.loop import shared_loop
 from ai_query.engine.registry import BackendFactory, existing_backend, shared_backend
-from ai_query.engine.server.http.logs import Redactor
-from ai_query.engine.server.http.problems import APIError, bad_request, not_found
-from ai_query.engine.server.http.schemas import describe
-from ai_query.engine.server.http.store import EndpointRecord, EndpointStore
 from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import AIQueryError, ConfigError
 from ai_query.secrets import resolve_secret
+from ai_query.serving.http.problems import APIError, bad_request, not_found
+from ai_query.serving.http.schemas import describe
+from ai_query.serving.logs import Redactor
+from ai_query.serving.store import EndpointRecord, EndpointStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -3,8 +3,8 @@
 :func:`create_app` builds the app; :func:`run_http` serves it in the calling thread (signals
 handled); :func:`start_http` serves it from a background thread, for a process whose main
 thread runs the Flight server. To share auth, rate limits and the endpoints with Flight, build
-one :class:`~ai_query.engine.server.auth.TokenAuth` and one
-:class:`~ai_query.engine.server.ratelimit.RateLimiter`, pass them to :func:`create_app`, and
+one :class:`~ai_query.serving.auth.TokenAuth` and one
+:class:`~ai_query.serving.ratelimit.RateLimiter`, pass them to :func:`create_app`, and
 give Flight ``app.state.ctx.serving.catalog`` (a callable returning the live catalog).
 """
 
@@ -26,20 +26,20 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ai_query.catalog import Catalog
+from ai_query.engine.deterministic import deterministic_backend_factory
 from ai_query.engine.protocol import Engine
 from ai_query.engine.registry import BackendFactory, close_backends
-from ai_query.engine.server.auth import TokenAuth
-from ai_query.engine.server.http import databricks_routes, management, openai_routes
-from ai_query.engine.server.http.backends import backend_factory_for
-from ai_query.engine.server.http.context import Ctx, Principal, ServerContext
-from ai_query.engine.server.http.inference_table import InferenceTable
-from ai_query.engine.server.http.logs import Redactor, access_log, configure_logging
-from ai_query.engine.server.http.metrics import ServerMetrics
-from ai_query.engine.server.http.options import HTTPOptions
-from ai_query.engine.server.http.problems import APIError, render
-from ai_query.engine.server.http.service import ServingState
-from ai_query.engine.server.http.store import EndpointStore
-from ai_query.engine.server.ratelimit import RateLimiter
+from ai_query.serving.auth import TokenAuth
+from ai_query.serving.http import databricks_routes, management, openai_routes
+from ai_query.serving.http.context import Ctx, Principal, ServerContext
+from ai_query.serving.http.options import HTTPOptions
+from ai_query.serving.http.problems import APIError, render
+from ai_query.serving.inference_table import InferenceTable
+from ai_query.serving.logs import Redactor, access_log, configure_logging
+from ai_query.serving.metrics import ServerMetrics
+from ai_query.serving.ratelimit import RateLimiter
+from ai_query.serving.state import ServingState
+from ai_query.serving.store import EndpointStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def create_app(
     auth: TokenAuth | Sequence[TokenAuth] | None = None,
     limiter: RateLimiter | None = None,
     backend_factory: BackendFactory | None = None,
+    redactor: Redactor | None = None,
     **overrides: Any,
 ) -> FastAPI:
     """Build the HTTP server's app.
@@ -79,20 +80,21 @@ def create_app(
         limiter: rate limiter to share with Flight (default: a new one).
         backend_factory: builds model backends (default: the engine's, else by
             ``options.engine``).
+        redactor: the process's secret masker, shared with Flight and the logs (default: new).
         **overrides: :class:`HTTPOptions` fields that replace those of ``options``.
 
     Returns:
         The app; ``app.state.ctx`` is its :class:`ServerContext`.
     """
     options = replace(options or HTTPOptions(), **_normalise(overrides))
-    factory = backend_factory_for(options.engine)
+    factory = deterministic_backend_factory if options.engine == "deterministic" else None
     if backend_factory is not None:
         factory = backend_factory
     elif engine is not None and hasattr(engine, "backend_factory"):
         factory = engine.backend_factory  # the Flight engine's own (None: vLLM)
     if engine is not None and catalog is None:
         catalog = engine.catalog
-    redactor = Redactor()
+    redactor = redactor or Redactor()
     metrics = ServerMetrics()
     serving = ServingState(
         serving_catalog(catalog),
@@ -166,8 +168,9 @@ def _add_operations(app: FastAPI) -> None:
     async def health(ctx: Ctx) -> JSONResponse:
         """Each endpoint's readiness and engine state (no auth: for probes).
 
-        200 while every endpoint is ``READY``; 503 while one is not (its config is being
-        deployed, or an engine of it is dead, restarting or failed).
+        200 while every engine answers; 503 while an engine of an endpoint is dead, restarting
+        or failed (an endpoint whose new config is still deploying shows ``NOT_READY`` in
+        ``endpoints`` without failing the probe).
         """
         records = ctx.serving.records()
         ready = {r.name: ctx.serving.readiness(r) for r in records}
@@ -175,9 +178,13 @@ def _add_operations(app: FastAPI) -> None:
         for record in records:
             found = ctx.serving.endpoint_health(record)
             if found is not None:
-                engines[record.name] = found.to_data()
-        ok = all(v == "READY" for v in ready.values())
-        body = {"status": "ok" if ok else "not_ready", "endpoints": ready, "engines": engines}
+                engines[record.name] = found
+        ok = all(h.state.ready for h in engines.values())
+        body = {
+            "status": "ok" if ok else "not_ready",
+            "endpoints": ready,
+            "engines": {name: h.to_data() for name, h in engines.items()},
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"])

@@ -21,18 +21,18 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ai_query.catalog import Endpoint, ServedEntity
-from ai_query.engine.server.http import responses
-from ai_query.engine.server.http.context import ServerContext
-from ai_query.engine.server.http.inference_table import InferenceRecord
-from ai_query.engine.server.http.logs import access_log
-from ai_query.engine.server.http.problems import bad_request, from_exception, rate_limited
-from ai_query.engine.server.http.schemas import (
+from ai_query.serving.http import responses
+from ai_query.serving.http.context import ServerContext
+from ai_query.serving.http.problems import bad_request, from_exception, rate_limited
+from ai_query.serving.http.schemas import (
     ChatRequest,
     CompletionRequest,
     EmbeddingRequest,
     parse,
 )
-from ai_query.engine.server.http.streaming import stream_chunks
+from ai_query.serving.http.streaming import stream_chunks
+from ai_query.serving.inference_table import InferenceRecord
+from ai_query.serving.logs import access_log
 
 #: Route kinds and the endpoint task each needs.
 ROUTE_TASKS = {

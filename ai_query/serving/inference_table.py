@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ai_query.engine.server.http.metrics import ServerMetrics
+from ai_query.serving.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ai_query.catalog import Endpoint
-from ai_query.engine.server.http.context import Ctx, Principal
-from ai_query.engine.server.http.schemas import read_json
-from ai_query.engine.server.http.service import ServingState
-from ai_query.engine.server.http.store import EndpointRecord
 from ai_query.engine.supervision import EngineHealth, EngineState
+from ai_query.serving.http.context import Ctx, Principal
+from ai_query.serving.http.schemas import read_json
+from ai_query.serving.state import ServingState
+from ai_query.serving.store import EndpointRecord
 
 router = APIRouter(prefix="/api/2.0/serving-endpoints", tags=["management"])
 

@@ -8,14 +8,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ai_query.engine.server.auth import ANONYMOUS, TokenAuth
-from ai_query.engine.server.http.inference_table import InferenceTable
-from ai_query.engine.server.http.metrics import ServerMetrics
-from ai_query.engine.server.http.options import HTTPOptions
-from ai_query.engine.server.http.problems import APIError
-from ai_query.engine.server.http.service import ServingState
-from ai_query.engine.server.ratelimit import RateLimiter
 from ai_query.errors import AuthenticationError
+from ai_query.serving.auth import ANONYMOUS, TokenAuth
+from ai_query.serving.http.options import HTTPOptions
+from ai_query.serving.http.problems import APIError
+from ai_query.serving.inference_table import InferenceTable
+from ai_query.serving.metrics import ServerMetrics
+from ai_query.serving.ratelimit import RateLimiter
+from ai_query.serving.state import ServingState
 
 
 @dataclass

@@ -9,9 +9,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ai_query.engine.server.http.context import Ctx, Principal
-from ai_query.engine.server.http.invoke import invoke
-from ai_query.engine.server.http.schemas import read_json
+from ai_query.serving.http.context import Ctx, Principal
+from ai_query.serving.http.invoke import invoke
+from ai_query.serving.http.schemas import read_json
 
 router = APIRouter(tags=["databricks"])
 

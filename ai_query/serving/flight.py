@@ -31,10 +31,10 @@ from ai_query.engine.flight_wire import (
     error_to_flight,
 )
 from ai_query.engine.protocol import Engine, engine_health
-from ai_query.engine.server.auth import ANONYMOUS, TokenAuth
-from ai_query.engine.server.ratelimit import RateLimiter
 from ai_query.errors import AuthenticationError
 from ai_query.options import CallOptions
+from ai_query.serving.auth import ANONYMOUS, TokenAuth
+from ai_query.serving.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

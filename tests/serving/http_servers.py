@@ -17,15 +17,15 @@ TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
 
 
 class HTTPServer:
-    """``python -m ai_query.engine.server.http`` in a subprocess."""
+    """``ai-query serve`` (the console script users run) in a subprocess, HTTP on a free port."""
 
     def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.port = free_port()
         self.starts = 0
-        self.args = [sys.executable, "-m", "ai_query.engine.server.http",
-                     "--port", str(self.port), *args]
+        self.args = [str(Path(sys.executable).with_name("ai-query")), "serve",
+                     "--http-port", str(self.port), "--port", "0", *args]
         self.env = env or {}
         self.proc: Any = None
 

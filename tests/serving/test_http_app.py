@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ai_query.engine.server.auth import TokenAuth
-from ai_query.engine.server.http import HTTPOptions, create_app
-from ai_query.engine.server.ratelimit import RateLimiter
+from ai_query.serving.auth import TokenAuth
+from ai_query.serving.http import HTTPOptions, create_app
+from ai_query.serving.ratelimit import RateLimiter
 
 CHAT = "smollm2-135m-instruct"
 

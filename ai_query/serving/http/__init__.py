@@ -9,7 +9,7 @@ backends as the SQL path. See :func:`create_app`, :func:`run_http` and :func:`st
 
 from __future__ import annotations
 
-from ai_query.engine.server.http.app import HTTPServerThread, create_app, run_http, start_http
-from ai_query.engine.server.http.options import HTTPOptions
+from ai_query.serving.http.app import HTTPServerThread, create_app, run_http, start_http
+from ai_query.serving.http.options import HTTPOptions
 
 __all__ = ["HTTPOptions", "HTTPServerThread", "create_app", "run_http", "start_http"]

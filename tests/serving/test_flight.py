@@ -17,11 +17,9 @@ import pytest
 from ai_query.catalog import Catalog
 from ai_query.engine.batch import align_results, request_batch
 from ai_query.engine.deterministic import DeterministicBackend
+from ai_query.engine.diagnostics import DelayedEngine, EchoEngine
 from ai_query.engine.flight_client import FlightEngineClient, parse_urls
 from ai_query.engine.local import LocalEngine
-from ai_query.engine.server.auth import TokenAuth
-from ai_query.engine.server.diagnostics import DelayedEngine, EchoEngine
-from ai_query.engine.server.flight import EngineFlightServer
 from ai_query.engine.spec import EngineSpec, build_engine
 from ai_query.errors import (
     AuthenticationError,
@@ -32,6 +30,8 @@ from ai_query.errors import (
     UnknownEndpointError,
 )
 from ai_query.options import CallOptions, ModelParameters
+from ai_query.serving.auth import TokenAuth
+from ai_query.serving.flight import EngineFlightServer
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"

@@ -180,7 +180,7 @@ def start_server_process(
     else:
         workdir = Path(log_dir)
         workdir.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "ai_query", "serve",
+    args = [sys.executable, "-m", "ai_query", "serve", "--no-http",
             "--host", host, "--port", str(port), "--engine", engine]
     if catalog is not None:
         path = Path(catalog) if not isinstance(catalog, Catalog) else workdir / "catalog.json"

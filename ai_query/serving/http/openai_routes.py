@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ai_query.engine.server.http.context import Ctx, Principal, ServerContext
-from ai_query.engine.server.http.invoke import invoke
-from ai_query.engine.server.http.problems import bad_request
-from ai_query.engine.server.http.schemas import read_json
+from ai_query.serving.http.context import Ctx, Principal, ServerContext
+from ai_query.serving.http.invoke import invoke
+from ai_query.serving.http.problems import bad_request
+from ai_query.serving.http.schemas import read_json
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

@@ -15,7 +15,7 @@ import duckdb
 import openai
 import pytest
 
-from tests.engine.server.http_servers import PROVIDER_SECRET, HTTPServer
+from tests.serving.http_servers import PROVIDER_SECRET, HTTPServer
 
 pytestmark = pytest.mark.slow
 
@@ -229,7 +229,8 @@ def test_http_beside_flight_in_one_process(tmp_path: Path) -> None:
     flight_port, http_port = free_port(), free_port()
     proc = start([sys.executable, "-m", "ai_query", "serve", "--engine",
                   "deterministic", "--port", str(flight_port), "--http-port", str(http_port),
-                  "--tokens-file", str(tmp_path / "tokens.json")], tmp_path / "serve.log")
+                  "--tokens-file", str(tmp_path / "tokens.json"),
+                  "--database", str(tmp_path / "endpoints.sqlite")], tmp_path / "serve.log")
     try:
         wait_http(f"http://127.0.0.1:{http_port}/health", proc, timeout=120)
         http = HTTPServer(tmp_path / "http")

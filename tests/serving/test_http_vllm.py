@@ -13,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.engine.server.http_servers import HTTPServer
+from tests.serving.http_servers import HTTPServer
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ import duckdb
 import pytest
 
 from ai_query.catalog import Endpoint
-from ai_query.engine.server.auth import ANONYMOUS, TokenAuth
-from ai_query.engine.server.http.inference_table import InferenceRecord, InferenceTable
-from ai_query.engine.server.http.store import EndpointRecord, EndpointStore
-from ai_query.engine.server.ratelimit import RateLimiter
 from ai_query.engine.tool_calls import tool_call_schema, tool_calls_from_output
 from ai_query.errors import AuthenticationError, ConfigError, RateLimitExceededError
+from ai_query.serving.auth import ANONYMOUS, TokenAuth
+from ai_query.serving.inference_table import InferenceRecord, InferenceTable
+from ai_query.serving.ratelimit import RateLimiter
+from ai_query.serving.store import EndpointRecord, EndpointStore
 
 
 def _endpoint(*limits: dict) -> Endpoint:
@@ -187,7 +187,7 @@ def test_inference_table_files_read_from_duckdb(tmp_path: Path) -> None:
 def test_secret_values_are_masked_in_log_lines() -> None:
     import logging
 
-    from ai_query.engine.server.http.logs import JSONFormatter, Redactor
+    from ai_query.serving.logs import JSONFormatter, Redactor
 
     redactor = Redactor()
     redactor.add("sk-live-123456")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.engine.server.http_servers import PROVIDER_SECRET, TOKENS, HTTPServer
+from tests.serving.http_servers import PROVIDER_SECRET, TOKENS, HTTPServer
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +43,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPServer
     server = HTTPServer(
         work, "--database", str(work / "endpoints.sqlite"),
         "--inference-table", str(work / "inference"), "--inference-flush-seconds", "0.2",
-        "--warmup",
-    ).start()
+    ).start(timeout=400)
     try:
         with server.client(timeout=400) as c:  # both engines are up once these answer
             c.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "warm"})

@@ -1,0 +1,70 @@
+"""Everything ``ai-query serve`` takes, as one frozen value (built by the CLI or a test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ai_query.serving.http.options import HTTPOptions
+
+#: Flight port unless told otherwise.
+DEFAULT_FLIGHT_PORT = 8815
+#: HTTP port unless told otherwise (``--no-http`` turns HTTP off).
+DEFAULT_HTTP_PORT = 8000
+#: Engines a server can host: vLLM (the real one) and the test engines.
+ENGINE_KINDS: tuple[str, ...] = ("local", "deterministic", "echo")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    """How one server process runs: Flight always, HTTP unless turned off."""
+
+    catalog: Path | None = None
+    """Endpoint catalog file; None: the bundled endpoints."""
+    host: str = "127.0.0.1"
+    """Address both servers bind."""
+    port: int = DEFAULT_FLIGHT_PORT
+    """Arrow Flight port (0: any free port, logged)."""
+    http_port: int | None = DEFAULT_HTTP_PORT
+    """HTTP port; None: no HTTP server."""
+    token: str | None = None
+    """A bearer token for an administrator (from ``AI_QUERY_SERVER_TOKEN``)."""
+    tokens_file: Path | None = None
+    """Bearer tokens file (see :mod:`ai_query.serving.auth`)."""
+    database: Path | None = None
+    """SQLite file of endpoints made over HTTP; None: ``<cache>/serving/endpoints.sqlite``."""
+    inference_table: Path | None = None
+    """Directory of the inference table (Parquet); None: off."""
+    preload: bool | tuple[str, ...] = True
+    """Start models before listening: every local endpoint (True), none (False), or these."""
+    engine: str = "local"
+    """``local`` (vLLM), or ``deterministic``/``echo`` (tests); see :data:`ENGINE_KINDS`."""
+    batch_delay: float = 0.0
+    """Hold each Flight batch this long (failure tests only)."""
+    default_max_tokens: int = 1024
+    """max_tokens of an HTTP chat or completion request that sets none."""
+    rate_limit_period_scale: float = 1.0
+    """Multiplies every rate-limit period (tests shorten the minute; keep 1.0 in service)."""
+    inference_flush_seconds: float = 1.0
+    """How often queued inference-table rows are written."""
+    log_level: str = "info"
+    """Level of the server's own (JSON) logs."""
+    lifeline_fd: int | None = None
+    """Read end of a pipe held by the process that started this server: when it closes, that
+    process died and the server exits (see :mod:`ai_query.engine.lifeline`)."""
+
+    def http_options(self, database: Path | None) -> HTTPOptions:
+        """The HTTP server's share of these options."""
+        assert self.http_port is not None
+        return HTTPOptions(
+            host=self.host,
+            port=self.http_port,
+            database=database,
+            tokens_file=self.tokens_file,
+            inference_table=self.inference_table,
+            engine="vllm" if self.engine == "local" else "deterministic",
+            default_max_tokens=self.default_max_tokens,
+            rate_limit_period_scale=self.rate_limit_period_scale,
+            inference_flush_seconds=self.inference_flush_seconds,
+            log_level=self.log_level.lower(),
+        )

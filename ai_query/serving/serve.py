@@ -1,0 +1,232 @@
+"""The engine server process: build the engine, serve it over Flight (and HTTP), stop cleanly.
+
+``ai-query serve`` (the one launcher: :mod:`ai_query.engine.launcher` runs it too) calls
+:func:`run_server_cli`; :func:`serve` is the same for Python callers; :func:`start_server`
+starts one without blocking (tests, embedding).
+
+SIGTERM or SIGINT stops the server gracefully: no new calls are taken, in-flight batches
+finish, then the models shut down. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ai_query.catalog import Catalog
+from ai_query.config import settings
+from ai_query.engine.batch import request_batch
+from ai_query.engine.lifeline import start_reaper, watch_lifeline
+from ai_query.engine.protocol import Engine
+from ai_query.errors import ConfigError
+from ai_query.options import CallOptions, ModelParameters
+from ai_query.serving.auth import TokenAuth
+from ai_query.serving.flight import EngineFlightServer
+from ai_query.serving.logs import Redactor, configure_logging
+from ai_query.serving.options import ENGINE_KINDS, ServeOptions
+from ai_query.serving.ratelimit import RateLimiter
+
+log = logging.getLogger("ai_query.server")
+
+
+
+@dataclass
+class RunningServer:
+    """A started engine server (Flight, and HTTP when asked)."""
+
+    flight: EngineFlightServer
+    """The Flight server."""
+    engine: Engine
+    """The engine it serves."""
+    stop_http: Callable[[], None] | None = None
+    """Stops the HTTP server, when one runs."""
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def url(self) -> str:
+        """The Flight address, ``grpc://host:port``."""
+        return self.flight.url
+
+    def stop(self) -> None:
+        """Graceful stop: refuse new calls, let in-flight batches finish, close the engine."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.stop_http is not None:
+            self.stop_http()
+        self.flight.shutdown()
+        self.engine.close()
+        from ai_query.engine.registry import close_backends
+
+        close_backends()
+
+
+def build_server_engine(
+    catalog: Catalog, kind: str = "local", *, batch_delay: float = 0.0
+) -> Engine:
+    """The engine a server hosts: ``local`` (vLLM), ``deterministic`` or ``echo`` (tests).
+
+    Raises:
+        ConfigError: for an unknown kind.
+    """
+    engine: Engine
+    if kind == "local":
+        from ai_query.engine.local import LocalEngine
+
+        engine = LocalEngine(catalog)
+    elif kind == "deterministic":
+        from ai_query.engine.deterministic import deterministic_backend_factory
+        from ai_query.engine.local import LocalEngine
+
+        engine = LocalEngine(catalog, backend_factory=deterministic_backend_factory)
+    elif kind == "echo":
+        from ai_query.engine.diagnostics import EchoEngine
+
+        engine = EchoEngine(catalog)
+    else:
+        raise ConfigError(f"unknown server engine {kind!r}; expected one of {ENGINE_KINDS}")
+    if batch_delay > 0:
+        from ai_query.engine.diagnostics import DelayedEngine
+
+        engine = DelayedEngine(engine, batch_delay)
+    return engine
+
+
+def warm_up(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
+    """Run one tiny request on each named endpoint (default: every local one) so models load.
+
+    External endpoints are skipped unless named (warming them would call the provider).
+    """
+    catalog = engine.catalog
+    if endpoints is None:
+        endpoints = [
+            ep.name for ep in catalog.endpoints()
+            if all(e.external_model is None for e in ep.config.served_entities)
+        ]
+    for name in endpoints:
+        params = ModelParameters() if catalog.task_of(name) == "llm/v1/embeddings" else (
+            ModelParameters(max_tokens=1)
+        )
+        log.info("warming up endpoint %s", name)
+        engine.run(request_batch(["warm up"], CallOptions(endpoint=name, model_parameters=params)))
+
+
+def start_server(
+    options: ServeOptions, *, engine: Engine | None = None, redactor: Redactor | None = None
+) -> RunningServer:
+    """Start an engine server (Flight, and HTTP unless ``options.http_port`` is None) and return
+    at once.
+
+    Args:
+        options: how it runs.
+        engine: serve this engine instead of building one from the catalog (tests).
+        redactor: the process's secret masker, shared by every surface (default: a new one).
+    """
+    redactor = redactor or Redactor()
+    auths = [TokenAuth.from_file(options.tokens_file)]
+    if options.token:
+        auths.append(TokenAuth({options.token: "admin"}))
+    limiter = RateLimiter(period_scale=options.rate_limit_period_scale)
+    if engine is None:
+        cat = Catalog.load(options.catalog) if options.catalog is not None else Catalog.default()
+        engine = build_server_engine(cat, options.engine, batch_delay=options.batch_delay)
+    if options.preload:
+        warm_up(engine, None if options.preload is True else list(options.preload))
+    server = EngineFlightServer(
+        engine, f"grpc://{options.host}:{options.port}", auth=auths, limiter=limiter,
+        description=options.engine,
+    )
+    running = RunningServer(server, engine)
+    if options.http_port is not None:
+        running.stop_http = _start_http(engine, options, auths, limiter, redactor)
+    log.info(
+        "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
+        options.engine, server.url, ", ".join(engine.catalog.names()),
+        "on" if server.auth_required else "off",
+    )
+    return running
+
+
+def serve(
+    options: ServeOptions,
+    *,
+    engine: Engine | None = None,
+    stop_event: threading.Event | None = None,
+    redactor: Redactor | None = None,
+) -> None:
+    """Run an engine server until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully.
+
+    Args:
+        options: how it runs.
+        engine: serve this engine instead of building one from the catalog.
+        stop_event: set it to stop the server (for callers not on the main thread).
+        redactor: see :func:`start_server`.
+    """
+    stop = stop_event or threading.Event()
+    signals = _install_signal_handlers(stop)
+    server = start_server(options, engine=engine, redactor=redactor)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, previous in signals.items():
+            signal.signal(sig, previous)
+
+
+def run_server_cli(options: ServeOptions) -> None:
+    """What ``ai-query serve`` runs: JSON logs on stderr (secrets masked), the lifeline and the
+    reaper, then :func:`serve` until a signal."""
+    redactor = Redactor()
+    configure_logging(options.log_level.lower(), redactor)
+    if options.lifeline_fd is not None:
+        watch_lifeline(options.lifeline_fd)
+    if options.engine == "local":
+        start_reaper()  # started before any engine, so it notes every engine process
+    serve(options, redactor=redactor)
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("received %s: finishing in-flight batches", signal.Signals(signum).name)
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handle)
+    return previous
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+# The HTTP API (OpenAI-compatible and Databricks routes) runs in this process beside Flight,
+# sharing the engine, the bearer tokens and the rate limiter.
+def _start_http(
+    engine: Engine,
+    options: ServeOptions,
+    auth: Sequence[TokenAuth],
+    limiter: RateLimiter,
+    redactor: Redactor,
+) -> Callable[[], None]:
+    from ai_query.serving.http.app import create_app, start_http
+
+    database = options.database
+    if database is None:
+        database = settings().cache_dir / "serving" / "endpoints.sqlite"
+        database.parent.mkdir(parents=True, exist_ok=True)
+    http_options = options.http_options(database)
+    app = create_app(http_options, engine=engine, auth=auth, limiter=limiter,
+                     redactor=redactor)
+    thread = start_http(http_options, app=app)
+    log.info("HTTP API listening on http://%s:%d", options.host, options.http_port)
+    return thread.stop
