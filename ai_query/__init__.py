@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ai_query.catalog import Catalog, Endpoint
+from ai_query.catalog import Catalog, Endpoint, load_catalog
 from ai_query.errors import (
     AIQueryError,
     ConfigError,
@@ -55,14 +55,6 @@ def connect(
     from ai_query.udf.duckdb import connect as _connect
 
     return _connect(database, catalog, engine=engine, **duckdb_config)
-
-
-def load_catalog(path: str | None = None) -> Catalog:
-    """The catalog at ``path``, else ``AI_QUERY_CATALOG``, else the bundled default."""
-    from ai_query.config import settings
-
-    chosen = path or settings().catalog_path
-    return Catalog.load(chosen) if chosen else Catalog.default()
 
 
 __all__ = [

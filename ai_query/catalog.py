@@ -13,10 +13,18 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ai_query.datafile import read_data_file
 from ai_query.errors import ConfigError, UnknownEndpointError
+from ai_query.redaction import remember_secret
 
 Task = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]
 #: Tasks an endpoint can serve.
@@ -37,8 +45,42 @@ DATABRICKS_ALIASES: dict[str, str] = {
 }
 
 
+#: Fields of Databricks' serving-endpoint API with no effect here (no workspace, budgets or
+#: cloud scaling), by the model that would hold them: accepted and dropped, so the official
+#: clients' bodies validate. Any other unknown field is still an error.
+DATABRICKS_IGNORED_FIELDS: dict[str, frozenset[str]] = {
+    "Endpoint": frozenset(
+        {"ai_gateway", "budget_policy_id", "email_notifications", "telemetry_config"}
+    ),
+    "EndpointConfig": frozenset({"name"}),
+    "ServedEntity": frozenset(
+        {
+            "burst_scaling_enabled",
+            "environment_vars",
+            "instance_profile_arn",
+            "max_provisioned_concurrency",
+            "max_provisioned_throughput",
+            "min_provisioned_concurrency",
+            "min_provisioned_throughput",
+            "provisioned_model_units",
+            "scale_to_zero_enabled",
+            "workload_size",
+            "workload_type",
+        }
+    ),
+}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ignored_fields(cls, data: Any) -> Any:
+        ignored = DATABRICKS_IGNORED_FIELDS.get(cls.__name__)
+        if ignored and isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in ignored}
+        return data
 
 
 class OpenAIConfig(_Strict):
@@ -52,6 +94,13 @@ class OpenAIConfig(_Strict):
     """API key in plain text (discouraged; Databricks accepts it too)."""
     openai_organization: str | None = None
     """Organisation header, passed through."""
+
+    @field_validator("openai_api_key_plaintext")
+    @classmethod
+    def _remember_plaintext_key(cls, value: str | None) -> str | None:
+        """A plain-text key is a secret of this process from the moment it is read."""
+        remember_secret(value)
+        return value
 
 
 class ExternalModel(_Strict):
@@ -86,14 +135,6 @@ class ServedEntity(_Strict):
     """Set for an external model instead of ``entity_name``."""
     engine_args: dict[str, Any] = Field(default_factory=dict)
     """vLLM engine arguments passed through (e.g. max_model_len, dtype, tensor_parallel_size)."""
-    workload_size: str | None = None
-    """Accepted for Databricks compatibility; not used."""
-    workload_type: str | None = None
-    """Accepted for Databricks compatibility; not used."""
-    scale_to_zero_enabled: bool | None = None
-    """Accepted for Databricks compatibility; not used."""
-    environment_vars: dict[str, str] | None = None
-    """Accepted for Databricks compatibility; not used."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ServedEntity:
@@ -226,9 +267,7 @@ class Endpoint(_Strict):
     description: str | None = None
     """Free text."""
     route_optimized: bool | None = None
-    """Accepted for Databricks compatibility."""
-    ai_gateway: dict[str, Any] | None = None
-    """Accepted for Databricks compatibility."""
+    """Accepted for Databricks compatibility (shown, no effect)."""
 
     @property
     def task(self) -> str:
@@ -361,6 +400,14 @@ class Catalog:
             "endpoints": [e.model_dump(mode="json", exclude_none=True) for e in self.endpoints()],
             "aliases": self.aliases(),
         }
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """The catalog at ``path``, else ``AI_QUERY_CATALOG``, else the bundled default."""
+    from ai_query.config import settings
+
+    chosen = path or settings().catalog_path
+    return Catalog.load(chosen) if chosen else Catalog.default()
 
 
 def _describe(exc: ValidationError, prefix: str) -> str:

@@ -82,7 +82,7 @@ def sql(
     max_rows: Annotated[int, typer.Option(help="Rows to print.")] = 20,
 ) -> None:
     """Run SQL with ai_query(...) calls and print or save the result."""
-    from ai_query import load_catalog
+    from ai_query.catalog import load_catalog
     from ai_query.display import arrow_table, row_progress, write_table
     from ai_query.errors import ConfigError
 
@@ -145,7 +145,7 @@ def endpoints_list(catalog: CatalogOption = None) -> None:
     """List the catalog's endpoints and aliases."""
     from rich.table import Table
 
-    from ai_query import load_catalog
+    from ai_query.catalog import load_catalog
 
     cat = load_catalog(str(catalog) if catalog else None)
     table = Table(title="Serving endpoints", header_style="bold")
@@ -166,6 +166,7 @@ def endpoints_list(catalog: CatalogOption = None) -> None:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     catalog: CatalogOption = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Arrow Flight port (0: any free port).")] = 8815,
@@ -175,10 +176,23 @@ def serve(
     no_http: Annotated[bool, typer.Option("--no-http", help="Serve Arrow Flight only.")] = False,
     token: Annotated[
         str | None,
-        typer.Option(help="An administrator's bearer token.", envvar="AI_QUERY_SERVER_TOKEN"),
+        typer.Option(
+            help="An administrator's bearer token. Prefer the AI_QUERY_SERVER_TOKEN environment "
+            "variable or --tokens-file: other users see a command line in the process list.",
+            envvar="AI_QUERY_SERVER_TOKEN",
+        ),
     ] = None,
     tokens_file: Annotated[
-        Path | None, typer.Option(help="JSON/YAML file of bearer tokens -> principals.")
+        Path | None,
+        typer.Option(help="JSON/YAML file of bearer tokens -> principals (and their groups)."),
+    ] = None,
+    allow_external_base: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-external-base",
+            help="An API base URL external models may use (repeatable); the catalog file's "
+            "own bases are always allowed.",
+        ),
     ] = None,
     database: Annotated[
         Path | None,
@@ -195,6 +209,16 @@ def serve(
         int, typer.Option(help="max_tokens of an HTTP request that sets none.")
     ] = 1024,
     log_level: Annotated[str, typer.Option(help="Level of the server's own logs.")] = "info",
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest HTTP request body in bytes (larger: 413).", min=1)
+    ] = 16 * 1024 * 1024,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a non-loopback --host with auth off (no tokens): anyone may call.",
+        ),
+    ] = False,
     # Hidden: for the launcher of private engine servers and for tests.
     engine: Annotated[str, typer.Option(hidden=True)] = "local",
     batch_delay: Annotated[float, typer.Option(hidden=True)] = 0.0,
@@ -206,6 +230,12 @@ def serve(
     from ai_query.serving.options import ServeOptions
     from ai_query.serving.serve import run_server_cli
 
+    if token and _given_on_command_line(ctx, "token"):
+        err_console.print(
+            "warning: --token is visible to other users of this machine in the process list; "
+            "set AI_QUERY_SERVER_TOKEN or use --tokens-file instead",
+            highlight=False, markup=False, soft_wrap=True,
+        )
     chosen: bool | tuple[str, ...] = (
         True if preload == "all" else tuple(p for p in preload.split(",") if p not in ("", "none"))
     )
@@ -217,6 +247,7 @@ def serve(
             http_port=None if no_http else http_port,
             token=token,
             tokens_file=tokens_file,
+            allow_external_bases=tuple(allow_external_base or ()),
             database=database,
             inference_table=inference_table,
             preload=chosen or False,
@@ -226,9 +257,17 @@ def serve(
             rate_limit_period_scale=rate_limit_period_scale,
             inference_flush_seconds=inference_flush_seconds,
             log_level=log_level,
+            max_body_bytes=max_body_bytes,
+            insecure=insecure,
             lifeline_fd=lifeline_fd,
         )
     )
+
+
+def _given_on_command_line(ctx: typer.Context, param: str) -> bool:
+    """Whether the command's ``param`` came from argv (not the environment)."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 def _add_jobs() -> None:

@@ -15,6 +15,7 @@ Every error the package raises on purpose is an :class:`AIQueryError`::
     │  ├─ RowAlignmentError                 a result batch misses or repeats a row
     │  └─ RowError(row_index)               one row failed under failOnError => true
     ├─ AuthenticationError                  no valid bearer token for an engine server
+    ├─ PermissionDeniedError                the principal lacks a permission it needs
     ├─ RateLimitExceededError(retry_after)  an endpoint's rate limit is used up for now
     └─ JobError                             a batch job file or run failed
        └─ JobLockedError                    another run of the same job holds its lock
@@ -94,6 +95,10 @@ class RowError(EngineError):
 
 class AuthenticationError(AIQueryError):
     """A request to an engine server carries no valid bearer token."""
+
+
+class PermissionDeniedError(AIQueryError):
+    """The caller is known but may not do this (an endpoint permission, scope or API base)."""
 
 
 class RateLimitExceededError(AIQueryError):

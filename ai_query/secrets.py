@@ -1,4 +1,8 @@
-"""Resolve ``{{secrets/scope/key}}`` references without ever logging their values."""
+"""Resolve ``{{secrets/scope/key}}`` references without ever logging their values.
+
+Every value resolved here is added to the process's redactor (:mod:`ai_query.redaction`), so
+it is masked on every surface the process has.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 from ai_query.config import secret_from_environment, settings
 from ai_query.datafile import read_data_file
 from ai_query.errors import ConfigError
+from ai_query.redaction import remember_secret
 
 _REFERENCE = re.compile(r"^\{\{\s*secrets/([^/\s}]+)/([^/\s}]+)\s*\}\}$")
 
@@ -33,12 +38,14 @@ def resolve_secret(value: str, secrets_file: Path | None = None) -> str:
     scope, key = match.groups()
     found = secret_from_environment(scope, key)
     if found is not None:
+        remember_secret(found)
         return found
     path = secrets_file or settings().secrets_file
     if path is not None:
         data = _read_secrets_file(path)
         scoped = data.get(scope)
         if isinstance(scoped, dict) and isinstance(scoped.get(key), str):
+            remember_secret(str(scoped[key]))
             return str(scoped[key])
     raise ConfigError(
         f"secret {{{{secrets/{scope}/{key}}}}} is not set: export "

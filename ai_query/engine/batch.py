@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from ai_query.errors import RowAlignmentError, RowError
 from ai_query.options import CallOptions
+from ai_query.redaction import redact
 
 REQUEST_COLUMN = "request"
 CALL_METADATA_KEY = b"ai_query.call"
@@ -96,18 +97,28 @@ def result_schema(result_type: pa.DataType) -> pa.Schema:
 
 
 def result_batch(outcomes: Sequence[RowOutcome | None], result_type: pa.DataType) -> pa.RecordBatch:
-    """A result batch, row i from ``outcomes[i]`` (None: a NULL request, so a NULL result)."""
+    """A result batch, row i from ``outcomes[i]`` (None: a NULL request, so a NULL result).
+
+    Row errors are redacted here (:mod:`ai_query.redaction`), once, for every surface.
+    """
     values = [o.value if o is not None else None for o in outcomes]
     return pa.RecordBatch.from_arrays(
         [
             pa.array(np.arange(len(outcomes), dtype=np.int64)),
             _result_array(values, result_type),
-            pa.array([o.error if o is not None else None for o in outcomes], pa.string()),
+            pa.array([_error(o) for o in outcomes], pa.string()),
             pa.array([o.prompt_tokens if o is not None else 0 for o in outcomes], pa.int32()),
             pa.array([o.completion_tokens if o is not None else 0 for o in outcomes], pa.int32()),
         ],
         schema=result_schema(result_type),
     )
+
+
+def _error(outcome: RowOutcome | None) -> str | None:
+    """A row's error as it enters the batch: secrets masked (every SQL surface reads it)."""
+    if outcome is None or outcome.error is None:
+        return None
+    return redact(outcome.error)
 
 
 def _result_array(values: list[Any], result_type: pa.DataType) -> pa.Array:

@@ -27,6 +27,7 @@ from ai_query.errors import (
     EngineUnavailableError,
     RateLimitExceededError,
 )
+from ai_query.redaction import redact, redact_exception
 
 EXCHANGE_COMMAND = b"ai_query.exchange/v1"
 ACTION_HEALTH = "healthcheck"
@@ -56,12 +57,17 @@ def error_to_flight(exc: BaseException) -> flight.FlightError:
     retries them, after ``retry_after`` seconds when the error has that attribute (a rate
     limit). Others become
     ``FlightServerError``. Anything that is not an :class:`AIQueryError` travels as an
-    :class:`EngineError` with the original message.
+    :class:`EngineError` with the original message. Secrets are masked in both.
     """
     if not isinstance(exc, AIQueryError):
         exc = EngineError(f"engine server error: {type(exc).__name__}: {exc}")
+    redact_exception(exc)  # the redaction boundary of Flight (see ai_query.redaction)
     simple = (str, int, float, bool, list, type(None))
-    attrs = {k: v for k, v in vars(exc).items() if isinstance(v, simple)}
+    attrs = {
+        k: redact(v) if isinstance(v, str) else v
+        for k, v in vars(exc).items()
+        if isinstance(v, simple)
+    }
     info = {_ERROR_KEY: type(exc).__name__, "message": str(exc), "attrs": attrs}
     extra = json.dumps(info).encode()
     message = f"{type(exc).__name__}: {exc}"

@@ -28,6 +28,7 @@ from ai_query.engine.registry import BackendFactory, existing_backend, shared_ba
 from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import EngineError
 from ai_query.options import CallOptions
+from ai_query.redaction import redact_exception
 from ai_query.sql.response_format import OutputSpec, resolve_output
 
 #: max_tokens when a call sets none: plain text answers, and structured (JSON) answers.
@@ -113,18 +114,26 @@ class LocalEngine:
         return CallPlan(options, endpoint, output, to_arrow(output.sql_type), generation)
 
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Answer a request batch (see :mod:`ai_query.engine.batch`)."""
-        requests, options = read_request_batch(batch)
-        plan = self.plan(options)
-        outcomes = self.loop.run(self.run_rows(requests, plan))
+        """Answer a request batch (see :mod:`ai_query.engine.batch`); errors leave redacted."""
+        try:
+            requests, options = read_request_batch(batch)
+            plan = self.plan(options)
+            outcomes = self.loop.run(self.run_rows(requests, plan))
+        except Exception as exc:
+            redact_exception(exc)
+            raise
         return result_batch(outcomes, plan.arrow_type)
 
     async def run_async(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """:meth:`run` for callers on another event loop (e.g. the HTTP server)."""
-        requests, options = read_request_batch(batch)
-        plan = self.plan(options)
-        future = self.loop.submit(self.run_rows(requests, plan))
-        outcomes = await asyncio.wrap_future(future)
+        try:
+            requests, options = read_request_batch(batch)
+            plan = self.plan(options)
+            future = self.loop.submit(self.run_rows(requests, plan))
+            outcomes = await asyncio.wrap_future(future)
+        except Exception as exc:
+            redact_exception(exc)
+            raise
         return result_batch(outcomes, plan.arrow_type)
 
     async def run_rows(

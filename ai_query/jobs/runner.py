@@ -294,7 +294,7 @@ class _Run:
 
 
 def _default_engine(job: JobSpec, engine_url: str | None) -> Engine:
-    from ai_query import load_catalog
+    from ai_query.catalog import load_catalog
     from ai_query.engine.spec import EngineSpec, get_engine
 
     catalog = load_catalog(job.catalog)

@@ -1,10 +1,16 @@
 """Bearer-token authentication shared by the HTTP and Flight servers.
 
-A tokens file (JSON or YAML) maps each token to the principal it authenticates::
+A tokens file (JSON or YAML) maps each token to the principal it authenticates, given as a
+name or as an object with the principal's groups and the secret scopes it may reference::
 
-    {"dapi-3f9c...": "alice@example.com", "dapi-77aa...": "etl-service"}
+    {"dapi-3f9c...": "alice@example.com",
+     "dapi-77aa...": {"principal": "etl-service", "groups": ["can_create_endpoints"],
+                      "secret_scopes": ["llm"]},
+     "dapi-01bd...": {"principal": "root", "groups": ["admins"]}}
 
-With no tokens file, auth is off and every caller is :data:`ANONYMOUS`. Tokens are kept only as
+Every authenticated principal is also in group ``users`` (see
+:mod:`ai_query.serving.permissions`). With no tokens file, auth is off and every caller is
+:data:`ANONYMOUS_IDENTITY`, an administrator (local development). Tokens are kept only as
 SHA-256 digests, so a lookup does not compare secrets character by character, and no token is
 ever logged. The file is re-read when it changes (checked at most once a second), so tokens can
 be added or revoked without a restart.
@@ -17,12 +23,18 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ai_query.datafile import read_data_file
 from ai_query.errors import AuthenticationError, ConfigError
+from ai_query.serving.permissions import ADMINS, Identity
 
 #: The principal of every caller when auth is off.
 ANONYMOUS = "anonymous"
+#: Every caller when auth is off: an administrator (auth off is for local development).
+ANONYMOUS_IDENTITY = Identity.of(ANONYMOUS, groups=(ADMINS,))
+#: Keys of a tokens-file entry given as an object.
+_ENTRY_KEYS = frozenset({"principal", "groups", "secret_scopes"})
 
 
 def _digest(token: str) -> str:
@@ -30,13 +42,14 @@ def _digest(token: str) -> str:
 
 
 class TokenAuth:
-    """Maps bearer tokens to principals; thread-safe."""
+    """Maps bearer tokens to principals (with their groups); thread-safe."""
 
-    def __init__(self, tokens: Mapping[str, str] | None = None, *, path: Path | None = None):
+    def __init__(self, tokens: Mapping[str, Any] | None = None, *, path: Path | None = None):
         """Build from a mapping of token -> principal, or (with ``path``) from a tokens file.
 
         Args:
-            tokens: token -> principal; None with no ``path`` turns auth off.
+            tokens: token -> principal name or ``{"principal", "groups", "secret_scopes"}``;
+                None with no ``path`` turns auth off.
             path: a tokens file, re-read when it changes.
 
         Raises:
@@ -46,7 +59,7 @@ class TokenAuth:
         self._lock = threading.Lock()
         self._mtime = 0.0
         self._checked = 0.0
-        self._by_digest: dict[str, str] = {}
+        self._by_digest: dict[str, Identity] = {}
         if self._path is not None:
             self._reload()
         elif tokens is not None:
@@ -65,24 +78,37 @@ class TokenAuth:
         Raises:
             AuthenticationError: when auth is on and the token is missing or unknown.
         """
+        return self.identify(token).name
+
+    def identify(self, token: str | None) -> Identity:
+        """The principal, groups and secret scopes a bearer token stands for
+        (:data:`ANONYMOUS_IDENTITY` when auth is off).
+
+        Raises:
+            AuthenticationError: when auth is on and the token is missing or unknown.
+        """
         if not self.enabled:
-            return ANONYMOUS
+            return ANONYMOUS_IDENTITY
         if not token:
             raise AuthenticationError("a bearer token is required (Authorization: Bearer <token>)")
         self._maybe_reload()
-        principal = self._by_digest.get(_digest(token))
-        if principal is None:
+        found = self._by_digest.get(_digest(token))
+        if found is None:
             raise AuthenticationError("the bearer token is not valid")
-        return principal
+        return found
 
     def authenticate_header(self, authorization: str | None) -> str:
         """:meth:`authenticate` for an ``Authorization`` header value (``Bearer <token>``)."""
+        return self.identify_header(authorization).name
+
+    def identify_header(self, authorization: str | None) -> Identity:
+        """:meth:`identify` for an ``Authorization`` header value (``Bearer <token>``)."""
         token = None
         if authorization:
             scheme, _, value = authorization.strip().partition(" ")
             if scheme.lower() == "bearer":
                 token = value.strip()
-        return self.authenticate(token)
+        return self.identify(token)
 
     def _maybe_reload(self) -> None:
         if self._path is None:
@@ -115,9 +141,36 @@ class TokenAuth:
             self._mtime = mtime
 
 
-def _digests(data: object, source: str) -> dict[str, str]:
-    if not isinstance(data, Mapping) or not all(
-        isinstance(k, str) and k and isinstance(v, str) and v for k, v in data.items()
-    ):
-        raise ConfigError(f"{source} must map bearer tokens to principal names (both strings)")
-    return {_digest(token): principal for token, principal in data.items()}
+def _digests(data: object, source: str) -> dict[str, Identity]:
+    problem = (
+        f"{source} must map bearer tokens to principal names, or to objects "
+        "{principal: name, groups: [...], secret_scopes: [...]}"
+    )
+    if not isinstance(data, Mapping):
+        raise ConfigError(problem)
+    out = {}
+    for i, (token, entry) in enumerate(data.items()):
+        if not isinstance(token, str) or not token:
+            raise ConfigError(problem)
+        identity = _identity(entry)
+        if identity is None:  # never name the token: entries are counted instead
+            raise ConfigError(f"{problem} (entry {i + 1} is not)")
+        out[_digest(token)] = identity
+    return out
+
+
+def _identity(entry: object) -> Identity | None:
+    """The identity of one tokens-file entry; None when it is malformed."""
+    if isinstance(entry, str):
+        return Identity.of(entry) if entry else None
+    if not isinstance(entry, Mapping) or set(entry) - _ENTRY_KEYS:
+        return None
+    name = entry.get("principal")
+    groups = entry.get("groups") or []
+    scopes = entry.get("secret_scopes") or []
+    if not isinstance(name, str) or not name:
+        return None
+    for values in (groups, scopes):
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            return None
+    return Identity.of(name, groups, scopes)

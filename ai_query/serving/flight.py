@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -33,7 +33,8 @@ from ai_query.engine.flight_wire import (
 from ai_query.engine.protocol import Engine, engine_health
 from ai_query.errors import AuthenticationError
 from ai_query.options import CallOptions
-from ai_query.serving.auth import ANONYMOUS, TokenAuth
+from ai_query.serving.auth import ANONYMOUS_IDENTITY, TokenAuth
+from ai_query.serving.permissions import Identity
 from ai_query.serving.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ _AUTH = "auth"
 class PrincipalMiddleware(flight.ServerMiddleware):
     """Remembers who made a call (the principal its bearer token stands for)."""
 
-    def __init__(self, principal: str) -> None:
-        self.principal = principal
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.principal = identity.name
 
 
 class TokenAuthMiddlewareFactory(flight.ServerMiddlewareFactory):
@@ -61,7 +63,7 @@ class TokenAuthMiddlewareFactory(flight.ServerMiddlewareFactory):
         for auth in self._auths:
             for value in values:
                 try:
-                    return PrincipalMiddleware(auth.authenticate_header(value))
+                    return PrincipalMiddleware(auth.identify_header(value))
                 except AuthenticationError as exc:
                     problem = str(exc)
         raise flight.FlightUnauthenticatedError(problem)
@@ -98,6 +100,10 @@ class EngineFlightServer(flight.FlightServerBase):
         self.limiter = limiter
         self.description = description
         self.auth_required = bool(auths)
+        self.authorize: Callable[[Identity, str], None] | None = None
+        """Raises PermissionDeniedError unless the caller may query the endpoint named (set
+        by the server to the HTTP side's endpoint permissions); None: every endpoint of the
+        catalog may be queried by every caller, as its permissions say."""
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="aiq-batch")
         self._lock = threading.Lock()
         self._started = time.time()
@@ -115,7 +121,7 @@ class EngineFlightServer(flight.FlightServerBase):
     def do_exchange(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
         """Answer each request batch of the stream with a result batch, in order."""
         peer = _peer(context)
-        principal = _principal(context)
+        principal = _identity(context)
         started = time.monotonic()
         self._count(exchanges=1, active_exchanges=1)
         pending: queue.Queue[Future[pa.RecordBatch] | None] = queue.Queue()
@@ -164,7 +170,7 @@ class EngineFlightServer(flight.FlightServerBase):
         reader: Any,
         pending: queue.Queue[Future[pa.RecordBatch] | None],
         stop: threading.Event,
-        principal: str,
+        principal: Identity,
     ) -> None:
         try:
             for chunk in reader:
@@ -177,20 +183,22 @@ class EngineFlightServer(flight.FlightServerBase):
         finally:
             pending.put(None)
 
-    def _run_batch(self, batch: pa.RecordBatch, principal: str) -> pa.RecordBatch:
+    def _run_batch(self, batch: pa.RecordBatch, caller: Identity) -> pa.RecordBatch:
         endpoint = None
-        if self.limiter is not None:
-            meta = (batch.schema.metadata or {}).get(CALL_METADATA_KEY)
-            if meta is not None:
-                endpoint = self.engine.catalog.get(CallOptions.from_json(meta).endpoint)
+        meta = (batch.schema.metadata or {}).get(CALL_METADATA_KEY)
+        name = CallOptions.from_json(meta).endpoint if meta is not None else None
+        if name is not None and self.authorize is not None:
+            self.authorize(caller, name)  # CAN_QUERY, before any row runs
+        if self.limiter is not None and name is not None:
+            endpoint = self.engine.catalog.get(name)
         if endpoint is None or not endpoint.rate_limits or self.limiter is None:
             return self.engine.run(batch)
         # Throttle rather than fail: the rows wait until the endpoint's limits admit them.
         rows = batch.num_rows - batch.column(REQUEST_COLUMN).null_count
-        self.limiter.wait(endpoint, principal, rows)
+        self.limiter.wait(endpoint, caller.name, rows)
         result = self.engine.run(batch)
         used = _total(result, "prompt_tokens") + _total(result, "completion_tokens")
-        self.limiter.record_tokens(endpoint, principal, used)
+        self.limiter.record_tokens(endpoint, caller.name, used)
         return result
 
     # -- actions ---------------------------------------------------------------------------
@@ -261,9 +269,13 @@ def _total(result: pa.RecordBatch, column: str) -> int:
     return int(pc.sum(result.column(column)).as_py() or 0)
 
 
-def _principal(context: Any) -> str:
+def _identity(context: Any) -> Identity:
     middleware = context.get_middleware(_AUTH)
-    return middleware.principal if middleware is not None else ANONYMOUS
+    return middleware.identity if middleware is not None else ANONYMOUS_IDENTITY
+
+
+def _principal(context: Any) -> str:
+    return _identity(context).name
 
 
 def _peer(context: Any) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ai_query.redaction import redact
 from ai_query.serving.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ class InferenceTable:
         by_endpoint: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in records:
             row = asdict(record)
+            for text in ("request", "response"):  # the table's side of ai_query.redaction
+                if row[text] is not None:
+                    row[text] = redact(row[text])
             name = row.pop("endpoint_name")
             row["request_date"] = record.request_time.date()
             by_endpoint[name].append(row)

@@ -2,8 +2,8 @@
 
 Each request is one ``ai_query.http.access`` line with its id, endpoint, served entity,
 principal, status, duration and token counts; request and response bodies are never logged
-(the inference table holds them). :class:`Redactor` knows the resolved values of the secrets
-the server uses and replaces them wherever they would appear.
+(the inference table holds them). Every line passes the process's redactor
+(:mod:`ai_query.redaction`), which masks the values of the secrets the process uses.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
 from typing import Any
+
+from ai_query.redaction import REDACTOR, Redactor
 
 #: Fields of a log record that are not extra context.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {
@@ -27,36 +28,12 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {
 access_log = logging.getLogger("ai_query.http.access")
 
 
-class Redactor:
-    """Replaces known secret values in text; thread-safe."""
-
-    MASK = "[REDACTED]"
-    """What a secret value becomes."""
-
-    def __init__(self) -> None:
-        self._values: frozenset[str] = frozenset()
-        self._lock = threading.Lock()
-
-    def add(self, value: str | None) -> None:
-        """Remember ``value`` as secret (values under 4 characters would mask too much)."""
-        if value and len(value) >= 4:
-            with self._lock:
-                self._values = self._values | {value}
-
-    def __call__(self, text: str) -> str:
-        """``text`` with every known secret value masked."""
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, self.MASK)
-        return text
-
-
 class JSONFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any extra fields."""
 
     def __init__(self, redactor: Redactor | None = None) -> None:
         super().__init__()
-        self._redact = redactor
+        self._redact = redactor or REDACTOR
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as a JSON line, secrets masked."""
@@ -73,13 +50,14 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         line = json.dumps(data, default=str)
-        return self._redact(line) if self._redact is not None else line
+        return self._redact(line)
 
 
-def configure_logging(level: str = "info", redactor: Redactor | None = None) -> None:
-    """Send ai_query's and uvicorn's logs to stderr as JSON lines (once per process)."""
+def configure_logging(level: str = "info") -> None:
+    """Send ai_query's and uvicorn's logs to stderr as JSON lines, secrets masked (once per
+    process). uvicorn's own access log stays off: ours logs paths without query strings."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter(redactor))
+    handler.setFormatter(JSONFormatter())
     handler.set_name("ai_query.http")
     for name in ("ai_query", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)

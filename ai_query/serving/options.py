@@ -31,6 +31,10 @@ class ServeOptions:
     """A bearer token for an administrator (from ``AI_QUERY_SERVER_TOKEN``)."""
     tokens_file: Path | None = None
     """Bearer tokens file (see :mod:`ai_query.serving.auth`)."""
+    allow_external_bases: tuple[str, ...] = ()
+    """API bases external models may use besides those of the catalog file's endpoints
+    (``--allow-external-base``; administrators may use any, see
+    :mod:`ai_query.serving.permissions`)."""
     database: Path | None = None
     """SQLite file of endpoints made over HTTP; None: ``<cache>/serving/endpoints.sqlite``."""
     inference_table: Path | None = None
@@ -49,6 +53,10 @@ class ServeOptions:
     """How often queued inference-table rows are written."""
     log_level: str = "info"
     """Level of the server's own (JSON) logs."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest HTTP request body in bytes (larger: 413)."""
+    insecure: bool = False
+    """Allow binding a non-loopback address with auth off (no tokens)."""
     lifeline_fd: int | None = None
     """Read end of a pipe held by the process that started this server: when it closes, that
     process died and the server exits (see :mod:`ai_query.engine.lifeline`)."""
@@ -61,10 +69,12 @@ class ServeOptions:
             port=self.http_port,
             database=database,
             tokens_file=self.tokens_file,
+            allow_external_bases=self.allow_external_bases,
             inference_table=self.inference_table,
             engine="vllm" if self.engine == "local" else "deterministic",
             default_max_tokens=self.default_max_tokens,
             rate_limit_period_scale=self.rate_limit_period_scale,
             inference_flush_seconds=self.inference_flush_seconds,
             log_level=self.log_level.lower(),
+            max_body_bytes=self.max_body_bytes,
         )

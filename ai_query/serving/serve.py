@@ -10,6 +10,7 @@ finish, then the models shut down. A second signal exits at once.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -27,8 +28,9 @@ from ai_query.errors import ConfigError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.flight import EngineFlightServer
-from ai_query.serving.logs import Redactor, configure_logging
+from ai_query.serving.logs import configure_logging
 from ai_query.serving.options import ENGINE_KINDS, ServeOptions
+from ai_query.serving.permissions import ADMINS
 from ai_query.serving.ratelimit import RateLimiter
 
 log = logging.getLogger("ai_query.server")
@@ -116,21 +118,46 @@ def warm_up(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
         engine.run(request_batch(["warm up"], CallOptions(endpoint=name, model_parameters=params)))
 
 
-def start_server(
-    options: ServeOptions, *, engine: Engine | None = None, redactor: Redactor | None = None
-) -> RunningServer:
+def check_exposure(options: ServeOptions) -> None:
+    """Refuse to serve a non-loopback address with auth off, unless ``insecure`` says so.
+
+    Raises:
+        ConfigError: naming the address and the ways out.
+    """
+    if options.insecure or options.token or options.tokens_file is not None:
+        return
+    if not is_loopback(options.host):
+        raise ConfigError(
+            f"refusing to serve on {options.host} with auth off: give --tokens-file or set "
+            "AI_QUERY_SERVER_TOKEN, bind 127.0.0.1, or pass --insecure to serve anyone"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def start_server(options: ServeOptions, *, engine: Engine | None = None) -> RunningServer:
     """Start an engine server (Flight, and HTTP unless ``options.http_port`` is None) and return
     at once.
 
     Args:
         options: how it runs.
         engine: serve this engine instead of building one from the catalog (tests).
-        redactor: the process's secret masker, shared by every surface (default: a new one).
+
+    Raises:
+        ConfigError: for a non-loopback address with auth off (see :func:`check_exposure`).
     """
-    redactor = redactor or Redactor()
+    check_exposure(options)
     auths = [TokenAuth.from_file(options.tokens_file)]
     if options.token:
-        auths.append(TokenAuth({options.token: "admin"}))
+        auths.append(TokenAuth({options.token: {"principal": "admin", "groups": [ADMINS]}}))
     limiter = RateLimiter(period_scale=options.rate_limit_period_scale)
     if engine is None:
         cat = Catalog.load(options.catalog) if options.catalog is not None else Catalog.default()
@@ -143,7 +170,7 @@ def start_server(
     )
     running = RunningServer(server, engine)
     if options.http_port is not None:
-        running.stop_http = _start_http(engine, options, auths, limiter, redactor)
+        running.stop_http = _start_http(engine, options, auths, limiter, server)
     log.info(
         "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
         options.engine, server.url, ", ".join(engine.catalog.names()),
@@ -157,7 +184,6 @@ def serve(
     *,
     engine: Engine | None = None,
     stop_event: threading.Event | None = None,
-    redactor: Redactor | None = None,
 ) -> None:
     """Run an engine server until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully.
 
@@ -165,11 +191,10 @@ def serve(
         options: how it runs.
         engine: serve this engine instead of building one from the catalog.
         stop_event: set it to stop the server (for callers not on the main thread).
-        redactor: see :func:`start_server`.
     """
     stop = stop_event or threading.Event()
     signals = _install_signal_handlers(stop)
-    server = start_server(options, engine=engine, redactor=redactor)
+    server = start_server(options, engine=engine)
     try:
         while not stop.wait(0.5):
             pass
@@ -180,15 +205,16 @@ def serve(
 
 
 def run_server_cli(options: ServeOptions) -> None:
-    """What ``ai-query serve`` runs: JSON logs on stderr (secrets masked), the lifeline and the
-    reaper, then :func:`serve` until a signal."""
-    redactor = Redactor()
-    configure_logging(options.log_level.lower(), redactor)
+    """What ``ai-query serve`` runs: JSON logs on stderr (secrets masked by the process's
+    redactor, :mod:`ai_query.redaction`), the lifeline and the reaper, then :func:`serve`
+    until a signal."""
+    check_exposure(options)  # before anything starts
+    configure_logging(options.log_level.lower())
     if options.lifeline_fd is not None:
         watch_lifeline(options.lifeline_fd)
     if options.engine == "local":
         start_reaper()  # started before any engine, so it notes every engine process
-    serve(options, redactor=redactor)
+    serve(options)
 
 
 def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
@@ -216,7 +242,7 @@ def _start_http(
     options: ServeOptions,
     auth: Sequence[TokenAuth],
     limiter: RateLimiter,
-    redactor: Redactor,
+    flight_server: EngineFlightServer,
 ) -> Callable[[], None]:
     from ai_query.serving.http.app import create_app, start_http
 
@@ -225,8 +251,9 @@ def _start_http(
         database = settings().cache_dir / "serving" / "endpoints.sqlite"
         database.parent.mkdir(parents=True, exist_ok=True)
     http_options = options.http_options(database)
-    app = create_app(http_options, engine=engine, auth=auth, limiter=limiter,
-                     redactor=redactor)
+    app = create_app(http_options, engine=engine, auth=auth, limiter=limiter)
+    # Flight checks CAN_QUERY against the same endpoint permissions as HTTP.
+    flight_server.authorize = app.state.ctx.serving.check_query
     thread = start_http(http_options, app=app)
     log.info("HTTP API listening on http://%s:%d", options.host, options.http_port)
     return thread.stop

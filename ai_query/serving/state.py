@@ -30,10 +30,23 @@ from ai_query.engine.loop import shared_loop
 from ai_query.engine.registry import BackendFactory, existing_backend, shared_backend
 from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import AIQueryError, ConfigError
+from ai_query.redaction import REDACTOR
 from ai_query.secrets import resolve_secret
 from ai_query.serving.http.problems import APIError, bad_request, not_found
 from ai_query.serving.http.schemas import describe
-from ai_query.serving.logs import Redactor
+from ai_query.serving.permissions import (
+    ACL,
+    CATALOG_ACL,
+    ExternalPolicy,
+    Identity,
+    PermissionLevel,
+    creator_acl,
+    level_of,
+    merge,
+    require,
+    require_create,
+    resolve_acl,
+)
 from ai_query.serving.store import EndpointRecord, EndpointStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +67,7 @@ class ServingState:
         *,
         backend_factory: BackendFactory | None = None,
         check_models: bool = True,
-        redactor: Redactor | None = None,
+        external_policy: ExternalPolicy | None = None,
     ) -> None:
         """Build from the server's catalog and the store of API-managed endpoints.
 
@@ -64,12 +77,16 @@ class ServingState:
             backend_factory: builds backends (None: vLLM for local models, OpenAI client for
                 external ones).
             check_models: check at create/update time that local models exist.
-            redactor: learns the secret values the endpoints use.
+            external_policy: the API bases and secret scopes external models may use
+                (default: no base for non-admins).
         """
         self.store = store
-        self.redactor = redactor or Redactor()
+        self.redactor = REDACTOR
+        """The process's redactor (:mod:`ai_query.redaction`); it learns each key in use."""
         self._factory = backend_factory
         self._check_models = check_models
+        self.external_policy = external_policy or ExternalPolicy()
+        """Which API bases and secret scopes endpoint configs may use."""
         self._aliases = catalog.aliases()
         started = _now_ms()
         self._static: dict[str, EndpointRecord] = {
@@ -83,6 +100,7 @@ class ServingState:
                 served=ep,
                 ready="READY",
                 origin="catalog",
+                acl=CATALOG_ACL,
             )
             for ep in catalog.endpoints()
         }
@@ -121,6 +139,52 @@ class ServingState:
         if found is None:
             raise not_found(name)
         return found
+
+    def record_by_id(self, endpoint_id: str) -> EndpointRecord:
+        """The record whose ``id`` (or, as a convenience, name) is ``endpoint_id``.
+
+        Raises:
+            APIError: 404 when there is none.
+        """
+        for record in self.records():
+            if record.id == endpoint_id:
+                return record
+        return self.record(endpoint_id)
+
+    # ---- permissions ---------------------------------------------------------------------
+
+    def level(self, who: Identity, record: EndpointRecord) -> PermissionLevel | None:
+        """The strongest level ``who`` holds on ``record``'s endpoint (None: none)."""
+        return level_of(who, record.acl)
+
+    def authorize(self, who: Identity, name: str, needed: PermissionLevel) -> EndpointRecord:
+        """The record of endpoint (or alias) ``name``, if ``who`` holds ``needed`` on it.
+
+        Raises:
+            APIError: 404 when unknown.
+            PermissionDeniedError: when ``who`` lacks ``needed`` (an alias has its target's).
+        """
+        record = self.record(self._aliases.get(name, name))
+        require(who, record.acl, needed, name)
+        return record
+
+    def check_query(self, who: Identity, name: str) -> None:
+        """Raise unless ``who`` may query endpoint (or alias) ``name`` (Flight's check; an
+        unknown name passes: the engine names the known ones).
+
+        Raises:
+            PermissionDeniedError: when ``who`` lacks ``CAN_QUERY``.
+        """
+        acl = resolve_acl(name, {r.name: r.acl for r in self.records()}, self._aliases)
+        if acl is not None:
+            require(who, acl, PermissionLevel.CAN_QUERY, name)
+
+    def set_permissions(self, record: EndpointRecord, acl: ACL, *, add: bool = False) -> ACL:
+        """Replace (or with ``add``, extend) the access control list of ``record``'s endpoint."""
+        current = self.record(record.name)
+        new = merge(current.acl, acl) if add else acl
+        self._save(current.evolve(acl=new, last_updated_timestamp=_now_ms()))
+        return new
 
     def endpoint(self, name: str) -> Endpoint:
         """The endpoint (or alias) ``name`` as served now.
@@ -165,15 +229,21 @@ class ServingState:
 
     # ---- management ----------------------------------------------------------------------
 
-    def create(self, body: Any, principal: str) -> EndpointRecord:
+    def create(self, body: Any, who: Identity) -> EndpointRecord:
         """Create an endpoint from a Databricks create body; its config deploys in background.
+        ``who`` becomes its creator, with ``CAN_MANAGE``.
 
         Raises:
+            PermissionDeniedError: when ``who`` may not create endpoints, or may not use an
+                external model's secret scope or API base.
             APIError: 400 on an invalid body, 409 when the name is taken.
         """
+        require_create(who)
+        principal = who.name
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
         endpoint = self._validate(lambda: Endpoint.model_validate(body), "")
+        self.external_policy.check(who, endpoint)
         if endpoint.name in self._stored or endpoint.name in self._static or (
             endpoint.name in self._aliases
         ):
@@ -195,16 +265,20 @@ class ServingState:
             pending=endpoint,
             ready="NOT_READY",
             config_update="IN_PROGRESS",
+            acl=creator_acl(principal),
         )
         self._save(record)
         self._deploy_later(record.name)
         log.info("endpoint %s: created by %s", record.name, principal)
         return record
 
-    def update_config(self, name: str, body: Any) -> EndpointRecord:
+    def update_config(self, name: str, body: Any, who: Identity) -> EndpointRecord:
         """Replace the served entities and traffic of ``name``; deploys in background.
+        (The caller checks ``who``'s ``CAN_MANAGE``; this checks its external models.)
 
         Raises:
+            PermissionDeniedError: when ``who`` may not use an external model's secret scope
+                or API base.
             APIError: 400 on an invalid config, 404 when unknown, 409 while an update runs.
         """
         record = self.record(name)
@@ -212,6 +286,7 @@ class ServingState:
             raise APIError(409, f"endpoint {name!r} is being updated; try again when it is done")
         config = self._validate(lambda: EndpointConfig.model_validate(body), "config")
         endpoint = record.latest.model_copy(update={"config": config})
+        self.external_policy.check(who, endpoint)
         self._check_entities(endpoint)
         record = record.evolve(
             pending=endpoint,
@@ -323,12 +398,11 @@ class ServingState:
         for entity in endpoint.config.served_entities:
             if entity.external_model is None:
                 continue
-            cfg = entity.external_model.openai_config
-            self.redactor.add(cfg.openai_api_key_plaintext)
+            cfg = entity.external_model.openai_config  # a plaintext key is known when parsed
             if cfg.openai_api_key is None:
                 continue
             try:
-                self.redactor.add(resolve_secret(cfg.openai_api_key))
+                resolve_secret(cfg.openai_api_key)  # remembers the value for redaction
             except ConfigError:
                 if strict:
                     raise

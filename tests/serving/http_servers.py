@@ -12,8 +12,15 @@ from tests.servers import free_port, start, stop, wait_http
 
 #: The provider's API key: a secret the front server must forward and never show.
 PROVIDER_SECRET = "sk-provider-SECRET-4f1d9c"
-#: Bearer tokens of the front (deterministic) server.
-TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+#: Bearer tokens of the front (deterministic) server: alice administers it, carol may create
+#: endpoints (and use secret scope ``team``), bob and dave may only query what they are granted.
+TOKENS: dict[str, object] = {
+    "tok-alice": {"principal": "alice", "groups": ["admins"]},
+    "tok-bob": "bob",
+    "tok-carol": {"principal": "carol", "groups": ["can_create_endpoints"],
+                  "secret_scopes": ["team"]},
+    "tok-dave": "dave",
+}
 
 
 class HTTPServer:

@@ -44,7 +44,7 @@ def client(tmp_path: Path, clock: Clock) -> Iterator[TestClient]:
         inference_table=tmp_path / "inference",
         inference_flush_seconds=0.05,
     )
-    auth = TokenAuth({"tok-alice": "alice", "tok-bob": "bob"})
+    auth = TokenAuth({"tok-alice": {"principal": "alice", "groups": ["admins"]}, "tok-bob": "bob"})
     app = create_app(options, auth=auth, limiter=RateLimiter(clock=clock))
     with TestClient(app, headers={"Authorization": "Bearer tok-alice"}) as c:
         yield c
@@ -182,6 +182,9 @@ def test_tags_and_rate_limits(client: TestClient, clock: Clock) -> None:
     assert refused.status_code == 429
     assert refused.headers["Retry-After"] == "60"
     assert refused.json()["error"]["type"] == "rate_limit_error"
+    granted = client.patch("/api/2.0/permissions/serving-endpoints/tagged", json={
+        "access_control_list": [{"user_name": "bob", "permission_level": "CAN_QUERY"}]})
+    assert granted.status_code == 200, granted.text
     bob = client.post("/v1/chat/completions", headers={"Authorization": "Bearer tok-bob"},
                       json={"model": "tagged", "messages": [{"role": "user", "content": "x"}]})
     assert bob.status_code == 200  # key "user": bob has his own window

@@ -103,6 +103,10 @@ def test_rate_limit_429_then_success_after_the_window(det_server: HTTPServer) ->
         alice.chat.completions.create(**ask)
     retry_after = float(info.value.response.headers["retry-after"])
     assert 1 <= retry_after <= 2
+    with det_server.client("tok-alice") as c:  # alice made it: bob needs a grant to query it
+        assert c.patch("/api/2.0/permissions/serving-endpoints/limited", json={
+            "access_control_list": [{"user_name": "bob", "permission_level": "CAN_QUERY"}],
+        }).status_code == 200
     _oai(det_server, "tok-bob").chat.completions.create(**ask)  # per user: bob is not limited
     time.sleep(retry_after)
     assert alice.chat.completions.create(**ask).choices[0].message.content
@@ -225,7 +229,8 @@ def test_http_beside_flight_in_one_process(tmp_path: Path) -> None:
     from ai_query.options import CallOptions
     from tests.servers import free_port, start, stop, wait_http
 
-    (tmp_path / "tokens.json").write_text(json.dumps({"tok-sql": "etl"}))
+    (tmp_path / "tokens.json").write_text(
+        json.dumps({"tok-sql": {"principal": "etl", "groups": ["can_create_endpoints"]}}))
     flight_port, http_port = free_port(), free_port()
     proc = start([sys.executable, "-m", "ai_query", "serve", "--engine",
                   "deterministic", "--port", str(flight_port), "--http-port", str(http_port),

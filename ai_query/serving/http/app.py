@@ -29,14 +29,18 @@ from ai_query.catalog import Catalog
 from ai_query.engine.deterministic import deterministic_backend_factory
 from ai_query.engine.protocol import Engine
 from ai_query.engine.registry import BackendFactory, close_backends
+from ai_query.errors import PermissionDeniedError
+from ai_query.redaction import redact
 from ai_query.serving.auth import TokenAuth
-from ai_query.serving.http import databricks_routes, management, openai_routes
+from ai_query.serving.http import databricks_routes, management, openai_routes, permissions_routes
 from ai_query.serving.http.context import Ctx, Principal, ServerContext
+from ai_query.serving.http.guard import RequestGuard
 from ai_query.serving.http.options import HTTPOptions
-from ai_query.serving.http.problems import APIError, render
+from ai_query.serving.http.problems import APIError, from_exception, internal_error, render
 from ai_query.serving.inference_table import InferenceTable
-from ai_query.serving.logs import Redactor, access_log, configure_logging
+from ai_query.serving.logs import access_log, configure_logging
 from ai_query.serving.metrics import ServerMetrics
+from ai_query.serving.permissions import ExternalPolicy, external_bases
 from ai_query.serving.ratelimit import RateLimiter
 from ai_query.serving.state import ServingState
 from ai_query.serving.store import EndpointStore
@@ -63,7 +67,6 @@ def create_app(
     auth: TokenAuth | Sequence[TokenAuth] | None = None,
     limiter: RateLimiter | None = None,
     backend_factory: BackendFactory | None = None,
-    redactor: Redactor | None = None,
     **overrides: Any,
 ) -> FastAPI:
     """Build the HTTP server's app.
@@ -80,7 +83,6 @@ def create_app(
         limiter: rate limiter to share with Flight (default: a new one).
         backend_factory: builds model backends (default: the engine's, else by
             ``options.engine``).
-        redactor: the process's secret masker, shared with Flight and the logs (default: new).
         **overrides: :class:`HTTPOptions` fields that replace those of ``options``.
 
     Returns:
@@ -94,14 +96,13 @@ def create_app(
         factory = engine.backend_factory  # the Flight engine's own (None: vLLM)
     if engine is not None and catalog is None:
         catalog = engine.catalog
-    redactor = redactor or Redactor()
     metrics = ServerMetrics()
     serving = ServingState(
         serving_catalog(catalog),
         EndpointStore(options.database),
         backend_factory=factory,
         check_models=factory is None,
-        redactor=redactor,
+        external_policy=_external_policy(options, catalog),
     )
     if engine is not None and hasattr(engine, "catalog"):
         serving.subscribe(lambda served: setattr(engine, "catalog", served))
@@ -149,9 +150,17 @@ def create_app(
     app.include_router(openai_routes.router)
     app.include_router(databricks_routes.router)
     app.include_router(management.router)
+    app.include_router(permissions_routes.router)
     _add_operations(app)
-    _add_error_handlers(app, redactor)
+    _add_error_handlers(app)
+    app.add_middleware(RequestGuard, max_body_bytes=options.max_body_bytes)
     return app
+
+
+def _external_policy(options: HTTPOptions, catalog: Catalog | None) -> ExternalPolicy:
+    """API bases allowed to non-admins: ``--allow-external-base`` and the catalog file's own."""
+    own = external_bases(catalog.endpoints()) if catalog is not None else set()
+    return ExternalPolicy.of([*options.allow_external_bases, *own])
 
 
 def _normalise(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +210,7 @@ def _add_operations(app: FastAPI) -> None:
         return Response(ctx.metrics.render(), media_type=ctx.metrics.content_type)
 
 
-def _add_error_handlers(app: FastAPI, redactor: Redactor) -> None:
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         if not exc.logged:  # queries log their own line; this covers auth and management
@@ -210,23 +219,26 @@ def _add_error_handlers(app: FastAPI, redactor: Redactor) -> None:
                 request.method,
                 request.url.path,
                 exc.status,
-                redactor(exc.message),
+                redact(exc.message),
                 extra={"path": request.url.path, "status": exc.status},
             )
-        return render(request, exc, redactor)
+        return render(request, exc)
+
+    @app.exception_handler(PermissionDeniedError)
+    async def denied(request: Request, exc: PermissionDeniedError) -> JSONResponse:
+        return await api_error(request, from_exception(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return render(request, APIError(400, str(exc.errors())), redactor)
+        return render(request, APIError(400, str(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return render(request, APIError(exc.status_code, str(exc.detail)), redactor)
+        return render(request, APIError(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s: %s", request.url.path, redactor(repr(exc)))
-        return render(request, APIError(500, "internal error"), redactor)
+        return render(request, internal_error(exc))
 
 
 def run_http(
@@ -250,7 +262,7 @@ def run_http(
 
     options = options or HTTPOptions()
     app = app or create_app(options, catalog=catalog, auth=auth, limiter=limiter)
-    configure_logging(options.log_level, app.state.ctx.serving.redactor)
+    configure_logging(options.log_level)
     # Serving alone, this app owns the models: it shuts them down when it stops (uvicorn
     # re-raises SIGTERM after shutdown, so neither a finally here nor atexit would run).
     app.state.ctx.owns_models = True
@@ -319,5 +331,5 @@ def start_http(
     """
     options = options or HTTPOptions()
     app = app or create_app(options, catalog=catalog, auth=auth, limiter=limiter)
-    configure_logging(options.log_level, app.state.ctx.serving.redactor)
+    configure_logging(options.log_level)
     return HTTPServerThread(app, options).start()

@@ -9,11 +9,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ai_query.errors import AuthenticationError
-from ai_query.serving.auth import ANONYMOUS, TokenAuth
+from ai_query.serving.auth import ANONYMOUS_IDENTITY, TokenAuth
 from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError
 from ai_query.serving.inference_table import InferenceTable
 from ai_query.serving.metrics import ServerMetrics
+from ai_query.serving.permissions import Identity
 from ai_query.serving.ratelimit import RateLimiter
 from ai_query.serving.state import ServingState
 
@@ -46,25 +47,33 @@ def get_context(request: Request) -> ServerContext:
     return ctx
 
 
-def get_principal(request: Request) -> str:
-    """The authenticated principal of ``request`` (a FastAPI dependency).
+def get_identity(request: Request) -> Identity:
+    """The authenticated caller of ``request``, with its groups (a FastAPI dependency).
+
+    With auth off the caller is :data:`~ai_query.serving.auth.ANONYMOUS_IDENTITY`.
 
     Raises:
         APIError: 401 when auth is on and the bearer token is missing or not valid.
     """
     auths = [a for a in get_context(request).auth if a.enabled]
     if not auths:
-        return ANONYMOUS
+        return ANONYMOUS_IDENTITY
     header = request.headers.get("authorization")
     problem = "a bearer token is required"
     for auth in auths:
         try:
-            return auth.authenticate_header(header)
+            return auth.identify_header(header)
         except AuthenticationError as exc:
             problem = str(exc)
     raise APIError(401, problem, headers={"WWW-Authenticate": "Bearer"})
 
 
-#: Route parameter types: the app's context, and the authenticated principal.
+def get_principal(caller: Annotated[Identity, Depends(get_identity)]) -> str:
+    """The authenticated principal's name (a FastAPI dependency; see :func:`get_identity`)."""
+    return caller.name
+
+
+#: Route parameter types: the app's context, the authenticated caller and its name.
 Ctx = Annotated[ServerContext, Depends(get_context)]
+Caller = Annotated[Identity, Depends(get_identity)]
 Principal = Annotated[str, Depends(get_principal)]

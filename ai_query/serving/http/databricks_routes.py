@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ai_query.serving.http.context import Ctx, Principal
+from ai_query.serving.http.context import Caller, Ctx
 from ai_query.serving.http.invoke import invoke
 from ai_query.serving.http.schemas import read_json
 
@@ -20,15 +20,15 @@ router = APIRouter(tags=["databricks"])
 async def invocations(
     name: str,
     request: Request,
-    principal: Principal,
+    caller: Caller,
     ctx: Ctx,
 ) -> Response:
-    """Query endpoint ``name``."""
+    """Query endpoint ``name`` (``CAN_QUERY``)."""
     return await invoke(
         ctx,
         name,
         await read_json(request),
-        principal=principal,
+        caller=caller,
         route="invocations",
         client_request_id=request.headers.get("x-client-request-id"),
     )

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ai_query.catalog import Endpoint, ServedEntity
+from ai_query.redaction import redact
 from ai_query.serving.http import responses
 from ai_query.serving.http.context import ServerContext
 from ai_query.serving.http.problems import bad_request, from_exception, rate_limited
@@ -33,6 +34,7 @@ from ai_query.serving.http.schemas import (
 from ai_query.serving.http.streaming import stream_chunks
 from ai_query.serving.inference_table import InferenceRecord
 from ai_query.serving.logs import access_log
+from ai_query.serving.permissions import Identity, PermissionLevel
 
 #: Route kinds and the endpoint task each needs.
 ROUTE_TASKS = {
@@ -126,8 +128,8 @@ class Call:
                 request_time=self.arrived,
                 status_code=status,
                 execution_duration_ms=int(seconds * 1000),
-                request=ctx.serving.redactor(json.dumps(self.body, default=str)),
-                response=ctx.serving.redactor(json.dumps(response, default=str)),
+                request=json.dumps(self.body, default=str),
+                response=json.dumps(response, default=str),
                 served_entity_id=entity,
                 requester=self.principal,
                 input_token_count=self.prompt_tokens,
@@ -141,7 +143,7 @@ async def invoke(
     name: str,
     body: Any,
     *,
-    principal: str,
+    caller: Identity,
     route: str,
     client_request_id: str | None = None,
 ) -> Response:
@@ -151,14 +153,16 @@ async def invoke(
         ctx: the server's parts.
         name: endpoint (or alias) name.
         body: the parsed JSON body.
-        principal: the authenticated caller.
+        caller: the authenticated caller (it needs ``CAN_QUERY`` on the endpoint).
         route: ``chat``, ``completions``, ``embeddings`` or ``invocations`` (any task).
         client_request_id: the caller's id for the request, if given in a header.
     """
     if client_request_id is None and isinstance(body, dict):
         client_request_id = body.get("client_request_id")
+    principal = caller.name
     call = Call(ctx, name, route, principal, body, client_request_id)
     try:
+        ctx.serving.authorize(caller, name, PermissionLevel.CAN_QUERY)
         call.endpoint = ctx.serving.endpoint(name)
         task = call.endpoint.task
         wanted = ROUTE_TASKS.get(route)
@@ -193,9 +197,9 @@ async def invoke(
             if not isinstance(answer, StreamingResponse):  # a stream lowers it when it ends
                 gauge.dec()
     except Exception as exc:
-        error = from_exception(exc, external=call.external)
+        error = from_exception(exc, external=call.external, request_id=call.request_id)
         error.headers = {**call.headers(), **error.headers}
-        error.message = ctx.serving.redactor(error.message)
+        error.message = redact(error.message)
         call.finish(error.status, {"error_code": error.code, "message": error.message})
         error.logged = True
         if error is exc:
@@ -278,9 +282,9 @@ async def _stream(call: Call, gen: Any, text: str, usage: bool, *, chat: bool) -
             status = 499  # the client went away; closing the chunks aborts the generation
             raise
         except Exception as exc:  # noqa: BLE001 - the status is sent; report in-stream
-            error = from_exception(exc, external=call.external)
+            error = from_exception(exc, external=call.external, request_id=call.request_id)
             status = error.status
-            message = call.ctx.serving.redactor(error.message)
+            message = redact(error.message)
             yield responses.sse({"error": {"message": message, "code": error.code}})
         finally:
             await chunks.aclose()

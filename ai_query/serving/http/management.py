@@ -1,6 +1,10 @@
 """``/api/2.0/serving-endpoints``: create, get, list, delete, update config, rate limits, tags.
 
-Bodies and answers follow Databricks' Serving Endpoints REST API. Answers never carry a secret:
+Bodies and answers follow Databricks' Serving Endpoints REST API. Each route checks the caller's
+permission on the endpoint (:mod:`ai_query.serving.permissions`): ``CAN_VIEW`` to get it (a
+list shows only those the caller can view), ``CAN_MANAGE`` to change or delete it; creating
+needs group ``admins`` or ``can_create_endpoints``. Every change is audited
+(:mod:`ai_query.serving.audit`). Answers never carry a secret:
 ``openai_api_key`` is a ``{{secrets/scope/key}}`` reference, shown as given, and a plain-text
 key (``openai_api_key_plaintext``) is never returned.
 """
@@ -13,8 +17,10 @@ from fastapi import APIRouter, Request
 
 from ai_query.catalog import Endpoint
 from ai_query.engine.supervision import EngineHealth, EngineState
-from ai_query.serving.http.context import Ctx, Principal
+from ai_query.serving.audit import audited
+from ai_query.serving.http.context import Caller, Ctx
 from ai_query.serving.http.schemas import read_json
+from ai_query.serving.permissions import Identity, PermissionLevel
 from ai_query.serving.state import ServingState
 from ai_query.serving.store import EndpointRecord
 
@@ -86,9 +92,13 @@ def _config_json(
     return config
 
 
-def endpoint_json(record: EndpointRecord, serving: ServingState) -> dict[str, Any]:
-    """An endpoint in the shape of Databricks' ``ServingEndpointDetailed``."""
+def endpoint_json(
+    record: EndpointRecord, serving: ServingState, caller: Identity | None = None
+) -> dict[str, Any]:
+    """An endpoint in the shape of Databricks' ``ServingEndpointDetailed``
+    (``permission_level``: the caller's)."""
     latest = record.latest
+    level = serving.level(caller, record) if caller is not None else PermissionLevel.CAN_MANAGE
     data: dict[str, Any] = {
         "name": record.name,
         "id": record.id,
@@ -99,7 +109,7 @@ def endpoint_json(record: EndpointRecord, serving: ServingState) -> dict[str, An
         "task": latest.task,
         "tags": [t.model_dump(mode="json", exclude_none=True) for t in latest.tags],
         "rate_limits": [r.model_dump(mode="json", exclude_none=True) for r in latest.rate_limits],
-        "permission_level": "CAN_MANAGE",
+        "permission_level": level.value if level is not None else None,
         "route_optimized": bool(latest.route_optimized),
     }
     if latest.description is not None:
@@ -116,72 +126,68 @@ def endpoint_json(record: EndpointRecord, serving: ServingState) -> dict[str, An
 
 
 @router.post("")
-async def create_endpoint(
-    request: Request,
-    principal: Principal,
-    ctx: Ctx,
-) -> dict[str, Any]:
+async def create_endpoint(request: Request, caller: Caller, ctx: Ctx) -> dict[str, Any]:
     """Create a serving endpoint; it is ``NOT_READY`` until its models have started."""
-    record = ctx.serving.create(await read_json(request), principal)
-    return endpoint_json(record, ctx.serving)
+    body = await read_json(request)
+    name = body.get("name") if isinstance(body, dict) else None
+    with audited(caller.name, "create", name if isinstance(name, str) else None):
+        record = ctx.serving.create(body, caller)
+    return endpoint_json(record, ctx.serving, caller)
 
 
 @router.get("")
-async def list_endpoints(
-    principal: Principal, ctx: Ctx
-) -> dict[str, Any]:
-    """Every serving endpoint."""
-    return {"endpoints": [endpoint_json(r, ctx.serving) for r in ctx.serving.records()]}
+async def list_endpoints(caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Every serving endpoint the caller can view."""
+    return {
+        "endpoints": [
+            endpoint_json(r, ctx.serving, caller)
+            for r in ctx.serving.records()
+            if ctx.serving.level(caller, r) is not None
+        ]
+    }
 
 
 @router.get("/{name}")
-async def get_endpoint(
-    name: str, principal: Principal, ctx: Ctx
-) -> dict[str, Any]:
-    """One serving endpoint."""
-    return endpoint_json(ctx.serving.record(name), ctx.serving)
+async def get_endpoint(name: str, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """One serving endpoint (``CAN_VIEW``)."""
+    record = ctx.serving.authorize(caller, name, PermissionLevel.CAN_VIEW)
+    return endpoint_json(record, ctx.serving, caller)
 
 
 @router.delete("/{name}")
-async def delete_endpoint(
-    name: str, principal: Principal, ctx: Ctx
-) -> dict[str, Any]:
-    """Delete an endpoint created through the API."""
-    ctx.serving.delete(name)
+async def delete_endpoint(name: str, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Delete an endpoint created through the API (``CAN_MANAGE``)."""
+    with audited(caller.name, "delete", name):
+        ctx.serving.authorize(caller, name, PermissionLevel.CAN_MANAGE)
+        ctx.serving.delete(name)
     return {}
 
 
 @router.put("/{name}/config")
-async def update_config(
-    name: str,
-    request: Request,
-    principal: Principal,
-    ctx: Ctx,
-) -> dict[str, Any]:
-    """Replace served entities and traffic; the old config serves until the new one is ready."""
-    record = ctx.serving.update_config(name, await read_json(request))
-    return endpoint_json(record, ctx.serving)
+async def update_config(name: str, request: Request, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Replace served entities and traffic; the old config serves until the new one is ready
+    (``CAN_MANAGE``)."""
+    with audited(caller.name, "update_config", name):
+        ctx.serving.authorize(caller, name, PermissionLevel.CAN_MANAGE)
+        record = ctx.serving.update_config(name, await read_json(request), caller)
+    return endpoint_json(record, ctx.serving, caller)
 
 
 @router.put("/{name}/rate-limits")
 async def put_rate_limits(
-    name: str,
-    request: Request,
-    principal: Principal,
-    ctx: Ctx,
+    name: str, request: Request, caller: Caller, ctx: Ctx
 ) -> dict[str, Any]:
-    """Replace the endpoint's rate limits."""
-    limits = ctx.serving.set_rate_limits(name, await read_json(request))
+    """Replace the endpoint's rate limits (``CAN_MANAGE``)."""
+    with audited(caller.name, "set_rate_limits", name):
+        ctx.serving.authorize(caller, name, PermissionLevel.CAN_MANAGE)
+        limits = ctx.serving.set_rate_limits(name, await read_json(request))
     return {"rate_limits": [r.model_dump(mode="json", exclude_none=True) for r in limits]}
 
 
 @router.patch("/{name}/tags")
-async def patch_tags(
-    name: str,
-    request: Request,
-    principal: Principal,
-    ctx: Ctx,
-) -> dict[str, Any]:
-    """Add and delete tags."""
-    tags = ctx.serving.patch_tags(name, await read_json(request))
+async def patch_tags(name: str, request: Request, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Add and delete tags (``CAN_MANAGE``)."""
+    with audited(caller.name, "patch_tags", name):
+        ctx.serving.authorize(caller, name, PermissionLevel.CAN_MANAGE)
+        tags = ctx.serving.patch_tags(name, await read_json(request))
     return {"tags": [t.model_dump(mode="json", exclude_none=True) for t in tags]}

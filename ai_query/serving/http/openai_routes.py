@@ -8,15 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ai_query.serving.http.context import Ctx, Principal, ServerContext
+from ai_query.serving.http.context import Caller, Ctx, ServerContext
 from ai_query.serving.http.invoke import invoke
 from ai_query.serving.http.problems import bad_request
 from ai_query.serving.http.schemas import read_json
+from ai_query.serving.permissions import Identity, PermissionLevel
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-async def _route(request: Request, route: str, principal: str, ctx: ServerContext) -> Response:
+async def _route(request: Request, route: str, caller: Identity, ctx: ServerContext) -> Response:
     body = await read_json(request)
     model = body.get("model") if isinstance(body, dict) else None
     if not isinstance(model, str) or not model:
@@ -25,7 +26,7 @@ async def _route(request: Request, route: str, principal: str, ctx: ServerContex
         ctx,
         model,
         body,
-        principal=principal,
+        caller=caller,
         route=route,
         client_request_id=request.headers.get("x-client-request-id"),
     )
@@ -34,31 +35,31 @@ async def _route(request: Request, route: str, principal: str, ctx: ServerContex
 @router.post("/chat/completions")
 async def chat_completions(
     request: Request,
-    principal: Principal,
+    caller: Caller,
     ctx: Ctx,
 ) -> Response:
     """Chat with an endpoint (``stream``, ``response_format``, ``tools`` supported)."""
-    return await _route(request, "chat", principal, ctx)
+    return await _route(request, "chat", caller, ctx)
 
 
 @router.post("/completions")
 async def completions(
     request: Request,
-    principal: Principal,
+    caller: Caller,
     ctx: Ctx,
 ) -> Response:
     """Complete prompts with an endpoint."""
-    return await _route(request, "completions", principal, ctx)
+    return await _route(request, "completions", caller, ctx)
 
 
 @router.post("/embeddings")
 async def embeddings(
     request: Request,
-    principal: Principal,
+    caller: Caller,
     ctx: Ctx,
 ) -> Response:
     """Embed texts with an endpoint."""
-    return await _route(request, "embeddings", principal, ctx)
+    return await _route(request, "embeddings", caller, ctx)
 
 
 def _model(name: str, task: str, created: int) -> dict[str, Any]:
@@ -66,22 +67,30 @@ def _model(name: str, task: str, created: int) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(
-    principal: Principal, ctx: Ctx
-) -> dict[str, Any]:
-    """Every endpoint and alias that can be queried."""
+async def list_models(caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Every endpoint and alias that the caller can view."""
     catalog = ctx.serving.catalog()
-    created = {r.name: r.creation_timestamp // 1000 for r in ctx.serving.records()}
-    data = [_model(e.name, e.task, created.get(e.name, 0)) for e in catalog.endpoints()]
+    records = {r.name: r for r in ctx.serving.records()}
+    created = {name: r.creation_timestamp // 1000 for name, r in records.items()}
+
+    def visible(name: str) -> bool:
+        record = records.get(name)
+        return record is not None and ctx.serving.level(caller, record) is not None
+
+    data = [
+        _model(e.name, e.task, created.get(e.name, 0))
+        for e in catalog.endpoints()
+        if visible(e.name)
+    ]
     for alias, target in catalog.aliases().items():
-        data.append(_model(alias, catalog.task_of(target), created.get(target, 0)))
+        if visible(target):
+            data.append(_model(alias, catalog.task_of(target), created.get(target, 0)))
     return {"object": "list", "data": data}
 
 
 @router.get("/models/{name}")
-async def get_model(
-    name: str, principal: Principal, ctx: Ctx
-) -> dict[str, Any]:
-    """One queryable endpoint or alias."""
+async def get_model(name: str, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """One queryable endpoint or alias (``CAN_VIEW``)."""
+    record = ctx.serving.authorize(caller, name, PermissionLevel.CAN_VIEW)
     endpoint = ctx.serving.endpoint(name)
-    return _model(name, endpoint.task, ctx.serving.record(endpoint.name).creation_timestamp // 1000)
+    return _model(name, endpoint.task, record.creation_timestamp // 1000)

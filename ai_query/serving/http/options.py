@@ -19,6 +19,8 @@ class HTTPOptions:
     """SQLite file holding endpoints created through the API; None keeps them in memory."""
     tokens_file: Path | None = None
     """Bearer tokens file (``{token: principal}``); None turns auth off."""
+    allow_external_bases: tuple[str, ...] = ()
+    """API bases external models may use besides those of the catalog's own endpoints."""
     inference_table: Path | None = None
     """Directory of the inference table (Parquet parts); None turns logging of payloads off."""
     engine: Literal["vllm", "deterministic"] = "vllm"
@@ -36,3 +38,5 @@ class HTTPOptions:
     """Start every local model at start-up instead of on its first request."""
     log_level: str = "info"
     """Log level of the server's structured logs."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body in bytes; a larger one is answered 413."""

@@ -8,21 +8,29 @@ and headers (``Retry-After``) to the handler that renders it.
 
 from __future__ import annotations
 
+import logging
 import math
+import uuid
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from ai_query.engine.backend import RowFailure
 from ai_query.errors import (
+    AIQueryError,
     AuthenticationError,
     ConfigError,
     EngineDeadError,
     EngineError,
     ModelNotAvailableError,
+    PermissionDeniedError,
     RateLimitExceededError,
     UnknownEndpointError,
 )
+from ai_query.redaction import redact
+
+log = logging.getLogger(__name__)
 
 #: Databricks error codes by HTTP status, for errors raised without one.
 _CODES = {
@@ -84,12 +92,19 @@ def rate_limited(retry_after: float, message: str) -> APIError:
     return APIError(429, message, headers={"Retry-After": str(seconds)})
 
 
-def from_exception(exc: BaseException, *, external: bool = False) -> APIError:
+def from_exception(
+    exc: BaseException, *, external: bool = False, request_id: str | None = None
+) -> APIError:
     """The API error for an exception raised while serving a request.
+
+    Domain errors map to 4xx here (and only here); a request's own failure (a backend's
+    :class:`~ai_query.engine.backend.RowFailure`) is a 400, or a 502 from an external
+    provider; anything else is unexpected: a 500 naming ``request_id``, logged with it.
 
     Args:
         exc: what was raised.
         external: the request went to an external provider (its failures are 502s).
+        request_id: the request's id (default: a new one).
     """
     if isinstance(exc, APIError):
         return exc
@@ -97,6 +112,8 @@ def from_exception(exc: BaseException, *, external: bool = False) -> APIError:
         return APIError(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, RateLimitExceededError):
         return rate_limited(exc.retry_after, str(exc))
+    if isinstance(exc, PermissionDeniedError):
+        return APIError(403, str(exc), code="PERMISSION_DENIED")
     if isinstance(exc, UnknownEndpointError):
         return APIError(404, str(exc))
     if isinstance(exc, (ConfigError, ModelNotAvailableError)):
@@ -105,13 +122,30 @@ def from_exception(exc: BaseException, *, external: bool = False) -> APIError:
         return APIError(503, str(exc))
     if isinstance(exc, EngineError):
         return APIError(500, str(exc))
-    message = str(exc) or type(exc).__name__
-    return APIError(502 if external else 400, message)
+    if isinstance(exc, AIQueryError):  # another domain error: the request asked for it
+        return APIError(400, str(exc))
+    if isinstance(exc, RowFailure) or external:
+        return APIError(502 if external else 400, str(exc) or type(exc).__name__)
+    return internal_error(exc, request_id)
 
 
-def render(request: Request, error: APIError, redact: Any = None) -> JSONResponse:
-    """The JSON answer for ``error``, shaped for the API the request was made to."""
-    message = redact(error.message) if redact is not None else error.message
+def internal_error(exc: BaseException, request_id: str | None = None) -> APIError:
+    """A 500 for an unexpected ``exc``: logged with its traceback and the request id, which
+    the answer names (never the exception's text)."""
+    request_id = request_id or uuid.uuid4().hex
+    log.error(
+        "unexpected error (request id %s): %s: %s", request_id, type(exc).__name__, exc,
+        exc_info=exc, extra={"request_id": request_id},
+    )
+    return APIError(
+        500, f"internal error (request id {request_id})", headers={"x-request-id": request_id}
+    )
+
+
+def render(request: Request, error: APIError) -> JSONResponse:
+    """The JSON answer for ``error``, shaped for the API the request was made to (secrets
+    masked: the HTTP side of the redaction boundary, :mod:`ai_query.redaction`)."""
+    message = redact(error.message)
     body: dict[str, Any]
     if request.url.path.startswith("/v1/"):
         body = {
