@@ -334,7 +334,8 @@ class Catalog:
             try:
                 endpoints.append(Endpoint.model_validate(raw))
             except ValidationError as exc:
-                raise ConfigError(f"{source}: {_describe(exc, f'endpoints[{i}]')}") from exc
+                where = f"endpoints[{i}]"
+                raise ConfigError(f"{source}: {describe_validation_error(exc, where)}") from exc
         aliases = data.get("aliases") or {}
         if not isinstance(aliases, dict):
             raise ConfigError(f"{source}: aliases must map alias names to endpoint names")
@@ -410,9 +411,12 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     return Catalog.load(chosen) if chosen else Catalog.default()
 
 
-def _describe(exc: ValidationError, prefix: str) -> str:
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """A one-line account of a pydantic validation error, each problem named by its field path
+    (``endpoints[0].config.served_entities[0].task: ...``)."""
     parts = []
     for err in exc.errors():
         loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-        parts.append(f"{prefix}{loc}: {err['msg']}")
+        where = (prefix + loc).lstrip(".") or "body"
+        parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)

@@ -16,6 +16,8 @@ Every error the package raises on purpose is an :class:`AIQueryError`::
     │  └─ RowError(row_index)               one row failed under failOnError => true
     ├─ AuthenticationError                  no valid bearer token for an engine server
     ├─ PermissionDeniedError                the principal lacks a permission it needs
+    ├─ ResourceNotFoundError                a serving endpoint (or its id) does not exist
+    ├─ ResourceConflictError(code)          the name is taken, or an update is running
     ├─ RateLimitExceededError(retry_after)  an endpoint's rate limit is used up for now
     └─ JobError                             a batch job file or run failed
        └─ JobLockedError                    another run of the same job holds its lock
@@ -99,6 +101,18 @@ class AuthenticationError(AIQueryError):
 
 class PermissionDeniedError(AIQueryError):
     """The caller is known but may not do this (an endpoint permission, scope or API base)."""
+
+
+class ResourceNotFoundError(AIQueryError):
+    """A serving endpoint (or another resource named in a request) does not exist."""
+
+
+class ResourceConflictError(AIQueryError):
+    """The request conflicts with the resource's state (``code``: Databricks' error code)."""
+
+    def __init__(self, message: str, code: str = "RESOURCE_CONFLICT") -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class RateLimitExceededError(AIQueryError):

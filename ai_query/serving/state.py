@@ -24,16 +24,28 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from ai_query.catalog import Catalog, Endpoint, EndpointConfig, RateLimit, ServedEntity, Tag
+from ai_query.catalog import (
+    Catalog,
+    Endpoint,
+    EndpointConfig,
+    RateLimit,
+    ServedEntity,
+    Tag,
+    describe_validation_error,
+)
 from ai_query.engine.backend import Backend
 from ai_query.engine.loop import shared_loop
 from ai_query.engine.registry import BackendFactory, existing_backend, shared_backend
 from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
-from ai_query.errors import AIQueryError, ConfigError
+from ai_query.errors import (
+    AIQueryError,
+    ConfigError,
+    EngineUnavailableError,
+    ResourceConflictError,
+    ResourceNotFoundError,
+)
 from ai_query.redaction import REDACTOR
 from ai_query.secrets import resolve_secret
-from ai_query.serving.http.problems import APIError, bad_request, not_found
-from ai_query.serving.http.schemas import describe
 from ai_query.serving.permissions import (
     ACL,
     CATALOG_ACL,
@@ -133,18 +145,18 @@ class ServingState:
         """The record of endpoint ``name``.
 
         Raises:
-            APIError: 404 when there is none.
+            ResourceNotFoundError: when there is none.
         """
         found = self._stored.get(name) or self._static.get(name)
         if found is None:
-            raise not_found(name)
+            raise _not_found(name)
         return found
 
     def record_by_id(self, endpoint_id: str) -> EndpointRecord:
         """The record whose ``id`` (or, as a convenience, name) is ``endpoint_id``.
 
         Raises:
-            APIError: 404 when there is none.
+            ResourceNotFoundError: when there is none.
         """
         for record in self.records():
             if record.id == endpoint_id:
@@ -161,7 +173,7 @@ class ServingState:
         """The record of endpoint (or alias) ``name``, if ``who`` holds ``needed`` on it.
 
         Raises:
-            APIError: 404 when unknown.
+            ResourceNotFoundError: when unknown.
             PermissionDeniedError: when ``who`` lacks ``needed`` (an alias has its target's).
         """
         record = self.record(self._aliases.get(name, name))
@@ -190,14 +202,17 @@ class ServingState:
         """The endpoint (or alias) ``name`` as served now.
 
         Raises:
-            APIError: 404 when unknown, 503 when it has no ready config yet.
+            ResourceNotFoundError: when unknown.
+            EngineUnavailableError: when it has no ready config yet.
         """
         target = self._aliases.get(name, name)
         record = self._stored.get(target) or self._static.get(target)
         if record is None:
-            raise not_found(name)
+            raise _not_found(name)
         if record.served is None:
-            raise APIError(503, f"endpoint {name!r} is not ready ({record.config_update})")
+            raise EngineUnavailableError(
+                f"endpoint {name!r} is not ready ({record.config_update})"
+            )
         return record.served
 
     def backend(self, entity: ServedEntity) -> Backend:
@@ -236,21 +251,20 @@ class ServingState:
         Raises:
             PermissionDeniedError: when ``who`` may not create endpoints, or may not use an
                 external model's secret scope or API base.
-            APIError: 400 on an invalid body, 409 when the name is taken.
+            ConfigError: an invalid body.
+            ResourceConflictError: the name is taken.
         """
         require_create(who)
         principal = who.name
         if not isinstance(body, dict):
-            raise bad_request("the request body must be a JSON object")
+            raise ConfigError("the request body must be a JSON object")
         endpoint = self._validate(lambda: Endpoint.model_validate(body), "")
         self.external_policy.check(who, endpoint)
         if endpoint.name in self._stored or endpoint.name in self._static or (
             endpoint.name in self._aliases
         ):
-            raise APIError(
-                409,
-                f"endpoint {endpoint.name!r} already exists",
-                code="RESOURCE_ALREADY_EXISTS",
+            raise ResourceConflictError(
+                f"endpoint {endpoint.name!r} already exists", code="RESOURCE_ALREADY_EXISTS"
             )
         self._check_entities(endpoint)
         now = _now_ms()
@@ -279,11 +293,15 @@ class ServingState:
         Raises:
             PermissionDeniedError: when ``who`` may not use an external model's secret scope
                 or API base.
-            APIError: 400 on an invalid config, 404 when unknown, 409 while an update runs.
+            ConfigError: an invalid config.
+            ResourceNotFoundError: unknown endpoint.
+            ResourceConflictError: an update is running.
         """
         record = self.record(name)
         if record.config_update == "IN_PROGRESS":
-            raise APIError(409, f"endpoint {name!r} is being updated; try again when it is done")
+            raise ResourceConflictError(
+                f"endpoint {name!r} is being updated; try again when it is done"
+            )
         config = self._validate(lambda: EndpointConfig.model_validate(body), "config")
         endpoint = record.latest.model_copy(update={"config": config})
         self.external_policy.check(who, endpoint)
@@ -303,7 +321,7 @@ class ServingState:
         """Replace the rate limits of ``name`` (takes effect at once)."""
         raw = body.get("rate_limits", []) if isinstance(body, dict) else None
         if not isinstance(raw, list):
-            raise bad_request("body must be {'rate_limits': [...]}")
+            raise ConfigError("body must be {'rate_limits': [...]}")
         limits = [
             self._validate(lambda r=r: RateLimit.model_validate(r), f"rate_limits[{i}]")
             for i, r in enumerate(raw)
@@ -314,7 +332,7 @@ class ServingState:
     def patch_tags(self, name: str, body: Any) -> list[Tag]:
         """Add (or overwrite) and delete tags of ``name``."""
         if not isinstance(body, dict):
-            raise bad_request("body must be {'add_tags': [...], 'delete_tags': [...]}")
+            raise ConfigError("body must be {'add_tags': [...], 'delete_tags': [...]}")
         add = [
             self._validate(lambda t=t: Tag.model_validate(t), f"add_tags[{i}]")
             for i, t in enumerate(body.get("add_tags") or [])
@@ -330,11 +348,12 @@ class ServingState:
         """Delete an endpoint created through the API.
 
         Raises:
-            APIError: 404 when unknown, 400 for an endpoint of the server's catalog.
+            ResourceNotFoundError: when unknown.
+            ConfigError: for an endpoint of the server's catalog.
         """
         record = self.record(name)
         if record.origin != "api":
-            raise bad_request(
+            raise ConfigError(
                 f"endpoint {name!r} is defined by the server's catalog and cannot be deleted"
             )
         self._stored.pop(name, None)
@@ -375,9 +394,11 @@ class ServingState:
         try:
             return build()
         except ValidationError as exc:
-            raise bad_request(describe(exc, prefix)) from exc
-        except (ConfigError, ValueError) as exc:
-            raise bad_request(str(exc)) from exc
+            raise ConfigError(describe_validation_error(exc, prefix)) from exc
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def _check_entities(self, endpoint: Endpoint) -> None:
         """Fail now, not in the background, on a missing secret or model."""
@@ -392,7 +413,7 @@ class ServingState:
                     if str(entity.entity_name) not in BUNDLED_MODELS:
                         resolve_model_dir(str(entity.entity_name))
             except AIQueryError as exc:
-                raise bad_request(f"served entity {entity.served_name!r}: {exc}") from exc
+                raise ConfigError(f"served entity {entity.served_name!r}: {exc}") from exc
 
     def _learn_secrets(self, endpoint: Endpoint, *, strict: bool = False) -> None:
         for entity in endpoint.config.served_entities:
@@ -471,3 +492,7 @@ class ServingState:
             )
         )
         log.info("endpoint %s: config version %d is ready", name, current.config_version + 1)
+
+
+def _not_found(name: str) -> ResourceNotFoundError:
+    return ResourceNotFoundError(f"endpoint {name!r} does not exist")

@@ -29,7 +29,7 @@ from ai_query.catalog import Catalog
 from ai_query.engine.deterministic import deterministic_backend_factory
 from ai_query.engine.protocol import Engine
 from ai_query.engine.registry import BackendFactory, close_backends
-from ai_query.errors import PermissionDeniedError
+from ai_query.errors import AIQueryError
 from ai_query.redaction import redact
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.http import databricks_routes, management, openai_routes, permissions_routes
@@ -224,8 +224,9 @@ def _add_error_handlers(app: FastAPI) -> None:
             )
         return render(request, exc)
 
-    @app.exception_handler(PermissionDeniedError)
-    async def denied(request: Request, exc: PermissionDeniedError) -> JSONResponse:
+    @app.exception_handler(AIQueryError)
+    async def domain_error(request: Request, exc: AIQueryError) -> JSONResponse:
+        """Domain errors become status codes here, and only here (see ``from_exception``)."""
         return await api_error(request, from_exception(exc))
 
     @app.exception_handler(RequestValidationError)

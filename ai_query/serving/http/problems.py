@@ -23,9 +23,12 @@ from ai_query.errors import (
     ConfigError,
     EngineDeadError,
     EngineError,
+    EngineUnavailableError,
     ModelNotAvailableError,
     PermissionDeniedError,
     RateLimitExceededError,
+    ResourceConflictError,
+    ResourceNotFoundError,
     UnknownEndpointError,
 )
 from ai_query.redaction import redact
@@ -81,11 +84,6 @@ def bad_request(message: str) -> APIError:
     return APIError(400, message)
 
 
-def not_found(name: str) -> APIError:
-    """A 404 for an endpoint that does not exist."""
-    return APIError(404, f"endpoint {name!r} does not exist")
-
-
 def rate_limited(retry_after: float, message: str) -> APIError:
     """A 429 with ``Retry-After`` in whole seconds (at least 1)."""
     seconds = max(1, math.ceil(retry_after))
@@ -114,11 +112,13 @@ def from_exception(
         return rate_limited(exc.retry_after, str(exc))
     if isinstance(exc, PermissionDeniedError):
         return APIError(403, str(exc), code="PERMISSION_DENIED")
-    if isinstance(exc, UnknownEndpointError):
+    if isinstance(exc, (UnknownEndpointError, ResourceNotFoundError)):
         return APIError(404, str(exc))
+    if isinstance(exc, ResourceConflictError):
+        return APIError(409, str(exc), code=exc.code)
     if isinstance(exc, (ConfigError, ModelNotAvailableError)):
         return APIError(400, str(exc))
-    if isinstance(exc, EngineDeadError):
+    if isinstance(exc, (EngineDeadError, EngineUnavailableError)):
         return APIError(503, str(exc))
     if isinstance(exc, EngineError):
         return APIError(500, str(exc))

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ai_query.catalog import describe_validation_error
 from ai_query.engine.backend import GenerationRequest
 from ai_query.engine.tool_calls import tool_call_schema
 from ai_query.errors import ConfigError
@@ -178,17 +179,7 @@ def parse(model: type[_Body], body: Any) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise APIError(400, describe(exc)) from exc
-
-
-def describe(exc: ValidationError, prefix: str = "") -> str:
-    """A one-line account of a pydantic validation error."""
-    parts = []
-    for err in exc.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-        where = (prefix + loc).lstrip(".") or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
+        raise APIError(400, describe_validation_error(exc)) from exc
 
 
 def _response_format(value: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
