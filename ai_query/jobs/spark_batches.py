@@ -28,7 +28,7 @@ class SparkBatchSQL:
     def __init__(self, job: JobSpec, engine: Engine) -> None:
         from pyspark.sql import SparkSession
 
-        from ai_query.serving.flight import EngineFlightServer
+        from ai_query.engine.flight_server import EngineFlightServer
         from ai_query.udf.spark import local_session, register
 
         self.job = job

@@ -27,7 +27,7 @@ from ai_query.engine.protocol import Engine
 from ai_query.errors import ConfigError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.auth import TokenAuth
-from ai_query.serving.flight import EngineFlightServer
+from ai_query.serving.flight import ServingFlightServer
 from ai_query.serving.logs import configure_logging
 from ai_query.serving.options import ENGINE_KINDS, ServeOptions
 from ai_query.serving.permissions import ADMINS
@@ -41,7 +41,7 @@ log = logging.getLogger("ai_query.server")
 class RunningServer:
     """A started engine server (Flight, and HTTP when asked)."""
 
-    flight: EngineFlightServer
+    flight: ServingFlightServer
     """The Flight server."""
     engine: Engine
     """The engine it serves."""
@@ -164,7 +164,7 @@ def start_server(options: ServeOptions, *, engine: Engine | None = None) -> Runn
         engine = build_server_engine(cat, options.engine, batch_delay=options.batch_delay)
     if options.preload:
         warm_up(engine, None if options.preload is True else list(options.preload))
-    server = EngineFlightServer(
+    server = ServingFlightServer(
         engine, f"grpc://{options.host}:{options.port}", auth=auths, limiter=limiter,
         description=options.engine,
     )
@@ -242,7 +242,7 @@ def _start_http(
     options: ServeOptions,
     auth: Sequence[TokenAuth],
     limiter: RateLimiter,
-    flight_server: EngineFlightServer,
+    flight_server: ServingFlightServer,
 ) -> Callable[[], None]:
     from ai_query.serving.http.app import create_app, start_http
 

@@ -31,7 +31,7 @@ from ai_query.errors import (
 )
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.auth import TokenAuth
-from ai_query.serving.flight import EngineFlightServer
+from ai_query.serving.flight import ServingFlightServer
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -42,15 +42,15 @@ def _engine() -> LocalEngine:
 
 
 @pytest.fixture
-def server() -> Iterator[EngineFlightServer]:
-    srv = EngineFlightServer(_engine(), description="deterministic")
+def server() -> Iterator[ServingFlightServer]:
+    srv = ServingFlightServer(_engine(), description="deterministic")
     yield srv
     srv.shutdown()
 
 
 @pytest.fixture
-def two_servers() -> Iterator[list[EngineFlightServer]]:
-    servers = [EngineFlightServer(_engine()) for _ in range(2)]
+def two_servers() -> Iterator[list[ServingFlightServer]]:
+    servers = [ServingFlightServer(_engine()) for _ in range(2)]
     yield servers
     for srv in servers:
         srv.shutdown()
@@ -136,7 +136,7 @@ def test_row_errors_stay_in_their_rows(server) -> None:
 
 
 def test_auth_refused_without_the_token_and_accepted_with_it() -> None:
-    srv = EngineFlightServer(_engine(), auth=[TokenAuth({"s3cret": "alice"})])
+    srv = ServingFlightServer(_engine(), auth=[TokenAuth({"s3cret": "alice"})])
     try:
         with pytest.raises(AuthenticationError, match="refused the call \\(no token was sent\\)"):
             run(FlightEngineClient([srv.url], token=""), ["x"], endpoint=CHAT)
@@ -151,7 +151,7 @@ def test_auth_refused_without_the_token_and_accepted_with_it() -> None:
 
 
 def test_token_comes_from_the_environment(monkeypatch) -> None:
-    srv = EngineFlightServer(_engine(), auth=[TokenAuth({"from-env": "ci"})])
+    srv = ServingFlightServer(_engine(), auth=[TokenAuth({"from-env": "ci"})])
     try:
         monkeypatch.setenv("AI_QUERY_TOKEN", "from-env")
         monkeypatch.setenv("AI_QUERY_ENGINE_URL", srv.url)
@@ -176,7 +176,7 @@ def test_catalog_action_drops_plaintext_keys() -> None:
         "name": "m", "provider": "openai", "task": "llm/v1/chat",
         "openai_config": {"openai_api_base": "http://127.0.0.1:9/v1",
                           "openai_api_key_plaintext": "sk-very-secret"}}}]}}])
-    srv = EngineFlightServer(LocalEngine(catalog, backend_factory=DeterministicBackend))
+    srv = ServingFlightServer(LocalEngine(catalog, backend_factory=DeterministicBackend))
     try:
         fetched = FlightEngineClient([srv.url]).catalog
         config = fetched.get("ext").config.served_entities[0].external_model.openai_config
@@ -214,7 +214,7 @@ def test_rate_limited_answers_are_retried_after_the_wait() -> None:
                 raise RateLimitExceededError("rate limit of endpoint 'x' exceeded", retry_after=0.3)
             return super().run(batch)
 
-    srv = EngineFlightServer(Limited())
+    srv = ServingFlightServer(Limited())
     try:
         started = time.monotonic()
         out = run(FlightEngineClient([srv.url]), ["a", "b"], endpoint=CHAT)
@@ -225,7 +225,7 @@ def test_rate_limited_answers_are_retried_after_the_wait() -> None:
 
 
 def test_shutdown_lets_in_flight_batches_finish() -> None:
-    srv = EngineFlightServer(DelayedEngine(_engine(), 0.5))
+    srv = ServingFlightServer(DelayedEngine(_engine(), 0.5))
     client = FlightEngineClient([srv.url])
     out: dict[str, pa.RecordBatch] = {}
     thread = threading.Thread(
@@ -240,7 +240,7 @@ def test_shutdown_lets_in_flight_batches_finish() -> None:
 
 
 def test_echo_engine_returns_requests() -> None:
-    srv = EngineFlightServer(EchoEngine())
+    srv = ServingFlightServer(EchoEngine())
     try:
         texts = ["x" * 200] * 5000 + [None]
         out = run(FlightEngineClient([srv.url], chunk_rows=1000), texts, endpoint=CHAT)
