@@ -42,6 +42,7 @@ def default_backend_factory(entity: ServedEntity) -> Backend:
         resolve_model_dir(str(entity.entity_name)),
         embeddings=entity.resolved_task == "llm/v1/embeddings",
         engine_args=entity.engine_args,
+        on_start=close_backends_first_at_exit,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,16 @@ class VLLMBackend:
     """Runs one local model with vLLM's async engine."""
 
     def __init__(
-        self, model_dir: Path, *, embeddings: bool, engine_args: Mapping[str, Any] | None = None
+        self,
+        model_dir: Path,
+        *,
+        embeddings: bool,
+        engine_args: Mapping[str, Any] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self.on_start = on_start
+        """Called after each (re)start of the engine (the registry orders exit hooks with it)."""
         self.embeddings = embeddings
         kind = "pooling" if embeddings else "generate"
         args = dict(engine_args or {})
@@ -123,9 +130,8 @@ class VLLMBackend:
                 self.supervisor.start_failed(exc)
                 raise
             self.supervisor.started()
-            from ai_query.engine.registry import close_backends_first_at_exit
-
-            close_backends_first_at_exit()
+            if self.on_start is not None:
+                self.on_start()
 
     def _mark_dead(self, cause: BaseException | str) -> None:
         if self.supervisor.state is EngineState.READY:

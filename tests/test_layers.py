@@ -1,0 +1,124 @@
+"""The layers of STYLE.md, read from the source (every import, lazy ones too): which part may
+import which, where the heavy third-party packages may be imported, and no import cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ai_query"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+NAMES = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports when it runs, at module level or inside functions
+    (``from pkg import sub`` names the submodule ``pkg.sub`` when there is one, else ``pkg``)."""
+    tree = ast.parse(path.read_text())
+    for block in ast.walk(tree):  # imports for type checkers only do not run
+        if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING"):
+            block.body = []
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in NAMES else node.module)
+    return found
+
+
+MODULES = {_module_name(p): _imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def _ours(name: str) -> str | None:
+    """The ai_query module ``name`` refers to (a module of the package), or None."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+#: part -> parts it must never import.
+FORBIDDEN = {
+    "ai_query.sql": {"ai_query.engine", "ai_query.udf", "ai_query.serving", "ai_query.jobs"},
+    "ai_query.engine": {"ai_query.udf", "ai_query.serving", "ai_query.jobs", "ai_query.cli"},
+    "ai_query.udf": {"ai_query.serving", "ai_query.jobs", "ai_query.cli"},
+    "ai_query.jobs": {"ai_query.serving", "ai_query.cli"},
+    "ai_query.serving": {"ai_query.udf", "ai_query.jobs", "ai_query.cli"},
+}
+
+
+@pytest.mark.parametrize("part", sorted(FORBIDDEN))
+def test_parts_import_only_what_their_layer_allows(part: str) -> None:
+    wrong = sorted(
+        f"{module} imports {_ours(name)}"
+        for module, names in MODULES.items()
+        if _part(module) == part
+        for name in names
+        if (target := _ours(name)) is not None and _part(target) in FORBIDDEN[part]
+    )
+    assert wrong == []
+
+
+def test_jobs_do_not_import_the_package_init() -> None:
+    wrong = [m for m, names in MODULES.items() if _part(m) == "ai_query.jobs" and "ai_query" in {
+        _ours(n) for n in names}]
+    assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("package", "allowed"),
+    [
+        pytest.param("vllm", {"ai_query.engine.vllm_backend"}, id="vllm"),
+        pytest.param("pyspark", {"ai_query.udf.spark", "ai_query.jobs.spark_batches"}, id="pyspark"),
+        pytest.param("duckdb", {"ai_query.udf.duckdb", "ai_query.jobs"}, id="duckdb"),
+    ],
+)
+def test_heavy_packages_are_imported_in_one_place(package: str, allowed: set[str]) -> None:
+    users = {
+        m for m, names in MODULES.items() if any(n == package or n.startswith(package + ".")
+                                                 for n in names)
+    }
+    assert {m for m in users if not any(m == a or m.startswith(a + ".") for a in allowed)} == set()
+
+
+def test_no_import_cycles() -> None:
+    graph = {m: {t for n in names if (t := _ours(n)) is not None and t != m}
+             for m, names in MODULES.items()}
+    # ``ai_query`` (the package's __init__) re-exports; importing a submodule runs it first,
+    # which is not an edge of its own.
+    graph = {m: {t for t in ts if t != "ai_query"} for m, ts in graph.items()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt):], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
