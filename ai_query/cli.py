@@ -225,6 +225,7 @@ def serve(
     rate_limit_period_scale: Annotated[float, typer.Option(hidden=True)] = 1.0,
     inference_flush_seconds: Annotated[float, typer.Option(hidden=True)] = 1.0,
     lifeline_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
+    private_dir: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Host the catalog's models: HTTP for applications, Arrow Flight for SQL engines."""
     from ai_query.serving.options import ServeOptions
@@ -260,6 +261,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             insecure=insecure,
             lifeline_fd=lifeline_fd,
+            private_dir=private_dir,
         )
     )
 

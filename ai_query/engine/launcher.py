@@ -198,6 +198,8 @@ def start_server_process(
     log_path = workdir / f"engine-server-{time.time_ns()}.log"
     read_end, write_end = os.pipe()
     args += ["--lifeline-fd", str(read_end)]
+    if own_dir:
+        args += ["--private-dir", str(workdir)]
     try:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module

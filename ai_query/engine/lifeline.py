@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,8 +54,9 @@ def start_reaper() -> None:
         )
 
 
-def watch_lifeline(fd: int) -> None:
-    """Exit this process at once when the write end of pipe ``fd`` closes (its parent died)."""
+def watch_lifeline(fd: int, leftovers: Path | None = None) -> None:
+    """Exit this process at once when the write end of pipe ``fd`` closes (its parent died),
+    removing the directory ``leftovers`` first (files its parent made for it)."""
 
     def wait() -> None:
         try:
@@ -63,6 +65,8 @@ def watch_lifeline(fd: int) -> None:
         except OSError:
             pass
         log.warning("the process that started this server is gone: exiting")
+        if leftovers is not None:
+            shutil.rmtree(leftovers, ignore_errors=True)
         os._exit(70)
 
     threading.Thread(target=wait, name="aiq-lifeline", daemon=True).start()

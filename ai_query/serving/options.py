@@ -60,6 +60,9 @@ class ServeOptions:
     lifeline_fd: int | None = None
     """Read end of a pipe held by the process that started this server: when it closes, that
     process died and the server exits (see :mod:`ai_query.engine.lifeline`)."""
+    private_dir: Path | None = None
+    """A directory the launcher made for this server (catalog, log): removed when the server
+    exits because its parent died (the parent removes it otherwise)."""
 
     def http_options(self, database: Path | None) -> HTTPOptions:
         """The HTTP server's share of these options."""

@@ -211,7 +211,7 @@ def run_server_cli(options: ServeOptions) -> None:
     check_exposure(options)  # before anything starts
     configure_logging(options.log_level.lower())
     if options.lifeline_fd is not None:
-        watch_lifeline(options.lifeline_fd)
+        watch_lifeline(options.lifeline_fd, options.private_dir)
     if options.engine == "local":
         start_reaper()  # started before any engine, so it notes every engine process
     serve(options)

@@ -39,16 +39,18 @@ def test_a_private_server_exits_when_its_user_is_killed(tmp_path: Path) -> None:
         from ai_query.options import CallOptions
         engine = EmbeddedEngine(engine_kind="deterministic")
         out = engine.run(request_batch(["hi"], CallOptions(endpoint="smollm2-135m-instruct")))
-        print("server", engine.server.pid, out.num_rows, flush=True)
+        print("server", engine.server.pid, out.num_rows, engine.server.log_path.parent,
+              flush=True)
         time.sleep(300)
     """)
     try:
-        server_pid, rows = read_line(proc, "server ").split()
-        assert rows == "1"
+        server_pid, rows, workdir = read_line(proc, "server ").split()
+        assert rows == "1" and Path(workdir).is_dir()
         tree = descendants(proc.pid)
         assert int(server_pid) in tree
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         assert wait_gone(tree) == []
+        assert not Path(workdir).exists()  # the server removed its files on the way out
     finally:
         proc.kill()
