@@ -1,12 +1,9 @@
-"""The HTTP server: a FastAPI app, run by uvicorn, alone or next to the Flight server.
+"""The HTTP server: a FastAPI app, run by uvicorn next to the Flight server.
 
-:func:`create_app` builds the app; :func:`run_http` serves it in the calling thread (signals
-handled); :func:`start_http` serves it from a background thread, for a process whose main
-thread runs the Flight server. To share auth, rate limits and the endpoints with Flight, build
-one :class:`~ai_query.serving.auth.TokenAuth` and one
-:class:`~ai_query.serving.ratelimit.RateLimiter`, pass them to :func:`create_app`, and
-give Flight ``app.state.ctx.serving.catalog`` (a callable returning the live catalog).
-"""
+:func:`create_app` builds the app; :func:`start_http` serves it from a background thread (the
+Flight server keeps the main thread; see :mod:`ai_query.serving.serve`). To share auth, rate
+limits and the endpoints with Flight, pass the same :class:`~ai_query.serving.auth.TokenAuth`
+and :class:`~ai_query.serving.ratelimit.RateLimiter` to :func:`create_app`."""
 
 from __future__ import annotations
 
@@ -38,7 +35,7 @@ from ai_query.serving.http.guard import RequestGuard
 from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError, from_exception, internal_error, render
 from ai_query.serving.inference_table import InferenceTable
-from ai_query.serving.logs import access_log, configure_logging
+from ai_query.serving.logs import access_log
 from ai_query.serving.metrics import ServerMetrics
 from ai_query.serving.permissions import ExternalPolicy, external_bases
 from ai_query.serving.ratelimit import RateLimiter
@@ -242,42 +239,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         return render(request, internal_error(exc))
 
 
-def run_http(
-    options: HTTPOptions | None = None,
-    *,
-    app: FastAPI | None = None,
-    catalog: Catalog | None = None,
-    auth: TokenAuth | None = None,
-    limiter: RateLimiter | None = None,
-) -> None:
-    """Serve the HTTP API in this thread until interrupted (SIGINT/SIGTERM).
-
-    Args:
-        options: host, port and the rest; the app is built from them unless ``app`` is given.
-        app: an app from :func:`create_app`.
-        catalog: see :func:`create_app`.
-        auth: see :func:`create_app`.
-        limiter: see :func:`create_app`.
-    """
-    import uvicorn
-
-    options = options or HTTPOptions()
-    app = app or create_app(options, catalog=catalog, auth=auth, limiter=limiter)
-    configure_logging(options.log_level)
-    # Serving alone, this app owns the models: it shuts them down when it stops (uvicorn
-    # re-raises SIGTERM after shutdown, so neither a finally here nor atexit would run).
-    app.state.ctx.owns_models = True
-    uvicorn.run(
-        app,
-        host=options.host,
-        port=options.port,
-        log_config=None,
-        access_log=False,
-        log_level=options.log_level,
-        timeout_keep_alive=30,
-    )
-
-
 class HTTPServerThread:
     """The HTTP server running in a background thread (see :func:`start_http`)."""
 
@@ -318,19 +279,7 @@ class HTTPServerThread:
         self.thread.join(timeout)
 
 
-def start_http(
-    options: HTTPOptions | None = None,
-    *,
-    app: FastAPI | None = None,
-    catalog: Catalog | None = None,
-    auth: TokenAuth | None = None,
-    limiter: RateLimiter | None = None,
-) -> HTTPServerThread:
-    """Serve the HTTP API from a background thread (the Flight server keeps the main thread).
-
-    Arguments as for :func:`run_http`. Returns the running server; call ``stop()`` to end it.
-    """
-    options = options or HTTPOptions()
-    app = app or create_app(options, catalog=catalog, auth=auth, limiter=limiter)
-    configure_logging(options.log_level)
+def start_http(options: HTTPOptions, app: FastAPI) -> HTTPServerThread:
+    """Serve ``app`` (from :func:`create_app`) from a background thread; the Flight server
+    keeps the main thread. Returns the running server; call ``stop()`` to end it."""
     return HTTPServerThread(app, options).start()

@@ -38,7 +38,8 @@ class ServerContext:
     rng: random.Random = field(default_factory=random.Random)
     """Draws the served entity of each request (traffic split)."""
     owns_models: bool = False
-    """Shut the process's model backends down when the app stops (set by ``run_http``)."""
+    """Shut the process's model backends down when the app stops (an app serving alone;
+    beside Flight, the process closes them)."""
 
 
 def get_context(request: Request) -> ServerContext:
