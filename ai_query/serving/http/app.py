@@ -37,6 +37,7 @@ from ai_query.serving.http.context import Ctx, Principal, ServerContext
 from ai_query.serving.http.guard import RequestGuard
 from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError, from_exception, internal_error, render
+from ai_query.serving.http.ui_routes import add_ui
 from ai_query.serving.inference_table import InferenceTable
 from ai_query.serving.logs import access_log, configure_logging
 from ai_query.serving.metrics import ServerMetrics
@@ -152,6 +153,7 @@ def create_app(
     app.include_router(management.router)
     app.include_router(permissions_routes.router)
     _add_operations(app)
+    add_ui(app)
     _add_error_handlers(app)
     app.add_middleware(RequestGuard, max_body_bytes=options.max_body_bytes)
     return app
