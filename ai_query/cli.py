@@ -230,6 +230,7 @@ def serve(
     """Host the catalog's models: HTTP for applications, Arrow Flight for SQL engines."""
     from ai_query.serving.options import ServeOptions
     from ai_query.serving.serve import run_server_cli
+    from ai_query.sql_workspace import DuckDBWorkspace
 
     if token and _given_on_command_line(ctx, "token"):
         err_console.print(
@@ -262,7 +263,8 @@ def serve(
             insecure=insecure,
             lifeline_fd=lifeline_fd,
             private_dir=private_dir,
-        )
+        ),
+        sql_workspace=DuckDBWorkspace,
     )
 
 

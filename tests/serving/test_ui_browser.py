@@ -168,3 +168,35 @@ def test_query_only_user_sees_no_edit_controls_and_gets_403(
     assert status == 403
     with det_server.client("tok-bob") as c:
         assert c.get(f"/api/2.0/serving-endpoints/{CHAT}").status_code == 200
+
+
+def test_sql_editor_runs_ai_query_over_an_uploaded_table(
+    page: Any, det_server: HTTPServer, tmp_path: Path
+) -> None:
+    (tmp_path / "docs.csv").write_text("id,text\n1,hello\n2,world\n3,again\n")
+    _sign_in(page, det_server, "tok-bob")
+    page.click("#nav-sql")
+    page.wait_for_selector("#sql-upload")
+    page.set_input_files("#sql-file", str(tmp_path / "docs.csv"))
+    page.click("#sql-upload")
+    page.wait_for_selector("#sql-tables li:has-text('docs')")
+    page.fill("#sql", f"SELECT id, ai_query('{CHAT}', text) AS answer FROM docs ORDER BY id")
+    page.click("#sql-run")
+    page.wait_for_selector("#sql-status:has-text('3 rows')")
+    cells = page.locator("#sql-result tbody tr td:nth-child(2)").all_inner_texts()
+    assert cells == [f"{CHAT} says: {w}" for w in ("hello", "world", "again")]
+    assert "3 ai_query rows answered" in page.inner_text("#sql-status")
+    _shot(page, "sql")
+    with page.expect_download() as download:
+        page.click("#download-csv")
+    saved = tmp_path / "result.csv"
+    download.value.save_as(saved)
+    assert saved.read_text().splitlines()[1] == f'1,"{CHAT} says: hello"'
+    # An endpoint bob may not query: Flight refuses the rows with his own token.
+    with det_server.client("tok-alice") as c:
+        body = {"name": "alice-only", "config": {"served_entities": [
+            {"name": "m", "entity_name": "model-m", "task": "llm/v1/chat"}]}}
+        assert c.post("/api/2.0/serving-endpoints", json=body).status_code == 200
+    page.fill("#sql", "SELECT ai_query('alice-only', 'x') AS answer")
+    page.click("#sql-run")
+    page.wait_for_selector("#error:has-text('alice-only')")

@@ -3,14 +3,21 @@ JSON routes answer what the token's principal may see."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.http import HTTPOptions, create_app
+from ai_query.serving.http.sql_routes import MAX_UPLOAD_BYTES
 from ai_query.serving.metrics import ServerMetrics
 
 CHAT = "smollm2-135m-instruct"
@@ -37,7 +44,7 @@ def test_me_needs_a_token_and_says_what_it_may_do(client: TestClient) -> None:
     assert client.get("/api/ui/me").status_code == 401
     alice = client.get("/api/ui/me", headers={"Authorization": "Bearer tok-alice"}).json()
     assert alice == {"name": "alice", "groups": ["admins", "users"], "is_admin": True,
-                     "may_create": True, "secret_scopes": ["team"]}
+                     "may_create": True, "secret_scopes": ["team"], "sql_editor": False}
     bob = client.get("/api/ui/me", headers={"Authorization": "Bearer tok-bob"}).json()
     assert (bob["name"], bob["may_create"]) == ("bob", False)
 
@@ -63,3 +70,64 @@ def test_summary_leaves_out_the_infinite_bucket() -> None:
     assert summary["latency"]["count"] == 2
     assert all(le != float("inf") for le, _ in summary["latency"]["buckets"])
     assert metrics.summary("b")["requests"] == {}
+
+
+class _EchoWorkspace:
+    """Answers every query with the names of the caller's tables (the seam the launcher fills)."""
+
+    def run(self, sql: str, tables: Any, token: str | None, progress: Any) -> pa.Table:
+        progress(len(tables))
+        if sql == "boom":
+            raise RuntimeError("Parser Error: boom")
+        return pa.table({"table": sorted(tables), "token": [token] * len(tables)})
+
+
+def test_sql_editor_is_off_without_a_workspace(client: TestClient) -> None:
+    answer = client.get("/api/ui/sql/tables", headers={"Authorization": "Bearer tok-alice"})
+    assert answer.status_code == 404
+    me = client.get("/api/ui/me", headers={"Authorization": "Bearer tok-alice"}).json()
+    assert me["sql_editor"] is False
+
+
+def test_sql_editor_uploads_runs_and_downloads(tmp_path: Path) -> None:
+    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    auth = TokenAuth({"tok-bob": "bob"})
+    bob = {"Authorization": "Bearer tok-bob"}
+    with TestClient(create_app(options, auth=auth, sql_workspace=_EchoWorkspace())) as c:
+        csv = base64.b64encode(b"id\n1\n").decode()
+        assert c.post("/api/ui/sql/tables/docs", headers=bob,
+                      json={"format": "csv", "data_base64": csv}).status_code == 200
+        for name, body, status in [
+            ("bad name", {"format": "csv", "data_base64": csv}, 400),
+            ("t", {"format": "xlsx", "data_base64": csv}, 400),
+            ("t", {"format": "csv", "data_base64": "%%%"}, 400),
+            ("t", {"format": "csv", "data_base64": base64.b64encode(
+                b"x" * (MAX_UPLOAD_BYTES + 1)).decode()}, 413),
+        ]:
+            assert c.post(f"/api/ui/sql/tables/{name}", headers=bob, json=body).status_code == status
+        lines = [json.loads(x) for x in c.post(
+            "/api/ui/sql/query", headers=bob, json={"sql": "select"}).text.splitlines()]
+        assert lines[-1] == {"rows_answered": 1, "columns": ["table", "token"],
+                             "rows": [["docs", "tok-bob"]], "row_count": 1}
+        assert c.get("/api/ui/sql/result.csv", headers=bob).text.splitlines()[1] == '"docs","tok-bob"'
+        parquet = c.get("/api/ui/sql/result.parquet", headers=bob).content
+        assert pq.read_table(io.BytesIO(parquet)).column_names == ["table", "token"]
+        failed = c.post("/api/ui/sql/query", headers=bob, json={"sql": "boom"}).text.splitlines()
+        assert json.loads(failed[-1]) == {"error": "Parser Error: boom"}
+        assert c.post("/api/ui/sql/query", headers=bob, json={"sql": ""}).status_code == 400
+
+
+def test_sql_editor_is_for_principals_with_query_rights(tmp_path: Path) -> None:
+    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    auth = TokenAuth({"tok-alice": {"principal": "alice", "groups": ["admins"]}, "tok-bob": "bob"})
+    alice = {"Authorization": "Bearer tok-alice"}
+    with TestClient(create_app(options, auth=auth, sql_workspace=_EchoWorkspace())) as c:
+        # Take CAN_QUERY away from ``users`` on every endpoint: bob may view, not query.
+        for record in c.get("/api/2.0/serving-endpoints", headers=alice).json()["endpoints"]:
+            answer = c.put(f"/api/2.0/permissions/serving-endpoints/{record['id']}", headers=alice,
+                           json={"access_control_list": [
+                               {"group_name": "users", "permission_level": "CAN_VIEW"}]})
+            assert answer.status_code == 200, answer.text
+        refused = c.get("/api/ui/sql/tables", headers={"Authorization": "Bearer tok-bob"})
+        assert refused.status_code == 403 and "may query no endpoint" in refused.text
+        assert c.get("/api/ui/sql/tables", headers=alice).status_code == 200

@@ -37,6 +37,7 @@ from ai_query.serving.http.context import Ctx, Principal, ServerContext
 from ai_query.serving.http.guard import RequestGuard
 from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError, from_exception, internal_error, render
+from ai_query.serving.http.sql_routes import SQLSessions, SQLWorkspace
 from ai_query.serving.http.ui_routes import add_ui
 from ai_query.serving.inference_table import InferenceTable
 from ai_query.serving.logs import access_log, configure_logging
@@ -68,6 +69,7 @@ def create_app(
     auth: TokenAuth | Sequence[TokenAuth] | None = None,
     limiter: RateLimiter | None = None,
     backend_factory: BackendFactory | None = None,
+    sql_workspace: SQLWorkspace | None = None,
     **overrides: Any,
 ) -> FastAPI:
     """Build the HTTP server's app.
@@ -84,6 +86,7 @@ def create_app(
         limiter: rate limiter to share with Flight (default: a new one).
         backend_factory: builds model backends (default: the engine's, else by
             ``options.engine``).
+        sql_workspace: runs the web UI's SQL editor (default: none, the editor is off).
         **overrides: :class:`HTTPOptions` fields that replace those of ``options``.
 
     Returns:
@@ -128,6 +131,7 @@ def create_app(
         limiter=limiter or RateLimiter(period_scale=options.rate_limit_period_scale),
         metrics=metrics,
         table=table,
+        sql=SQLSessions(sql_workspace) if sql_workspace is not None else None,
     )
 
     @asynccontextmanager
@@ -143,6 +147,8 @@ def create_app(
             if table is not None:
                 await table.stop()
             serving.store.close()
+            if ctx.sql is not None:
+                ctx.sql.close()
             if ctx.owns_models:  # else the process (Flight) closes them after its own drain
                 await asyncio.to_thread(close_backends)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,9 @@ from ai_query.serving.metrics import ServerMetrics
 from ai_query.serving.permissions import Identity
 from ai_query.serving.ratelimit import RateLimiter
 from ai_query.serving.state import ServingState
+
+if TYPE_CHECKING:
+    from ai_query.serving.http.sql_routes import SQLSessions
 
 
 @dataclass
@@ -37,6 +40,8 @@ class ServerContext:
     """The inference table, when one is configured."""
     rng: random.Random = field(default_factory=random.Random)
     """Draws the served entity of each request (traffic split)."""
+    sql: SQLSessions | None = None
+    """The web UI's SQL editor, when the launcher gave the app a workspace."""
     owns_models: bool = False
     """Shut the process's model backends down when the app stops (set by ``run_http``)."""
 

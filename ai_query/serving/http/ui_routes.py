@@ -8,7 +8,8 @@ may do, and every validation message, are the API's own. The page itself carries
 serving it needs no token; the JSON routes here do:
 
 - ``GET /api/ui/me``: who the token belongs to and what it may create;
-- ``GET /api/ui/metrics/{name}``: an endpoint's running totals for its charts (``CAN_VIEW``).
+- ``GET /api/ui/metrics/{name}``: an endpoint's running totals for its charts (``CAN_VIEW``);
+- ``/api/ui/sql/*``: the SQL editor (:mod:`~ai_query.serving.http.sql_routes`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from ai_query.serving.http import sql_routes
 from ai_query.serving.http.context import Caller, Ctx
 from ai_query.serving.permissions import PermissionLevel
 
@@ -37,7 +39,7 @@ async def index() -> FileResponse:
 
 
 @router.get("/api/ui/me")
-async def me(caller: Caller) -> dict[str, Any]:
+async def me(caller: Caller, ctx: Ctx) -> dict[str, Any]:
     """The signed-in principal, its groups, and whether it may create endpoints."""
     return {
         "name": caller.name,
@@ -45,6 +47,7 @@ async def me(caller: Caller) -> dict[str, Any]:
         "is_admin": caller.is_admin,
         "may_create": caller.may_create,
         "secret_scopes": sorted(caller.secret_scopes),
+        "sql_editor": ctx.sql is not None,
     }
 
 
@@ -58,4 +61,5 @@ async def endpoint_metrics(name: str, caller: Caller, ctx: Ctx) -> dict[str, Any
 def add_ui(app: FastAPI) -> None:
     """Serve the page at ``/`` and its assets at ``/ui/``."""
     app.include_router(router)
+    app.include_router(sql_routes.router)
     app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
