@@ -34,7 +34,7 @@ from ai_query.serving.permissions import ADMINS
 from ai_query.serving.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from ai_query.serving.http.sql_routes import SQLWorkspace
+    from ai_query.serving.http.ui_routes import UIServices
 
 log = logging.getLogger("ai_query.server")
 
@@ -150,7 +150,7 @@ def start_server(
     options: ServeOptions,
     *,
     engine: Engine | None = None,
-    sql_workspace: Callable[[str], SQLWorkspace] | None = None,
+    ui: UIServices | None = None,
 ) -> RunningServer:
     """Start an engine server (Flight, and HTTP unless ``options.http_port`` is None) and return
     at once.
@@ -158,7 +158,7 @@ def start_server(
     Args:
         options: how it runs.
         engine: serve this engine instead of building one from the catalog (tests).
-        sql_workspace: builds the web UI's SQL editor from the Flight address (default: off).
+        ui: what the web UI's SQL editor and Jobs page run on (default: neither).
 
     Raises:
         ConfigError: for a non-loopback address with auth off (see :func:`check_exposure`).
@@ -179,8 +179,7 @@ def start_server(
     )
     running = RunningServer(server, engine)
     if options.http_port is not None:
-        workspace = sql_workspace(server.url) if sql_workspace is not None else None
-        running.stop_http = _start_http(engine, options, auths, limiter, server, workspace)
+        running.stop_http = _start_http(engine, options, auths, limiter, server, ui)
     log.info(
         "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
         options.engine, server.url, ", ".join(engine.catalog.names()),
@@ -194,7 +193,7 @@ def serve(
     *,
     engine: Engine | None = None,
     stop_event: threading.Event | None = None,
-    sql_workspace: Callable[[str], SQLWorkspace] | None = None,
+    ui: UIServices | None = None,
 ) -> None:
     """Run an engine server until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully.
 
@@ -202,11 +201,11 @@ def serve(
         options: how it runs.
         engine: serve this engine instead of building one from the catalog.
         stop_event: set it to stop the server (for callers not on the main thread).
-        sql_workspace: see :func:`start_server`.
+        ui: see :func:`start_server`.
     """
     stop = stop_event or threading.Event()
     signals = _install_signal_handlers(stop)
-    server = start_server(options, engine=engine, sql_workspace=sql_workspace)
+    server = start_server(options, engine=engine, ui=ui)
     try:
         while not stop.wait(0.5):
             pass
@@ -217,7 +216,7 @@ def serve(
 
 
 def run_server_cli(
-    options: ServeOptions, *, sql_workspace: Callable[[str], SQLWorkspace] | None = None
+    options: ServeOptions, *, ui: UIServices | None = None
 ) -> None:
     """What ``ai-query serve`` runs: JSON logs on stderr (secrets masked by the process's
     redactor, :mod:`ai_query.redaction`), the lifeline and the reaper, then :func:`serve`
@@ -228,7 +227,7 @@ def run_server_cli(
         watch_lifeline(options.lifeline_fd, options.private_dir)
     if options.engine == "local":
         start_reaper()  # started before any engine, so it notes every engine process
-    serve(options, sql_workspace=sql_workspace)
+    serve(options, ui=ui)
 
 
 def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
@@ -257,17 +256,21 @@ def _start_http(
     auth: Sequence[TokenAuth],
     limiter: RateLimiter,
     flight_server: ServingFlightServer,
-    sql_workspace: SQLWorkspace | None = None,
+    ui: UIServices | None = None,
 ) -> Callable[[], None]:
     from ai_query.serving.http.app import create_app, start_http
+    from ai_query.serving.http.ui_routes import UIServices
 
     database = options.database
     if database is None:
         database = settings().cache_dir / "serving" / "endpoints.sqlite"
         database.parent.mkdir(parents=True, exist_ok=True)
     http_options = options.http_options(database)
+    ui = ui or UIServices()
+    workspace = ui.sql_workspace(flight_server.url) if ui.sql_workspace is not None else None
     app = create_app(
-        http_options, engine=engine, auth=auth, limiter=limiter, sql_workspace=sql_workspace
+        http_options, engine=engine, auth=auth, limiter=limiter, sql_workspace=workspace,
+        job_runs=ui.job_runs,
     )
     # Flight checks CAN_QUERY against the same endpoint permissions as HTTP.
     flight_server.authorize = app.state.ctx.serving.check_query

@@ -7,6 +7,8 @@ Set ``AI_QUERY_UI_SCREENSHOTS=docs/ui`` to refresh the README's screenshots from
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +70,7 @@ def test_sign_in_keeps_the_token_in_the_session_only(page: Any, det_server: HTTP
     assert page.inner_text("#who") == "alice (admin)"
     assert page.evaluate("sessionStorage.getItem('ai_query.token')") == "tok-alice"
     assert page.evaluate("localStorage.length") == 0
+    assert page.locator("#nav-jobs").is_hidden()  # no --jobs-dir on this server
     assert page.locator(f"#endpoints tr[data-endpoint='{CHAT}']").count() == 1
     _shot(page, "endpoints")
 
@@ -200,3 +203,32 @@ def test_sql_editor_runs_ai_query_over_an_uploaded_table(
     page.fill("#sql", "SELECT ai_query('alice-only', 'x') AS answer")
     page.click("#sql-run")
     page.wait_for_selector("#error:has-text('alice-only')")
+
+
+def test_jobs_page_shows_the_jobs_directory_run_log(
+    page: Any, det_server: HTTPServer, tmp_path: Path
+) -> None:
+    from tests.jobs.helpers import reviews, write_reviews
+    from tests.jobs.test_cli import JOB
+
+    jobs = tmp_path / "jobs"
+    write_reviews(jobs / "data" / "reviews.parquet", reviews(5))
+    (jobs / "plain.toml").write_text(JOB)
+    (jobs / "broken.toml").write_text('name = "broken"\n')
+    done = subprocess.run([sys.executable, "-m", "ai_query.cli", "jobs", "run", "plain.toml"],
+                          cwd=jobs, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    tokens = det_server.workdir / "tokens.json"
+    server = HTTPServer(tmp_path / "server", "--engine", "deterministic", "--preload", "none",
+                        "--tokens-file", str(tokens), "--database",
+                        str(tmp_path / "endpoints.sqlite"), "--jobs-dir", str(jobs)).start()
+    try:
+        _sign_in(page, server, "tok-bob")
+        page.click("#nav-jobs")
+        page.wait_for_selector("[data-job='plain'] table.runs")
+        row = page.locator("[data-job='plain'] table.runs tbody tr").first.inner_text()
+        assert "succeeded" in row and "\t5\t0\t" in row
+        assert "broken" in page.inner_text("[data-job='broken.toml'] .error")
+        _shot(page, "jobs")
+    finally:
+        server.stop()

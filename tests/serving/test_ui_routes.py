@@ -44,7 +44,8 @@ def test_me_needs_a_token_and_says_what_it_may_do(client: TestClient) -> None:
     assert client.get("/api/ui/me").status_code == 401
     alice = client.get("/api/ui/me", headers={"Authorization": "Bearer tok-alice"}).json()
     assert alice == {"name": "alice", "groups": ["admins", "users"], "is_admin": True,
-                     "may_create": True, "secret_scopes": ["team"], "sql_editor": False}
+                     "may_create": True, "secret_scopes": ["team"], "sql_editor": False,
+                     "jobs": False}
     bob = client.get("/api/ui/me", headers={"Authorization": "Bearer tok-bob"}).json()
     assert (bob["name"], bob["may_create"]) == ("bob", False)
 
@@ -131,3 +132,16 @@ def test_sql_editor_is_for_principals_with_query_rights(tmp_path: Path) -> None:
         refused = c.get("/api/ui/sql/tables", headers={"Authorization": "Bearer tok-bob"})
         assert refused.status_code == 403 and "may query no endpoint" in refused.text
         assert c.get("/api/ui/sql/tables", headers=alice).status_code == 200
+
+
+def test_jobs_page_needs_a_jobs_directory(tmp_path: Path) -> None:
+    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    auth = TokenAuth({"tok-bob": "bob"})
+    bob = {"Authorization": "Bearer tok-bob"}
+    with TestClient(create_app(options, auth=auth)) as c:
+        assert c.get("/api/ui/jobs", headers=bob).status_code == 404
+    runs = [{"file": "a.toml", "job": "a", "runs": []}]
+    with TestClient(create_app(options, auth=auth, job_runs=lambda: runs)) as c:
+        assert c.get("/api/ui/jobs", headers=bob).json() == {"jobs": runs}
+        assert c.get("/api/ui/me", headers=bob).json()["jobs"] is True
+        assert c.get("/api/ui/jobs").status_code == 401

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -70,6 +70,7 @@ def create_app(
     limiter: RateLimiter | None = None,
     backend_factory: BackendFactory | None = None,
     sql_workspace: SQLWorkspace | None = None,
+    job_runs: Callable[[], list[dict[str, Any]]] | None = None,
     **overrides: Any,
 ) -> FastAPI:
     """Build the HTTP server's app.
@@ -87,6 +88,7 @@ def create_app(
         backend_factory: builds model backends (default: the engine's, else by
             ``options.engine``).
         sql_workspace: runs the web UI's SQL editor (default: none, the editor is off).
+        job_runs: the jobs directory's runs, for the UI's Jobs page (default: no page).
         **overrides: :class:`HTTPOptions` fields that replace those of ``options``.
 
     Returns:
@@ -132,6 +134,7 @@ def create_app(
         metrics=metrics,
         table=table,
         sql=SQLSessions(sql_workspace) if sql_workspace is not None else None,
+        job_runs=job_runs,
     )
 
     @asynccontextmanager

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -42,6 +43,8 @@ class ServerContext:
     """Draws the served entity of each request (traffic split)."""
     sql: SQLSessions | None = None
     """The web UI's SQL editor, when the launcher gave the app a workspace."""
+    job_runs: Callable[[], list[dict[str, Any]]] | None = None
+    """The jobs directory's runs, for the UI's Jobs page (None: no jobs directory)."""
     owns_models: bool = False
     """Shut the process's model backends down when the app stops (set by ``run_http``)."""
 

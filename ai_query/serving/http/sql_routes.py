@@ -93,16 +93,21 @@ class SQLSessions:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _sessions(ctx: ServerContext, caller: Identity) -> SQLSessions:
-    sessions = ctx.sql
-    if sessions is None:
-        raise APIError(404, "the SQL editor is not enabled on this server")
+def require_query_rights(ctx: ServerContext, caller: Identity) -> None:
+    """Raise 403 unless ``caller`` may query at least one endpoint."""
     if not any(
         (level := ctx.serving.level(caller, r)) is not None
         and level.covers(PermissionLevel.CAN_QUERY)
         for r in ctx.serving.records()
     ):
-        raise APIError(403, f"{caller.name} may query no endpoint, so may not use the SQL editor")
+        raise APIError(403, f"{caller.name} may query no endpoint, so may not use this page")
+
+
+def _sessions(ctx: ServerContext, caller: Identity) -> SQLSessions:
+    sessions = ctx.sql
+    if sessions is None:
+        raise APIError(404, "the SQL editor is not enabled on this server")
+    require_query_rights(ctx, caller)
     return sessions
 
 

@@ -9,11 +9,15 @@ serving it needs no token; the JSON routes here do:
 
 - ``GET /api/ui/me``: who the token belongs to and what it may create;
 - ``GET /api/ui/metrics/{name}``: an endpoint's running totals for its charts (``CAN_VIEW``);
+- ``GET /api/ui/jobs``: the run log of the jobs directory, when one is configured;
 - ``/api/ui/sql/*``: the SQL editor (:mod:`~ai_query.serving.http.sql_routes`).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -24,12 +28,25 @@ from fastapi.staticfiles import StaticFiles
 
 from ai_query.serving.http import sql_routes
 from ai_query.serving.http.context import Caller, Ctx
+from ai_query.serving.http.problems import APIError
+from ai_query.serving.http.sql_routes import SQLWorkspace, require_query_rights
 from ai_query.serving.permissions import PermissionLevel
 
 #: The page's files, inside the package.
 UI_DIR = Path(str(files("ai_query.serving.http") / "ui"))
 
 router = APIRouter(tags=["ui"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class UIServices:
+    """What the UI's SQL editor and Jobs page run on, given by the launcher (``ai-query serve``),
+    since serving may import neither the DuckDB layer nor the jobs package."""
+
+    sql_workspace: Callable[[str], SQLWorkspace] | None = None
+    """Builds the SQL editor's workspace from the server's Flight address (None: no editor)."""
+    job_runs: Callable[[], list[dict[str, Any]]] | None = None
+    """The jobs directory's job files and their newest runs (None: no Jobs page)."""
 
 
 @router.get("/", include_in_schema=False)
@@ -48,6 +65,7 @@ async def me(caller: Caller, ctx: Ctx) -> dict[str, Any]:
         "may_create": caller.may_create,
         "secret_scopes": sorted(caller.secret_scopes),
         "sql_editor": ctx.sql is not None,
+        "jobs": ctx.job_runs is not None,
     }
 
 
@@ -56,6 +74,15 @@ async def endpoint_metrics(name: str, caller: Caller, ctx: Ctx) -> dict[str, Any
     """Running totals of an endpoint's requests, tokens and latency (``CAN_VIEW``)."""
     record = ctx.serving.authorize(caller, name, PermissionLevel.CAN_VIEW)
     return ctx.metrics.summary(record.name)
+
+
+@router.get("/api/ui/jobs")
+async def jobs(caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """The run log of the server's jobs directory (principals who may query an endpoint)."""
+    if ctx.job_runs is None:
+        raise APIError(404, "no jobs directory is configured (ai-query serve --jobs-dir DIR)")
+    require_query_rights(ctx, caller)
+    return {"jobs": await asyncio.to_thread(ctx.job_runs)}
 
 
 def add_ui(app: FastAPI) -> None:

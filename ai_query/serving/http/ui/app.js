@@ -25,6 +25,9 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** Append to the page, skipping the absent (``null``) parts. */
+function add(...nodes) { main.append(...nodes.filter((n) => n !== null && n !== undefined && n !== false)); }
+
 function show(...nodes) {
   for (const stop of cleanup) stop();
   cleanup = [];
@@ -126,6 +129,7 @@ async function signIn() {
   document.getElementById("who").textContent = `${me.name}${me.is_admin ? " (admin)" : ""}`;
   document.getElementById("nav").hidden = false;
   document.getElementById("nav-sql").hidden = !me.sql_editor;
+  document.getElementById("nav-jobs").hidden = !me.jobs;
   document.getElementById("signout").hidden = false;
 }
 
@@ -189,7 +193,7 @@ async function endpointView(name) {
     } }, "Delete") : null);
   const editArea = h("div", { id: "edit-area" });
   const charts = h("div", { class: "row", id: "charts" });
-  main.append(
+  add(
     h("p", {}, "State: ", stateLabel(ep), " · Task: ", taskOf(ep), " · Your permission: ",
       h("strong", { id: "permission" }, ep.permission_level), ep.description ? ` · ${ep.description}` : ""),
     ep.state.config_update_message ? h("p", { class: "error" }, ep.state.config_update_message) : null,
@@ -205,7 +209,7 @@ async function endpointView(name) {
       `${r.calls ? r.calls + " calls" : ""}${r.tokens ? " " + r.tokens + " tokens" : ""} per ${r.renewal_period} per ${r.key}`).join("; ") : "none"),
     h("h2", {}, "Tags"), h("p", {}, ep.tags.length ? tagList(ep.tags) : "none"),
     h("h2", {}, "Configuration"), h("pre", { id: "config" }, JSON.stringify(config, null, 2)));
-  if (manage) main.append(await permissionsCard(ep));
+  if (manage) add(await permissionsCard(ep));
   startCharts(name, charts);
 }
 
@@ -417,7 +421,7 @@ async function queryView(name) {
   };
   editor.addEventListener("input", renderSnippet);
   const tab = (id, label) => h("button", { class: "secondary", id: `snippet-${id}`, onclick: () => { which = id; renderSnippet(); } }, label);
-  main.append(h("div", { class: "row" },
+  add(h("div", { class: "row" },
     h("div", {}, h("label", { for: "request" }, `Request (${task})`), editor,
       h("button", { id: "send", onclick: async () => {
         box.textContent = "";
@@ -462,7 +466,7 @@ async function playgroundView() {
   const maxTokens = h("input", { id: "pg-max-tokens", type: "number", min: 1, value: "256" });
   const prompt = h("textarea", { id: "pg-prompt", rows: 3, placeholder: "Ask something" });
   const answers = h("div", { class: "row", id: "pg-answers" });
-  main.append(h("div", { class: "card" },
+  add(h("div", { class: "card" },
     h("label", {}, "Endpoints (up to three, side by side)"), h("div", { class: "row" }, models),
     h("div", { class: "row" }, h("div", {}, h("label", { for: "pg-temperature" }, "Temperature"), temperature),
       h("div", {}, h("label", { for: "pg-max-tokens" }, "Max tokens"), maxTokens)),
@@ -549,7 +553,7 @@ async function sqlView() {
   const downloads = h("p", { id: "sql-downloads", hidden: true },
     h("button", { class: "secondary", id: "download-csv", onclick: () => download("csv") }, "Download CSV"),
     h("button", { class: "secondary", id: "download-parquet", onclick: () => download("parquet") }, "Download Parquet"));
-  main.append(h("div", { class: "card" }, h("h2", {}, "Tables"), tables,
+  add(h("div", { class: "card" }, h("h2", {}, "Tables"), tables,
     h("div", { class: "row" }, file, tableName),
     h("button", { id: "sql-upload", class: "secondary", onclick: async () => {
       box.textContent = "";
@@ -614,6 +618,31 @@ async function download(fmt) {
   URL.revokeObjectURL(url);
 }
 
+// ---------- jobs ----------
+
+async function jobsView() {
+  const box = errorBox();
+  show(h("h1", {}, "Jobs"), box);
+  let data;
+  try { data = await api("/api/ui/jobs"); } catch (err) { fail(box, err); return; }
+  if (!data.jobs.length) add(h("p", { class: "muted" }, "No job files in the jobs directory."));
+  for (const job of data.jobs) {
+    const card = h("div", { class: "card", "data-job": job.job || job.file },
+      h("h2", {}, job.job || job.file),
+      job.error ? h("p", { class: "error" }, job.error)
+        : h("p", { class: "muted" }, `${job.file} · ${job.mode} → ${job.output} · schedule: ${job.schedule || "none"}`));
+    if (job.runs.length) {
+      card.append(h("table", { class: "runs" },
+        h("thead", {}, h("tr", {}, ["Run", "Status", "Started", "Rows ok", "Rows failed", "Tokens", "Wall time", "Message"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, job.runs.map((r) => h("tr", {},
+          h("td", {}, r.run_id), h("td", { class: `run-${r.status}` }, r.status), h("td", {}, r.started_at),
+          h("td", {}, r.rows_ok), h("td", {}, r.rows_failed), h("td", {}, r.prompt_tokens + r.completion_tokens),
+          h("td", {}, `${r.wall_seconds.toFixed(1)} s`), h("td", {}, r.message || ""))))));
+    } else if (!job.error) card.append(h("p", {}, "No runs yet."));
+    add(card);
+  }
+}
+
 // ---------- routing ----------
 
 async function route() {
@@ -627,6 +656,7 @@ async function route() {
   if (parts[0] === "create") return createView();
   if (parts[0] === "playground") return playgroundView();
   if (parts[0] === "sql") return sqlView();
+  if (parts[0] === "jobs") return jobsView();
   return listView();
 }
 
