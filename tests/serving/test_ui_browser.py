@@ -98,6 +98,19 @@ def test_create_an_endpoint_through_the_form(page: Any, det_server: HTTPServer) 
     assert page.inner_text("#permission") == "CAN_MANAGE"
     assert "100 calls per minute" in page.inner_text("#rate-limits")
     assert "carol" in page.inner_text("#permissions")
+    page.click("#edit")
+    page.fill("#edit-calls", "5")
+    page.fill("#edit-config", "{")
+    page.click("#save")
+    page.wait_for_selector("#edit-error:has-text('not JSON')")
+    page.fill("#edit-config", '{"served_entities": []}')
+    page.click("#save")
+    page.wait_for_selector("#edit-error:has-text('400')")  # the API's own message
+    page.click("#cancel-edit")
+    page.click("#edit")
+    page.fill("#edit-calls", "5")
+    page.click("#save")
+    page.wait_for_selector("#rate-limits:has-text('5 calls per minute')")
     with det_server.client("tok-carol") as c:
         data = c.get("/api/2.0/serving-endpoints/ui-made").json()
     assert data["config"]["served_entities"][0]["entity_name"] == "model-x"

@@ -254,7 +254,7 @@ function editForm(ep, area) {
         route();
       } catch (err) { fail(box, err); }
     } }, "Save"),
-    h("button", { class: "secondary", onclick: () => area.replaceChildren() }, "Cancel"), box));
+    h("button", { class: "secondary", id: "cancel-edit", onclick: () => area.replaceChildren() }, "Cancel"), box));
 }
 
 // ---------- live charts from /api/ui/metrics ----------
