@@ -84,6 +84,17 @@ def test_create_an_endpoint_through_the_form(page: Any, det_server: HTTPServer) 
     # The API's own validation message, shown as it answered.
     page.wait_for_selector("#form-error:has-text('400')")
     assert "name" in page.inner_text("#form-error")
+    # An external model's key is a secret reference from the user's own scopes, never typed.
+    page.select_option("#kind", "external")
+    assert page.locator("#secret-scope option").all_inner_texts() == ["team"]
+    assert page.locator("#create-form input[type=password]").count() == 0
+    page.fill("#ep-name", "ui-external")
+    page.fill("#ext-name", "gpt-x")
+    page.fill("#ext-base", "http://127.0.0.1:9/v1")
+    page.fill("#secret-key", "openai")
+    page.click("#submit-create")
+    page.wait_for_selector("#form-error:has-text('http://127.0.0.1:9/v1')")
+    page.select_option("#kind", "local")
     page.fill("#ep-name", "ui-made")
     page.fill("#calls", "100")
     page.fill("#tags", "team=search")
@@ -115,6 +126,10 @@ def test_create_an_endpoint_through_the_form(page: Any, det_server: HTTPServer) 
         data = c.get("/api/2.0/serving-endpoints/ui-made").json()
     assert data["config"]["served_entities"][0]["entity_name"] == "model-x"
     assert data["tags"] == [{"key": "team", "value": "search"}]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete")
+    page.wait_for_selector("#endpoints tbody tr")
+    assert page.locator("#endpoints tr[data-endpoint='ui-made']").count() == 0
 
 
 def test_query_an_endpoint(page: Any, det_server: HTTPServer) -> None:
