@@ -35,7 +35,8 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 def test_page_and_assets_are_served_without_a_token(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and '<script type="module" src="/ui/app.js">' in page.text
-    for asset in ("/ui/app.js", "/ui/app.css"):
+    for asset in ("/ui/app.js", "/ui/lib.js", "/ui/endpoints.js", "/ui/query.js", "/ui/sql.js",
+                  "/ui/jobs.js", "/ui/app.css"):
         assert client.get(asset).status_code == 200
     assert "http://" not in page.text and "https://" not in page.text  # no CDN
 
