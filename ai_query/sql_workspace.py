@@ -42,10 +42,15 @@ class DuckDBWorkspace:
         from ai_query.udf.duckdb import connect, register
 
         engine = FlightEngineClient([self.flight_url], token=token or "")
-        with connect(":memory:", engine=engine) as con:
-            # Registered again with the caller's progress (the same macro name replaces it).
-            register(con.raw, engine=engine, progress=lambda rows, *_: progress(rows))
-            for name, path in tables.items():
-                reader = "read_parquet" if path.suffix == ".parquet" else "read_csv_auto"
-                con.raw.execute(f'CREATE TABLE "{name}" AS SELECT * FROM {reader}(?)', [str(path)])
-            return con.sql(sql).fetch_arrow_table()
+        try:
+            with connect(":memory:", engine=engine) as con:
+                # Registered again with the caller's progress (the same macro name replaces it).
+                register(con.raw, engine=engine, progress=lambda rows, *_: progress(rows))
+                for name, path in tables.items():
+                    reader = "read_parquet" if path.suffix == ".parquet" else "read_csv_auto"
+                    con.raw.execute(
+                        f'CREATE TABLE "{name}" AS SELECT * FROM {reader}(?)', [str(path)]
+                    )
+                return con.sql(sql).fetch_arrow_table()
+        finally:
+            engine.close()  # one client per query: its Flight connections go with it
