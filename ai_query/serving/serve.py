@@ -17,7 +17,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ai_query.catalog import Catalog
 from ai_query.config import settings
@@ -32,6 +32,9 @@ from ai_query.serving.logs import configure_logging
 from ai_query.serving.options import ENGINE_KINDS, ServeOptions
 from ai_query.serving.permissions import ADMINS
 from ai_query.serving.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from ai_query.serving.http.ui_routes import UIServices
 
 log = logging.getLogger("ai_query.server")
 
@@ -143,13 +146,19 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def start_server(options: ServeOptions, *, engine: Engine | None = None) -> RunningServer:
+def start_server(
+    options: ServeOptions,
+    *,
+    engine: Engine | None = None,
+    ui: UIServices | None = None,
+) -> RunningServer:
     """Start an engine server (Flight, and HTTP unless ``options.http_port`` is None) and return
     at once.
 
     Args:
         options: how it runs.
         engine: serve this engine instead of building one from the catalog (tests).
+        ui: what the web UI's SQL editor and Jobs page run on (default: neither).
 
     Raises:
         ConfigError: for a non-loopback address with auth off (see :func:`check_exposure`).
@@ -170,7 +179,7 @@ def start_server(options: ServeOptions, *, engine: Engine | None = None) -> Runn
     )
     running = RunningServer(server, engine)
     if options.http_port is not None:
-        running.stop_http = _start_http(engine, options, auths, limiter, server)
+        running.stop_http = _start_http(engine, options, auths, limiter, server, ui)
     log.info(
         "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
         options.engine, server.url, ", ".join(engine.catalog.names()),
@@ -184,6 +193,7 @@ def serve(
     *,
     engine: Engine | None = None,
     stop_event: threading.Event | None = None,
+    ui: UIServices | None = None,
 ) -> None:
     """Run an engine server until SIGTERM/SIGINT (or ``stop_event``), then stop gracefully.
 
@@ -191,10 +201,11 @@ def serve(
         options: how it runs.
         engine: serve this engine instead of building one from the catalog.
         stop_event: set it to stop the server (for callers not on the main thread).
+        ui: see :func:`start_server`.
     """
     stop = stop_event or threading.Event()
     signals = _install_signal_handlers(stop)
-    server = start_server(options, engine=engine)
+    server = start_server(options, engine=engine, ui=ui)
     try:
         while not stop.wait(0.5):
             pass
@@ -204,7 +215,9 @@ def serve(
             signal.signal(sig, previous)
 
 
-def run_server_cli(options: ServeOptions) -> None:
+def run_server_cli(
+    options: ServeOptions, *, ui: UIServices | None = None
+) -> None:
     """What ``ai-query serve`` runs: JSON logs on stderr (secrets masked by the process's
     redactor, :mod:`ai_query.redaction`), the lifeline and the reaper, then :func:`serve`
     until a signal."""
@@ -214,7 +227,7 @@ def run_server_cli(options: ServeOptions) -> None:
         watch_lifeline(options.lifeline_fd, options.private_dir)
     if options.engine == "local":
         start_reaper()  # started before any engine, so it notes every engine process
-    serve(options)
+    serve(options, ui=ui)
 
 
 def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
@@ -243,15 +256,22 @@ def _start_http(
     auth: Sequence[TokenAuth],
     limiter: RateLimiter,
     flight_server: ServingFlightServer,
+    ui: UIServices | None = None,
 ) -> Callable[[], None]:
     from ai_query.serving.http.app import create_app, start_http
+    from ai_query.serving.http.ui_routes import UIServices
 
     database = options.database
     if database is None:
         database = settings().cache_dir / "serving" / "endpoints.sqlite"
         database.parent.mkdir(parents=True, exist_ok=True)
     http_options = options.http_options(database)
-    app = create_app(http_options, engine=engine, auth=auth, limiter=limiter)
+    ui = ui or UIServices()
+    workspace = ui.sql_workspace(flight_server.url) if ui.sql_workspace is not None else None
+    app = create_app(
+        http_options, engine=engine, auth=auth, limiter=limiter, sql_workspace=workspace,
+        job_runs=ui.job_runs,
+    )
     # Flight checks CAN_QUERY against the same endpoint permissions as HTTP.
     flight_server.authorize = app.state.ctx.serving.check_query
     thread = start_http(http_options, app=app)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +34,8 @@ from ai_query.serving.http.context import Ctx, Principal, ServerContext
 from ai_query.serving.http.guard import RequestGuard
 from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError, from_exception, internal_error, render
+from ai_query.serving.http.sql_routes import SQLSessions, SQLWorkspace
+from ai_query.serving.http.ui_routes import add_ui
 from ai_query.serving.inference_table import InferenceTable
 from ai_query.serving.logs import access_log
 from ai_query.serving.metrics import ServerMetrics
@@ -64,6 +66,8 @@ def create_app(
     auth: TokenAuth | Sequence[TokenAuth] | None = None,
     limiter: RateLimiter | None = None,
     backend_factory: BackendFactory | None = None,
+    sql_workspace: SQLWorkspace | None = None,
+    job_runs: Callable[[], list[dict[str, Any]]] | None = None,
     **overrides: Any,
 ) -> FastAPI:
     """Build the HTTP server's app.
@@ -80,6 +84,8 @@ def create_app(
         limiter: rate limiter to share with Flight (default: a new one).
         backend_factory: builds model backends (default: the engine's, else by
             ``options.engine``).
+        sql_workspace: runs the web UI's SQL editor (default: none, the editor is off).
+        job_runs: the jobs directory's runs, for the UI's Jobs page (default: no page).
         **overrides: :class:`HTTPOptions` fields that replace those of ``options``.
 
     Returns:
@@ -124,6 +130,8 @@ def create_app(
         limiter=limiter or RateLimiter(period_scale=options.rate_limit_period_scale),
         metrics=metrics,
         table=table,
+        sql=SQLSessions(sql_workspace) if sql_workspace is not None else None,
+        job_runs=job_runs,
     )
 
     @asynccontextmanager
@@ -139,6 +147,8 @@ def create_app(
             if table is not None:
                 await table.stop()
             serving.store.close()
+            if ctx.sql is not None:
+                ctx.sql.close()
             if ctx.owns_models:  # else the process (Flight) closes them after its own drain
                 await asyncio.to_thread(close_backends)
 
@@ -149,6 +159,7 @@ def create_app(
     app.include_router(management.router)
     app.include_router(permissions_routes.router)
     _add_operations(app)
+    add_ui(app)
     _add_error_handlers(app)
     app.add_middleware(RequestGuard, max_body_bytes=options.max_body_bytes)
     return app

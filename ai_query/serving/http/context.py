@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -17,6 +18,9 @@ from ai_query.serving.metrics import ServerMetrics
 from ai_query.serving.permissions import Identity
 from ai_query.serving.ratelimit import RateLimiter
 from ai_query.serving.state import ServingState
+
+if TYPE_CHECKING:
+    from ai_query.serving.http.sql_routes import SQLSessions
 
 
 @dataclass
@@ -37,6 +41,10 @@ class ServerContext:
     """The inference table, when one is configured."""
     rng: random.Random = field(default_factory=random.Random)
     """Draws the served entity of each request (traffic split)."""
+    sql: SQLSessions | None = None
+    """The web UI's SQL editor, when the launcher gave the app a workspace."""
+    job_runs: Callable[[], list[dict[str, Any]]] | None = None
+    """The jobs directory's runs, for the UI's Jobs page (None: no jobs directory)."""
     owns_models: bool = False
     """Shut the process's model backends down when the app stops (an app serving alone;
     beside Flight, the process closes them)."""

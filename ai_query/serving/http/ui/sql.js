@@ -1,0 +1,89 @@
+// The SQL editor: uploaded tables, a query with progress, results, downloads.
+
+import { APIError, TOKEN_KEY, add, api, entitiesOf, errorBox, errorMessage, fail, h, headers, levelCovers, main, rerender, session, show, stateLabel, stateOf, tagList, taskOf, token } from "./lib.js";
+
+// ---------- SQL editor ----------
+
+export async function sqlView() {
+  const box = errorBox();
+  show(h("h1", {}, "SQL editor"), box);
+  const tables = h("ul", { id: "sql-tables" });
+  const refresh = async () => {
+    const data = await api("/api/ui/sql/tables");
+    tables.replaceChildren(...data.tables.map((t) => h("li", {}, h("code", {}, t.name), ` (${t.format}, ${t.bytes} bytes)`)));
+  };
+  try { await refresh(); } catch (err) { fail(box, err); return; }
+  const file = h("input", { id: "sql-file", type: "file", accept: ".csv,.parquet" });
+  const tableName = h("input", { id: "sql-table-name", placeholder: "table name" });
+  const editor = h("textarea", { id: "sql", rows: 8 },
+    "SELECT ai_query('smollm2-135m-instruct', 'Describe Apache Spark in one line.') AS answer");
+  const bar = h("progress", { id: "sql-progress", hidden: true });
+  const status = h("p", { id: "sql-status", class: "muted" });
+  const result = h("table", { id: "sql-result" });
+  const downloads = h("p", { id: "sql-downloads", hidden: true },
+    h("button", { class: "secondary", id: "download-csv", onclick: () => download("csv") }, "Download CSV"),
+    h("button", { class: "secondary", id: "download-parquet", onclick: () => download("parquet") }, "Download Parquet"));
+  add(h("div", { class: "card" }, h("h2", {}, "Tables"), tables,
+    h("div", { class: "row" }, file, tableName),
+    h("button", { id: "sql-upload", class: "secondary", onclick: async () => {
+      box.textContent = "";
+      const picked = file.files[0];
+      if (!picked) { box.textContent = "pick a CSV or Parquet file"; return; }
+      const format = picked.name.toLowerCase().endsWith(".parquet") ? "parquet" : "csv";
+      const name = tableName.value || picked.name.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_]/g, "_");
+      const bytes = new Uint8Array(await picked.arrayBuffer());
+      let binary = "";
+      for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      try { await api(`/api/ui/sql/tables/${encodeURIComponent(name)}`, { method: "POST", body: { format, data_base64: btoa(binary) } }); await refresh(); }
+      catch (err) { fail(box, err); }
+    } }, "Upload table")),
+  h("div", { class: "card" }, h("label", { for: "sql" }, "Query (DuckDB SQL with ai_query and the task functions)"), editor,
+    h("button", { id: "sql-run", onclick: () => runSQL(editor.value, bar, status, result, downloads, box) }, "Run"), bar, status),
+  downloads, result);
+}
+
+async function runSQL(sql, bar, status, result, downloads, box) {
+  box.textContent = "";
+  result.replaceChildren();
+  downloads.hidden = true;
+  bar.hidden = false;
+  bar.removeAttribute("value");
+  status.textContent = "running...";
+  const started = performance.now();
+  try {
+    const resp = await fetch("/api/ui/sql/query", { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify({ sql }) });
+    if (!resp.ok) { const data = await resp.json().catch(() => null); throw new APIError(resp.status, errorMessage(data, resp)); }
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n")) >= 0) {
+        const line = JSON.parse(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 1);
+        if (line.error) throw new Error(line.error);
+        status.textContent = `${line.rows_answered} ai_query rows answered...`;
+        if (line.columns) {
+          result.append(h("thead", {}, h("tr", {}, line.columns.map((c) => h("th", {}, c)))),
+            h("tbody", {}, line.rows.map((r) => h("tr", {}, r.map((v) => h("td", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : v))))));
+          status.textContent = `${line.row_count} rows (${line.rows_answered} ai_query rows answered) in ${(performance.now() - started).toFixed(0)} ms` +
+            (line.row_count > line.rows.length ? `; showing the first ${line.rows.length}` : "");
+          downloads.hidden = false;
+        }
+      }
+    }
+  } catch (err) { status.textContent = ""; fail(box, err); }
+  bar.hidden = true;
+}
+
+async function download(fmt) {
+  const resp = await fetch(`/api/ui/sql/result.${fmt}`, { headers: headers() });
+  const url = URL.createObjectURL(await resp.blob());
+  const link = h("a", { href: url, download: `result.${fmt}` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  URL.revokeObjectURL(url);
+}
