@@ -78,6 +78,8 @@ class DeterministicBackend:
             return Completion("", tokens, len(answer.split()), "stop", calls)
         if request.json_schema is not None:
             answer = json.dumps(_value_for(request.json_schema, _seed(text)))
+        elif request.choice is not None:
+            answer = request.choice[_seed(text) % len(request.choice)]
         elif request.json_object:
             answer = json.dumps({"answer": text[:20]})
         else:
