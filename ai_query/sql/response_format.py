@@ -145,23 +145,19 @@ def resolve_output(return_type: str | None, response_format: str | None, task: s
     if task == EMBEDDINGS_TASK:
         return _resolve_embeddings(declared, return_type, response_format)
     fmt = parse_response_format(response_format) if response_format is not None else None
+    if declared is not None and fmt is not None:
+        # Databricks refuses the pair too: each alone says what the result is.
+        raise ConfigError(
+            f"give returnType or responseFormat, not both (returnType {return_type!r}, "
+            f"responseFormat {response_format!r})"
+        )
     if declared is not None and not declared.is_string:
-        if fmt is not None and not _consistent(declared, fmt):
-            raise ConfigError(
-                f"returnType {return_type!r} and responseFormat {response_format!r} disagree; "
-                "give one of them, or the same STRUCT in both"
-            )
         return OutputSpec(sql_type=declared, json_schema=declared.to_json_schema(), parse_json=True)
     if fmt is None or fmt.kind == "text":
         return OutputSpec(sql_type=SQLType.string())
     if fmt.kind == "choice":
         return OutputSpec(sql_type=SQLType.string(), choice=fmt.choices)
     if fmt.sql_type is not None:
-        if declared is not None:
-            raise ConfigError(
-                f"returnType {return_type!r} is STRING but responseFormat {response_format!r} "
-                "declares a STRUCT result"
-            )
         return OutputSpec(sql_type=fmt.sql_type, json_schema=fmt.schema, parse_json=True)
     # OpenAI-style json_schema / json_object: the result stays a STRING holding the JSON text.
     return OutputSpec(
@@ -186,10 +182,3 @@ def _resolve_embeddings(
         )
     return OutputSpec(sql_type=declared or allowed[0], parse_json=True)
 
-
-def _consistent(declared: SQLType, fmt: ResponseFormat) -> bool:
-    if fmt.sql_type is not None:
-        return fmt.sql_type == declared
-    if fmt.kind == "json_schema":
-        return fmt.schema == declared.to_json_schema()
-    return fmt.kind == "json_object" and declared.kind in ("STRUCT", "MAP")

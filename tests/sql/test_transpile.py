@@ -86,7 +86,7 @@ STUB_MACROS = """
 CREATE MACRO ai_query_stub_value(endpoint, returnType, responseFormat) AS CASE
     WHEN endpoint IN ('all-minilm-l6-v2', 'databricks-gte-large-en') THEN '[0.1,0.2]'
     WHEN returnType LIKE 'ARRAY%' THEN '["a","b"]'
-    WHEN returnType LIKE 'STRUCT<label%' THEN '{"label":"x","score":1.0}'
+    WHEN returnType LIKE 'STRUCT<label%' OR responseFormat LIKE 'STRUCT<label%' THEN '{"label":"x","score":1.0}'
     WHEN responseFormat LIKE 'STRUCT<title%' THEN '{"title":"t","year":2024}'
     WHEN responseFormat = 'json_object' THEN '{"any":"thing"}'
     ELSE NULL END;
