@@ -55,6 +55,8 @@ ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 _embedded: dict[tuple[str, str], ServerProcess] = {}
 _embedded_lock = threading.Lock()
+#: The registration of each Spark application (for the DataFrame functions).
+_registered: dict[str, SparkAIQuery] = {}
 
 
 class SparkAIQuery:
@@ -74,6 +76,9 @@ class SparkAIQuery:
         """SQL name of the function."""
         self.server = server
         """The embedded engine server, when the driver started one."""
+        self.udfs: dict[str, Any] = {}
+        """The registered UDFs by SQL name (``ai_query`` under :attr:`name`, task functions),
+        for :mod:`ai_query.udf.spark.functions`."""
 
     def transpile(self, query: str, read: str = "databricks") -> str:
         """The Spark SQL that runs ``query`` (one statement).
@@ -162,11 +167,28 @@ def register(
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         spark.conf.set(ARROW_BATCH_CONF, str(batch_size))
-    spark.udf.register(name, _make_udf(spec))
-    endpoints = TaskEndpoints.from_catalog(catalog)
-    for function, udf in _task_udfs(spec, endpoints).items():
-        spark.udf.register(function, udf)
-    return SparkAIQuery(spark, spec, catalog, name, server)
+    aq = SparkAIQuery(spark, spec, catalog, name, server)
+    aq.udfs = {"ai_query": _make_udf(spec), **_task_udfs(spec, TaskEndpoints.from_catalog(catalog))}
+    for function, udf in aq.udfs.items():
+        spark.udf.register(name if function == "ai_query" else function, udf)
+    with _embedded_lock:
+        _registered[_app_id(spark)] = aq
+    return aq
+
+
+def registered(spark: SparkSession | None = None) -> SparkAIQuery:
+    """The ai_query registration of ``spark`` (default: the active session), registering with
+    the defaults (:func:`register`) on first use."""
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None:
+        raise ConfigError("no active SparkSession: create one, or call register(spark) first")
+    with _embedded_lock:
+        aq = _registered.get(_app_id(spark))
+    return aq if aq is not None and aq.spark is spark else register(spark)
+
+
+def _app_id(spark: SparkSession) -> str:
+    return str(spark.sparkContext.applicationId)
 
 
 def run_sql(
