@@ -54,6 +54,8 @@ DEFAULT_MAX_WORDS = 50
 MASK = "[MASKED]"
 MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS = 2, 20
 MAX_EXTRACT_LABELS = 20
+#: ai_mask asks for at most this many entities per kind, each at most this many characters.
+MASK_MAX_ENTITIES, MASK_MAX_CHARS = 8, 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,13 +98,12 @@ class TaskSpec:
         """The returnType DDL of the engine call (structured output), or None for text."""
         if self.function == "ai_extract":
             return self.result_type().to_ddl("databricks")
-        if self.function == "ai_mask":
-            fields = ", ".join(f"`{label}`: ARRAY<STRING>" for label in self.labels)
-            return f"STRUCT<{fields}>"
         return None
 
     def response_format(self) -> str | None:
         """The responseFormat of the engine call: a guided choice for labels, else None."""
+        if self.function == "ai_mask":
+            return mask_format(self.labels)
         choices = self.choices()
         return None if choices is None else choice_format(choices)
 
@@ -112,6 +113,8 @@ class TaskSpec:
             return 16 + 2 * self.max_words
         if self.function in ("ai_analyze_sentiment", "ai_classify"):
             return 16
+        if self.function == "ai_mask":  # room for every entity the schema allows
+            return 32 + len(self.labels) * MASK_MAX_ENTITIES * (MASK_MAX_CHARS // 2)
         return None
 
     def prompt(self, content: str) -> str:
@@ -170,16 +173,53 @@ class TaskSpec:
         raise UnsupportedCallError(f"{f} has no prompt")  # ai_similarity embeds, no prompt
 
     def finish(self, content: str, answer: Any) -> Any:
-        """The function's result from the engine's answer (a string, or parsed JSON)."""
+        """The function's result from the engine's answer (a string, or parsed JSON).
+
+        Raises:
+            ValueError: ai_mask's answer is not a JSON object (the caller makes it a row error).
+        """
         if self.function == "ai_extract" and isinstance(answer, Mapping):
             return {label: _present(answer.get(label)) for label in self.labels}
-        if self.function == "ai_mask" and isinstance(answer, Mapping):
-            return mask_entities(content, answer)
+        if self.function == "ai_mask":
+            return mask_entities(content, _json_object(answer))
         if isinstance(answer, str):
             answer = answer.strip()
             if self.function == "ai_summarize" and self.max_words:
                 answer = " ".join(answer.split()[: self.max_words])
         return answer
+
+
+def mask_format(labels: Sequence[str]) -> str:
+    """ai_mask's responseFormat: a JSON schema listing the entities per kind, with bounded
+    lists and strings, so a small model cannot ramble past its token budget."""
+    entities = {
+        "type": "array",
+        "items": {"type": "string", "maxLength": MASK_MAX_CHARS},
+        "maxItems": MASK_MAX_ENTITIES,
+    }
+    schema = {
+        "type": "object",
+        "properties": {label: entities for label in labels},
+        "required": list(labels),
+        "additionalProperties": False,
+    }
+    return json.dumps(
+        {"type": "json_schema", "json_schema": {"name": "entities", "schema": schema}},
+        separators=(",", ":"),
+    )
+
+
+def _json_object(answer: Any) -> Mapping[str, Any]:
+    if isinstance(answer, Mapping):
+        return answer
+    try:
+        value = json.loads(answer)
+    except (TypeError, json.JSONDecodeError) as exc:
+        # Masking nothing would leak the entities: the row fails instead.
+        raise ValueError(f"ai_mask: the model's entity list is not valid JSON ({exc})") from exc
+    if not isinstance(value, Mapping):
+        raise ValueError("ai_mask: the model's entity list is not a JSON object")
+    return value
 
 
 def choice_format(choices: Sequence[str]) -> str:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from ai_query.catalog import Catalog
 from ai_query.engine.batch import align_results, raise_first_error, request_batch
 from ai_query.engine.protocol import Engine
-from ai_query.errors import ConfigError
+from ai_query.errors import ConfigError, RowError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.sql.task_functions import TASK_FUNCTIONS, TaskSpec, task_spec
 
@@ -97,14 +97,14 @@ def answer_task_rows(
         if spec.function == "ai_similarity":
             values: list[Any] = _similarities(engine, endpoint, columns[0], columns[1], rows[0])
         else:
-            values = _chat(engine, endpoint, spec, columns[0], rows[0])
+            values = _chat(engine, endpoint, spec, columns[0], rows)
         for i, value in zip(rows, values, strict=True):
             out[i] = value
     return out
 
 
 def _chat(
-    engine: Engine, endpoint: str, spec: TaskSpec, contents: list[str | None], offset: int
+    engine: Engine, endpoint: str, spec: TaskSpec, contents: list[str | None], rows: list[int]
 ) -> list[Any]:
     options = CallOptions(
         endpoint=endpoint,
@@ -113,13 +113,16 @@ def _chat(
         response_format=spec.response_format(),
     )
     prompts = [None if c is None else spec.prompt(c) for c in contents]
-    answers = _run(engine, prompts, options, offset)
+    answers = _run(engine, prompts, options, rows[0])
     out: list[Any] = []
-    for content, answer in zip(contents, answers, strict=True):
+    for row, content, answer in zip(rows, contents, answers, strict=True):
         if content is None or answer is None:
             out.append(None)
             continue
-        value = spec.finish(content, answer)
+        try:
+            value = spec.finish(content, answer)
+        except ValueError as exc:
+            raise RowError(str(exc), row, endpoint) from exc
         out.append(json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value)
     return out
 
