@@ -54,8 +54,8 @@ DEFAULT_MAX_WORDS = 50
 MASK = "[MASKED]"
 MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS = 2, 20
 MAX_EXTRACT_LABELS = 20
-#: ai_mask asks for at most this many entities per kind, each at most this many characters.
-MASK_MAX_ENTITIES, MASK_MAX_CHARS = 8, 64
+#: The longest entity ai_mask asks for, in characters.
+MASK_MAX_CHARS = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +114,7 @@ class TaskSpec:
         if self.function in ("ai_analyze_sentiment", "ai_classify"):
             return 16
         if self.function == "ai_mask":  # room for every entity the schema allows
-            return 32 + len(self.labels) * MASK_MAX_ENTITIES * (MASK_MAX_CHARS // 2)
+            return 32 + len(self.labels) * MASK_MAX_CHARS
         return None
 
     def prompt(self, content: str) -> str:
@@ -142,19 +142,12 @@ class TaskSpec:
                 + text
                 + "\n\nLabel:"
             )
-        if f == "ai_extract":
+        if f in ("ai_extract", "ai_mask"):
             return (
                 "Extract these entities from the following text: "
                 + ", ".join(self.labels)
                 + ". Give each entity exactly as it is written in the text, or an empty string "
                 "when the text has none." + text
-            )
-        if f == "ai_mask":
-            return (
-                "List every entity of these kinds in the following text, exactly as written: "
-                + ", ".join(self.labels)
-                + "."
-                + text
             )
         if f == "ai_fix_grammar":
             return (
@@ -190,13 +183,10 @@ class TaskSpec:
 
 
 def mask_format(labels: Sequence[str]) -> str:
-    """ai_mask's responseFormat: a JSON schema listing the entities per kind, with bounded
-    lists and strings, so a small model cannot ramble past its token budget."""
-    entities = {
-        "type": "array",
-        "items": {"type": "string", "maxLength": MASK_MAX_CHARS},
-        "maxItems": MASK_MAX_ENTITIES,
-    }
+    """ai_mask's responseFormat: a JSON schema with the entity of each kind, as ai_extract asks
+    (a small model fills one string per kind far better than open lists; measured in
+    bench/task_quality.py), bounded so it cannot ramble past its token budget."""
+    entities = {"type": "string", "maxLength": MASK_MAX_CHARS}
     schema = {
         "type": "object",
         "properties": {label: entities for label in labels},
@@ -239,8 +229,7 @@ def mask_entities(content: str, entities: Mapping[str, Any]) -> str:
     found = {
         str(item).strip()
         for items in entities.values()
-        if isinstance(items, list)
-        for item in items
+        for item in (items if isinstance(items, list) else [items])
         if item is not None
     }
     for entity in sorted((e for e in found if len(e) > 1), key=len, reverse=True):
