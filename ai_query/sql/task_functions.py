@@ -11,6 +11,7 @@ labels, a JSON schema for extraction). :func:`bind_task_call` does the same from
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -336,6 +337,15 @@ def as_anonymous(node: exp.Expression) -> exp.Expression:
     if isinstance(node, exp.AISimilarity):
         return exp.Anonymous(this="ai_similarity", expressions=list(node.expressions))
     return node
+
+
+_CALLS = re.compile(r"\b(?:ai_query|" + "|".join(TASK_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
+
+
+def mentions_ai_functions(sql: str) -> bool:
+    """True when ``sql`` may call ai_query or a task function (a cheap text test: statements
+    without one run as written, untouched by sqlglot)."""
+    return _CALLS.search(sql) is not None
 
 
 def is_task_call(node: exp.Expr) -> bool:

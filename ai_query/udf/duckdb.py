@@ -28,6 +28,7 @@ from ai_query.catalog import Catalog
 from ai_query.engine.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql import transpile
+from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.udf.rows import ProgressCallback, answer_rows
 from ai_query.udf.task_rows import TaskEndpoints, answer_task_rows
 
@@ -196,7 +197,7 @@ class AIQueryConnection:
 
     def rewrite(self, query: str, read: str = "duckdb") -> str:
         """The statement DuckDB runs for ``query`` (unchanged when it has no ai_query call)."""
-        if read == "duckdb" and "ai_" not in query.lower():
+        if read == "duckdb" and not mentions_ai_functions(query):
             return query
         return transpile(query, read=read, write="duckdb", catalog=self.catalog)
 

@@ -157,3 +157,18 @@ def test_mask_asks_for_bounded_entities() -> None:
     assert spec.finish("Ann met Bob", '{"person": "Ann", "email": ""}') == "[MASKED] met Bob"
     with pytest.raises(ValueError, match="not valid JSON"):
         spec.finish("Ann", '{"person": ["An')
+
+
+@pytest.mark.parametrize(
+    ("sql", "mentions"),
+    [
+        pytest.param("SELECT ai_query('e', x)", True, id="ai_query"),
+        pytest.param("select AI_CLASSIFY (x, ['a', 'b'])", True, id="task-upper-space"),
+        pytest.param("SELECT ai_score, said_hello FROM t", False, id="similar-names"),
+        pytest.param("SELECT 1", False, id="plain"),
+    ],
+)
+def test_mentions_ai_functions(sql: str, mentions: bool) -> None:
+    from ai_query.sql.task_functions import mentions_ai_functions
+
+    assert mentions_ai_functions(sql) is mentions

@@ -46,6 +46,7 @@ from ai_query.engine.launcher import ServerProcess, start_server_process
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.sql import transpile
+from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.sql.transpile import parse_sql
 from ai_query.udf.rows import answer_rows
 from ai_query.udf.task_rows import TaskEndpoints, answer_task_rows
@@ -86,7 +87,7 @@ class SparkAIQuery:
         Raises:
             ConfigError, SQLParseError, UnsupportedCallError: a bad ai_query call.
         """
-        if read == "spark" and "ai_" not in query.lower():
+        if read == "spark" and not mentions_ai_functions(query):
             return query
         return transpile(query, read=read, write="spark", catalog=self.catalog)
 
