@@ -3,7 +3,10 @@
 A catalog maps endpoint names (and aliases) to :class:`Endpoint` objects. Each endpoint serves
 one or more entities: a local model run by vLLM (a bundled model name or a Hugging Face model
 directory) or an ``external_model`` reached over an OpenAI-compatible API. Files are YAML or
-JSON: a list of endpoints, or ``{"endpoints": [...], "aliases": {alias: endpoint}}``.
+JSON: a list of endpoints, or ``{"endpoints": [...], "aliases": {alias: endpoint},
+"task_functions": {task or function: endpoint}}``; ``task_functions`` picks the endpoint that
+answers the task functions, per task (``llm/v1/chat``, ``llm/v1/embeddings``) or per function
+(``ai_translate``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ DATABRICKS_ALIASES: dict[str, str] = {
     "databricks-meta-llama-3-1-8b-instruct": "smollm2-135m-instruct",
     "databricks-gte-large-en": "all-minilm-l6-v2",
     "databricks-bge-large-en": "all-minilm-l6-v2",
+}
+
+#: The endpoint that answers the task functions (ai_classify, ai_similarity, ...) per task,
+#: unless a catalog's ``task_functions`` says otherwise.
+TASK_FUNCTION_DEFAULTS: dict[str, str] = {
+    "llm/v1/chat": "smollm2-135m-instruct",
+    "llm/v1/embeddings": "all-minilm-l6-v2",
 }
 
 
@@ -296,7 +306,12 @@ def local_endpoint(name: str, entity_name: str, task: str | None = None) -> Endp
 class Catalog:
     """Endpoints by name, plus aliases; immutable once built."""
 
-    def __init__(self, endpoints: Iterable[Endpoint], aliases: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint],
+        aliases: Mapping[str, str] | None = None,
+        task_functions: Mapping[str, str] | None = None,
+    ):
         self._endpoints: dict[str, Endpoint] = {}
         for ep in endpoints:
             if ep.name in self._endpoints:
@@ -306,6 +321,17 @@ class Catalog:
         for alias, target in self._aliases.items():
             if target not in self._endpoints:
                 raise ConfigError(f"catalog: alias {alias!r} points at unknown endpoint {target!r}")
+        self._task_functions = dict(task_functions or {})
+        for key, target in self._task_functions.items():
+            if key not in TASKS and not key.startswith("ai_"):
+                raise ConfigError(
+                    f"catalog: task_functions key {key!r} must be a task ({', '.join(TASKS)}) "
+                    "or a task function name (ai_classify, ...)"
+                )
+            if target not in self.names():
+                raise ConfigError(
+                    f"catalog: task_functions[{key!r}] points at unknown endpoint {target!r}"
+                )
 
     @classmethod
     def default(cls) -> Catalog:
@@ -326,7 +352,7 @@ class Catalog:
             data = {"endpoints": data}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a list of endpoints or an object")
-        unknown = set(data) - {"endpoints", "aliases", "include_defaults"}
+        unknown = set(data) - {"endpoints", "aliases", "include_defaults", "task_functions"}
         if unknown:
             raise ConfigError(f"{source}: unknown top-level field(s) {sorted(unknown)}")
         endpoints = []
@@ -339,12 +365,17 @@ class Catalog:
         aliases = data.get("aliases") or {}
         if not isinstance(aliases, dict):
             raise ConfigError(f"{source}: aliases must map alias names to endpoint names")
+        task_functions = data.get("task_functions") or {}
+        if not isinstance(task_functions, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in task_functions.items()
+        ):
+            raise ConfigError(f"{source}: task_functions must map tasks or functions to endpoints")
         if data.get("include_defaults", False):
             base = cls.default()
             names = {e.name for e in endpoints}
             endpoints = [e for e in base.endpoints() if e.name not in names] + endpoints
             aliases = {**base.aliases(), **aliases}
-        return cls(endpoints, aliases)
+        return cls(endpoints, aliases, task_functions)
 
     @classmethod
     def load(cls, path: str | Path) -> Catalog:
@@ -384,23 +415,62 @@ class Catalog:
         """The task of endpoint ``name``; raises UnknownEndpointError when unknown."""
         return self.get(name).task
 
+    def task_functions(self) -> dict[str, str]:
+        """Task or function name -> the endpoint that answers task functions for it."""
+        return dict(self._task_functions)
+
+    def task_function_endpoint(self, function: str, task: str) -> str:
+        """The endpoint that answers task function ``function`` (whose endpoint task is ``task``).
+
+        The catalog's ``task_functions`` entry for the function, else for the task, else the
+        bundled default for the task when the catalog has it, else the first endpoint of
+        that task.
+
+        Raises:
+            ConfigError: when no endpoint of the catalog serves ``task``.
+        """
+        chosen = self._task_functions.get(function) or self._task_functions.get(task)
+        if chosen is not None:
+            if self.task_of(chosen) != task:
+                raise ConfigError(
+                    f"catalog: task_functions sends {function} to {chosen!r}, a "
+                    f"{self.task_of(chosen)} endpoint; {function} needs {task}"
+                )
+            return chosen
+        default = TASK_FUNCTION_DEFAULTS.get(task)
+        if default in self.names() and self.task_of(default) == task:
+            return default
+        for endpoint in self._endpoints.values():
+            if endpoint.task == task:
+                return endpoint.name
+        raise ConfigError(
+            f"no {task} endpoint answers {function}: add one to the catalog, or name it in "
+            "the catalog's task_functions"
+        )
+
     def with_endpoint(self, endpoint: Endpoint) -> Catalog:
         """A copy with ``endpoint`` added or replaced."""
         eps = {**self._endpoints, endpoint.name: endpoint}
-        return Catalog(eps.values(), self._aliases)
+        return Catalog(eps.values(), self._aliases, self._task_functions)
 
     def without_endpoint(self, name: str) -> Catalog:
         """A copy without endpoint ``name`` (and the aliases pointing at it)."""
         self.get(name)
         eps = [e for n, e in self._endpoints.items() if n != name]
-        return Catalog(eps, {a: t for a, t in self._aliases.items() if t != name})
+        aliases = {a: t for a, t in self._aliases.items() if t != name}
+        kept = {e.name for e in eps} | set(aliases)
+        functions = {k: t for k, t in self._task_functions.items() if t in kept}
+        return Catalog(eps, aliases, functions)
 
     def to_data(self) -> dict[str, Any]:
         """JSON-able data that :meth:`from_data` reads back."""
-        return {
+        data: dict[str, Any] = {
             "endpoints": [e.model_dump(mode="json", exclude_none=True) for e in self.endpoints()],
             "aliases": self.aliases(),
         }
+        if self._task_functions:
+            data["task_functions"] = self.task_functions()
+        return data
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

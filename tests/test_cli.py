@@ -91,3 +91,49 @@ def test_databricks_docs_examples_run_verbatim(tmp_path: Path) -> None:
         "SELECT ai_query('smollm2-135m-instruct', 'Say hi', modelParameters := {'max_tokens': 4}) AS hi",
     )
     assert printed.returncode == 0 and "hi" in printed.stdout
+
+
+#: The examples of Databricks' documentation of each task function, as written there.
+TASK_FUNCTION_DOCS_EXAMPLES = """SELECT
+  ai_analyze_sentiment('I am happy') AS sentiment,
+  ai_classify("My password is leaked.", ARRAY("urgent", "not urgent")) AS urgency,
+  ai_extract(
+    'John Doe lives in New York and works for Acme Corp.',
+    array('person', 'location', 'organization')
+  ) AS entities,
+  ai_fix_grammar('This sentence have some mistake') AS fixed,
+  ai_gen('Generate a concise, cheerful email title for a summer bike sale with 20% discount')
+    AS title,
+  ai_mask(
+    'John Doe lives in New York. His email is john.doe@example.com.',
+    array('person', 'email')
+  ) AS masked,
+  ai_similarity('Apache Spark', 'Apache Spark') AS similarity,
+  ai_summarize(
+    'Apache Spark is a unified analytics engine for large-scale data processing. It provides '
+    'high-level APIs in Java, Scala, Python and R, and an optimized engine that supports '
+    'general execution graphs.',
+    20
+  ) AS summary,
+  ai_translate('Hello, how are you?', 'es') AS translated
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_task_function_docs_examples_run_verbatim(tmp_path: Path, engine: str) -> None:
+    query = tmp_path / "q.sql"
+    query.write_text(TASK_FUNCTION_DOCS_EXAMPLES)
+    out_file = tmp_path / "out.parquet"
+    out = cli("sql", "-f", str(query), "--engine", engine, "--output", str(out_file), timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pq.read_table(out_file)
+    row = table.to_pylist()[0]
+    assert row["sentiment"] in ("positive", "negative", "neutral", "mixed")
+    assert row["urgency"] in ("urgent", "not urgent")
+    assert set(row["entities"]) == {"person", "location", "organization"}
+    assert str(table.schema.field("similarity").type) == "float"
+    assert row["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert len(row["summary"].split()) <= 20
+    for name in ("fixed", "title", "masked", "translated"):
+        assert isinstance(row[name], str), name

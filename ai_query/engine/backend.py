@@ -33,6 +33,8 @@ class GenerationRequest:
     """Constrain the output to this JSON schema (structured output), or None."""
     json_object: bool = False
     """Constrain the output to any JSON object."""
+    choice: tuple[str, ...] | None = None
+    """Constrain the output to exactly one of these strings (guided choice), or None."""
     default_max_tokens: int = 256
     """max_tokens when the call gives none."""
     messages: list[dict[str, Any]] | None = None

@@ -78,6 +78,8 @@ class DeterministicBackend:
             return Completion("", tokens, len(answer.split()), "stop", calls)
         if request.json_schema is not None:
             answer = json.dumps(_value_for(request.json_schema, _seed(text)))
+        elif request.choice is not None:
+            answer = request.choice[_seed(text) % len(request.choice)]
         elif request.json_object:
             answer = json.dumps({"answer": text[:20]})
         else:
@@ -128,6 +130,9 @@ def _value_for(schema: dict[str, Any], seed: int) -> Any:
     if "enum" in schema:
         return schema["enum"][seed % len(schema["enum"])]
     if kind == "object":
+        extra = schema.get("additionalProperties")
+        if "properties" not in schema and isinstance(extra, dict):  # a MAP
+            return {f"k{i}": _value_for(extra, seed + i) for i in range(1 + seed % 3)}
         props = schema.get("properties", {})
         return {k: _value_for(v, seed + i) for i, (k, v) in enumerate(props.items())}
     if kind == "array":

@@ -156,6 +156,11 @@ class ExternalBackend:
             kwargs.setdefault("extra_body", {})["structured_outputs"] = {
                 "json": request.json_schema
             }
+        if request.choice is not None:
+            # vLLM's OpenAI-compatible server reads guided choice from the request body.
+            kwargs.setdefault("extra_body", {})["structured_outputs"] = {
+                "choice": list(request.choice)
+            }
         return kwargs
 
     async def embed(self, text: str) -> Embedding:

@@ -106,6 +106,7 @@ class LocalEngine:
                 params=options.model_parameters,
                 json_schema=output.json_schema,
                 json_object=output.json_object,
+                choice=output.choice,
                 schema_hint=True,
                 default_max_tokens=(
                     DEFAULT_MAX_TOKENS_STRUCTURED if structured else DEFAULT_MAX_TOKENS

@@ -179,6 +179,8 @@ class VLLMBackend:
             structured = StructuredOutputsParams(
                 json=request.json_schema, disable_any_whitespace=True
             )
+        elif request.choice is not None:
+            structured = StructuredOutputsParams(choice=list(request.choice))
         elif request.json_object:
             structured = StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
         kwargs: dict[str, Any] = {

@@ -168,7 +168,8 @@ def _string(value: exp.Expression, name: str) -> str:
 
 def _optional_string(args: dict[str, exp.Expression], name: str) -> str | None:
     value = args.get(name)
-    return None if value is None else _string(value, name)
+    # NULL stands for "not given", so later arguments can be given by position.
+    return None if value is None or isinstance(value, exp.Null) else _string(value, name)
 
 
 class _NotConstant(Exception):

@@ -27,7 +27,9 @@ class ResponseFormat:
     """A parsed ``responseFormat`` argument."""
 
     kind: str = "text"
-    """One of "text", "json_object", "json_schema"."""
+    """One of "text", "json_object", "json_schema", "choice"."""
+    choices: tuple[str, ...] = ()
+    """The allowed answers, for kind "choice" (an ai_query extension: vLLM's guided choice)."""
     schema: dict[str, Any] | None = None
     """The JSON schema, for kind "json_schema"."""
     name: str | None = None
@@ -48,6 +50,8 @@ class OutputSpec:
     """True when the model must produce some JSON object (``json_object`` mode)."""
     parse_json: bool = False
     """True when the engine's JSON text must be parsed into :attr:`sql_type`."""
+    choice: tuple[str, ...] | None = None
+    """The only answers guided decoding may produce (a STRING result), or None."""
 
 
 def parse_response_format(value: str | None) -> ResponseFormat:
@@ -55,7 +59,9 @@ def parse_response_format(value: str | None) -> ResponseFormat:
 
     Accepts None or ``'text'``, ``'json_object'``, an OpenAI-style JSON object string
     (``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``, or
-    ``{"type": "json_object"}`` / ``{"type": "text"}``), or a DDL ``STRUCT<...>`` string.
+    ``{"type": "json_object"}`` / ``{"type": "text"}``), a guided choice
+    ``{"type": "choice", "choice": ["a", "b"]}`` (an extension the task functions use), or a
+    DDL ``STRUCT<...>`` string.
 
     Raises:
         ConfigError: message ``bad responseFormat ...`` on anything else.
@@ -91,9 +97,21 @@ def _from_openai_json(value: str) -> ResponseFormat:
     kind = data.get("type") if isinstance(data, dict) else None
     if kind in ("text", "json_object"):
         return ResponseFormat(kind=kind)
+    if kind == "choice":
+        choices = data.get("choice")
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 1
+            or not all(isinstance(c, str) and c for c in choices)
+        ):
+            raise ConfigError(
+                f"bad responseFormat {value!r}: 'choice' must be a list of non-empty strings"
+            )
+        return ResponseFormat(kind="choice", choices=tuple(choices))
     if kind != "json_schema":
         raise ConfigError(
-            f"bad responseFormat {value!r}: 'type' must be text, json_object or json_schema"
+            f"bad responseFormat {value!r}: 'type' must be text, json_object, json_schema "
+            "or choice"
         )
     spec = data.get("json_schema")
     schema = spec.get("schema") if isinstance(spec, dict) else None
@@ -127,21 +145,19 @@ def resolve_output(return_type: str | None, response_format: str | None, task: s
     if task == EMBEDDINGS_TASK:
         return _resolve_embeddings(declared, return_type, response_format)
     fmt = parse_response_format(response_format) if response_format is not None else None
+    if declared is not None and fmt is not None:
+        # Databricks refuses the pair too: each alone says what the result is.
+        raise ConfigError(
+            f"give returnType or responseFormat, not both (returnType {return_type!r}, "
+            f"responseFormat {response_format!r})"
+        )
     if declared is not None and not declared.is_string:
-        if fmt is not None and not _consistent(declared, fmt):
-            raise ConfigError(
-                f"returnType {return_type!r} and responseFormat {response_format!r} disagree; "
-                "give one of them, or the same STRUCT in both"
-            )
         return OutputSpec(sql_type=declared, json_schema=declared.to_json_schema(), parse_json=True)
     if fmt is None or fmt.kind == "text":
         return OutputSpec(sql_type=SQLType.string())
+    if fmt.kind == "choice":
+        return OutputSpec(sql_type=SQLType.string(), choice=fmt.choices)
     if fmt.sql_type is not None:
-        if declared is not None:
-            raise ConfigError(
-                f"returnType {return_type!r} is STRING but responseFormat {response_format!r} "
-                "declares a STRUCT result"
-            )
         return OutputSpec(sql_type=fmt.sql_type, json_schema=fmt.schema, parse_json=True)
     # OpenAI-style json_schema / json_object: the result stays a STRING holding the JSON text.
     return OutputSpec(
@@ -166,10 +182,3 @@ def _resolve_embeddings(
         )
     return OutputSpec(sql_type=declared or allowed[0], parse_json=True)
 
-
-def _consistent(declared: SQLType, fmt: ResponseFormat) -> bool:
-    if fmt.sql_type is not None:
-        return fmt.sql_type == declared
-    if fmt.kind == "json_schema":
-        return fmt.schema == declared.to_json_schema()
-    return fmt.kind == "json_object" and declared.kind in ("STRUCT", "MAP")

@@ -26,6 +26,12 @@ from ai_query.sql.calls import (
 )
 from ai_query.sql.catalog_protocol import EndpointCatalog
 from ai_query.sql.response_format import CHAT_TASK, resolve_output
+from ai_query.sql.task_functions import (
+    as_anonymous,
+    bind_task_call,
+    find_task_calls,
+    is_task_call,
+)
 from ai_query.sql.types import SQLType, error_struct
 
 READ_DIALECTS: tuple[str, ...] = ("databricks", "spark", "duckdb")
@@ -70,6 +76,14 @@ def _with_request(node: exp.Expression, ctx: RewriteContext, rewrite: Rewrite) -
     return new
 
 
+def _with_args(node: exp.Expression, ctx: RewriteContext, rewrite: Rewrite) -> exp.Expression:
+    """A copy of the call ``node`` whose arguments have ``rewrite`` applied (nested calls)."""
+    new = node.copy()
+    for arg in list(new.expressions):
+        arg.replace(arg.transform(rewrite, ctx))
+    return new
+
+
 def canonicalize_call(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:
     """Re-emit an ``ai_query(...)`` call in canonical form for ``ctx.write``.
 
@@ -98,14 +112,21 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
 
     DuckDB: ``CAST(CAST(<call> AS JSON) AS <type>)``; Spark: ``from_json(<call>, '<ddl>')``
     (a scalar: ``from_json(concat('[', <call>, ']'), 'ARRAY<T>')[0]``); Databricks: unchanged
-    (ai_query types its result natively).
+    (ai_query types its result natively). Task functions are wrapped the same way where their
+    UDF's fixed type is not theirs (``ai_extract``'s STRUCT).
     """
-    if not isinstance(node, exp.Anonymous) or node.name.lower() != FUNCTION_NAME:
+    if ctx.write == "databricks" or not isinstance(node, exp.Anonymous):
         return node
-    if ctx.write == "databricks":
+    if is_task_call(node):
+        typ = bind_task_call(node).spec.result_type()
+        inner = _with_args(node, ctx, wrap_typed_result)
+        if typ.kind != "STRUCT":
+            return inner  # STRING, or ai_similarity's FLOAT, which its UDF returns as such
+    elif node.name.lower() == FUNCTION_NAME:
+        typ = result_type(bind_call(node), ctx.catalog)
+        inner = _with_request(node, ctx, wrap_typed_result)
+    else:
         return node
-    typ = result_type(bind_call(node), ctx.catalog)
-    inner = _with_request(node, ctx, wrap_typed_result)
     if typ.is_string:
         return inner
     ddl = typ.to_ddl(ctx.write)
@@ -156,12 +177,14 @@ def check_calls(tree: exp.Expression, catalog: EndpointCatalog | None) -> list[A
     Raises:
         UnsupportedCallError: a call with arguments of the wrong shape.
         SQLParseError: a returnType that does not parse.
-        ConfigError: an unknown endpoint, modelParameters key or task/type mismatch.
+        ConfigError: an unknown endpoint, modelParameters key or task/type mismatch; a task
+            function's bad labels, language or word limit.
     """
     calls = find_calls(tree)
     for call in calls:
         call.options()
         result_type(call, catalog)
+    find_task_calls(tree)  # bad labels, language or word limit fail here
     return calls
 
 
@@ -181,7 +204,8 @@ def parse_sql(sql: str, read: str) -> list[exp.Expression]:
         ) from exc
     except TokenError as exc:
         raise SQLParseError(f"cannot tokenize {read} SQL: {exc}") from exc
-    return [tree for tree in trees if isinstance(tree, exp.Expression)]
+    # Task functions sqlglot parses into typed nodes become plain calls, as ai_query is.
+    return [tree.transform(as_anonymous) for tree in trees if isinstance(tree, exp.Expression)]
 
 
 def transpile(

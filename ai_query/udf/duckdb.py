@@ -16,6 +16,7 @@ and bad calls fail before any row runs.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,35 @@ from ai_query.catalog import Catalog
 from ai_query.engine.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql import transpile
+from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.udf.rows import ProgressCallback, answer_rows
+from ai_query.udf.task_rows import TaskEndpoints, answer_task_rows
 
 _ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"]
 _ids = itertools.count()
+
+#: The task functions' SQL macros: (name, parameters, the UDF's arguments, the UDF's argument
+#: types, its result type). Labels travel as JSON text, so an ARRAY literal and Databricks'
+#: newer JSON-string form reach the UDF alike.
+_LABELS = "CAST(to_json(labels) AS VARCHAR)"
+TASK_MACROS: tuple[tuple[str, str, str, list[str], str], ...] = (
+    ("ai_analyze_sentiment", "content", "content", ["VARCHAR"], "VARCHAR"),
+    ("ai_classify", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
+    ("ai_extract", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
+    ("ai_fix_grammar", "content", "content", ["VARCHAR"], "VARCHAR"),
+    ("ai_gen", "prompt", "prompt", ["VARCHAR"], "VARCHAR"),
+    ("ai_mask", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
+    ("ai_similarity", "expr1, expr2", "expr1, expr2", ["VARCHAR"] * 2, "FLOAT"),
+    (
+        "ai_summarize",
+        "content, max_words := 50",
+        "content, max_words",
+        ["VARCHAR", "BIGINT"],
+        "VARCHAR",
+    ),
+    ("ai_translate", "content, to_lang", "content, to_lang", ["VARCHAR"] * 2, "VARCHAR"),
+)
+_INPUTS = {"ai_similarity": 2}
 
 
 class ProgressCounter:
@@ -105,6 +131,54 @@ def register(
         f"{udf_name}(endpoint, request, returnType, failOnError, "
         "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
     )
+    register_task_functions(con, catalog or engine.catalog, engine)
+
+
+def register_task_functions(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, engine: Engine
+) -> None:
+    """Make the task functions (``ai_classify``, ``ai_similarity``, ...) callable on ``con``.
+
+    Each is a macro over an Arrow UDF; results are the UDF's type (``ai_extract`` returns its
+    STRUCT as JSON text here; :class:`AIQueryConnection` casts it to the STRUCT).
+    """
+    endpoints = TaskEndpoints.from_catalog(catalog)
+    for name, params, args, arg_types, result in TASK_MACROS:
+        udf_name = f"__{name}_udf_{next(_ids)}"
+        udf = _task_udf(engine, endpoints, name, result, len(arg_types))
+        con.create_function(
+            udf_name, udf, arg_types, result, type="arrow", null_handling="special",
+            side_effects=True,
+        )
+        con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({params}) AS {udf_name}({args})")
+
+
+def _task_udf(
+    engine: Engine, endpoints: TaskEndpoints, name: str, result: str, arity: int
+) -> Any:
+    n_inputs = _INPUTS.get(name, 1)
+    arrow_type = pa.float32() if result == "FLOAT" else pa.string()
+
+    def answer(*columns: pa.Array) -> pa.Array:
+        values = [column.to_pylist() for column in columns]
+        constants = values[n_inputs:]
+        if name in ("ai_classify", "ai_extract", "ai_mask"):
+            constants = [[_json_or_none(v) for v in constants[0]]]
+        out = answer_task_rows(engine, endpoints, name, values[:n_inputs], constants)
+        return pa.array(out, arrow_type)
+
+    # DuckDB counts a UDF's parameters, so each arity gets its own signature.
+    def one(a: pa.Array) -> pa.Array:
+        return answer(a)
+
+    def two(a: pa.Array, b: pa.Array) -> pa.Array:
+        return answer(a, b)
+
+    return one if arity == 1 else two
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
 
 
 class AIQueryConnection:
@@ -123,7 +197,7 @@ class AIQueryConnection:
 
     def rewrite(self, query: str, read: str = "duckdb") -> str:
         """The statement DuckDB runs for ``query`` (unchanged when it has no ai_query call)."""
-        if read == "duckdb" and "ai_query" not in query.lower():
+        if read == "duckdb" and not mentions_ai_functions(query):
             return query
         return transpile(query, read=read, write="duckdb", catalog=self.catalog)
 

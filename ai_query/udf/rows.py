@@ -158,10 +158,40 @@ def _params_value(params: str | None) -> Any:
 def _json_values(column: pa.Array) -> list[str | None]:
     if pa.types.is_list(column.type) and pa.types.is_floating(column.type.value_type):
         return _float_lists_json(column)
+    values = column.to_pylist()
+    if _has_map(column.type):
+        # Arrow gives a MAP as (key, value) pairs; SQL engines read a MAP from a JSON object.
+        values = [_objects(v, column.type) for v in values]
     return [
         None if v is None else json.dumps(v, default=_json_default, ensure_ascii=False)
-        for v in column.to_pylist()
+        for v in values
     ]
+
+
+def _has_map(typ: pa.DataType) -> bool:
+    if pa.types.is_map(typ):
+        return True
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return _has_map(typ.value_type)
+    if pa.types.is_struct(typ):
+        return any(_has_map(typ.field(i).type) for i in range(typ.num_fields))
+    return False
+
+
+def _objects(value: Any, typ: pa.DataType) -> Any:
+    """``value`` with every MAP (a list of pairs) turned into a dict, following ``typ``."""
+    if value is None:
+        return None
+    if pa.types.is_map(typ):
+        return {str(k): _objects(v, typ.item_type) for k, v in value}
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return [_objects(v, typ.value_type) for v in value]
+    if pa.types.is_struct(typ):
+        return {
+            typ.field(i).name: _objects(value.get(typ.field(i).name), typ.field(i).type)
+            for i in range(typ.num_fields)
+        }
+    return value
 
 
 def _float_lists_json(column: pa.Array) -> list[str | None]:

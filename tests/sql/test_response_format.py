@@ -103,13 +103,6 @@ def test_bad_response_format(value: str) -> None:
             None, LABEL_DDL, CHAT, LABEL, LABEL.to_json_schema(), False, True, id="ddl-rf"
         ),
         pytest.param(
-            LABEL_DDL, LABEL_DDL, CHAT, LABEL, LABEL.to_json_schema(), False, True, id="same-both"
-        ),
-        pytest.param(
-            LABEL_DDL, "json_object", CHAT, LABEL, LABEL.to_json_schema(), False, True,
-            id="struct-rt-json-object",
-        ),
-        pytest.param(
             None, OPENAI_SCHEMA, CHAT, SQLType.string(), PAPER_SCHEMA, False, False,
             id="openai-schema-is-string",
         ),
@@ -148,10 +141,12 @@ def test_resolve_output(
     ("return_type", "response_format", "task", "message"),
     [
         pytest.param(None, None, "llm/v1/rerank", "unknown endpoint task", id="bad-task"),
-        pytest.param(LABEL_DDL, "STRUCT<x: INT>", CHAT, "disagree", id="different-structs"),
-        pytest.param(LABEL_DDL, "text", CHAT, "disagree", id="struct-vs-text"),
-        pytest.param(LABEL_DDL, OPENAI_SCHEMA, CHAT, "disagree", id="struct-vs-openai"),
-        pytest.param("STRING", LABEL_DDL, CHAT, "STRING", id="string-vs-ddl"),
+        pytest.param(LABEL_DDL, "STRUCT<x: INT>", CHAT, "not both", id="different-structs"),
+        pytest.param(LABEL_DDL, LABEL_DDL, CHAT, "not both", id="same-struct-both"),
+        pytest.param(LABEL_DDL, "json_object", CHAT, "not both", id="struct-and-json-object"),
+        pytest.param(LABEL_DDL, "text", CHAT, "not both", id="struct-vs-text"),
+        pytest.param(LABEL_DDL, OPENAI_SCHEMA, CHAT, "not both", id="struct-vs-openai"),
+        pytest.param("STRING", LABEL_DDL, CHAT, "not both", id="string-vs-ddl"),
         pytest.param("STRING", None, EMBEDDINGS, "embeddings", id="embeddings-string"),
         pytest.param("ARRAY<INT>", None, EMBEDDINGS, "embeddings", id="embeddings-int-array"),
         pytest.param(None, "text", EMBEDDINGS, "responseFormat", id="embeddings-format"),

@@ -86,7 +86,7 @@ STUB_MACROS = """
 CREATE MACRO ai_query_stub_value(endpoint, returnType, responseFormat) AS CASE
     WHEN endpoint IN ('all-minilm-l6-v2', 'databricks-gte-large-en') THEN '[0.1,0.2]'
     WHEN returnType LIKE 'ARRAY%' THEN '["a","b"]'
-    WHEN returnType LIKE 'STRUCT<label%' THEN '{"label":"x","score":1.0}'
+    WHEN returnType LIKE 'STRUCT<label%' OR responseFormat LIKE 'STRUCT<label%' THEN '{"label":"x","score":1.0}'
     WHEN responseFormat LIKE 'STRUCT<title%' THEN '{"title":"t","year":2024}'
     WHEN responseFormat = 'json_object' THEN '{"any":"thing"}'
     ELSE NULL END;
@@ -102,6 +102,8 @@ CREATE TABLE reviews (id INTEGER, review VARCHAR);
 INSERT INTO reviews VALUES (1, 'great'), (2, 'awful'), (3, NULL);
 CREATE TABLE docs (id INTEGER, body VARCHAR);
 INSERT INTO docs VALUES (1, 'doc one'), (2, 'doc two');
+CREATE TABLE tickets (id INTEGER, body VARCHAR);
+INSERT INTO tickets VALUES (1, 'it crashes'), (2, NULL);
 ATTACH ':memory:' AS uc_catalog;
 CREATE SCHEMA uc_catalog.schema;
 CREATE TABLE uc_catalog.schema."table" (text VARCHAR);
@@ -110,9 +112,14 @@ INSERT INTO uc_catalog.schema."table" VALUES ('some text');
 
 
 @pytest.fixture
-def con() -> Any:
+def con(fake_engine: Any) -> Any:
+    """The stub ai_query above, and the real task functions on the deterministic engine."""
+    from ai_query.catalog import Catalog
+    from ai_query.udf.duckdb import register_task_functions
+
     connection = duckdb.connect()
     connection.execute(STUB_MACROS)
+    register_task_functions(connection, Catalog.default(), fake_engine)
     yield connection
     connection.close()
 

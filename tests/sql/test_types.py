@@ -126,7 +126,15 @@ def test_to_ddl_unknown_dialect() -> None:
     ("ddl", "schema"),
     [
         pytest.param("STRING", {"type": "string"}, id="string"),
-        pytest.param("BIGINT", {"type": "integer"}, id="bigint"),
+        pytest.param(
+            "BIGINT",
+            {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+            id="bigint",
+        ),
+        pytest.param(
+            "INT", {"type": "integer", "minimum": -2147483648, "maximum": 2147483647}, id="int"
+        ),
+        pytest.param("TINYINT", {"type": "integer", "minimum": -128, "maximum": 127}, id="tinyint"),
         pytest.param("DECIMAL(5,2)", {"type": "number"}, id="decimal"),
         pytest.param("BOOLEAN", {"type": "boolean"}, id="boolean"),
         pytest.param("DATE", {"type": "string", "format": "date"}, id="date"),

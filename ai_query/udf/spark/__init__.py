@@ -46,14 +46,18 @@ from ai_query.engine.launcher import ServerProcess, start_server_process
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.sql import transpile
+from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.sql.transpile import parse_sql
 from ai_query.udf.rows import answer_rows
+from ai_query.udf.task_rows import TaskEndpoints, answer_task_rows
 
 #: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 _embedded: dict[tuple[str, str], ServerProcess] = {}
 _embedded_lock = threading.Lock()
+#: The registration of each Spark application (for the DataFrame functions).
+_registered: dict[str, SparkAIQuery] = {}
 
 
 class SparkAIQuery:
@@ -73,6 +77,9 @@ class SparkAIQuery:
         """SQL name of the function."""
         self.server = server
         """The embedded engine server, when the driver started one."""
+        self.udfs: dict[str, Any] = {}
+        """The registered UDFs by SQL name (``ai_query`` under :attr:`name`, task functions),
+        for :mod:`ai_query.udf.spark.functions`."""
 
     def transpile(self, query: str, read: str = "databricks") -> str:
         """The Spark SQL that runs ``query`` (one statement).
@@ -80,7 +87,7 @@ class SparkAIQuery:
         Raises:
             ConfigError, SQLParseError, UnsupportedCallError: a bad ai_query call.
         """
-        if read == "spark" and "ai_query" not in query.lower():
+        if read == "spark" and not mentions_ai_functions(query):
             return query
         return transpile(query, read=read, write="spark", catalog=self.catalog)
 
@@ -161,8 +168,28 @@ def register(
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         spark.conf.set(ARROW_BATCH_CONF, str(batch_size))
-    spark.udf.register(name, _make_udf(spec))
-    return SparkAIQuery(spark, spec, catalog, name, server)
+    aq = SparkAIQuery(spark, spec, catalog, name, server)
+    aq.udfs = {"ai_query": _make_udf(spec), **_task_udfs(spec, TaskEndpoints.from_catalog(catalog))}
+    for function, udf in aq.udfs.items():
+        spark.udf.register(name if function == "ai_query" else function, udf)
+    with _embedded_lock:
+        _registered[_app_id(spark)] = aq
+    return aq
+
+
+def registered(spark: SparkSession | None = None) -> SparkAIQuery:
+    """The ai_query registration of ``spark`` (default: the active session), registering with
+    the defaults (:func:`register`) on first use."""
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None:
+        raise ConfigError("no active SparkSession: create one, or call register(spark) first")
+    with _embedded_lock:
+        aq = _registered.get(_app_id(spark))
+    return aq if aq is not None and aq.spark is spark else register(spark)
+
+
+def _app_id(spark: SparkSession) -> str:
+    return str(spark.sparkContext.applicationId)
 
 
 def run_sql(
@@ -309,3 +336,58 @@ def _plain(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return float(value)
     return value
+
+
+def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
+    """The task functions' pandas UDFs, by SQL name (``ai_extract`` returns its STRUCT as JSON
+    text; :meth:`SparkAIQuery.sql` reads it back as the STRUCT)."""
+
+    def run(name: str, inputs: list[pd.Series], constants: list[pd.Series | None]) -> pd.Series:
+        n = len(inputs[0])
+        out = answer_task_rows(
+            get_engine(spec),
+            endpoints,
+            name,
+            [_values(s, n) for s in inputs],
+            [_values(s, n) for s in constants],
+        )
+        return pd.Series(out, dtype=object)
+
+    def ai_analyze_sentiment(content: pd.Series) -> pd.Series:
+        return run("ai_analyze_sentiment", [content], [])
+
+    def ai_classify(content: pd.Series, labels: pd.Series) -> pd.Series:
+        return run("ai_classify", [content], [labels])
+
+    def ai_extract(content: pd.Series, labels: pd.Series) -> pd.Series:
+        return run("ai_extract", [content], [labels])
+
+    def ai_fix_grammar(content: pd.Series) -> pd.Series:
+        return run("ai_fix_grammar", [content], [])
+
+    def ai_gen(prompt: pd.Series) -> pd.Series:
+        return run("ai_gen", [prompt], [])
+
+    def ai_mask(content: pd.Series, labels: pd.Series) -> pd.Series:
+        return run("ai_mask", [content], [labels])
+
+    def ai_similarity(expr1: pd.Series, expr2: pd.Series) -> pd.Series:
+        return run("ai_similarity", [expr1, expr2], []).astype("float32")
+
+    def ai_summarize(
+        content: pd.Series,
+        max_words: pd.Series = None,  # type: ignore[assignment]
+    ) -> pd.Series:
+        return run("ai_summarize", [content], [max_words] if max_words is not None else [])
+
+    def ai_translate(content: pd.Series, to_lang: pd.Series) -> pd.Series:
+        return run("ai_translate", [content], [to_lang])
+
+    functions = (
+        ai_analyze_sentiment, ai_classify, ai_extract, ai_fix_grammar, ai_gen, ai_mask,
+        ai_similarity, ai_summarize, ai_translate,
+    )
+    return {
+        f.__name__: pandas_udf(f, "float" if f is ai_similarity else "string")  # type: ignore[call-overload]
+        for f in functions
+    }

@@ -1,0 +1,410 @@
+"""Databricks AI Functions (``ai_classify``, ``ai_extract``, ...): arguments, prompts, results.
+
+Each task function is answered by a catalog endpoint (chat, or embeddings for
+``ai_similarity``) through the same engine calls as ``ai_query``. This module holds what is
+pure about them: :func:`task_spec` checks a call's constant arguments (labels, language,
+word limit) once, so a bad call fails before any row runs, and the :class:`TaskSpec` it
+returns writes the prompt for a row and says how the output is constrained (guided choice for
+labels, a JSON schema for extraction). :func:`bind_task_call` does the same from SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlglot import exp
+
+from ai_query.errors import ConfigError, UnsupportedCallError
+from ai_query.sql.types import SQLType
+
+CHAT = "llm/v1/chat"
+EMBEDDINGS = "llm/v1/embeddings"
+
+#: Each task function's parameters, in positional order; a trailing ``?`` marks an optional one.
+TASK_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "ai_analyze_sentiment": ("content",),
+    "ai_classify": ("content", "labels"),
+    "ai_extract": ("content", "labels"),
+    "ai_fix_grammar": ("content",),
+    "ai_gen": ("prompt",),
+    "ai_mask": ("content", "labels"),
+    "ai_similarity": ("expr1", "expr2"),
+    "ai_summarize": ("content", "max_words?"),
+    "ai_translate": ("content", "to_lang"),
+}
+#: The answers ai_analyze_sentiment may give.
+SENTIMENTS: tuple[str, ...] = ("positive", "negative", "neutral", "mixed")
+#: Languages ai_translate supports (Databricks' list), code -> name.
+LANGUAGES: dict[str, str] = {
+    "en": "English",
+    "de": "German",
+    "fr": "French",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "hi": "Hindi",
+    "es": "Spanish",
+    "th": "Thai",
+}
+#: ai_summarize's word limit when none is given.
+DEFAULT_MAX_WORDS = 50
+#: What ai_mask puts in place of each entity.
+MASK = "[MASKED]"
+MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS = 2, 20
+MAX_EXTRACT_LABELS = 20
+#: The longest entity ai_mask asks for, in characters.
+MASK_MAX_CHARS = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    """One task function call's constant arguments, checked."""
+
+    function: str
+    """The function's name, lower case."""
+    labels: tuple[str, ...] = ()
+    """Labels (ai_classify), entity kinds (ai_extract, ai_mask)."""
+    descriptions: tuple[str, ...] = ()
+    """A description per label (ai_classify's JSON object form), else empty."""
+    to_lang: str | None = None
+    """Target language code (ai_translate)."""
+    max_words: int | None = None
+    """Word limit (ai_summarize); 0 means no limit."""
+
+    @property
+    def task(self) -> str:
+        """The endpoint task that answers the function."""
+        return EMBEDDINGS if self.function == "ai_similarity" else CHAT
+
+    def result_type(self) -> SQLType:
+        """The SQL type the function returns."""
+        if self.function == "ai_extract":
+            return SQLType.struct([(label, SQLType.string()) for label in self.labels])
+        if self.function == "ai_similarity":
+            return SQLType("FLOAT")
+        return SQLType.string()
+
+    def choices(self) -> tuple[str, ...] | None:
+        """The only answers guided decoding may produce, or None."""
+        if self.function == "ai_analyze_sentiment":
+            return SENTIMENTS
+        if self.function == "ai_classify":
+            return self.labels
+        return None
+
+    def return_type(self) -> str | None:
+        """The returnType DDL of the engine call (structured output), or None for text."""
+        if self.function == "ai_extract":
+            return self.result_type().to_ddl("databricks")
+        return None
+
+    def response_format(self) -> str | None:
+        """The responseFormat of the engine call: a guided choice for labels, else None."""
+        if self.function == "ai_mask":
+            return mask_format(self.labels)
+        choices = self.choices()
+        return None if choices is None else choice_format(choices)
+
+    def max_tokens(self) -> int | None:
+        """A token budget that fits the answer (None: the engine's default)."""
+        if self.function == "ai_summarize" and self.max_words:
+            return 16 + 2 * self.max_words
+        if self.function in ("ai_analyze_sentiment", "ai_classify"):
+            return 16
+        if self.function == "ai_mask":  # room for every entity the schema allows
+            return 32 + len(self.labels) * MASK_MAX_CHARS
+        return None
+
+    def prompt(self, content: str) -> str:
+        """The chat prompt for one row's content."""
+        f = self.function
+        text = f"\n\nText: {content}"
+        if f == "ai_gen":
+            return content
+        if f == "ai_analyze_sentiment":
+            return (
+                "What is the sentiment of the following text? Answer with one word: "
+                "positive, negative, neutral or mixed." + text + "\n\nSentiment:"
+            )
+        if f == "ai_classify":
+            if self.descriptions:
+                options = "\n".join(
+                    f"- {label}: {desc}"
+                    for label, desc in zip(self.labels, self.descriptions, strict=True)
+                )
+            else:
+                options = "\n".join(f"- {label}" for label in self.labels)
+            return (
+                "Classify the following text into exactly one of these labels:\n"
+                + options
+                + text
+                + "\n\nLabel:"
+            )
+        if f in ("ai_extract", "ai_mask"):
+            return (
+                "Extract these entities from the following text: "
+                + ", ".join(self.labels)
+                + ". Give each entity exactly as it is written in the text, or an empty string "
+                "when the text has none." + text
+            )
+        if f == "ai_fix_grammar":
+            return (
+                "Correct the grammar and spelling of the following text. Answer with the "
+                "corrected text only." + text
+            )
+        if f == "ai_summarize":
+            limit = f" in at most {self.max_words} words" if self.max_words else ""
+            return f"Summarize the following text{limit}. Answer with the summary only." + text
+        if f == "ai_translate":
+            language = LANGUAGES[self.to_lang or "en"]
+            return (
+                f"Translate the following text to {language}. Answer with the translation only."
+                + text
+            )
+        raise UnsupportedCallError(f"{f} has no prompt")  # ai_similarity embeds, no prompt
+
+    def finish(self, content: str, answer: Any) -> Any:
+        """The function's result from the engine's answer (a string, or parsed JSON).
+
+        Raises:
+            ValueError: ai_mask's answer is not a JSON object (the caller makes it a row error).
+        """
+        if self.function == "ai_extract" and isinstance(answer, Mapping):
+            return {label: _present(answer.get(label)) for label in self.labels}
+        if self.function == "ai_mask":
+            return mask_entities(content, _json_object(answer))
+        if isinstance(answer, str):
+            answer = answer.strip()
+            if self.function == "ai_summarize" and self.max_words:
+                answer = " ".join(answer.split()[: self.max_words])
+        return answer
+
+
+def mask_format(labels: Sequence[str]) -> str:
+    """ai_mask's responseFormat: a JSON schema with the entity of each kind, as ai_extract asks
+    (a small model fills one string per kind far better than open lists; measured in
+    bench/task_quality.py), bounded so it cannot ramble past its token budget."""
+    entities = {"type": "string", "maxLength": MASK_MAX_CHARS}
+    schema = {
+        "type": "object",
+        "properties": {label: entities for label in labels},
+        "required": list(labels),
+        "additionalProperties": False,
+    }
+    return json.dumps(
+        {"type": "json_schema", "json_schema": {"name": "entities", "schema": schema}},
+        separators=(",", ":"),
+    )
+
+
+def _json_object(answer: Any) -> Mapping[str, Any]:
+    if isinstance(answer, Mapping):
+        return answer
+    try:
+        value = json.loads(answer)
+    except (TypeError, json.JSONDecodeError) as exc:
+        # Masking nothing would leak the entities: the row fails instead.
+        raise ValueError(f"ai_mask: the model's entity list is not valid JSON ({exc})") from exc
+    if not isinstance(value, Mapping):
+        raise ValueError("ai_mask: the model's entity list is not a JSON object")
+    return value
+
+
+def choice_format(choices: Sequence[str]) -> str:
+    """The responseFormat that restricts a chat answer to one of ``choices`` (guided choice)."""
+    return json.dumps({"type": "choice", "choice": list(choices)}, separators=(",", ":"))
+
+
+def _present(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text.lower() in ("", "null", "none", "n/a") else text
+
+
+def mask_entities(content: str, entities: Mapping[str, Any]) -> str:
+    """``content`` with every listed entity that occurs in it replaced by :data:`MASK`."""
+    found = {
+        str(item).strip()
+        for items in entities.values()
+        for item in (items if isinstance(items, list) else [items])
+        if item is not None
+    }
+    for entity in sorted((e for e in found if len(e) > 1), key=len, reverse=True):
+        content = content.replace(entity, MASK)
+    return content
+
+
+def task_spec(function: str, args: Sequence[Any] = ()) -> TaskSpec:
+    """Check a task function call's arguments after the first (Python values).
+
+    Args:
+        function: the function's name (any case).
+        args: the remaining arguments: labels as a list or JSON text, to_lang, max_words.
+
+    Raises:
+        ConfigError: a bad label list, an unsupported language or a bad word limit.
+        UnsupportedCallError: an unknown function or the wrong number of arguments.
+    """
+    name = function.lower()
+    params = TASK_FUNCTIONS.get(name)
+    if params is None:
+        raise UnsupportedCallError(f"unknown task function {function!r}")
+    required = sum(not p.endswith("?") for p in params)
+    given = 1 + len(args)
+    if not required <= given <= len(params):
+        counts = str(required) if required == len(params) else f"{required} or {len(params)}"
+        names = ", ".join(p.rstrip("?") for p in params)
+        raise UnsupportedCallError(f"{name}({names}) takes {counts} arguments, got {given}")
+    if name == "ai_similarity":
+        return TaskSpec(function=name)
+    if name in ("ai_classify", "ai_extract", "ai_mask"):
+        labels, descriptions = parse_labels(name, args[0])
+        return TaskSpec(function=name, labels=labels, descriptions=descriptions)
+    if name == "ai_translate":
+        lang = args[0]
+        if not isinstance(lang, str) or lang.strip().lower() not in LANGUAGES:
+            raise ConfigError(
+                f"ai_translate: unsupported language {lang!r}; supported: {', '.join(LANGUAGES)}"
+            )
+        return TaskSpec(function=name, to_lang=lang.strip().lower())
+    if name == "ai_summarize":
+        words = args[0] if args else DEFAULT_MAX_WORDS
+        if words is None:
+            words = DEFAULT_MAX_WORDS
+        if isinstance(words, bool) or not isinstance(words, int) or words < 0:
+            raise ConfigError(
+                f"ai_summarize: max_words must be a non-negative integer, got {words!r}"
+            )
+        return TaskSpec(function=name, max_words=words)
+    return TaskSpec(function=name)
+
+
+def parse_labels(function: str, value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(labels, descriptions) from an ARRAY<STRING> or JSON text (array, or label -> text).
+
+    Raises:
+        ConfigError: not a list of distinct non-empty strings, or a count outside the
+            function's bounds (ai_classify: 2 to 20).
+    """
+    descriptions: tuple[str, ...] = ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"{function}: labels must be an ARRAY<STRING> or a JSON array/object, got {value!r}"
+            ) from None
+    if isinstance(value, Mapping):
+        descriptions = tuple("" if v is None else str(v) for v in value.values())
+        value = list(value.keys())
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, str) and v.strip() for v in value
+    ):
+        raise ConfigError(f"{function}: labels must be non-empty strings, got {value!r}")
+    labels = tuple(v.strip() for v in value)
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{function}: labels must be distinct, got {list(labels)}")
+    low, high = (
+        (MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS)
+        if function == "ai_classify"
+        else (1, MAX_EXTRACT_LABELS)
+    )
+    if not low <= len(labels) <= high:
+        raise ConfigError(
+            f"{function}: needs {low} to {high} labels, got {len(labels)}: {list(labels)}"
+        )
+    return labels, descriptions
+
+
+def as_anonymous(node: exp.Expression) -> exp.Expression:
+    """sqlglot's typed ``AIClassify``/``AISimilarity`` nodes as plain calls, like the others.
+
+    sqlglot knows two of the functions (from other dialects) and parses them into typed nodes;
+    turned back into ``exp.Anonymous`` they bind, check and print like every task function.
+    A pure rewrite: any other node comes back unchanged.
+    """
+    if isinstance(node, exp.AIClassify):
+        args = [node.this, node.args["categories"]]
+        if node.args.get("config") is not None:
+            args.append(node.args["config"])
+        return exp.Anonymous(this="ai_classify", expressions=args)
+    if isinstance(node, exp.AISimilarity):
+        return exp.Anonymous(this="ai_similarity", expressions=list(node.expressions))
+    return node
+
+
+_CALLS = re.compile(r"\b(?:ai_query|" + "|".join(TASK_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
+
+
+def mentions_ai_functions(sql: str) -> bool:
+    """True when ``sql`` may call ai_query or a task function (a cheap text test: statements
+    without one run as written, untouched by sqlglot)."""
+    return _CALLS.search(sql) is not None
+
+
+def is_task_call(node: exp.Expr) -> bool:
+    """True when ``node`` is a call of one of :data:`TASK_FUNCTIONS` (any case)."""
+    return isinstance(node, exp.Anonymous) and node.name.lower() in TASK_FUNCTIONS
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """A task function call found in SQL: its checked spec and its row arguments."""
+
+    node: exp.Anonymous
+    """The call node."""
+    spec: TaskSpec
+    """The checked constant arguments."""
+    inputs: tuple[exp.Expression, ...]
+    """The per-row arguments (content; both texts for ai_similarity)."""
+
+
+def bind_task_call(node: exp.Expr) -> TaskCall:
+    """Check a task function call in SQL; its constant arguments must be literals.
+
+    Raises:
+        ConfigError: bad labels, language or word limit (see :func:`task_spec`).
+        UnsupportedCallError: a non-literal constant argument or a wrong argument count.
+    """
+    if not isinstance(node, exp.Anonymous) or not is_task_call(node):
+        raise UnsupportedCallError(f"not a task function call: {node.sql()!r}")
+    name = node.name.lower()
+    args = list(node.expressions)
+    if any(isinstance(a, (exp.Kwarg, exp.PropertyEQ)) for a in args):
+        raise UnsupportedCallError(f"{name}: arguments are positional")
+    n_inputs = 2 if name == "ai_similarity" else 1
+    if not args:
+        raise UnsupportedCallError(f"{name} needs at least one argument")
+    inputs, constants = args[:n_inputs], args[n_inputs:]
+    # The row inputs count as arguments (None) so the argument count is checked in one place.
+    values = [None] * (len(inputs) - 1) + [_constant(name, a) for a in constants]
+    return TaskCall(node, task_spec(name, values), tuple(inputs))
+
+
+def find_task_calls(tree: exp.Expr) -> list[TaskCall]:
+    """Bind every task function call in ``tree``."""
+    return [bind_task_call(n) for n in tree.find_all(exp.Anonymous) if is_task_call(n)]
+
+
+def _constant(function: str, node: exp.Expression) -> Any:
+    if isinstance(node, exp.Literal):
+        return node.to_py()
+    if isinstance(node, exp.Null):
+        return None
+    if isinstance(node, exp.Array) or (
+        isinstance(node, exp.Anonymous) and node.name.lower() == "array"
+    ):
+        return [_constant(function, item) for item in node.expressions]
+    if isinstance(node, exp.Paren):
+        return _constant(function, node.this)
+    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
+        return -_constant(function, node.this)
+    raise UnsupportedCallError(
+        f"{function}: {node.sql()!r} must be a constant (a literal or ARRAY of literals)"
+    )

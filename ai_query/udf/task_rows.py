@@ -1,0 +1,170 @@
+"""What a task function UDF (``ai_classify``, ``ai_similarity``, ...) does with a chunk of rows.
+
+Shared by DuckDB and Spark. Rows are grouped by their constant arguments (labels, language,
+word limit), each group's arguments are checked once (:func:`ai_query.sql.task_functions.
+task_spec`), and the group goes to the catalog's task function endpoint as one request batch.
+A NULL input gives a NULL result without a model call; the first failed row fails the query
+(Databricks' task functions have no failOnError).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ai_query.catalog import Catalog
+from ai_query.engine.batch import align_results, raise_first_error, request_batch
+from ai_query.engine.protocol import Engine
+from ai_query.errors import ConfigError, RowError
+from ai_query.options import CallOptions, ModelParameters
+from ai_query.sql.task_functions import TASK_FUNCTIONS, TaskSpec, task_spec
+
+
+@dataclass(frozen=True)
+class TaskEndpoints:
+    """The endpoint that answers each task function, resolved once from a catalog (picklable,
+    so Spark workers carry it instead of the catalog)."""
+
+    endpoints: dict[str, str] = field(default_factory=dict)
+    """Function name -> endpoint name."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """Function name -> why no endpoint answers it (raised when the function is called)."""
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog) -> TaskEndpoints:
+        """Resolve every task function's endpoint (see :meth:`Catalog.task_function_endpoint`)."""
+        endpoints, problems = {}, {}
+        for name in TASK_FUNCTIONS:
+            task = task_spec_task(name)
+            try:
+                endpoints[name] = catalog.task_function_endpoint(name, task)
+            except ConfigError as exc:
+                problems[name] = str(exc)
+        return cls(endpoints, problems)
+
+    def endpoint_for(self, function: str) -> str:
+        """The endpoint of ``function``; raises ConfigError when the catalog has none."""
+        if function not in self.endpoints:
+            raise ConfigError(self.problems.get(function, f"no endpoint answers {function}"))
+        return self.endpoints[function]
+
+
+def task_spec_task(function: str) -> str:
+    """The endpoint task that answers ``function``."""
+    return TaskSpec(function=function).task
+
+
+def answer_task_rows(
+    engine: Engine,
+    endpoints: TaskEndpoints,
+    function: str,
+    inputs: Sequence[Sequence[str | None]],
+    constants: Sequence[Sequence[Any]] = (),
+) -> list[Any]:
+    """Answer a chunk of task function rows; one result per row, in order.
+
+    Args:
+        engine: the engine rows run on.
+        endpoints: the endpoint of each function.
+        function: the task function's name.
+        inputs: the per-row texts: one column (content), two for ai_similarity.
+        constants: the remaining arguments, one column each (labels, to_lang, max_words).
+
+    Returns:
+        Text for STRING results, JSON text for ai_extract's STRUCT, a float for
+        ai_similarity; None for a NULL input.
+
+    Raises:
+        ConfigError: bad arguments (checked before the group's rows run), or no endpoint.
+        RowError: the first row that failed, naming the endpoint and the cause.
+    """
+    n = len(inputs[0])
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i in range(n):
+        key = tuple(_hashable(column[i]) for column in constants)
+        groups.setdefault(key, []).append(i)
+    out: list[Any] = [None] * n
+    for key, rows in groups.items():
+        placeholders = [None] * (len(inputs) - 1)
+        spec = task_spec(function, [*placeholders, *(_plain(v) for v in key)])
+        endpoint = endpoints.endpoint_for(spec.function)
+        columns = [[column[i] for i in rows] for column in inputs]
+        if spec.function == "ai_similarity":
+            values: list[Any] = _similarities(engine, endpoint, columns[0], columns[1], rows[0])
+        else:
+            values = _chat(engine, endpoint, spec, columns[0], rows)
+        for i, value in zip(rows, values, strict=True):
+            out[i] = value
+    return out
+
+
+def _chat(
+    engine: Engine, endpoint: str, spec: TaskSpec, contents: list[str | None], rows: list[int]
+) -> list[Any]:
+    options = CallOptions(
+        endpoint=endpoint,
+        model_parameters=ModelParameters(max_tokens=spec.max_tokens()),
+        return_type=spec.return_type(),
+        response_format=spec.response_format(),
+    )
+    prompts = [None if c is None else spec.prompt(c) for c in contents]
+    answers = _run(engine, prompts, options, rows[0])
+    out: list[Any] = []
+    for row, content, answer in zip(rows, contents, answers, strict=True):
+        if content is None or answer is None:
+            out.append(None)
+            continue
+        try:
+            value = spec.finish(content, answer)
+        except ValueError as exc:
+            raise RowError(str(exc), row, endpoint) from exc
+        out.append(json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value)
+    return out
+
+
+def _similarities(
+    engine: Engine,
+    endpoint: str,
+    left: list[str | None],
+    right: list[str | None],
+    offset: int,
+) -> list[float | None]:
+    vectors = _run(engine, [*left, *right], CallOptions(endpoint=endpoint), offset)
+    n = len(left)
+    out: list[float | None] = []
+    for a, b in zip(vectors[:n], vectors[n:], strict=True):
+        if a is None or b is None:
+            out.append(None)
+            continue
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+        out.append(float(np.dot(x, y) / norm) if norm else 0.0)
+    return out
+
+
+def _run(
+    engine: Engine, requests: list[str | None], options: CallOptions, offset: int
+) -> list[Any]:
+    result = align_results(engine.run(request_batch(requests, options)), len(requests))
+    raise_first_error(result, options.endpoint, offset)
+    column: pa.Array = result.column("result")
+    return column.to_pylist()
+
+
+def _hashable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

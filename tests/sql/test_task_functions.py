@@ -1,0 +1,174 @@
+"""The task functions' argument checks, prompts, guided outputs and result handling (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlglot
+
+from ai_query.errors import ConfigError, UnsupportedCallError
+from ai_query.sql.response_format import parse_response_format, resolve_output
+from ai_query.sql.task_functions import (
+    SENTIMENTS,
+    TASK_FUNCTIONS,
+    bind_task_call,
+    find_task_calls,
+    mask_entities,
+    parse_labels,
+    task_spec,
+)
+from ai_query.sql.transpile import parse_sql
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "message"),
+    [
+        pytest.param("ai_translate", ["xx"], "unsupported language 'xx'", id="bad-language"),
+        pytest.param("ai_translate", [None], "unsupported language", id="null-language"),
+        pytest.param("ai_classify", [["a"]], "needs 2 to 20 labels, got 1", id="one-label"),
+        pytest.param(
+            "ai_classify", [[f"l{i}" for i in range(21)]], "got 21", id="twenty-one-labels"
+        ),
+        pytest.param("ai_classify", [["a", "a"]], "distinct", id="duplicate-labels"),
+        pytest.param("ai_classify", [["a", ""]], "non-empty", id="empty-label"),
+        pytest.param("ai_classify", ["not json"], "JSON array/object", id="bad-json"),
+        pytest.param("ai_extract", [[]], "needs 1 to 20 labels", id="no-extract-labels"),
+        pytest.param("ai_summarize", [-1], "non-negative integer", id="negative-words"),
+        pytest.param("ai_summarize", ["ten"], "non-negative integer", id="text-words"),
+    ],
+)
+def test_bad_constant_arguments_are_config_errors(function: str, args: list, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        task_spec(function, args)
+
+
+@pytest.mark.parametrize(
+    ("function", "args"),
+    [
+        pytest.param("ai_classify", [], id="classify-without-labels"),
+        pytest.param("ai_gen", ["extra"], id="gen-with-two"),
+        pytest.param("ai_summarize", [1, 2], id="summarize-with-three"),
+        pytest.param("ai_nothing", [], id="unknown-function"),
+    ],
+)
+def test_wrong_argument_counts(function: str, args: list) -> None:
+    with pytest.raises(UnsupportedCallError):
+        task_spec(function, args)
+
+
+def test_labels_forms() -> None:
+    assert parse_labels("ai_classify", ["a", "b"]) == (("a", "b"), ())
+    assert parse_labels("ai_classify", '["a", "b"]') == (("a", "b"), ())
+    labels, descriptions = parse_labels("ai_classify", '{"bug": "a defect", "feature": "new"}')
+    assert labels == ("bug", "feature") and descriptions == ("a defect", "new")
+    prompt = task_spec("ai_classify", ['{"bug": "a defect", "feature": "new"}']).prompt("x")
+    assert "bug: a defect" in prompt
+
+
+def test_guided_outputs() -> None:
+    sentiment = task_spec("ai_analyze_sentiment")
+    output = resolve_output(None, sentiment.response_format(), "llm/v1/chat")
+    assert output.choice == SENTIMENTS and output.sql_type.is_string
+    classify = task_spec("ai_classify", [["urgent", "not urgent"]])
+    assert resolve_output(None, classify.response_format(), "llm/v1/chat").choice == (
+        "urgent",
+        "not urgent",
+    )
+    extract = task_spec("ai_extract", [["person", "location"]])
+    spec = resolve_output(extract.return_type(), None, "llm/v1/chat")
+    assert spec.json_schema is not None
+    assert spec.json_schema["required"] == ["person", "location"]
+    assert extract.result_type().to_ddl("spark") == "STRUCT<person: STRING, location: STRING>"
+
+
+def test_choice_response_format_is_checked() -> None:
+    assert parse_response_format('{"type": "choice", "choice": ["a"]}').choices == ("a",)
+    with pytest.raises(ConfigError, match="choice"):
+        parse_response_format('{"type": "choice", "choice": []}')
+    with pytest.raises(ConfigError, match="choice"):
+        parse_response_format('{"type": "choice", "choice": [1, 2]}')
+
+
+def test_results_are_finished() -> None:
+    extract = task_spec("ai_extract", [["person", "location"]])
+    assert extract.finish("x", {"person": "Ann", "location": ""}) == {
+        "person": "Ann",
+        "location": None,
+    }
+    summarize = task_spec("ai_summarize", [3])
+    assert summarize.finish("x", " one two three four ") == "one two three"
+    assert task_spec("ai_summarize", [0]).finish("x", "a b c d") == "a b c d"
+    assert task_spec("ai_summarize").max_words == 50
+
+
+def test_mask_replaces_every_listed_entity_that_occurs() -> None:
+    text = "John Doe lives in New York. Mail john@x.com or John Doe."
+    masked = mask_entities(text, {"person": ["John Doe", "Nobody"], "email": ["john@x.com"]})
+    assert masked == "[MASKED] lives in New York. Mail [MASKED] or [MASKED]."
+    assert mask_entities("abc", {"person": None}) == "abc"
+
+
+@pytest.mark.parametrize("read", ["databricks", "spark", "duckdb"])
+def test_every_function_binds_from_sql(read: str) -> None:
+    labels = "['a', 'b']" if read == "duckdb" else "array('a', 'b')"
+    calls = {
+        "ai_analyze_sentiment": "ai_analyze_sentiment(c)",
+        "ai_classify": f"ai_classify(c, {labels})",
+        "ai_extract": f"ai_extract(c, {labels})",
+        "ai_fix_grammar": "ai_fix_grammar(c)",
+        "ai_gen": "ai_gen(c)",
+        "ai_mask": f"ai_mask(c, {labels})",
+        "ai_similarity": "ai_similarity(c, d)",
+        "ai_summarize": "ai_summarize(c, 10)",
+        "ai_translate": "ai_translate(c, 'de')",
+    }
+    assert set(calls) == set(TASK_FUNCTIONS)
+    tree = parse_sql("SELECT " + ", ".join(calls.values()) + " FROM t", read)[0]
+    bound = {call.spec.function: call for call in find_task_calls(tree)}
+    assert set(bound) == set(TASK_FUNCTIONS)
+    assert bound["ai_classify"].spec.labels == ("a", "b")
+    assert bound["ai_summarize"].spec.max_words == 10
+    assert len(bound["ai_similarity"].inputs) == 2
+
+
+def test_non_constant_labels_are_refused() -> None:
+    node = sqlglot.parse_one("SELECT ai_extract(c, labels_column) FROM t").expressions[0]
+    with pytest.raises(UnsupportedCallError, match="must be a constant"):
+        bind_task_call(node)
+
+
+def test_prompts_name_the_task() -> None:
+    assert "German" in task_spec("ai_translate", ["de"]).prompt("Hello")
+    assert "at most 10 words" in task_spec("ai_summarize", [10]).prompt("x")
+    assert task_spec("ai_gen").prompt("Write a haiku") == "Write a haiku"
+    assert json.loads(task_spec("ai_classify", [["x", "y"]]).response_format() or "") == {
+        "type": "choice",
+        "choice": ["x", "y"],
+    }
+
+
+def test_mask_asks_for_bounded_entities() -> None:
+    spec = task_spec("ai_mask", [["person", "email"]])
+    output = resolve_output(spec.return_type(), spec.response_format(), "llm/v1/chat")
+    assert output.sql_type.is_string and output.json_schema is not None
+    person = output.json_schema["properties"]["person"]
+    assert person == {"type": "string", "maxLength": 64}
+    assert spec.finish("Ann met Bob", '{"person": "Ann", "email": ""}') == "[MASKED] met Bob"
+    with pytest.raises(ValueError, match="not valid JSON"):
+        spec.finish("Ann", '{"person": ["An')
+
+
+@pytest.mark.parametrize(
+    ("sql", "mentions"),
+    [
+        pytest.param("SELECT ai_query('e', x)", True, id="ai_query"),
+        pytest.param("select AI_CLASSIFY (x, ['a', 'b'])", True, id="task-upper-space"),
+        pytest.param("SELECT ai_score, said_hello FROM t", False, id="similar-names"),
+        pytest.param("SELECT 1", False, id="plain"),
+    ],
+)
+def test_mentions_ai_functions(sql: str, mentions: bool) -> None:
+    from ai_query.sql.task_functions import mentions_ai_functions
+
+    assert mentions_ai_functions(sql) is mentions

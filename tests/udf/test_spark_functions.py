@@ -1,0 +1,101 @@
+"""Typed PySpark DataFrame functions (``ai_query.udf.spark.functions``) on a deterministic engine
+server: each returns a Column of the declared Spark type; names and Columns both work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ai_query.errors import ConfigError, UnknownEndpointError
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+
+CHAT = "smollm2-135m-instruct"
+
+
+@pytest.fixture
+def frame(spark: Any, det_server: Any) -> Any:
+    from ai_query.udf.spark import register
+
+    register(spark, engine_url=det_server.url)
+    return spark.createDataFrame(
+        [(1, "great phone", "nice phone"), (2, None, "x"), (3, "great phone", "tax form")],
+        "id INT, review STRING, other STRING",
+    )
+
+
+def test_typed_columns(frame: Any) -> None:
+    from pyspark.sql import functions as F
+
+    from ai_query.udf.spark import functions as AF
+
+    out = frame.select(
+        "id",
+        AF.ai_query(CHAT, "review", returnType="STRUCT<label: STRING, score: DOUBLE>").alias("s"),
+        AF.ai_query("all-minilm-l6-v2", F.col("review")).alias("emb"),
+        AF.ai_query(CHAT, "review", returnType="INT").alias("n"),
+        AF.ai_query(CHAT, "review", returnType="MAP<STRING, INT>").alias("m"),
+        AF.ai_query(CHAT, "review", failOnError=False, modelParameters={"max_tokens": 5}).alias(
+            "safe"
+        ),
+        AF.ai_query(CHAT, "review").alias("text"),
+        AF.ai_analyze_sentiment("review").alias("sent"),
+        AF.ai_classify("review", ["a", "b"]).alias("cls"),
+        AF.ai_classify("review", {"x": "first", "y": "second"}).alias("cls2"),
+        AF.ai_extract("review", ["person", "place"]).alias("ext"),
+        AF.ai_similarity("review", "other").alias("sim"),
+        AF.ai_summarize("review", 2).alias("sum"),
+        AF.ai_translate("review", "it").alias("tr"),
+        AF.ai_mask("review", ["person"]).alias("mask"),
+        AF.ai_gen("review").alias("gen"),
+        AF.ai_fix_grammar("review").alias("fix"),
+    ).orderBy("id")
+    types = dict(out.dtypes)
+    assert types == {
+        "id": "int",
+        "s": "struct<label:string,score:double>",
+        "emb": "array<float>",
+        "n": "int",
+        "m": "map<string,int>",
+        "safe": "struct<result:string,errorMessage:string>",
+        "text": "string",
+        "sent": "string",
+        "cls": "string",
+        "cls2": "string",
+        "ext": "struct<person:string,place:string>",
+        "sim": "float",
+        "sum": "string",
+        "tr": "string",
+        "mask": "string",
+        "gen": "string",
+        "fix": "string",
+    }
+    rows = [r.asDict(recursive=True) for r in out.collect()]
+    assert all(v is None for k, v in rows[1].items() if k != "id")
+    first = rows[0]
+    assert isinstance(first["s"]["label"], str) and len(first["emb"]) == 384
+    assert isinstance(first["n"], int) and first["m"]
+    assert first["safe"]["errorMessage"] is None
+    assert first["cls"] in ("a", "b") and first["cls2"] in ("x", "y")
+    assert set(first["ext"]) == {"person", "place"}
+    assert -1.0 <= first["sim"] <= 1.0001 and len(first["sum"].split()) <= 2
+    # Duplicated reviews get the same answers (``other`` differs, so the similarity may not).
+    same = [k for k in first if k not in ("id", "sim")]
+    assert {k: rows[0][k] for k in same} == {k: rows[2][k] for k in same}
+
+
+def test_bad_arguments_fail_when_the_column_is_built(frame: Any) -> None:
+    from ai_query.udf.spark import functions as AF
+
+    with pytest.raises(ConfigError, match="unsupported language"):
+        AF.ai_translate("review", "xx")
+    with pytest.raises(ConfigError, match="2 to 20 labels"):
+        AF.ai_classify("review", ["only"])
+    with pytest.raises(UnknownEndpointError):
+        AF.ai_query("nope", "review")
+    with pytest.raises(ConfigError, match="not both"):
+        AF.ai_query(CHAT, "review", returnType="STRUCT<a: INT>", responseFormat="json_object")
