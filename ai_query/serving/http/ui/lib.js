@@ -102,3 +102,23 @@ export function tagList(tags) {
 
 /** Render the current route again (after a change the page should show). */
 export function rerender() { window.dispatchEvent(new HashChangeEvent("hashchange")); }
+
+/** POST ``body`` as JSON and yield the answer's parts as they stream in, split at
+ * ``separator`` (``"\n\n"``: server-sent events; ``"\n"``: JSON lines). */
+export async function* postStream(path, body, separator) {
+  const resp = await fetch(path, { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify(body) });
+  if (!resp.ok) { const data = await resp.json().catch(() => null); throw new APIError(resp.status, errorMessage(data, resp)); }
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf(separator)) >= 0) {
+      const part = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + separator.length);
+      yield part;
+    }
+  }
+}

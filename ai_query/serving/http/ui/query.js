@@ -1,7 +1,7 @@
 // Query endpoint (request editor, response, code snippets) and the AI Playground (streamed
 // chat with up to three endpoints side by side).
 
-import { APIError, TOKEN_KEY, add, api, entitiesOf, errorBox, errorMessage, fail, h, headers, levelCovers, main, rerender, session, show, stateLabel, stateOf, tagList, taskOf, token } from "./lib.js";
+import { APIError, TOKEN_KEY, postStream, add, api, entitiesOf, errorBox, errorMessage, fail, h, headers, levelCovers, main, rerender, session, show, stateLabel, stateOf, tagList, taskOf, token } from "./lib.js";
 
 // ---------- query endpoint ----------
 
@@ -116,31 +116,18 @@ async function streamChat(model, params, text, stats) {
   let first = null;
   let usage = null;
   try {
-    const resp = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers({ "Content-Type": "application/json" }),
-      body: JSON.stringify({ model, ...params, stream: true, stream_options: { include_usage: true } }) });
-    if (!resp.ok) { const data = await resp.json().catch(() => null); throw new APIError(resp.status, errorMessage(data, resp)); }
-    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        for (const line of event.split("\n")) {
-          if (!line.startsWith("data:")) continue;
-          const payload = line.slice(5).trim();
-          if (payload === "[DONE]") continue;
-          const chunk = JSON.parse(payload);
-          if (chunk.usage) usage = chunk.usage;
-          const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-          if (delta && delta.content) {
-            if (first === null) first = performance.now() - started;
-            text.textContent += delta.content;
-          }
+    const body = { model, ...params, stream: true, stream_options: { include_usage: true } };
+    for await (const event of postStream("/v1/chat/completions", body, "\n\n")) {
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const payload = line.slice(5).trim();
+        if (payload === "[DONE]") continue;
+        const chunk = JSON.parse(payload);
+        if (chunk.usage) usage = chunk.usage;
+        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+        if (delta && delta.content) {
+          if (first === null) first = performance.now() - started;
+          text.textContent += delta.content;
         }
       }
     }

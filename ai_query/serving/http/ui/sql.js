@@ -1,6 +1,6 @@
 // The SQL editor: uploaded tables, a query with progress, results, downloads.
 
-import { APIError, TOKEN_KEY, add, api, entitiesOf, errorBox, errorMessage, fail, h, headers, levelCovers, main, rerender, session, show, stateLabel, stateOf, tagList, taskOf, token } from "./lib.js";
+import { APIError, TOKEN_KEY, postStream, add, api, entitiesOf, errorBox, errorMessage, fail, h, headers, levelCovers, main, rerender, session, show, stateLabel, stateOf, tagList, taskOf, token } from "./lib.js";
 
 // ---------- SQL editor ----------
 
@@ -51,27 +51,16 @@ async function runSQL(sql, bar, status, result, downloads, box) {
   status.textContent = "running...";
   const started = performance.now();
   try {
-    const resp = await fetch("/api/ui/sql/query", { method: "POST", headers: headers({ "Content-Type": "application/json" }), body: JSON.stringify({ sql }) });
-    if (!resp.ok) { const data = await resp.json().catch(() => null); throw new APIError(resp.status, errorMessage(data, resp)); }
-    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let cut;
-      while ((cut = buffer.indexOf("\n")) >= 0) {
-        const line = JSON.parse(buffer.slice(0, cut));
-        buffer = buffer.slice(cut + 1);
-        if (line.error) throw new Error(line.error);
-        status.textContent = `${line.rows_answered} ai_query rows answered...`;
-        if (line.columns) {
-          result.append(h("thead", {}, h("tr", {}, line.columns.map((c) => h("th", {}, c)))),
-            h("tbody", {}, line.rows.map((r) => h("tr", {}, r.map((v) => h("td", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : v))))));
-          status.textContent = `${line.row_count} rows (${line.rows_answered} ai_query rows answered) in ${(performance.now() - started).toFixed(0)} ms` +
-            (line.row_count > line.rows.length ? `; showing the first ${line.rows.length}` : "");
-          downloads.hidden = false;
-        }
+    for await (const part of postStream("/api/ui/sql/query", { sql }, "\n")) {
+      const line = JSON.parse(part);
+      if (line.error) throw new Error(line.error);
+      status.textContent = `${line.rows_answered} ai_query rows answered...`;
+      if (line.columns) {
+        result.append(h("thead", {}, h("tr", {}, line.columns.map((c) => h("th", {}, c)))),
+          h("tbody", {}, line.rows.map((r) => h("tr", {}, r.map((v) => h("td", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : v))))));
+        status.textContent = `${line.row_count} rows (${line.rows_answered} ai_query rows answered) in ${(performance.now() - started).toFixed(0)} ms` +
+          (line.row_count > line.rows.length ? `; showing the first ${line.rows.length}` : "");
+        downloads.hidden = false;
       }
     }
   } catch (err) { status.textContent = ""; fail(box, err); }
