@@ -49,7 +49,7 @@ from ai_query.sql import transpile
 from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.sql.transpile import parse_sql
 from ai_query.udf.rows import answer_rows
-from ai_query.udf.task_rows import TaskEndpoints, answer_task_rows
+from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 
 #: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -58,6 +58,8 @@ _embedded: dict[tuple[str, str], ServerProcess] = {}
 _embedded_lock = threading.Lock()
 #: The registration of each Spark application (for the DataFrame functions).
 _registered: dict[str, SparkAIQuery] = {}
+#: ai_filter's remembered answers in this (worker) process, per engine.
+_memos: dict[EngineSpec, AnswerMemo] = {}
 
 
 class SparkAIQuery:
@@ -350,6 +352,7 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
             name,
             [_values(s, n) for s in inputs],
             [_values(s, n) for s in constants],
+            _memos.setdefault(spec, AnswerMemo()),
         )
         return pd.Series(out, dtype=object)
 
@@ -361,6 +364,13 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
 
     def ai_extract(content: pd.Series, labels: pd.Series) -> pd.Series:
         return run("ai_extract", [content], [labels])
+
+    def ai_filter(
+        predicate: pd.Series,
+        content: pd.Series = None,  # type: ignore[assignment]
+    ) -> pd.Series:
+        inputs = [predicate] if content is None else [predicate, content]
+        return run("ai_filter", inputs, []).astype("boolean")
 
     def ai_fix_grammar(content: pd.Series) -> pd.Series:
         return run("ai_fix_grammar", [content], [])
@@ -384,10 +394,11 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
         return run("ai_translate", [content], [to_lang])
 
     functions = (
-        ai_analyze_sentiment, ai_classify, ai_extract, ai_fix_grammar, ai_gen, ai_mask,
-        ai_similarity, ai_summarize, ai_translate,
+        ai_analyze_sentiment, ai_classify, ai_extract, ai_filter, ai_fix_grammar, ai_gen,
+        ai_mask, ai_similarity, ai_summarize, ai_translate,
     )
+    types = {"ai_similarity": "float", "ai_filter": "boolean"}
     return {
-        f.__name__: pandas_udf(f, "float" if f is ai_similarity else "string")  # type: ignore[call-overload]
+        f.__name__: pandas_udf(f, types.get(f.__name__, "string"))  # type: ignore[call-overload]
         for f in functions
     }

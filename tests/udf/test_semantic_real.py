@@ -1,0 +1,49 @@
+"""ai_filter, ai_agg and vector_search through real vLLM with the bundled models in DuckDB.
+
+The 135M chat model is weak: these check what guided decoding and the plumbing guarantee
+(booleans, NULLs, call counts, one answer per group, exact search order), not accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import ai_query
+from tests.udf.test_task_functions_duckdb import CountingEngine
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def counting(real_engine: Any) -> CountingEngine:
+    return CountingEngine(real_engine)
+
+
+def test_ai_filter_where_and_join_on_vllm(counting: CountingEngine) -> None:
+    with ai_query.connect(engine=counting) as con:  # type: ignore[arg-type]
+        con.execute(
+            "CREATE TABLE reviews AS SELECT * FROM (VALUES (1, 'I want my money back, refund "
+            "me now.'), (2, NULL), (3, 'Great screen and fast battery.')) t(id, review)"
+        )
+        judged = con.sql(
+            "SELECT id, ai_filter('Is this review asking for a refund? ' || review) FROM reviews "
+            "ORDER BY id"
+        ).fetchall()
+        kept = con.sql(
+            "SELECT id FROM reviews WHERE ai_filter('Is this review asking for a refund? ' || "
+            "review) ORDER BY id"
+        ).fetchall()
+        assert judged[1] == (2, None)
+        assert {v for _, v in judged if v is not None} <= {True, False}
+        assert kept == [(i,) for i, v in judged if v]
+        assert counting.rows == 2  # the NULL row made no call, the WHERE reused the answers
+        con.execute("CREATE TABLE a AS SELECT 'product ' || (i % 4) AS p FROM range(20) r(i)")
+        con.execute("CREATE TABLE b AS SELECT 'review ' || (j % 5) AS r FROM range(20) r(j)")
+        before = counting.rows
+        con.sql(
+            "SELECT count(*) FROM a JOIN b ON "
+            "ai_filter('Does the review mention the product?', a.p || ' / ' || b.r)"
+        ).fetchall()
+        assert counting.rows - before == 20  # 400 rows, 20 distinct pairs

@@ -1,0 +1,56 @@
+"""ai_filter (and the semantic aggregates) in Spark SQL and as PySpark Columns, on a
+deterministic engine server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
+
+
+@pytest.fixture
+def aq(spark: Any, det_server: Any) -> Any:
+    from ai_query.udf.spark import register
+
+    aq = register(spark, engine_url=det_server.url)
+    spark.createDataFrame(
+        [(i, None if i % 5 == 0 else f"review {i % 7}", f"group {i % 3}") for i in range(1, 31)],
+        "id INT, review STRING, g STRING",
+    ).createOrReplaceTempView("reviews")
+    return aq
+
+
+def test_ai_filter_in_spark_sql(aq: Any) -> None:
+    judged = aq.sql(
+        "SELECT id, ai_filter('Is this review about a refund? ' || review) AS ok, "
+        "ai_filter('Does it mention the product?', review) AS m FROM reviews"
+    ).collect()
+    assert {r.ok for r in judged} <= {True, False, None}
+    assert all(r.ok is None and r.m is None for r in judged if r.id % 5 == 0)
+    kept = aq.sql(
+        "SELECT id FROM reviews WHERE ai_filter('Is this review about a refund? ' || review)"
+    ).collect()
+    assert sorted(r.id for r in kept) == sorted(r.id for r in judged if r.ok)
+    cased = aq.sql(
+        "SELECT a.id, CASE WHEN ai_filter('Same?', a.review || ' / ' || b.review) THEN 1 "
+        "ELSE 0 END AS same FROM reviews a JOIN reviews b ON "
+        "ai_filter('Same?', a.review || ' / ' || b.review) WHERE a.id <= 5 AND b.id <= 5"
+    ).collect()
+    assert all(r.same == 1 for r in cased)
+
+
+def test_ai_filter_column(aq: Any) -> None:
+    from ai_query.udf.spark import functions as AF
+
+    frame = aq.spark.table("reviews")
+    out = frame.select("id", AF.ai_filter("Is it good?", "review").alias("ok")).collect()
+    assert frame.select(AF.ai_filter("Is it good?", "review").alias("x")).dtypes == [
+        ("x", "boolean")
+    ]
+    assert all(r.ok is None for r in out if r.id % 5 == 0)
+    assert {r.ok for r in out if r.id % 5} <= {True, False}
