@@ -353,10 +353,19 @@ def as_anonymous(node: exp.Expression) -> exp.Expression:
         return exp.Anonymous(this="ai_classify", expressions=args)
     if isinstance(node, exp.AISimilarity):
         return exp.Anonymous(this="ai_similarity", expressions=list(node.expressions))
+    if isinstance(node, (exp.AIAgg, exp.AISummarizeAgg)):
+        name = "ai_agg" if isinstance(node, exp.AIAgg) else "ai_summarize_agg"
+        args = [node.this] + ([node.expression] if node.args.get("expression") else [])
+        return exp.Anonymous(this=name, expressions=args)
     return node
 
 
-_CALLS = re.compile(r"\b(?:ai_query|" + "|".join(TASK_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
+#: Other functions a statement may call that need the rewriting connection or transpile.
+SEMANTIC_FUNCTIONS: tuple[str, ...] = ("ai_agg", "ai_summarize_agg", "vector_search")
+_CALLS = re.compile(
+    r"\b(?:ai_query|" + "|".join((*TASK_FUNCTIONS, *SEMANTIC_FUNCTIONS)) + r")\s*\(",
+    re.IGNORECASE,
+)
 
 
 def mentions_ai_functions(sql: str) -> bool:

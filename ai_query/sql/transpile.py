@@ -26,6 +26,7 @@ from ai_query.sql.calls import (
 )
 from ai_query.sql.catalog_protocol import EndpointCatalog
 from ai_query.sql.response_format import CHAT_TASK, resolve_output
+from ai_query.sql.semantic_agg import check_aggregate_call, is_aggregate_call, spark_aggregate
 from ai_query.sql.task_functions import (
     as_anonymous,
     bind_task_call,
@@ -144,9 +145,15 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
     return exp.Bracket(this=parsed, expressions=[exp.Literal.number(0)])
 
 
+def rewrite_aggregates(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:
+    """``ai_agg``/``ai_summarize_agg`` for Spark: a UDF over ``collect_list`` (DuckDB's macros
+    and Databricks take the calls as written)."""
+    return spark_aggregate(node) if ctx.write == "spark" else node
+
+
 Rewrite = Callable[[exp.Expression, RewriteContext], exp.Expression]
 #: The rewrites, in order; each is applied to the whole tree with ``tree.transform``.
-REWRITES: tuple[Rewrite, ...] = (canonicalize_call, wrap_typed_result)
+REWRITES: tuple[Rewrite, ...] = (canonicalize_call, wrap_typed_result, rewrite_aggregates)
 
 
 def _kwarg(name: str, value: exp.Expression) -> exp.Kwarg:
@@ -185,6 +192,9 @@ def check_calls(tree: exp.Expression, catalog: EndpointCatalog | None) -> list[A
         call.options()
         result_type(call, catalog)
     find_task_calls(tree)  # bad labels, language or word limit fail here
+    for node in tree.find_all(exp.Anonymous):
+        if is_aggregate_call(node):
+            check_aggregate_call(node)
     return calls
 
 

@@ -28,7 +28,9 @@ from ai_query.catalog import Catalog
 from ai_query.engine.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql import transpile
+from ai_query.sql.semantic_agg import SUMMARIZE_INSTRUCTION, AggPlan
 from ai_query.sql.task_functions import mentions_ai_functions, row_input_count
+from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import ProgressCallback, answer_rows
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 
@@ -90,6 +92,7 @@ def register(
     *,
     name: str = "ai_query",
     progress: ProgressCallback | None = None,
+    agg_plan: AggPlan | None = None,
 ) -> None:
     """Make ``ai_query(...)`` callable in SQL on ``con``.
 
@@ -99,6 +102,7 @@ def register(
         engine: the engine rows run on (default: vLLM in this process, shared).
         name: SQL name of the macro.
         progress: called with the number of rows answered after each chunk.
+        agg_plan: chunk sizes of ``ai_agg``'s map-reduce (default :class:`AggPlan`).
     """
     engine = engine or get_engine(EngineSpec.for_catalog(catalog))
     udf_name = f"__ai_query_udf_{next(_ids)}"
@@ -132,11 +136,15 @@ def register(
         f"{udf_name}(endpoint, request, returnType, failOnError, "
         "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
     )
-    register_task_functions(con, catalog or engine.catalog, engine)
+    register_task_functions(con, catalog or engine.catalog, engine, agg_plan=agg_plan)
 
 
 def register_task_functions(
-    con: duckdb.DuckDBPyConnection, catalog: Catalog, engine: Engine
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    engine: Engine,
+    *,
+    agg_plan: AggPlan | None = None,
 ) -> None:
     """Make the task functions (``ai_classify``, ``ai_similarity``, ...) callable on ``con``.
 
@@ -157,6 +165,36 @@ def register_task_functions(
         overloads.setdefault(name, []).append(f"({params}) AS {udf_name}({args})")
     for name, bodies in overloads.items():
         con.execute(f"CREATE OR REPLACE TEMP MACRO {name}{', '.join(bodies)}")
+    register_aggregates(con, endpoints, engine, agg_plan or AggPlan())
+
+
+def register_aggregates(
+    con: duckdb.DuckDBPyConnection, endpoints: TaskEndpoints, engine: Engine, plan: AggPlan
+) -> None:
+    """``ai_agg(expr, instruction)`` and ``ai_summarize_agg(expr)`` on ``con``: macros over a
+    scalar UDF of ``list(expr)``, so they aggregate wherever ``list`` does (``GROUP BY``, the
+    whole table) and DuckDB needs no Python aggregate."""
+
+    def udf(rows: pa.Array, instruction: pa.Array) -> pa.Array:
+        endpoint = endpoints.endpoint_for("ai_agg")
+        answers = answer_groups(engine, endpoint, rows.to_pylist(), instruction.to_pylist(), plan)
+        return pa.array(answers, pa.string())
+
+    udf_name = f"__ai_agg_udf_{next(_ids)}"
+    con.create_function(
+        udf_name, udf, ["VARCHAR[]", "VARCHAR"], "VARCHAR", type="arrow",
+        null_handling="special", side_effects=True,
+    )
+    rows = "list(CAST(expr AS VARCHAR))"
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO ai_agg(expr, instruction) AS {udf_name}({rows}, "
+        "instruction)"
+    )
+    instruction = SUMMARIZE_INSTRUCTION.replace("'", "''")
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO ai_summarize_agg(expr) AS {udf_name}({rows}, "
+        f"'{instruction}')"
+    )
 
 
 def _task_udf(

@@ -26,6 +26,7 @@ from ai_query.engine.batch import align_results, raise_first_error, request_batc
 from ai_query.engine.protocol import Engine
 from ai_query.errors import ConfigError, RowError
 from ai_query.options import CallOptions, ModelParameters
+from ai_query.sql.semantic_agg import AGGREGATE_FUNCTIONS
 from ai_query.sql.task_functions import TASK_FUNCTIONS, TaskSpec, task_spec
 
 
@@ -43,7 +44,7 @@ class TaskEndpoints:
     def from_catalog(cls, catalog: Catalog) -> TaskEndpoints:
         """Resolve every task function's endpoint (see :meth:`Catalog.task_function_endpoint`)."""
         endpoints, problems = {}, {}
-        for name in TASK_FUNCTIONS:
+        for name in (*TASK_FUNCTIONS, *AGGREGATE_FUNCTIONS):
             task = task_spec_task(name)
             try:
                 endpoints[name] = catalog.task_function_endpoint(name, task)

@@ -113,3 +113,73 @@ def test_ai_filter_join_counts_model_calls(fake_engine: Any) -> None:
         ).fetchall()
     assert 0 < rows[0][0] < 400
     assert fake_engine.model_calls == 20
+
+
+class RecordingEngine(CountingEngine):
+    """Also keeps every prompt it was asked (what the model saw)."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.prompts: list[str] = []
+
+    def run(self, batch: Any) -> Any:
+        from ai_query.engine.batch import read_request_batch
+
+        requests, _ = read_request_batch(batch)
+        self.prompts += [r for r in requests if r is not None]
+        return super().run(batch)
+
+
+def test_ai_agg_map_reduces_a_group_too_large_for_one_context(fake_engine: Any) -> None:
+    recording = RecordingEngine(fake_engine)
+    with ai_query.connect(engine=recording) as c:  # type: ignore[arg-type]
+        # 3 groups of 200 rows, ~1,200 words each: over the deterministic model's 512.
+        c.execute(
+            "CREATE TABLE t AS SELECT i % 3 AS g, 'row' || lpad(i::VARCHAR, 4, '0') || "
+            "' complains about late shipping' AS r FROM range(600) x(i) "
+            "UNION ALL SELECT 1, NULL"
+        )
+        rows = c.sql(
+            "SELECT g, ai_agg(r, 'What do customers complain about?') AS a FROM t "
+            "GROUP BY g ORDER BY g"
+        ).fetchall()
+    assert [g for g, _ in rows] == [0, 1, 2]
+    assert all(isinstance(a, str) and a for _, a in rows)
+    # Map calls over rows (the second line says so; reduce calls read "partial results").
+    mapped = [
+        p for p in recording.prompts
+        if p.split("\n")[1].startswith("Here are some of the group's rows")
+    ]
+    seen = [tok for p in mapped for tok in p.split() if tok.startswith("row") and tok[3:].isdigit()]
+    assert sorted(seen) == [f"row{i:04d}" for i in range(600)]  # every row once, in map calls
+    assert len(mapped) > 3  # the groups did not fit one call
+    finals = [p for p in recording.prompts if p.endswith("Answer:")]
+    assert len(finals) == 3  # one answer per group
+    assert all(len(p.split()) <= 512 for p in recording.prompts)
+
+
+def test_ai_agg_small_group_is_one_call_and_nulls_are_skipped(counting: CountingEngine) -> None:
+    with ai_query.connect(engine=counting) as c:  # type: ignore[arg-type]
+        rows = c.sql(
+            "SELECT g, ai_agg(v, 'Join the words.'), ai_summarize_agg(v) FROM "
+            "(VALUES (1, 'a'), (1, NULL), (2, NULL), (3, 'b'), (3, 'c')) t(g, v) "
+            "GROUP BY g ORDER BY g"
+        ).fetchall()
+        whole = c.sql("SELECT ai_agg(v, 'x') FROM (VALUES (1), (2)) t(v)").fetchall()
+    assert rows[1] == (2, None, None)  # only NULLs: NULL, as other aggregates
+    assert all(isinstance(v, str) for v in rows[0][1:] + rows[2][1:])
+    assert counting.rows == 4 + 1  # one call per group and function, one for the whole table
+    assert isinstance(whole[0][0], str)
+
+
+def test_agg_plan_chunks_keep_every_item_and_end() -> None:
+    from ai_query.sql.semantic_agg import AggPlan, estimate_tokens
+
+    plan = AggPlan(chunk_tokens=40)
+    items = [f"item {i} " * (1 + i % 9) for i in range(50)] + ["x" * 1000]
+    chunks = plan.chunks(items)
+    flat = [item for chunk in chunks for item in chunk]
+    assert len(flat) == len(items)
+    assert [c[:5] for c in flat] == [i[:5] for i in items]
+    assert all(sum(estimate_tokens(x) + 1 for x in c) <= 40 for c in chunks)
+    assert len(plan.chunks(["y" * 500] * 4)) == 2  # long items are cut: two per chunk

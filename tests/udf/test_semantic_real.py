@@ -47,3 +47,25 @@ def test_ai_filter_where_and_join_on_vllm(counting: CountingEngine) -> None:
             "ai_filter('Does the review mention the product?', a.p || ' / ' || b.r)"
         ).fetchall()
         assert counting.rows - before == 20  # 400 rows, 20 distinct pairs
+
+
+def test_ai_agg_over_groups_larger_than_the_context_on_vllm(counting: CountingEngine) -> None:
+    import duckdb
+
+    from ai_query.sql.semantic_agg import AggPlan
+    from ai_query.udf.duckdb import register
+
+    con = duckdb.connect()
+    # A small chunk budget makes 40 rows per group need map-reduce, on the real model.
+    register(con, engine=counting, agg_plan=AggPlan(chunk_tokens=120))  # type: ignore[arg-type]
+    con.execute(
+        "CREATE TABLE t AS SELECT i % 2 AS g, 'Review ' || i || ': the parcel arrived late.' "
+        "AS r FROM range(40) x(i)"
+    )
+    rows = con.sql(
+        "SELECT g, ai_agg(r, 'What is the main complaint?'), ai_summarize_agg(r) FROM t "
+        "GROUP BY g ORDER BY g"
+    ).fetchall()
+    assert [g for g, *_ in rows] == [0, 1]
+    assert all(isinstance(v, str) for _, *vs in rows for v in vs)
+    assert counting.rows > 4  # more than one call per group and function

@@ -54,3 +54,14 @@ def test_ai_filter_column(aq: Any) -> None:
     ]
     assert all(r.ok is None for r in out if r.id % 5 == 0)
     assert {r.ok for r in out if r.id % 5} <= {True, False}
+
+
+def test_ai_agg_and_summarize_agg_group_by_in_spark_sql(aq: Any) -> None:
+    rows = aq.sql(
+        "SELECT g, ai_agg(review, 'What do these reviews say?') AS a, "
+        "ai_summarize_agg(review) AS s FROM reviews GROUP BY g ORDER BY g"
+    ).collect()
+    assert [r.g for r in rows] == ["group 0", "group 1", "group 2"]
+    assert all(isinstance(r.a, str) and r.a and isinstance(r.s, str) for r in rows)
+    empty = aq.sql("SELECT ai_agg(review, 'x') AS a FROM reviews WHERE review IS NULL").collect()
+    assert empty[0].a is None

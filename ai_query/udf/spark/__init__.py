@@ -46,8 +46,10 @@ from ai_query.engine.launcher import ServerProcess, start_server_process
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.sql import transpile
+from ai_query.sql.semantic_agg import SPARK_AGG_UDF
 from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.sql.transpile import parse_sql
+from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import answer_rows
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 
@@ -398,7 +400,18 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
         ai_mask, ai_similarity, ai_summarize, ai_translate,
     )
     types = {"ai_similarity": "float", "ai_filter": "boolean"}
-    return {
+    udfs = {
         f.__name__: pandas_udf(f, types.get(f.__name__, "string"))  # type: ignore[call-overload]
         for f in functions
     }
+
+    def ai_agg_rows(rows: pd.Series, instruction: pd.Series) -> pd.Series:
+        groups = [None if _missing(v) else _plain(v) for v in rows.tolist()]
+        out = answer_groups(
+            get_engine(spec), endpoints.endpoint_for("ai_agg"), groups,
+            _values(instruction, len(rows)),
+        )
+        return pd.Series(out, dtype=object)
+
+    udfs[SPARK_AGG_UDF] = pandas_udf(ai_agg_rows, "string")  # type: ignore[call-overload]
+    return udfs
