@@ -57,6 +57,34 @@ def connect(
     return _connect(database, catalog, engine=engine, **duckdb_config)
 
 
+def create_vector_index(
+    con_or_spark: Any,
+    name: str,
+    source_table: str,
+    primary_key: str,
+    text_column: str,
+    endpoint: str,
+) -> Any:
+    """Create or re-sync a vector index that ``vector_search(index => name, ...)`` searches.
+
+    Embeds ``text_column`` of ``source_table`` with the embeddings ``endpoint`` into the table
+    ``name`` (the source's columns plus the vectors); calling it again embeds only new or
+    changed rows. DuckDB connections only for now (:func:`connect`'s, or a plain one).
+
+    Returns:
+        A ``SyncResult`` (rows in the index, rows embedded this time).
+
+    Raises:
+        ConfigError: a non-embeddings endpoint or a clashing index name.
+        UnsupportedCallError: a SparkSession (not supported yet).
+    """
+    if type(con_or_spark).__name__ == "SparkSession":
+        raise UnsupportedCallError("create_vector_index: Spark is not supported yet; use DuckDB")
+    from ai_query.udf.vector_index import create_vector_index as _create
+
+    return _create(con_or_spark, name, source_table, primary_key, text_column, endpoint)
+
+
 __all__ = [
     "AIQueryError",
     "CallOptions",
@@ -77,5 +105,6 @@ __all__ = [
     "UnsupportedCallError",
     "__version__",
     "connect",
+    "create_vector_index",
     "load_catalog",
 ]

@@ -33,6 +33,7 @@ from ai_query.sql.task_functions import mentions_ai_functions, row_input_count
 from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import ProgressCallback, answer_rows
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
+from ai_query.udf.vector_index import load_indexes
 
 _ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"]
 _ids = itertools.count()
@@ -244,7 +245,10 @@ class AIQueryConnection:
         """The statement DuckDB runs for ``query`` (unchanged when it has no ai_query call)."""
         if read == "duckdb" and not mentions_ai_functions(query):
             return query
-        return transpile(query, read=read, write="duckdb", catalog=self.catalog)
+        indexes = load_indexes(self.raw) if "vector_search" in query.lower() else {}
+        return transpile(
+            query, read=read, write="duckdb", catalog=self.catalog, vector_indexes=indexes
+        )
 
     def sql(self, query: str, **kwargs: Any) -> Any:
         """Run ``query`` (DuckDB SQL) like ``DuckDBPyConnection.sql``."""

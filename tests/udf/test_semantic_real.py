@@ -69,3 +69,38 @@ def test_ai_agg_over_groups_larger_than_the_context_on_vllm(counting: CountingEn
     assert [g for g, *_ in rows] == [0, 1]
     assert all(isinstance(v, str) for _, *vs in rows for v in vs)
     assert counting.rows > 4  # more than one call per group and function
+
+
+def test_vector_search_matches_numpy_and_resync_counts_on_vllm(counting: CountingEngine) -> None:
+    import numpy as np
+
+    from ai_query.udf.vector_index import _embed
+
+    topics = ["shipping was late", "the battery died", "refund was refused", "great screen"]
+    with ai_query.connect(engine=counting) as con:  # type: ignore[arg-type]
+        con.execute(
+            "CREATE TABLE notes AS SELECT i AS id, 'Customer ' || i || ': ' || "
+            f"({topics!r})[1 + i % 4] AS body FROM range(40) r(i)"
+        )
+        first = ai_query.create_vector_index(
+            con, "notes_idx", "notes", "id", "body", "all-minilm-l6-v2"
+        )
+        assert first.embedded == 40
+        got = con.sql(
+            "SELECT id, search_score FROM vector_search(index => 'notes_idx', "
+            "query_text => 'my money was not returned', num_results => 5)"
+        ).fetchall()
+        texts = [b for (b,) in con.sql("SELECT body FROM notes ORDER BY id").fetchall()]
+        docs = np.asarray(_embed(counting, "all-minilm-l6-v2", texts))
+        query = np.asarray(_embed(counting, "all-minilm-l6-v2", ["my money was not returned"])[0])
+        scores = docs @ query / (np.linalg.norm(docs, axis=1) * np.linalg.norm(query))
+        best = np.argsort(-scores, kind="stable")[:5]
+        assert [i for i, _ in got] == best.tolist()
+        assert [s for _, s in got] == pytest.approx(scores[best].tolist(), abs=1e-4)
+        con.execute("UPDATE notes SET body = 'changed text' WHERE id = 1")
+        con.execute("INSERT INTO notes VALUES (100, 'a new note')")
+        before = counting.rows
+        again = ai_query.create_vector_index(
+            con, "notes_idx", "notes", "id", "body", "all-minilm-l6-v2"
+        )
+        assert again.embedded == 2 and counting.rows - before == 2
