@@ -64,22 +64,31 @@ def create_vector_index(
     primary_key: str,
     text_column: str,
     endpoint: str,
+    *,
+    path: str | None = None,
 ) -> Any:
     """Create or re-sync a vector index that ``vector_search(index => name, ...)`` searches.
 
     Embeds ``text_column`` of ``source_table`` with the embeddings ``endpoint`` into the table
     ``name`` (the source's columns plus the vectors); calling it again embeds only new or
-    changed rows. DuckDB connections only for now (:func:`connect`'s, or a plain one).
+    changed rows. ``con_or_spark``: a DuckDB connection (:func:`connect`'s, or a plain one;
+    the index is a table) or a SparkSession (the index is Parquet in the warehouse directory,
+    searched through ``SparkAIQuery.sql``; ``path`` moves it elsewhere).
 
     Returns:
         A ``SyncResult`` (rows in the index, rows embedded this time).
 
     Raises:
         ConfigError: a non-embeddings endpoint or a clashing index name.
-        UnsupportedCallError: a SparkSession (not supported yet).
     """
     if type(con_or_spark).__name__ == "SparkSession":
-        raise UnsupportedCallError("create_vector_index: Spark is not supported yet; use DuckDB")
+        from ai_query.udf.spark.vector_index import create_vector_index as _spark_create
+
+        return _spark_create(
+            con_or_spark, name, source_table, primary_key, text_column, endpoint, path=path
+        )
+    if path is not None:
+        raise ConfigError("create_vector_index: path is for Spark (DuckDB keeps a table)")
     from ai_query.udf.vector_index import create_vector_index as _create
 
     return _create(con_or_spark, name, source_table, primary_key, text_column, endpoint)

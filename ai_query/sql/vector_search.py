@@ -26,8 +26,8 @@ from ai_query.errors import ConfigError, UnsupportedCallError
 
 #: The table that lists the vector indexes of a database (one row per index).
 INDEX_REGISTRY = "ai_query_vector_indexes"
-#: Columns an index adds to the source's.
-HASH_COLUMN, EMBEDDING_COLUMN = "__text_md5", "__embedding"
+#: Columns an index adds to the source's (``__norm``, the vector's length, in Spark only).
+HASH_COLUMN, EMBEDDING_COLUMN, NORM_COLUMN = "__text_md5", "__embedding", "__norm"
 _PARAMS = ("index", "query_text", "query_vector", "num_results")
 
 
@@ -47,6 +47,8 @@ class VectorIndexInfo:
     """The embeddings endpoint."""
     dims: int
     """Vector dimensions."""
+    columns: tuple[str, ...] = ()
+    """The source's columns (Spark SQL has no ``* EXCLUDE``, so a search lists them)."""
 
 
 @dataclass(frozen=True)
@@ -92,22 +94,38 @@ def bind_vector_search(node: exp.VectorSearch) -> VectorSearchCall:
 
 
 def search_subquery(
-    call: VectorSearchCall, info: VectorIndexInfo, endpoint_call: str = "ai_query"
+    call: VectorSearchCall, info: VectorIndexInfo, write: str = "duckdb"
 ) -> exp.Select:
-    """The DuckDB SELECT that answers ``call`` over the index ``info`` (see the module doc)."""
-    key = exp.to_identifier(info.primary_key).sql("duckdb")
-    table = exp.to_table(info.name).sql("duckdb")
-    select = sqlglot.parse_one(
-        f"SELECT i.* EXCLUDE ({HASH_COLUMN}, {EMBEDDING_COLUMN}), "
-        f"array_cosine_similarity(i.{EMBEDDING_COLUMN}, v.__query) AS search_score "
-        f"FROM (SELECT CAST(__query_placeholder AS FLOAT[{info.dims}]) AS __query) AS v, "
-        f"{table} AS i WHERE i.{EMBEDDING_COLUMN} IS NOT NULL "
-        f"ORDER BY search_score DESC, i.{key} LIMIT {call.num_results}",
-        read="duckdb",
+    """The SELECT that answers ``call`` over the index ``info`` in DuckDB (see the module doc)
+    or Spark (the same, with the cosine written with ``zip_with``/``aggregate`` over the
+    stored vector lengths)."""
+    key = exp.to_identifier(info.primary_key).sql(write)
+    table = exp.to_table(info.name).sql(write)
+    tail = (
+        f"WHERE i.{EMBEDDING_COLUMN} IS NOT NULL "
+        f"ORDER BY search_score DESC, i.{key} LIMIT {call.num_results}"
     )
+    if write == "duckdb":
+        sql = (
+            f"SELECT i.* EXCLUDE ({HASH_COLUMN}, {EMBEDDING_COLUMN}), "
+            f"array_cosine_similarity(i.{EMBEDDING_COLUMN}, v.__query) AS search_score "
+            f"FROM (SELECT CAST(__query_placeholder AS FLOAT[{info.dims}]) AS __query) AS v, "
+            f"{table} AS i {tail}"
+        )
+    else:
+        columns = ", ".join(f"i.{exp.to_identifier(c).sql(write)}" for c in info.columns)
+        dot = f"aggregate(zip_with(i.{EMBEDDING_COLUMN}, v.__query, (x, y) -> x * y), 0D, " \
+            "(a, x) -> a + x)"
+        norm = "sqrt(aggregate(transform(s.q, x -> x * x), 0D, (a, x) -> a + x))"
+        sql = (
+            f"SELECT {columns}, {dot} / (i.{NORM_COLUMN} * v.__norm) AS search_score "
+            f"FROM (SELECT s.q AS __query, {norm} AS __norm FROM "
+            f"(SELECT __query_placeholder AS q) AS s) AS v, {table} AS i {tail}"
+        )
+    select = sqlglot.parse_one(sql, read=write)
     if call.query_text is not None:
         query: exp.Expression = exp.Anonymous(
-            this=endpoint_call,
+            this="ai_query",
             expressions=[exp.Literal.string(info.endpoint), call.query_text.copy()],
         )
     else:
@@ -122,13 +140,12 @@ def search_subquery(
 def rewrite_vector_search(
     node: exp.Expression, write: str, indexes: Mapping[str, VectorIndexInfo]
 ) -> exp.Expression:
-    """``FROM vector_search(...)`` / ``LATERAL vector_search(...)`` as a DuckDB subquery; a pure
-    rewrite (other nodes, and other targets than DuckDB, come back unchanged except Spark,
-    which has no vector_search yet).
+    """``FROM vector_search(...)`` / ``LATERAL vector_search(...)`` as a DuckDB or Spark
+    subquery; a pure rewrite (other nodes, and a Databricks target, come back unchanged).
 
     Raises:
-        ConfigError: an index the database does not have.
-        UnsupportedCallError: a bad call, or a Spark target.
+        ConfigError: an index the database (or Spark session) does not have.
+        UnsupportedCallError: a bad call.
     """
     if not isinstance(node, (exp.Table, exp.Lateral)) or not isinstance(
         node.this, exp.VectorSearch
@@ -136,10 +153,6 @@ def rewrite_vector_search(
         return node
     if write == "databricks":
         return node
-    if write != "duckdb":
-        raise UnsupportedCallError(
-            "vector_search runs in DuckDB; in Spark, join with the index table instead"
-        )
     call = bind_vector_search(node.this)
     info = indexes.get(call.index)
     if info is None:
@@ -148,7 +161,9 @@ def rewrite_vector_search(
             f"vector_search: no vector index {call.index!r} (known: {known}); create it with "
             "ai_query.create_vector_index(...)"
         )
-    subquery = search_subquery(call, info)
+    if write != "duckdb" and not info.columns:
+        raise UnsupportedCallError(f"vector_search: index {info.name!r} lists no columns")
+    subquery = search_subquery(call, info, write)
     alias = node.args.get("alias")
     if isinstance(node, exp.Lateral):
         return exp.Lateral(this=subquery.subquery(), alias=alias.copy() if alias else None)

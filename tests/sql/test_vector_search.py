@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ai_query.errors import ConfigError, SQLParseError, UnsupportedCallError
@@ -69,8 +71,17 @@ def test_bad_searches(sql: str, error: type, message: str) -> None:
         transpile(sql, read="databricks", write="duckdb", vector_indexes=INDEXES)
 
 
-def test_spark_target_has_no_vector_search_yet() -> None:
-    with pytest.raises(UnsupportedCallError, match="vector_search runs in DuckDB"):
+def test_spark_target_lists_the_columns_and_computes_the_cosine() -> None:
+    indexes = {"notes_idx": replace(INDEXES["notes_idx"], columns=("id", "body"))}
+    sql = transpile(
+        "SELECT q.question, r.body FROM questions q, LATERAL vector_search(index => 'notes_idx', "
+        "query_text => q.question, num_results => 3) r",
+        read="databricks", write="spark", vector_indexes=indexes,
+    )
+    assert "LATERAL (SELECT i.id, i.body, AGGREGATE(zip_with(i.__embedding, v.__query" in sql
+    assert "/ (i.__norm * v.__norm) AS search_score" in sql
+    assert "ORDER BY search_score DESC, i.id LIMIT 3) AS r" in sql
+    with pytest.raises(UnsupportedCallError, match="lists no columns"):
         transpile(
             "SELECT * FROM vector_search(index => 'notes_idx', query_text => 'q', num_results => 1)",
             read="databricks", write="spark", vector_indexes=INDEXES,

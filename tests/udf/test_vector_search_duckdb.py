@@ -142,10 +142,3 @@ def test_index_survives_a_new_connection(tmp_path: Any, counting: CountingEngine
         ).fetchall()
     assert rows == [(4,)]
 
-
-def test_spark_is_not_supported_yet() -> None:
-    class SparkSession:  # stands in for pyspark's, which is matched by name
-        pass
-
-    with pytest.raises(UnsupportedCallError, match="Spark"):
-        ai_query.create_vector_index(SparkSession(), "i", "t", "id", "body", EMBED)

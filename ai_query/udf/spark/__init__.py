@@ -49,6 +49,7 @@ from ai_query.sql import transpile
 from ai_query.sql.semantic_agg import SPARK_AGG_UDF
 from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.sql.transpile import parse_sql
+from ai_query.sql.vector_search import VectorIndexInfo
 from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import answer_rows
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
@@ -81,6 +82,10 @@ class SparkAIQuery:
         """SQL name of the function."""
         self.server = server
         """The embedded engine server, when the driver started one."""
+        self.vector_indexes: dict[str, VectorIndexInfo] = {}
+        """The vector indexes made in this session (:mod:`ai_query.udf.spark.vector_index`)."""
+        self.index_versions: dict[str, int] = {}
+        """The Parquet version each index's view reads."""
         self.udfs: dict[str, Any] = {}
         """The registered UDFs by SQL name (``ai_query`` under :attr:`name`, task functions),
         for :mod:`ai_query.udf.spark.functions`."""
@@ -93,7 +98,10 @@ class SparkAIQuery:
         """
         if read == "spark" and not mentions_ai_functions(query):
             return query
-        return transpile(query, read=read, write="spark", catalog=self.catalog)
+        return transpile(
+            query, read=read, write="spark", catalog=self.catalog,
+            vector_indexes=self.vector_indexes,
+        )
 
     def sql(self, query: str, read: str = "databricks") -> DataFrame:
         """Run ``query`` (Databricks SQL by default); the last statement's DataFrame.
