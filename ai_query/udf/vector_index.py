@@ -55,13 +55,16 @@ def _table(name: str) -> str:
 
 def load_indexes(con: Any) -> dict[str, VectorIndexInfo]:
     """The vector indexes recorded in ``con``'s database (none without a registry)."""
-    try:
-        rows = con.execute(
-            f"SELECT name, source_table, primary_key, text_column, endpoint, dims "
-            f"FROM {INDEX_REGISTRY}"
-        ).fetchall()
-    except Exception:  # noqa: BLE001 - no registry table yet: no indexes
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? "
+        "AND table_schema = current_schema() AND table_catalog = current_database()",
+        [INDEX_REGISTRY],
+    ).fetchone()
+    if not found or not found[0]:
         return {}
+    rows = con.execute(
+        f"SELECT name, source_table, primary_key, text_column, endpoint, dims FROM {INDEX_REGISTRY}"
+    ).fetchall()
     return {
         r[0]: VectorIndexInfo(
             name=r[0], source_table=r[1], primary_key=r[2], text_column=r[3], endpoint=r[4],
