@@ -57,6 +57,43 @@ def connect(
     return _connect(database, catalog, engine=engine, **duckdb_config)
 
 
+def create_vector_index(
+    con_or_spark: Any,
+    name: str,
+    source_table: str,
+    primary_key: str,
+    text_column: str,
+    endpoint: str,
+    *,
+    path: str | None = None,
+) -> Any:
+    """Create or re-sync a vector index that ``vector_search(index => name, ...)`` searches.
+
+    Embeds ``text_column`` of ``source_table`` with the embeddings ``endpoint`` into the table
+    ``name`` (the source's columns plus the vectors); calling it again embeds only new or
+    changed rows. ``con_or_spark``: a DuckDB connection (:func:`connect`'s, or a plain one;
+    the index is a table) or a SparkSession (the index is Parquet in the warehouse directory,
+    searched through ``SparkAIQuery.sql``; ``path`` moves it elsewhere).
+
+    Returns:
+        A ``SyncResult`` (rows in the index, rows embedded this time).
+
+    Raises:
+        ConfigError: a non-embeddings endpoint or a clashing index name.
+    """
+    if type(con_or_spark).__name__ == "SparkSession":
+        from ai_query.udf.spark.vector_index import create_vector_index as _spark_create
+
+        return _spark_create(
+            con_or_spark, name, source_table, primary_key, text_column, endpoint, path=path
+        )
+    if path is not None:
+        raise ConfigError("create_vector_index: path is for Spark (DuckDB keeps a table)")
+    from ai_query.udf.vector_index import create_vector_index as _create
+
+    return _create(con_or_spark, name, source_table, primary_key, text_column, endpoint)
+
+
 __all__ = [
     "AIQueryError",
     "CallOptions",
@@ -77,5 +114,6 @@ __all__ = [
     "UnsupportedCallError",
     "__version__",
     "connect",
+    "create_vector_index",
     "load_catalog",
 ]

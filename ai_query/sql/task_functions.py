@@ -29,6 +29,7 @@ TASK_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "ai_analyze_sentiment": ("content",),
     "ai_classify": ("content", "labels"),
     "ai_extract": ("content", "labels"),
+    "ai_filter": ("predicate", "content?"),
     "ai_fix_grammar": ("content",),
     "ai_gen": ("prompt",),
     "ai_mask": ("content", "labels"),
@@ -49,6 +50,8 @@ LANGUAGES: dict[str, str] = {
     "es": "Spanish",
     "th": "Thai",
 }
+#: ai_filter's guided answers, and the BOOLEAN each one means.
+FILTER_ANSWERS: dict[str, bool] = {"true": True, "false": False}
 #: ai_summarize's word limit when none is given.
 DEFAULT_MAX_WORDS = 50
 #: What ai_mask puts in place of each entity.
@@ -85,6 +88,8 @@ class TaskSpec:
             return SQLType.struct([(label, SQLType.string()) for label in self.labels])
         if self.function == "ai_similarity":
             return SQLType("FLOAT")
+        if self.function == "ai_filter":
+            return SQLType("BOOLEAN")
         return SQLType.string()
 
     def choices(self) -> tuple[str, ...] | None:
@@ -93,6 +98,8 @@ class TaskSpec:
             return SENTIMENTS
         if self.function == "ai_classify":
             return self.labels
+        if self.function == "ai_filter":
+            return tuple(FILTER_ANSWERS)
         return None
 
     def return_type(self) -> str | None:
@@ -112,7 +119,7 @@ class TaskSpec:
         """A token budget that fits the answer (None: the engine's default)."""
         if self.function == "ai_summarize" and self.max_words:
             return 16 + 2 * self.max_words
-        if self.function in ("ai_analyze_sentiment", "ai_classify"):
+        if self.function in ("ai_analyze_sentiment", "ai_classify", "ai_filter"):
             return 16
         if self.function == "ai_mask":  # room for every entity the schema allows
             return 32 + len(self.labels) * MASK_MAX_CHARS
@@ -166,6 +173,14 @@ class TaskSpec:
             )
         raise UnsupportedCallError(f"{f} has no prompt")  # ai_similarity embeds, no prompt
 
+    def filter_prompt(self, predicate: str, content: str | None = None) -> str:
+        """ai_filter's chat prompt: the predicate, the content when given, a true/false ask."""
+        text = "" if content is None else f"\n\nText: {content}"
+        return (
+            "Decide whether the following statement is true. Answer with one word: true or "
+            f"false.\n\nStatement: {predicate}{text}\n\nAnswer:"
+        )
+
     def finish(self, content: str, answer: Any) -> Any:
         """The function's result from the engine's answer (a string, or parsed JSON).
 
@@ -176,6 +191,8 @@ class TaskSpec:
             return {label: _present(answer.get(label)) for label in self.labels}
         if self.function == "ai_mask":
             return mask_entities(content, _json_object(answer))
+        if self.function == "ai_filter":
+            return FILTER_ANSWERS.get(str(answer).strip().lower())
         if isinstance(answer, str):
             answer = answer.strip()
             if self.function == "ai_summarize" and self.max_words:
@@ -336,16 +353,35 @@ def as_anonymous(node: exp.Expression) -> exp.Expression:
         return exp.Anonymous(this="ai_classify", expressions=args)
     if isinstance(node, exp.AISimilarity):
         return exp.Anonymous(this="ai_similarity", expressions=list(node.expressions))
+    if isinstance(node, (exp.AIAgg, exp.AISummarizeAgg)):
+        name = "ai_agg" if isinstance(node, exp.AIAgg) else "ai_summarize_agg"
+        args = [node.this] + ([node.expression] if node.args.get("expression") else [])
+        return exp.Anonymous(this=name, expressions=args)
     return node
 
 
-_CALLS = re.compile(r"\b(?:ai_query|" + "|".join(TASK_FUNCTIONS) + r")\s*\(", re.IGNORECASE)
+#: Other functions a statement may call that need the rewriting connection or transpile.
+SEMANTIC_FUNCTIONS: tuple[str, ...] = ("ai_agg", "ai_summarize_agg", "vector_search")
+_CALLS = re.compile(
+    r"\b(?:ai_query|" + "|".join((*TASK_FUNCTIONS, *SEMANTIC_FUNCTIONS)) + r")\s*\(",
+    re.IGNORECASE,
+)
 
 
 def mentions_ai_functions(sql: str) -> bool:
     """True when ``sql`` may call ai_query or a task function (a cheap text test: statements
     without one run as written, untouched by sqlglot)."""
     return _CALLS.search(sql) is not None
+
+
+def row_input_count(function: str, n_args: int) -> int:
+    """How many of a task function call's ``n_args`` arguments are per-row inputs (the rest
+    are constants): both texts of ai_similarity, predicate and content of ai_filter."""
+    if function == "ai_similarity":
+        return 2
+    if function == "ai_filter":
+        return max(1, min(n_args, 2))
+    return 1
 
 
 def is_task_call(node: exp.Expr) -> bool:
@@ -362,7 +398,8 @@ class TaskCall:
     spec: TaskSpec
     """The checked constant arguments."""
     inputs: tuple[exp.Expression, ...]
-    """The per-row arguments (content; both texts for ai_similarity)."""
+    """The per-row arguments (content; both texts for ai_similarity; ai_filter's predicate and
+    content)."""
 
 
 def bind_task_call(node: exp.Expr) -> TaskCall:
@@ -378,7 +415,7 @@ def bind_task_call(node: exp.Expr) -> TaskCall:
     args = list(node.expressions)
     if any(isinstance(a, (exp.Kwarg, exp.PropertyEQ)) for a in args):
         raise UnsupportedCallError(f"{name}: arguments are positional")
-    n_inputs = 2 if name == "ai_similarity" else 1
+    n_inputs = row_input_count(name, len(args))
     if not args:
         raise UnsupportedCallError(f"{name} needs at least one argument")
     inputs, constants = args[:n_inputs], args[n_inputs:]

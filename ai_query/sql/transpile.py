@@ -8,8 +8,8 @@ because UDF result types are fixed. Everything else is sqlglot's own transpilati
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlglot
@@ -26,6 +26,7 @@ from ai_query.sql.calls import (
 )
 from ai_query.sql.catalog_protocol import EndpointCatalog
 from ai_query.sql.response_format import CHAT_TASK, resolve_output
+from ai_query.sql.semantic_agg import check_aggregate_call, is_aggregate_call, spark_aggregate
 from ai_query.sql.task_functions import (
     as_anonymous,
     bind_task_call,
@@ -33,6 +34,7 @@ from ai_query.sql.task_functions import (
     is_task_call,
 )
 from ai_query.sql.types import SQLType, error_struct
+from ai_query.sql.vector_search import VectorIndexInfo, rewrite_vector_search
 
 READ_DIALECTS: tuple[str, ...] = ("databricks", "spark", "duckdb")
 WRITE_DIALECTS: tuple[str, ...] = ("duckdb", "spark", "databricks")
@@ -46,6 +48,8 @@ class RewriteContext:
     """Target dialect."""
     catalog: EndpointCatalog | None = None
     """Endpoint catalog; without one every endpoint is assumed to be a chat endpoint."""
+    vector_indexes: Mapping[str, VectorIndexInfo] = field(default_factory=dict)
+    """The vector indexes ``vector_search`` may name, by name."""
 
 
 def task_of(call: AIQueryCall, catalog: EndpointCatalog | None) -> str:
@@ -144,9 +148,26 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
     return exp.Bracket(this=parsed, expressions=[exp.Literal.number(0)])
 
 
+def rewrite_aggregates(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:
+    """``ai_agg``/``ai_summarize_agg`` for Spark: a UDF over ``collect_list`` (DuckDB's macros
+    and Databricks take the calls as written)."""
+    return spark_aggregate(node) if ctx.write == "spark" else node
+
+
+def rewrite_vector_searches(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:
+    """``vector_search(...)`` as an exact top-k subquery (DuckDB); first, so the ai_query call
+    that embeds its query text is then typed like any other."""
+    return rewrite_vector_search(node, ctx.write, ctx.vector_indexes)
+
+
 Rewrite = Callable[[exp.Expression, RewriteContext], exp.Expression]
 #: The rewrites, in order; each is applied to the whole tree with ``tree.transform``.
-REWRITES: tuple[Rewrite, ...] = (canonicalize_call, wrap_typed_result)
+REWRITES: tuple[Rewrite, ...] = (
+    rewrite_vector_searches,
+    canonicalize_call,
+    wrap_typed_result,
+    rewrite_aggregates,
+)
 
 
 def _kwarg(name: str, value: exp.Expression) -> exp.Kwarg:
@@ -185,6 +206,9 @@ def check_calls(tree: exp.Expression, catalog: EndpointCatalog | None) -> list[A
         call.options()
         result_type(call, catalog)
     find_task_calls(tree)  # bad labels, language or word limit fail here
+    for node in tree.find_all(exp.Anonymous):
+        if is_aggregate_call(node):
+            check_aggregate_call(node)
     return calls
 
 
@@ -214,6 +238,7 @@ def transpile(
     write: str = "duckdb",
     *,
     catalog: EndpointCatalog | None = None,
+    vector_indexes: Mapping[str, VectorIndexInfo] | None = None,
 ) -> str:
     """Transpile SQL with ``ai_query`` calls from ``read`` to ``write``.
 
@@ -223,6 +248,7 @@ def transpile(
         write: target dialect: "duckdb", "spark" or "databricks".
         catalog: endpoint catalog; checks endpoint names and gives each endpoint's task
             (embeddings results become ARRAY<FLOAT>). Without one, endpoints are assumed chat.
+        vector_indexes: the indexes ``vector_search`` may name (DuckDB target).
 
     Returns:
         The transpiled statements joined by ``";\\n"``.
@@ -240,7 +266,7 @@ def transpile(
     trees = parse_sql(sql, read)
     for tree in trees:
         check_calls(tree, catalog)
-    ctx = RewriteContext(write=write, catalog=catalog)
+    ctx = RewriteContext(write=write, catalog=catalog, vector_indexes=vector_indexes or {})
     out: list[str] = []
     for tree in trees:
         for rewrite in REWRITES:

@@ -28,9 +28,12 @@ from ai_query.catalog import Catalog
 from ai_query.engine.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql import transpile
-from ai_query.sql.task_functions import mentions_ai_functions
+from ai_query.sql.semantic_agg import SUMMARIZE_INSTRUCTION, AggPlan
+from ai_query.sql.task_functions import mentions_ai_functions, row_input_count
+from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import ProgressCallback, answer_rows
-from ai_query.udf.task_rows import TaskEndpoints, answer_task_rows
+from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
+from ai_query.udf.vector_index import load_indexes
 
 _ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"]
 _ids = itertools.count()
@@ -43,6 +46,8 @@ TASK_MACROS: tuple[tuple[str, str, str, list[str], str], ...] = (
     ("ai_analyze_sentiment", "content", "content", ["VARCHAR"], "VARCHAR"),
     ("ai_classify", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
     ("ai_extract", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
+    ("ai_filter", "predicate", "predicate", ["VARCHAR"], "BOOLEAN"),
+    ("ai_filter", "predicate, content", "predicate, content", ["VARCHAR"] * 2, "BOOLEAN"),
     ("ai_fix_grammar", "content", "content", ["VARCHAR"], "VARCHAR"),
     ("ai_gen", "prompt", "prompt", ["VARCHAR"], "VARCHAR"),
     ("ai_mask", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
@@ -56,7 +61,6 @@ TASK_MACROS: tuple[tuple[str, str, str, list[str], str], ...] = (
     ),
     ("ai_translate", "content, to_lang", "content, to_lang", ["VARCHAR"] * 2, "VARCHAR"),
 )
-_INPUTS = {"ai_similarity": 2}
 
 
 class ProgressCounter:
@@ -89,6 +93,7 @@ def register(
     *,
     name: str = "ai_query",
     progress: ProgressCallback | None = None,
+    agg_plan: AggPlan | None = None,
 ) -> None:
     """Make ``ai_query(...)`` callable in SQL on ``con``.
 
@@ -98,6 +103,7 @@ def register(
         engine: the engine rows run on (default: vLLM in this process, shared).
         name: SQL name of the macro.
         progress: called with the number of rows answered after each chunk.
+        agg_plan: chunk sizes of ``ai_agg``'s map-reduce (default :class:`AggPlan`).
     """
     engine = engine or get_engine(EngineSpec.for_catalog(catalog))
     udf_name = f"__ai_query_udf_{next(_ids)}"
@@ -131,40 +137,80 @@ def register(
         f"{udf_name}(endpoint, request, returnType, failOnError, "
         "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
     )
-    register_task_functions(con, catalog or engine.catalog, engine)
+    register_task_functions(con, catalog or engine.catalog, engine, agg_plan=agg_plan)
 
 
 def register_task_functions(
-    con: duckdb.DuckDBPyConnection, catalog: Catalog, engine: Engine
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    engine: Engine,
+    *,
+    agg_plan: AggPlan | None = None,
 ) -> None:
     """Make the task functions (``ai_classify``, ``ai_similarity``, ...) callable on ``con``.
 
     Each is a macro over an Arrow UDF; results are the UDF's type (``ai_extract`` returns its
-    STRUCT as JSON text here; :class:`AIQueryConnection` casts it to the STRUCT).
+    STRUCT as JSON text here; :class:`AIQueryConnection` casts it to the STRUCT). A function
+    with several signatures (``ai_filter`` with and without content) is one overloaded macro.
     """
     endpoints = TaskEndpoints.from_catalog(catalog)
+    memo = AnswerMemo()
+    overloads: dict[str, list[str]] = {}
     for name, params, args, arg_types, result in TASK_MACROS:
         udf_name = f"__{name}_udf_{next(_ids)}"
-        udf = _task_udf(engine, endpoints, name, result, len(arg_types))
+        udf = _task_udf(engine, endpoints, name, result, len(arg_types), memo)
         con.create_function(
             udf_name, udf, arg_types, result, type="arrow", null_handling="special",
             side_effects=True,
         )
-        con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({params}) AS {udf_name}({args})")
+        overloads.setdefault(name, []).append(f"({params}) AS {udf_name}({args})")
+    for name, bodies in overloads.items():
+        con.execute(f"CREATE OR REPLACE TEMP MACRO {name}{', '.join(bodies)}")
+    register_aggregates(con, endpoints, engine, agg_plan or AggPlan())
+
+
+def register_aggregates(
+    con: duckdb.DuckDBPyConnection, endpoints: TaskEndpoints, engine: Engine, plan: AggPlan
+) -> None:
+    """``ai_agg(expr, instruction)`` and ``ai_summarize_agg(expr)`` on ``con``: macros over a
+    scalar UDF of ``list(expr)``, so they aggregate wherever ``list`` does (``GROUP BY``, the
+    whole table) and DuckDB needs no Python aggregate."""
+
+    def udf(rows: pa.Array, instruction: pa.Array) -> pa.Array:
+        endpoint = endpoints.endpoint_for("ai_agg")
+        answers = answer_groups(engine, endpoint, rows.to_pylist(), instruction.to_pylist(), plan)
+        return pa.array(answers, pa.string())
+
+    udf_name = f"__ai_agg_udf_{next(_ids)}"
+    con.create_function(
+        udf_name, udf, ["VARCHAR[]", "VARCHAR"], "VARCHAR", type="arrow",
+        null_handling="special", side_effects=True,
+    )
+    rows = "list(CAST(expr AS VARCHAR))"
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO ai_agg(expr, instruction) AS {udf_name}({rows}, "
+        "instruction)"
+    )
+    instruction = SUMMARIZE_INSTRUCTION.replace("'", "''")
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO ai_summarize_agg(expr) AS {udf_name}({rows}, "
+        f"'{instruction}')"
+    )
 
 
 def _task_udf(
-    engine: Engine, endpoints: TaskEndpoints, name: str, result: str, arity: int
+    engine: Engine, endpoints: TaskEndpoints, name: str, result: str, arity: int,
+    memo: AnswerMemo,
 ) -> Any:
-    n_inputs = _INPUTS.get(name, 1)
-    arrow_type = pa.float32() if result == "FLOAT" else pa.string()
+    n_inputs = row_input_count(name, arity)
+    arrow_type = {"FLOAT": pa.float32(), "BOOLEAN": pa.bool_()}.get(result, pa.string())
 
     def answer(*columns: pa.Array) -> pa.Array:
         values = [column.to_pylist() for column in columns]
         constants = values[n_inputs:]
         if name in ("ai_classify", "ai_extract", "ai_mask"):
             constants = [[_json_or_none(v) for v in constants[0]]]
-        out = answer_task_rows(engine, endpoints, name, values[:n_inputs], constants)
+        out = answer_task_rows(engine, endpoints, name, values[:n_inputs], constants, memo)
         return pa.array(out, arrow_type)
 
     # DuckDB counts a UDF's parameters, so each arity gets its own signature.
@@ -199,7 +245,10 @@ class AIQueryConnection:
         """The statement DuckDB runs for ``query`` (unchanged when it has no ai_query call)."""
         if read == "duckdb" and not mentions_ai_functions(query):
             return query
-        return transpile(query, read=read, write="duckdb", catalog=self.catalog)
+        indexes = load_indexes(self.raw) if "vector_search" in query.lower() else {}
+        return transpile(
+            query, read=read, write="duckdb", catalog=self.catalog, vector_indexes=indexes
+        )
 
     def sql(self, query: str, **kwargs: Any) -> Any:
         """Run ``query`` (DuckDB SQL) like ``DuckDBPyConnection.sql``."""

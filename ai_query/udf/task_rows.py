@@ -4,12 +4,16 @@ Shared by DuckDB and Spark. Rows are grouped by their constant arguments (labels
 word limit), each group's arguments are checked once (:func:`ai_query.sql.task_functions.
 task_spec`), and the group goes to the catalog's task function endpoint as one request batch.
 A NULL input gives a NULL result without a model call; the first failed row fails the query
-(Databricks' task functions have no failOnError).
+(Databricks' task functions have no failOnError). ``ai_filter`` sends each distinct
+(predicate, content) once, and remembers answers in a caller's :class:`AnswerMemo`, so a join's
+repeated pairs run once even when they reach the UDF in different chunks.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +26,7 @@ from ai_query.engine.batch import align_results, raise_first_error, request_batc
 from ai_query.engine.protocol import Engine
 from ai_query.errors import ConfigError, RowError
 from ai_query.options import CallOptions, ModelParameters
+from ai_query.sql.semantic_agg import AGGREGATE_FUNCTIONS
 from ai_query.sql.task_functions import TASK_FUNCTIONS, TaskSpec, task_spec
 
 
@@ -39,7 +44,7 @@ class TaskEndpoints:
     def from_catalog(cls, catalog: Catalog) -> TaskEndpoints:
         """Resolve every task function's endpoint (see :meth:`Catalog.task_function_endpoint`)."""
         endpoints, problems = {}, {}
-        for name in TASK_FUNCTIONS:
+        for name in (*TASK_FUNCTIONS, *AGGREGATE_FUNCTIONS):
             task = task_spec_task(name)
             try:
                 endpoints[name] = catalog.task_function_endpoint(name, task)
@@ -54,6 +59,29 @@ class TaskEndpoints:
         return self.endpoints[function]
 
 
+class AnswerMemo:
+    """Answers already given, by (endpoint, prompt); bounded (the oldest go first), shared by
+    the threads of one registration."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        """How many answers are kept."""
+        self._answers: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> Any:
+        """The remembered answer, or None."""
+        with self._lock:
+            return self._answers.get(key)
+
+    def put(self, key: tuple[str, str], value: Any) -> None:
+        """Remember an answer."""
+        with self._lock:
+            self._answers[key] = value
+            while len(self._answers) > self.max_entries:
+                self._answers.popitem(last=False)
+
+
 def task_spec_task(function: str) -> str:
     """The endpoint task that answers ``function``."""
     return TaskSpec(function=function).task
@@ -65,6 +93,7 @@ def answer_task_rows(
     function: str,
     inputs: Sequence[Sequence[str | None]],
     constants: Sequence[Sequence[Any]] = (),
+    memo: AnswerMemo | None = None,
 ) -> list[Any]:
     """Answer a chunk of task function rows; one result per row, in order.
 
@@ -74,6 +103,7 @@ def answer_task_rows(
         function: the task function's name.
         inputs: the per-row texts: one column (content), two for ai_similarity.
         constants: the remaining arguments, one column each (labels, to_lang, max_words).
+        memo: answers given before (ai_filter), read and filled.
 
     Returns:
         Text for STRING results, JSON text for ai_extract's STRUCT, a float for
@@ -96,6 +126,8 @@ def answer_task_rows(
         columns = [[column[i] for i in rows] for column in inputs]
         if spec.function == "ai_similarity":
             values: list[Any] = _similarities(engine, endpoint, columns[0], columns[1], rows[0])
+        elif spec.function == "ai_filter":
+            values = _filter(engine, endpoint, spec, columns, rows, memo)
         else:
             values = _chat(engine, endpoint, spec, columns[0], rows)
         for i, value in zip(rows, values, strict=True):
@@ -125,6 +157,47 @@ def _chat(
             raise RowError(str(exc), row, endpoint) from exc
         out.append(json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value)
     return out
+
+
+def _filter(
+    engine: Engine,
+    endpoint: str,
+    spec: TaskSpec,
+    columns: list[list[str | None]],
+    rows: list[int],
+    memo: AnswerMemo | None,
+) -> list[bool | None]:
+    """ai_filter's answers: each distinct prompt asked once (and not again when remembered)."""
+    predicates = columns[0]
+    contents = columns[1] if len(columns) > 1 else [""] * len(predicates)
+    prompts: list[str | None] = [
+        None
+        if p is None or c is None
+        else spec.filter_prompt(p, c if len(columns) > 1 else None)
+        for p, c in zip(predicates, contents, strict=True)
+    ]
+    known: dict[str, bool | None] = {}
+    todo: list[str] = []
+    for prompt in prompts:
+        if prompt is None or prompt in known:
+            continue
+        remembered = memo.get((endpoint, prompt)) if memo is not None else None
+        known[prompt] = remembered
+        if remembered is None:
+            todo.append(prompt)
+    if todo:
+        options = CallOptions(
+            endpoint=endpoint,
+            model_parameters=ModelParameters(max_tokens=spec.max_tokens()),
+            response_format=spec.response_format(),
+        )
+        answers = _run(engine, list(todo), options, rows[0])
+        for prompt, answer in zip(todo, answers, strict=True):
+            value = None if answer is None else spec.finish(prompt, answer)
+            known[prompt] = value
+            if memo is not None and value is not None:
+                memo.put((endpoint, prompt), value)
+    return [None if p is None else known[p] for p in prompts]
 
 
 def _similarities(

@@ -116,6 +116,7 @@ def test_every_function_binds_from_sql(read: str) -> None:
         "ai_analyze_sentiment": "ai_analyze_sentiment(c)",
         "ai_classify": f"ai_classify(c, {labels})",
         "ai_extract": f"ai_extract(c, {labels})",
+        "ai_filter": "ai_filter('Is it about a refund?', c)",
         "ai_fix_grammar": "ai_fix_grammar(c)",
         "ai_gen": "ai_gen(c)",
         "ai_mask": f"ai_mask(c, {labels})",
@@ -130,6 +131,37 @@ def test_every_function_binds_from_sql(read: str) -> None:
     assert bound["ai_classify"].spec.labels == ("a", "b")
     assert bound["ai_summarize"].spec.max_words == 10
     assert len(bound["ai_similarity"].inputs) == 2
+    assert len(bound["ai_filter"].inputs) == 2
+
+
+@pytest.mark.parametrize(
+    ("call", "inputs"),
+    [
+        pytest.param("ai_filter('Is it about a refund? ' || c)", 1, id="predicate-only"),
+        pytest.param("ai_filter('Is it about a refund?', c)", 2, id="predicate-and-content"),
+    ],
+)
+def test_ai_filter_binds_its_row_inputs(call: str, inputs: int) -> None:
+    bound = bind_task_call(sqlglot.parse_one(f"SELECT {call}").expressions[0])
+    assert len(bound.inputs) == inputs
+    assert bound.spec.result_type().kind == "BOOLEAN"
+    assert json.loads(bound.spec.response_format() or "") == {
+        "type": "choice",
+        "choice": ["true", "false"],
+    }
+
+
+def test_ai_filter_takes_one_or_two_arguments() -> None:
+    with pytest.raises(UnsupportedCallError, match="takes 1 or 2 arguments"):
+        bind_task_call(sqlglot.parse_one("SELECT ai_filter('p', c, 'x')").expressions[0])
+
+
+def test_ai_filter_answers_are_booleans() -> None:
+    spec = task_spec("ai_filter", [None])
+    assert spec.finish("", " True ") is True and spec.finish("", "false") is False
+    assert "Statement: Is it red?" in spec.filter_prompt("Is it red?", "a red car")
+    assert "Text: a red car" in spec.filter_prompt("Is it red?", "a red car")
+    assert "Text:" not in spec.filter_prompt("Is the sky red?")
 
 
 def test_non_constant_labels_are_refused() -> None:

@@ -46,10 +46,13 @@ from ai_query.engine.launcher import ServerProcess, start_server_process
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.sql import transpile
+from ai_query.sql.semantic_agg import SPARK_AGG_UDF
 from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.sql.transpile import parse_sql
+from ai_query.sql.vector_search import VectorIndexInfo
+from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import answer_rows
-from ai_query.udf.task_rows import TaskEndpoints, answer_task_rows
+from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 
 #: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -58,6 +61,8 @@ _embedded: dict[tuple[str, str], ServerProcess] = {}
 _embedded_lock = threading.Lock()
 #: The registration of each Spark application (for the DataFrame functions).
 _registered: dict[str, SparkAIQuery] = {}
+#: ai_filter's remembered answers in this (worker) process, per engine.
+_memos: dict[EngineSpec, AnswerMemo] = {}
 
 
 class SparkAIQuery:
@@ -77,6 +82,10 @@ class SparkAIQuery:
         """SQL name of the function."""
         self.server = server
         """The embedded engine server, when the driver started one."""
+        self.vector_indexes: dict[str, VectorIndexInfo] = {}
+        """The vector indexes made in this session (:mod:`ai_query.udf.spark.vector_index`)."""
+        self.index_versions: dict[str, int] = {}
+        """The Parquet version each index's view reads."""
         self.udfs: dict[str, Any] = {}
         """The registered UDFs by SQL name (``ai_query`` under :attr:`name`, task functions),
         for :mod:`ai_query.udf.spark.functions`."""
@@ -89,7 +98,10 @@ class SparkAIQuery:
         """
         if read == "spark" and not mentions_ai_functions(query):
             return query
-        return transpile(query, read=read, write="spark", catalog=self.catalog)
+        return transpile(
+            query, read=read, write="spark", catalog=self.catalog,
+            vector_indexes=self.vector_indexes,
+        )
 
     def sql(self, query: str, read: str = "databricks") -> DataFrame:
         """Run ``query`` (Databricks SQL by default); the last statement's DataFrame.
@@ -350,6 +362,7 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
             name,
             [_values(s, n) for s in inputs],
             [_values(s, n) for s in constants],
+            _memos.setdefault(spec, AnswerMemo()),
         )
         return pd.Series(out, dtype=object)
 
@@ -361,6 +374,13 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
 
     def ai_extract(content: pd.Series, labels: pd.Series) -> pd.Series:
         return run("ai_extract", [content], [labels])
+
+    def ai_filter(
+        predicate: pd.Series,
+        content: pd.Series = None,  # type: ignore[assignment]
+    ) -> pd.Series:
+        inputs = [predicate] if content is None else [predicate, content]
+        return run("ai_filter", inputs, []).astype("boolean")
 
     def ai_fix_grammar(content: pd.Series) -> pd.Series:
         return run("ai_fix_grammar", [content], [])
@@ -384,10 +404,22 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
         return run("ai_translate", [content], [to_lang])
 
     functions = (
-        ai_analyze_sentiment, ai_classify, ai_extract, ai_fix_grammar, ai_gen, ai_mask,
-        ai_similarity, ai_summarize, ai_translate,
+        ai_analyze_sentiment, ai_classify, ai_extract, ai_filter, ai_fix_grammar, ai_gen,
+        ai_mask, ai_similarity, ai_summarize, ai_translate,
     )
-    return {
-        f.__name__: pandas_udf(f, "float" if f is ai_similarity else "string")  # type: ignore[call-overload]
+    types = {"ai_similarity": "float", "ai_filter": "boolean"}
+    udfs = {
+        f.__name__: pandas_udf(f, types.get(f.__name__, "string"))  # type: ignore[call-overload]
         for f in functions
     }
+
+    def ai_agg_rows(rows: pd.Series, instruction: pd.Series) -> pd.Series:
+        groups = [None if _missing(v) else _plain(v) for v in rows.tolist()]
+        out = answer_groups(
+            get_engine(spec), endpoints.endpoint_for("ai_agg"), groups,
+            _values(instruction, len(rows)),
+        )
+        return pd.Series(out, dtype=object)
+
+    udfs[SPARK_AGG_UDF] = pandas_udf(ai_agg_rows, "string")  # type: ignore[call-overload]
+    return udfs

@@ -40,6 +40,7 @@ __all__ = [
     "ai_analyze_sentiment",
     "ai_classify",
     "ai_extract",
+    "ai_filter",
     "ai_fix_grammar",
     "ai_gen",
     "ai_mask",
@@ -103,6 +104,21 @@ def ai_extract(
 ) -> Column:
     """A STRUCT with one STRING field per label (NULL when absent)."""
     return _task(session, "ai_extract", [content], [_labels(labels)])
+
+
+def ai_filter(
+    predicate: str | Column,
+    content: ColumnOrName | None = None,
+    *,
+    session: SparkAIQuery | None = None,
+) -> Column:
+    """Whether the model judges ``predicate`` (about ``content``, when given) true (BOOLEAN).
+
+    A string ``predicate`` is the question itself (not a column name, unlike ``content``);
+    build a per-row one as a Column, e.g. ``F.concat(F.lit("Refund? "), "review")``.
+    """
+    question = F.lit(predicate) if isinstance(predicate, str) else predicate
+    return _task(session, "ai_filter", [question] if content is None else [question, content])
 
 
 def ai_fix_grammar(content: ColumnOrName, *, session: SparkAIQuery | None = None) -> Column:
@@ -170,8 +186,8 @@ def _typed(text: Column, typ: SQLType) -> Column:
     """The UDF's text read back as ``typ`` (as :func:`ai_query.sql.transpile` does in SQL)."""
     if typ.is_string:
         return text
-    if typ.kind == "FLOAT":
-        return text.cast("float")
+    if typ.kind in ("FLOAT", "BOOLEAN"):
+        return text.cast(typ.kind.lower())
     ddl = typ.to_ddl("spark")
     if typ.kind in ("ARRAY", "STRUCT", "MAP"):
         return F.from_json(text, ddl)
