@@ -2,7 +2,7 @@
 
 8 concurrent clients (threads, each with its own official ``openai`` client) send 64 chat
 requests each (greedy, ``max_tokens`` 32) to ``/v1/chat/completions``, through
-``python -m ai_query.serving.http`` (vLLM AsyncLLM behind FastAPI/uvicorn) and
+``ai-query serve`` (vLLM AsyncLLM behind FastAPI/uvicorn, Flight beside it) and
 through ``python -m vllm.entrypoints.openai.api_server`` with the same engine settings (bf16,
 eager, max_model_len 2048, 256 seqs, 4096 batched tokens). Both servers are started and warmed
 up, then loaded in turn, alternating over a few rounds so that other work on the machine
@@ -86,8 +86,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="http-load-"))
     ports = {"ai_query": free_port(), "vllm api_server": free_port()}
     commands = {
-        "ai_query": [sys.executable, "-m", "ai_query.serving.http",
-                     "--port", str(ports["ai_query"])],
+        "ai_query": [sys.executable, "-m", "ai_query", "serve", "--http-port",
+                     str(ports["ai_query"]), "--port", "0", "--preload", MODEL,
+                     "--database", str(workdir / "endpoints.sqlite")],
         "vllm api_server": [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", MODEL, "--host", "127.0.0.1",
