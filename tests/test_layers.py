@@ -122,3 +122,12 @@ def test_no_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_only_the_cli_reads_argv() -> None:
+    readers = sorted(
+        _module_name(p) for p in PACKAGE.rglob("*.py")
+        if ("sys.argv" in p.read_text() or "argparse" in p.read_text())
+        and _module_name(p) != "ai_query.cli"
+    )
+    assert readers == []

@@ -4,11 +4,11 @@ SIGKILL cannot be caught, so two small watchers do the clean-up from outside:
 
 * The **reaper**: a process that hosts vLLM engines (``ai-query serve``, a private engine
   server, a test) starts one reaper (:func:`start_reaper`), a fresh interpreter running
-  ``python -m ai_query.engine.lifeline HOST_PID``. It keeps the read end of a pipe whose write end
-  only the host holds, and notes the host's descendants (vLLM's EngineCore, multiprocessing's
-  resource tracker) by PID and start time every half second. When the pipe reaches end of file,
-  the host is gone, however it died: the reaper kills the descendants it noted that still run
-  (the same PID *and* start time, never a name), then exits.
+  ``python -m ai_query.engine.lifeline``, told the host's PID on the first line of a pipe whose
+  write end only the host holds. It notes the host's descendants (vLLM's EngineCore,
+  multiprocessing's resource tracker) by PID and start time every half second. When the pipe
+  reaches end of file, the host is gone, however it died: the reaper kills the descendants it
+  noted that still run (the same PID *and* start time, never a name), then exits.
 * The **lifeline**: a private engine server started for a user's process (see
   :mod:`ai_query.engine.launcher`) gets the read end of a pipe whose write end only that
   user's process holds (:func:`watch_lifeline`). End of file means the user's process died; the
@@ -47,11 +47,14 @@ def start_reaper() -> None:
         if _reaper is not None and _reaper.poll() is None:
             return
         # Its own session: a signal to the host's process group must not take the reaper first.
-        _reaper = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "ai_query.engine.lifeline", str(os.getpid())],
+        _reaper = subprocess.Popen(
+            [sys.executable, "-m", "ai_query.engine.lifeline"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
         )
+        if _reaper.stdin is not None:  # whom to watch: the pipe's first line
+            _reaper.stdin.write(f"{os.getpid()}\n".encode())
+            _reaper.stdin.flush()
 
 
 def watch_lifeline(fd: int, leftovers: Path | None = None) -> None:
@@ -109,6 +112,17 @@ def kill_noted(noted: dict[int, int]) -> list[int]:
     return killed
 
 
+def read_host(pipe_fd: int = 0) -> int | None:
+    """The host's PID, the first line its pipe carries (None: the pipe ended first)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(pipe_fd, 1)
+        if not chunk:
+            return None
+        line += chunk
+    return int(line)
+
+
 def reap(host: int, pipe_fd: int = 0) -> None:
     """The reaper's loop: note ``host``'s descendants until ``pipe_fd`` ends, then kill them."""
     noted: dict[int, int] = {}
@@ -150,4 +164,6 @@ def _stat(pid: int) -> tuple[int, int] | None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the host's terminal is not ours
-    reap(int(sys.argv[1]))
+    watched = read_host()
+    if watched is not None:
+        reap(watched)
