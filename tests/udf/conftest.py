@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.udf.counting import CountingEngine
+
 
 @pytest.fixture(scope="session")
 def real_server() -> Iterator[Any]:
@@ -48,3 +50,9 @@ def restore_batch_size(spark: Any) -> Iterator[None]:
     before = spark.conf.get(ARROW_BATCH_CONF)
     yield
     spark.conf.set(ARROW_BATCH_CONF, before)
+
+
+@pytest.fixture
+def counting(fake_engine: Any) -> CountingEngine:
+    """The deterministic engine, counting the rows and endpoints it is asked to answer."""
+    return CountingEngine(fake_engine)

@@ -8,12 +8,7 @@ from typing import Any
 import pytest
 
 import ai_query
-from tests.udf.test_task_functions_duckdb import CountingEngine
-
-
-@pytest.fixture
-def counting(fake_engine: Any) -> CountingEngine:
-    return CountingEngine(fake_engine)
+from tests.udf.counting import CountingEngine
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import ai_query
-from tests.udf.test_task_functions_duckdb import CountingEngine
+from tests.udf.counting import CountingEngine
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ from ai_query.catalog import Catalog
 from ai_query.errors import ConfigError, UnsupportedCallError
 from ai_query.sql.task_functions import SENTIMENTS
 from ai_query.udf.duckdb import register
+from tests.udf.counting import CountingEngine
 
 TEXTS = [
     (1, "I love this phone, the battery lasts for days."),
@@ -22,29 +23,6 @@ TEXTS = [
     (3, "I love this phone, the battery lasts for days."),
     (4, "John Smith from Paris says the screen broke after a week."),
 ]
-
-
-class CountingEngine:
-    """Wraps an engine and counts the rows it is asked to answer (the process boundary)."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.catalog = engine.catalog
-        self.rows = 0
-        self.endpoints: list[str] = []
-
-    def run(self, batch: Any) -> Any:
-        from ai_query.engine.batch import read_request_batch
-
-        requests, options = read_request_batch(batch)
-        self.rows += sum(r is not None for r in requests)
-        self.endpoints.append(options.endpoint)
-        return self.engine.run(batch)
-
-
-@pytest.fixture
-def counting(fake_engine: Any) -> CountingEngine:
-    return CountingEngine(fake_engine)
 
 
 @pytest.fixture

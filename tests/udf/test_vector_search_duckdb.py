@@ -11,14 +11,9 @@ import pytest
 
 import ai_query
 from ai_query.errors import ConfigError, UnsupportedCallError
-from tests.udf.test_task_functions_duckdb import CountingEngine
+from tests.udf.counting import CountingEngine
 
 EMBED = "all-minilm-l6-v2"
-
-
-@pytest.fixture
-def counting(fake_engine: Any) -> CountingEngine:
-    return CountingEngine(fake_engine)
 
 
 @pytest.fixture
