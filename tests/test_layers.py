@@ -87,7 +87,9 @@ def test_jobs_do_not_import_the_package_init() -> None:
 @pytest.mark.parametrize(
     ("package", "allowed"),
     [
-        pytest.param("vllm", {"ai_query.engine.vllm_backend"}, id="vllm"),
+        pytest.param(
+            "vllm", {"ai_query.engine.vllm_backend", "ai_query.engine.vllm_pooling"}, id="vllm"
+        ),
         pytest.param("pyspark", {"ai_query.udf.spark", "ai_query.jobs.spark_batches"}, id="pyspark"),
         pytest.param("duckdb", {"ai_query.udf.duckdb", "ai_query.jobs"}, id="duckdb"),
     ],

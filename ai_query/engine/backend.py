@@ -9,9 +9,11 @@ A backend raises :class:`RowFailure` (or any ordinary exception) for a row that 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 from ai_query.engine.supervision import EngineHealth
 from ai_query.options import ModelParameters
@@ -108,10 +110,15 @@ class CompletionChunk:
 class Embedding:
     """An embedding vector."""
 
-    vector: list[float]
-    """The vector (L2-normalised by the model's pooler where it normalises)."""
+    vector: Sequence[float] | np.ndarray
+    """The vector (a float32 array from local models; L2-normalised by the model's pooler
+    where it normalises)."""
     prompt_tokens: int
     """Tokens in the input."""
+
+
+#: What embedding one text gives: its vector, or why it failed.
+EmbeddingResult = Embedding | RowFailure
 
 
 class Backend(Protocol):
@@ -125,8 +132,9 @@ class Backend(Protocol):
         """Generate like :meth:`complete`, yielding text as it is produced (an async generator)."""
         ...
 
-    async def embed(self, text: str) -> Embedding:
-        """Embed one text."""
+    async def embed_many(self, texts: Sequence[str]) -> list[EmbeddingResult]:
+        """Embed ``texts`` (as few model calls as the backend can): one result per text, in
+        order, a :class:`RowFailure` in place of a text that cannot be embedded."""
         ...
 
     def health(self) -> EngineHealth:

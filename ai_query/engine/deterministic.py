@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from ai_query.engine.backend import (
     Completion,
     CompletionChunk,
     Embedding,
+    EmbeddingResult,
     GenerationRequest,
     RowFailure,
 )
@@ -98,10 +99,16 @@ class DeterministicBackend:
             "", done.prompt_tokens, done.completion_tokens, done.finish_reason, done.tool_calls
         )
 
-    async def embed(self, text: str) -> Embedding:
-        """A unit vector seeded by the text."""
+    async def embed_many(self, texts: Sequence[str]) -> list[EmbeddingResult]:
+        """A unit vector seeded by each text."""
+        return [self._embed(text) for text in texts]
+
+    def _embed(self, text: str) -> EmbeddingResult:
         self.calls += 1
-        tokens = self._check(text)
+        try:
+            tokens = self._check(text)
+        except RowFailure as exc:
+            return exc
         vector = np.random.default_rng(_seed(text)).standard_normal(self.dims)
         vector /= np.linalg.norm(vector)
         return Embedding(vector.tolist(), tokens)

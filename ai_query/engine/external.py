@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ai_query.catalog import ExternalModel
@@ -19,6 +19,7 @@ from ai_query.engine.backend import (
     Completion,
     CompletionChunk,
     Embedding,
+    EmbeddingResult,
     GenerationRequest,
     RowFailure,
 )
@@ -163,8 +164,18 @@ class ExternalBackend:
             }
         return kwargs
 
-    async def embed(self, text: str) -> Embedding:
-        """One embeddings call."""
+    async def embed_many(self, texts: Sequence[str]) -> list[EmbeddingResult]:
+        """One embeddings call per text, concurrently (bounded by the model's concurrency), so
+        that a provider's error for one text stays that text's."""
+        return list(await asyncio.gather(*(self._embed(text) for text in texts)))
+
+    async def _embed(self, text: str) -> EmbeddingResult:
+        try:
+            return await self._embed_call(text)
+        except RowFailure as exc:
+            return exc
+
+    async def _embed_call(self, text: str) -> Embedding:
         client = self._ensure()
         answer = await self._call(client.embeddings.create, model=self.model.name, input=[text])
         usage = answer.usage

@@ -2,10 +2,11 @@
 
 :class:`LocalEngine` resolves each call against the catalog once (unknown endpoint, bad
 parameters and bad return types fail here, before any row runs), then submits every row of the
-batch to the backend at once on the process's engine loop. Identical greedy requests that are in
-flight together (within a batch or across concurrent batches) run once, and so do repeats of
-recent greedy requests (a bounded memo, :mod:`~ai_query.engine.memo`). A row that fails
-becomes a row error in place; nothing shifts.
+batch to the backend at once on the process's engine loop (an embeddings call as one
+``embed_many``). Identical greedy requests that are in flight together (within a batch or
+across concurrent batches) run once, and so do repeats of recent greedy requests (a bounded
+memo, :mod:`~ai_query.engine.memo`). A row that fails becomes a row error in place; nothing
+shifts.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import pyarrow as pa
 
 from ai_query.catalog import Catalog, Endpoint, ServedEntity
 from ai_query.engine.arrow_types import coerce, to_arrow
-from ai_query.engine.backend import Backend, GenerationRequest
+from ai_query.engine.backend import Backend, GenerationRequest, RowFailure
 from ai_query.engine.batch import RowOutcome, read_request_batch, result_batch
-from ai_query.engine.loop import EngineLoop, shared_loop
+from ai_query.engine.loop import EngineLoop, settle, shared_loop, spawn
 from ai_query.engine.memo import ResultMemo
 from ai_query.engine.registry import BackendFactory, existing_backend, shared_backend
 from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
@@ -140,16 +141,31 @@ class LocalEngine:
     async def run_rows(
         self, requests: Sequence[str | None], plan: CallPlan
     ) -> list[RowOutcome | None]:
-        """Answer every request at once (on the engine loop); None for a NULL request."""
-        futures: list[asyncio.Future[RowOutcome] | None]
-        if plan.coalesce_key is None:  # sampling: every row is its own draw
-            futures = [None if t is None else self._coalesced(t, plan) for t in requests]
+        """Answer every request at once (on the engine loop); None for a NULL request.
+
+        Chat rows go to the backend one request each (its scheduler batches them); the texts
+        of an embeddings call go in one ``embed_many`` call.
+        """
+        futures: list[asyncio.Future[RowOutcome] | None] = []
+        claimed: dict[str, asyncio.Future[RowOutcome]] = {}
+        to_run: list[tuple[str, asyncio.Future[RowOutcome]]] = []
+        for text in requests:
+            if text is None:
+                futures.append(None)
+                continue
+            fut = claimed.get(text) if plan.coalesce_key is not None else None
+            if fut is None:
+                fut, new = self._claim(text, plan)
+                claimed[text] = fut
+                if new:
+                    to_run.append((text, fut))
+            futures.append(fut)
+        if plan.generation is None:
+            if to_run:
+                spawn(self._embed(to_run, plan))
         else:
-            unique: dict[str, asyncio.Future[RowOutcome]] = {}
-            for text in requests:
-                if text is not None and text not in unique:
-                    unique[text] = self._coalesced(text, plan)
-            futures = [None if t is None else unique[t] for t in requests]
+            for text, fut in to_run:
+                spawn(self._complete(text, plan, fut))
         pending = {f for f in futures if f is not None}
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
@@ -159,47 +175,71 @@ class LocalEngine:
                 raise exc
         return [None if f is None else f.result() for f in futures]
 
-    def _coalesced(self, text: str, plan: CallPlan) -> asyncio.Future[RowOutcome]:
+    def _claim(self, text: str, plan: CallPlan) -> tuple[asyncio.Future[RowOutcome], bool]:
+        """The future answer for ``text``: one in flight, remembered, or a new one (True) that
+        the caller must run."""
+        loop = asyncio.get_running_loop()
         key = plan.coalesce_key
-        if key is None:
-            return asyncio.ensure_future(self._one(text, plan))
-        found = self._inflight.get((key, text))
-        if found is not None:
-            return found
-        remembered = self._memo.get((key, text))
-        if remembered is not None:
-            done: asyncio.Future[RowOutcome] = asyncio.get_running_loop().create_future()
-            done.set_result(remembered)
-            return done
-        fut = asyncio.ensure_future(self._one(text, plan))
-        self._inflight[(key, text)] = fut
-        fut.add_done_callback(lambda f: self._finished(key, text, f))
-        return fut
+        if key is not None:
+            found = self._inflight.get((key, text))
+            if found is not None:
+                return found, False
+            remembered = self._memo.get((key, text))
+            if remembered is not None:
+                done: asyncio.Future[RowOutcome] = loop.create_future()
+                done.set_result(remembered)
+                return done, False
+        fut: asyncio.Future[RowOutcome] = loop.create_future()
+        if key is not None:
+            self._inflight[(key, text)] = fut
+            fut.add_done_callback(lambda f: self._finished(key, text, f))
+        return fut, True
 
     def _finished(self, key: str, text: str, fut: asyncio.Future[RowOutcome]) -> None:
         self._inflight.pop((key, text), None)
         if not fut.cancelled() and fut.exception() is None:
             self._memo.put((key, text), fut.result())
 
-    async def _one(self, text: str, plan: CallPlan) -> RowOutcome:
-        entity = plan.endpoint.choose_entity()
-        backend = self._backend(entity)
+    async def _complete(self, text: str, plan: CallPlan, fut: asyncio.Future[RowOutcome]) -> None:
+        """Generate for one row into ``fut``."""
+        assert plan.generation is not None
+        backend = self._backend(plan.endpoint.choose_entity())
         self.model_calls += 1
         try:
-            if plan.generation is None:
-                emb = await backend.embed(text)
-                return RowOutcome(emb.vector, prompt_tokens=emb.prompt_tokens)
             done = await backend.complete(text, plan.generation)
-        except EngineError:
-            raise
+        except EngineError as exc:
+            settle(fut, exc)
+            return
         except Exception as exc:  # noqa: BLE001 - any other failure is this row's error
-            return RowOutcome(error=str(exc) or type(exc).__name__)
+            settle(fut, RowOutcome(error=str(exc) or type(exc).__name__))
+            return
         outcome = RowOutcome(
             done.text, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens
         )
         if plan.output.parse_json:
             outcome.value, outcome.error = _parse_structured(done.text, plan, done.finish_reason)
-        return outcome
+        settle(fut, outcome)
+
+    async def _embed(
+        self, rows: list[tuple[str, asyncio.Future[RowOutcome]]], plan: CallPlan
+    ) -> None:
+        """Embed the texts of one call with one backend call (a traffic split picks the served
+        entity per call)."""
+        backend = self._backend(plan.endpoint.choose_entity())
+        self.model_calls += len(rows)
+        try:
+            results = await backend.embed_many([text for text, _ in rows])
+        except EngineError as exc:
+            for _, fut in rows:
+                settle(fut, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - the call's failure is each row's error
+            results = [RowFailure(str(exc) or type(exc).__name__)] * len(rows)
+        for (_, fut), result in zip(rows, results, strict=True):
+            if isinstance(result, RowFailure):
+                settle(fut, RowOutcome(error=str(result) or "the row failed"))
+            else:
+                settle(fut, RowOutcome(result.vector, prompt_tokens=result.prompt_tokens))
 
     def _backend(self, entity: ServedEntity) -> Backend:
         return shared_backend(entity, self._factory)

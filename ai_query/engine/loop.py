@@ -64,3 +64,26 @@ def shared_loop() -> EngineLoop:
             _shared = EngineLoop()
             atexit.register(_shared.stop)
         return _shared
+
+
+def settle(future: asyncio.Future[T], outcome: T | BaseException) -> None:
+    """Give ``future`` its result (or exception, when ``outcome`` is one) unless it is done
+    (e.g. cancelled). Call on the future's loop."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run ``coro`` as a task on the running loop, referenced until it ends (the loop itself
+    keeps only weak references to tasks)."""
+    task = asyncio.ensure_future(coro)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
+
+
+_running: set[asyncio.Task[Any]] = set()

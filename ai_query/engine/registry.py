@@ -37,12 +37,15 @@ def default_backend_factory(entity: ServedEntity) -> Backend:
         return ExternalBackend(entity.external_model)
     from ai_query.engine.bundled import resolve_model_dir
     from ai_query.engine.vllm_backend import VLLMBackend
+    from ai_query.engine.vllm_pooling import VLLMEmbeddingBackend
 
+    model_dir = resolve_model_dir(str(entity.entity_name))
+    if entity.resolved_task == "llm/v1/embeddings":
+        return VLLMEmbeddingBackend(
+            model_dir, engine_args=entity.engine_args, on_start=close_backends_first_at_exit
+        )
     return VLLMBackend(
-        resolve_model_dir(str(entity.entity_name)),
-        embeddings=entity.resolved_task == "llm/v1/embeddings",
-        engine_args=entity.engine_args,
-        on_start=close_backends_first_at_exit,
+        model_dir, engine_args=entity.engine_args, on_start=close_backends_first_at_exit
     )
 
 

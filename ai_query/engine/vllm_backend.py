@@ -1,9 +1,9 @@
-"""The vLLM backend: one ``AsyncLLM`` per model, fed every row at once.
+"""The vLLM backend for generative models: one ``AsyncLLM`` per model, fed every row at once.
 
 The engine is built lazily, on the process's engine loop (``AsyncLLM`` must live on one loop),
 the first time a row needs it. Chat prompts are rendered with the model's chat template exactly
-as ``LLM.chat`` does; embeddings use vLLM's pooling runner. Each row is its own vLLM request, so
-vLLM's continuous batching sees every row of every concurrent batch.
+as ``LLM.chat`` does (embedding models run in :mod:`ai_query.engine.vllm_pooling`). Each row
+is its own vLLM request, so vLLM's continuous batching sees every row of every concurrent batch.
 
 Function calling: ``tools`` are given to the chat template; a forced ``tool_choice``
 (``required`` or a named function) is served by structured output for any model (see
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,12 @@ from ai_query.config import apply_vllm_environment
 from ai_query.engine.backend import (
     Completion,
     CompletionChunk,
-    Embedding,
+    EmbeddingResult,
     GenerationRequest,
     RowFailure,
 )
 from ai_query.engine.lifeline import start_reaper
+from ai_query.engine.prefix_gate import Lead, PrefixGate
 from ai_query.engine.supervision import EngineHealth, EngineState, Supervisor
 from ai_query.engine.tool_calls import tool_call_schema, tool_calls_from_output
 from ai_query.errors import EngineDeadError, EngineError
@@ -61,6 +62,10 @@ DEFAULT_ENGINE_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: A prompt prefix shared with a request in flight is worth waiting for from this many tokens.
+MIN_SHARED_PREFIX_TOKENS = 256
+
+
 class VLLMBackend:
     """Runs one local model with vLLM's async engine."""
 
@@ -68,20 +73,19 @@ class VLLMBackend:
         self,
         model_dir: Path,
         *,
-        embeddings: bool,
         engine_args: Mapping[str, Any] | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.on_start = on_start
         """Called after each (re)start of the engine (the registry orders exit hooks with it)."""
-        self.embeddings = embeddings
-        kind = "pooling" if embeddings else "generate"
         args = dict(engine_args or {})
         self.tool_call_parser: str | None = args.pop("tool_call_parser", None)
         """Name of the vLLM tool parser for ``tool_choice="auto"`` (not an engine argument)."""
-        self.engine_args = {**DEFAULT_ENGINE_ARGS[kind], **args}
+        self.engine_args = {**DEFAULT_ENGINE_ARGS["generate"], **args}
         self._engine: Any = None
+        self._gate: PrefixGate | None = None
+        """Stages prompts that share a long prefix (None: the engine caches no prefixes)."""
         self._start_lock: asyncio.Lock | None = None
         self._ids = itertools.count()
         self.supervisor = Supervisor(model_dir.name)
@@ -129,6 +133,7 @@ class VLLMBackend:
             except EngineDeadError as exc:
                 self.supervisor.start_failed(exc)
                 raise
+            self._gate = _prefix_gate(self._engine)
             self.supervisor.started()
             if self.on_start is not None:
                 self.on_start()
@@ -162,7 +167,15 @@ class VLLMBackend:
         engine = self._engine
         return engine is not None and bool(engine.errored)
 
-    def _sampling_params(self, request: GenerationRequest, *, delta: bool = False) -> Any:
+    async def _enter_gate(self, prompt: Any) -> Lead | None:
+        """Wait for a leader computing this prompt's long prefix; a Lead when this one leads."""
+        gate = self._gate
+        ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
+        if gate is None or not ids:
+            return None
+        return await gate.enter(gate.block_keys(ids))
+
+    def _sampling_params(self, request: GenerationRequest, output_kind: str = "FINAL_ONLY") -> Any:
         from vllm.sampling_params import (
             RequestOutputKind,
             SamplingParams,
@@ -189,7 +202,7 @@ class VLLMBackend:
             "stop": list(p.stop) or None,
             "seed": p.seed,
             "structured_outputs": structured,
-            "output_kind": RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+            "output_kind": getattr(RequestOutputKind, output_kind),
         }
         for name in ("top_p", "top_k", "presence_penalty", "frequency_penalty"):
             if getattr(p, name) is not None:
@@ -218,16 +231,25 @@ class VLLMBackend:
         return prompts[0]
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
-        """Generate for one chat message or completion prompt."""
-        if self.embeddings:
-            raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
+        """Generate for one chat message or completion prompt.
+
+        A prompt that shares a long prefix with a request in flight waits until that prefix is
+        cached (:mod:`ai_query.engine.prefix_gate`); a leading request reports its first token.
+        """
         await self.start()
         final = None
         async with self._guard():
             prompt = await self._render(text, request.task == "llm/v1/chat", request)
-            params = self._sampling_params(request)
-            async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
-                final = out
+            lead = await self._enter_gate(prompt)
+            params = self._sampling_params(request, "CUMULATIVE" if lead else "FINAL_ONLY")
+            try:
+                async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
+                    if lead is not None:
+                        lead.release()  # a token is out: the prompt's blocks are computed
+                    final = out
+            finally:
+                if lead is not None:
+                    lead.release()
         if final is None or not final.outputs:
             raise RowFailure("the engine returned no output")
         choice = final.outputs[0]
@@ -249,13 +271,11 @@ class VLLMBackend:
         if request.tools and request.tool_choice != "none":
             yield (await self.complete(text, request)).as_chunk()
             return
-        if self.embeddings:
-            raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
         await self.start()
         generated = 0
         async with self._guard():
             prompt = await self._render(text, request.task == "llm/v1/chat", request)
-            params = self._sampling_params(request, delta=True)
+            params = self._sampling_params(request, "DELTA")
             async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
                 if not out.outputs:
                     continue
@@ -307,24 +327,9 @@ class VLLMBackend:
         calls = [tc.model_dump(mode="json", exclude_none=True) for tc in info.tool_calls]
         return info.content or "", calls, "tool_calls"
 
-    async def embed(self, text: str) -> Embedding:
-        """Embed one text with the pooling runner."""
-        if not self.embeddings:
-            raise EngineError(f"{self.model_dir.name} is a generative model; it cannot embed")
-        await self.start()
-        from vllm import PoolingParams
-
-        final = None
-        async with self._guard():
-            prompt = await self._render(text, chat=False)
-            params = PoolingParams(task="embed")
-            async for out in self._engine.encode(prompt, params, f"aiq-{next(self._ids)}"):
-                final = out
-        if final is None:
-            raise RowFailure("the engine returned no embedding")
-        return Embedding(
-            vector=final.outputs.data.tolist(), prompt_tokens=len(final.prompt_token_ids or ())
-        )
+    async def embed_many(self, texts: Sequence[str]) -> list[EmbeddingResult]:
+        """Generative models do not embed."""
+        raise EngineError(f"{self.model_dir.name} is a generative model; it cannot embed")
 
     def _guard(self) -> _RowGuard:
         return _RowGuard(self)
@@ -355,10 +360,19 @@ class _RowGuard:
             cause = str(exc) or "the engine process exited"
             self._backend._mark_dead(cause)
             raise EngineDeadError(
-                f"the vLLM engine for {self._backend.model_dir.name} died ({_short(cause)}); "
-                "the next request restarts it"
+                f"the vLLM engine for {self._backend.model_dir.name} died "
+                f"({short_message(cause)}); the next request restarts it"
             ) from exc
-        raise RowFailure(_short(str(exc) or type(exc).__name__)) from exc
+        raise RowFailure(short_message(str(exc) or type(exc).__name__)) from exc
+
+
+def _prefix_gate(engine: Any) -> PrefixGate | None:
+    """The gate for ``engine``'s block size; None when it has no prefix cache."""
+    cache = engine.vllm_config.cache_config
+    if not cache.enable_prefix_caching:
+        return None
+    size = int(cache.block_size)
+    return PrefixGate(size, -(-MIN_SHARED_PREFIX_TOKENS // size))
 
 
 def _quiet_shutdown(engine: Any) -> None:
@@ -368,6 +382,7 @@ def _quiet_shutdown(engine: Any) -> None:
         log.debug("shutting down a dead engine: %s", exc)
 
 
-def _short(message: str, limit: int = 500) -> str:
+def short_message(message: str, limit: int = 500) -> str:
+    """``message`` on one line, at most ``limit`` characters (for row errors)."""
     message = " ".join(message.split())
     return message if len(message) <= limit else message[: limit - 3] + "..."

@@ -20,6 +20,9 @@ from ai_query.options import CallOptions, ModelParameters
 from ai_query.sql.types import parse_return_type
 
 FUNCTION_NAME = "ai_query"
+#: The function DuckDB and Spark run for a plain embeddings call (``ai_query(endpoint, text)``
+#: on an embeddings endpoint): its vectors come back as an Arrow list of floats, not JSON text.
+VECTOR_FUNCTION_NAME = "__ai_query_vector"
 #: Databricks' parameter names, in positional order.
 PARAMETERS: tuple[str, ...] = (
     "endpoint",

@@ -19,13 +19,14 @@ from sqlglot.errors import ParseError, TokenError
 from ai_query.errors import ConfigError, SQLParseError
 from ai_query.sql.calls import (
     FUNCTION_NAME,
+    VECTOR_FUNCTION_NAME,
     AIQueryCall,
     bind_call,
     bind_named_args,
     find_calls,
 )
 from ai_query.sql.catalog_protocol import EndpointCatalog
-from ai_query.sql.response_format import CHAT_TASK, resolve_output
+from ai_query.sql.response_format import CHAT_TASK, EMBEDDINGS_TASK, resolve_output
 from ai_query.sql.semantic_agg import check_aggregate_call, is_aggregate_call, spark_aggregate
 from ai_query.sql.task_functions import (
     as_anonymous,
@@ -69,6 +70,18 @@ def result_type(call: AIQueryCall, catalog: EndpointCatalog | None) -> SQLType:
     """
     spec = resolve_output(call.return_type, call.response_format, task_of(call, catalog))
     return spec.sql_type if call.fail_on_error else error_struct(spec.sql_type)
+
+
+def is_plain_embedding(call: AIQueryCall, catalog: EndpointCatalog | None) -> bool:
+    """Whether ``call`` only embeds its text (an embeddings endpoint, failing on error, no
+    other argument): DuckDB and Spark then run it as :data:`VECTOR_FUNCTION_NAME`."""
+    return (
+        call.fail_on_error
+        and call.return_type is None
+        and call.response_format is None
+        and not call.model_parameters
+        and task_of(call, catalog) == EMBEDDINGS_TASK
+    )
 
 
 def _with_request(node: exp.Expression, ctx: RewriteContext, rewrite: Rewrite) -> exp.Expression:
@@ -116,8 +129,10 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
 
     DuckDB: ``CAST(CAST(<call> AS JSON) AS <type>)``; Spark: ``from_json(<call>, '<ddl>')``
     (a scalar: ``from_json(concat('[', <call>, ']'), 'ARRAY<T>')[0]``); Databricks: unchanged
-    (ai_query types its result natively). Task functions are wrapped the same way where their
-    UDF's fixed type is not theirs (``ai_extract``'s STRUCT).
+    (ai_query types its result natively). A plain embeddings call becomes
+    ``__ai_query_vector(<endpoint>, <request>)``, whose UDF returns the FLOAT array itself. Task
+    functions are wrapped the same way where their UDF's fixed type is not theirs
+    (``ai_extract``'s STRUCT).
     """
     if ctx.write == "databricks" or not isinstance(node, exp.Anonymous):
         return node
@@ -127,7 +142,13 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
         if typ.kind != "STRUCT":
             return inner  # STRING, or ai_similarity's FLOAT, which its UDF returns as such
     elif node.name.lower() == FUNCTION_NAME:
-        typ = result_type(bind_call(node), ctx.catalog)
+        call = bind_call(node)
+        if is_plain_embedding(call, ctx.catalog):
+            request = call.request.transform(wrap_typed_result, ctx)
+            return exp.Anonymous(
+                this=VECTOR_FUNCTION_NAME, expressions=[exp.Literal.string(call.endpoint), request]
+            )
+        typ = result_type(call, ctx.catalog)
         inner = _with_request(node, ctx, wrap_typed_result)
     else:
         return node

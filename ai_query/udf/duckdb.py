@@ -28,10 +28,11 @@ from ai_query.catalog import Catalog
 from ai_query.engine.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql import transpile
+from ai_query.sql.calls import VECTOR_FUNCTION_NAME
 from ai_query.sql.semantic_agg import SUMMARIZE_INSTRUCTION, AggPlan
 from ai_query.sql.task_functions import mentions_ai_functions, row_input_count
 from ai_query.udf.agg_rows import answer_groups
-from ai_query.udf.rows import ProgressCallback, answer_rows
+from ai_query.udf.rows import ProgressCallback, answer_rows, answer_vectors
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 from ai_query.udf.vector_index import load_indexes
 
@@ -137,7 +138,28 @@ def register(
         f"{udf_name}(endpoint, request, returnType, failOnError, "
         "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
     )
+    register_vector_function(con, engine, progress)
     register_task_functions(con, catalog or engine.catalog, engine, agg_plan=agg_plan)
+
+
+def register_vector_function(
+    con: duckdb.DuckDBPyConnection, engine: Engine, progress: ProgressCallback | None = None
+) -> None:
+    """``__ai_query_vector(endpoint, text) -> FLOAT[]`` on ``con``: what a plain embeddings call
+    becomes (:func:`ai_query.sql.transpile.is_plain_embedding`); vectors stay Arrow lists."""
+
+    def udf(endpoint: pa.Array, request: pa.Array) -> pa.Array:
+        return answer_vectors(engine, endpoint.to_pylist(), request.to_pylist(), progress=progress)
+
+    udf_name = f"{VECTOR_FUNCTION_NAME}_udf_{next(_ids)}"
+    con.create_function(
+        udf_name, udf, ["VARCHAR", "VARCHAR"], "FLOAT[]", type="arrow",
+        null_handling="special", side_effects=True,
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO {VECTOR_FUNCTION_NAME}(endpoint, request) AS "
+        f"{udf_name}(endpoint, request)"
+    )
 
 
 def register_task_functions(

@@ -69,6 +69,42 @@ def answer_rows(
     return out
 
 
+def answer_vectors(
+    engine: Engine,
+    endpoints: Sequence[str | None],
+    requests: Sequence[str | None],
+    *,
+    progress: ProgressCallback | None = None,
+) -> pa.Array:
+    """Embed a chunk of rows (``__ai_query_vector``): a list of float32 per row, NULL for a NULL
+    request, as Arrow from the engine to the SQL engine (no JSON). Each endpoint's rows go to
+    the engine as one request batch; the first failed row raises :class:`RowError`."""
+    groups: dict[str | None, list[int]] = {}
+    for i, endpoint in enumerate(endpoints):
+        groups.setdefault(endpoint, []).append(i)
+    parts: list[pa.Array] = []
+    order: list[int] = []
+    for endpoint, rows in groups.items():
+        if endpoint is None:
+            raise UnsupportedCallError("ai_query endpoint must not be NULL")
+        options = CallOptions(endpoint=endpoint)
+        batch = request_batch([requests[i] for i in rows], options)
+        result = align_results(engine.run(batch), len(rows))
+        raise_first_error(result, endpoint, rows[0])
+        parts.append(result.column("result"))
+        order.extend(rows)
+        if progress is not None:
+            progress(len(rows), int(pc.sum(result.column("prompt_tokens")).as_py() or 0), 0)
+    vectors = pa.concat_arrays(parts).cast(VECTOR_TYPE)
+    if len(parts) == 1:
+        return vectors
+    return vectors.take(pa.array(np.argsort(np.asarray(order))))
+
+
+#: What ``__ai_query_vector`` returns: DuckDB's FLOAT[], Spark's ARRAY<FLOAT>.
+VECTOR_TYPE = pa.list_(pa.float32())
+
+
 def _answer_in_slices(
     engine: Engine,
     requests: list[str | None],

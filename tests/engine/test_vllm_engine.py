@@ -156,3 +156,42 @@ def test_concurrent_batches_match_serial_answers(real_engine) -> None:
     for t in threads:
         t.join()
     assert [parallel[k] for k in range(4)] == serial
+
+
+def _backend(engine, endpoint):  # type: ignore[no-untyped-def]
+    from ai_query.engine.registry import shared_backend
+
+    return shared_backend(engine.catalog.get(endpoint).config.served_entities[0])
+
+
+def test_an_embeddings_batch_is_one_engine_call_and_a_bad_text_fails_alone(real_engine) -> None:
+    backend = _backend(real_engine, "all-minilm-l6-v2")
+    run(real_engine, ["warm"], endpoint="all-minilm-l6-v2")
+    calls = backend.engine_calls
+    texts = [f"note {i} about topic {i % 7}" for i in range(300)]
+    out = run(real_engine, texts, endpoint="all-minilm-l6-v2")
+    assert backend.engine_calls == calls + 1, "300 texts should be one LLM.encode call"
+    assert out.column("error").null_count == 300
+    too_long = "word " * 2000  # over MiniLM's 512 tokens
+    out = run(real_engine, ["first", too_long, "third"], endpoint="all-minilm-l6-v2")
+    errors = out.column("error").to_pylist()
+    vectors = out.column("result").to_pylist()
+    assert errors[0] is None and errors[2] is None and vectors[1] is None
+    assert "512" in errors[1], errors[1]
+    assert len(vectors[0]) == len(vectors[2]) == 384
+    alone = run(real_engine, ["third"], endpoint="all-minilm-l6-v2").column("result").to_pylist()
+    assert np.allclose(alone[0], vectors[2], atol=1e-5), "a neighbour's failure shifts nothing"
+
+
+def test_rows_sharing_a_long_instruction_compute_it_once(real_engine) -> None:
+    backend = _backend(real_engine, CHAT)
+    instruction = " ".join(
+        f"Rule {i}: answer in one short sentence and mention the topic." for i in range(40)
+    )
+    prompts = [f"{instruction}\n\nTopic: item {i}" for i in range(12)]
+    run(real_engine, ["warm up"], endpoint=CHAT, model_parameters=ModelParameters(max_tokens=2))
+    waited = backend._gate.waited
+    out = run(real_engine, prompts, endpoint=CHAT, model_parameters=ModelParameters(max_tokens=4))
+    assert out.column("error").null_count == len(prompts)
+    assert all(out.column("result").to_pylist())
+    assert backend._gate.waited - waited == len(prompts) - 1, "one leader, the rest reuse it"

@@ -98,6 +98,8 @@ CREATE MACRO ai_query(endpoint, request, returnType := NULL, failOnError := true
     ELSE '{"result":' || coalesce(ai_query_stub_value(endpoint, returnType, responseFormat),
                                   to_json('match')::VARCHAR) || ',"errorMessage":null}'
     END;
+CREATE MACRO __ai_query_vector(endpoint, request) AS CASE
+    WHEN request IS NULL THEN NULL ELSE [0.1, 0.2]::FLOAT[] END;
 CREATE TABLE reviews (id INTEGER, review VARCHAR);
 INSERT INTO reviews VALUES (1, 'great'), (2, 'awful'), (3, NULL);
 CREATE TABLE docs (id INTEGER, body VARCHAR);

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ai_query.catalog import Endpoint, ServedEntity
+from ai_query.engine.backend import Embedding, RowFailure
 from ai_query.redaction import redact
 from ai_query.serving.http import responses
 from ai_query.serving.http.context import ServerContext
@@ -236,7 +237,11 @@ async def _embeddings(call: Call) -> Response:
     req = parse(EmbeddingRequest, call.body)
     texts = req.texts()
     backend = call.ctx.serving.backend(call.entity)  # type: ignore[arg-type]
-    done = await call.ctx.serving.run(_gather([backend.embed(t) for t in texts]))
+    results = await call.ctx.serving.run(backend.embed_many(texts))
+    failed = next((r for r in results if isinstance(r, RowFailure)), None)
+    if failed is not None:
+        raise failed
+    done = [r for r in results if isinstance(r, Embedding)]
     if req.dimensions is not None and req.dimensions != len(done[0].vector):
         raise bad_request(f"this model has {len(done[0].vector)} dimensions, not {req.dimensions}")
     call.prompt_tokens = sum(e.prompt_tokens for e in done)

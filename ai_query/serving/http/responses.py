@@ -66,9 +66,10 @@ def embeddings(model: str, done: Sequence[Embedding], encoding: str) -> dict[str
     """An embeddings list; ``base64`` packs little-endian float32 (what the openai client reads)."""
     data = []
     for i, emb in enumerate(done):
-        vector: Any = emb.vector
+        floats = np.asarray(emb.vector, dtype="<f4")
+        vector: Any = floats.tolist()
         if encoding == "base64":
-            vector = base64.b64encode(np.asarray(emb.vector, dtype="<f4").tobytes()).decode()
+            vector = base64.b64encode(floats.tobytes()).decode()
         data.append({"object": "embedding", "index": i, "embedding": vector})
     tokens = sum(e.prompt_tokens for e in done)
     return {

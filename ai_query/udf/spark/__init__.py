@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.functions import pandas_udf
+from pyspark.sql.functions import arrow_udf, pandas_udf
 
 from ai_query.catalog import Catalog
 from ai_query.config import settings
@@ -46,12 +46,13 @@ from ai_query.engine.launcher import ServerProcess, start_server_process
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.sql import transpile
+from ai_query.sql.calls import VECTOR_FUNCTION_NAME
 from ai_query.sql.semantic_agg import SPARK_AGG_UDF
 from ai_query.sql.task_functions import mentions_ai_functions
 from ai_query.sql.transpile import parse_sql
 from ai_query.sql.vector_search import VectorIndexInfo
 from ai_query.udf.agg_rows import answer_groups
-from ai_query.udf.rows import answer_rows
+from ai_query.udf.rows import answer_rows, answer_vectors
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 
 #: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
@@ -181,7 +182,11 @@ def register(
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         spark.conf.set(ARROW_BATCH_CONF, str(batch_size))
     aq = SparkAIQuery(spark, spec, catalog, name, server)
-    aq.udfs = {"ai_query": _make_udf(spec), **_task_udfs(spec, TaskEndpoints.from_catalog(catalog))}
+    aq.udfs = {
+        "ai_query": _make_udf(spec),
+        VECTOR_FUNCTION_NAME: _vector_udf(spec),
+        **_task_udfs(spec, TaskEndpoints.from_catalog(catalog)),
+    }
     for function, udf in aq.udfs.items():
         spark.udf.register(name if function == "ai_query" else function, udf)
     with _embedded_lock:
@@ -289,6 +294,16 @@ def _make_udf(spec: EngineSpec) -> Any:
         )
 
     return pandas_udf(ai_query, "string")  # type: ignore[call-overload]
+
+
+def _vector_udf(spec: EngineSpec) -> Any:
+    """``__ai_query_vector(endpoint, text) -> ARRAY<FLOAT>``, what a plain embeddings call
+    becomes: an Arrow UDF, so vectors stay Arrow lists from the engine to Spark."""
+
+    def ai_query_vector(endpoint: pa.Array, request: pa.Array) -> pa.Array:
+        return answer_vectors(get_engine(spec), endpoint.to_pylist(), request.to_pylist())
+
+    return arrow_udf(ai_query_vector, "array<float>")  # type: ignore[call-overload]
 
 
 def answer_series(
