@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,8 +51,33 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     return out, time.perf_counter() - start
 
 
-def offline_llm(kind: str) -> Any:
-    """vLLM's offline ``LLM`` for a bundled model, with the same settings as our engine."""
+def add_model_args(parser: Any) -> None:
+    """``--model DIR``: run the chat side of a benchmark on any local Hugging Face model."""
+    parser.add_argument(
+        "--model", default=None,
+        help="a local chat model directory (default: the bundled SmolLM2-135M-Instruct)",
+    )
+
+
+def chat_endpoint(model: str | None) -> str:
+    """The endpoint name the benchmark's SQL uses for the chat model."""
+    return "smollm2-135m-instruct" if model is None else Path(model).name
+
+
+def model_catalog(model: str | None) -> Any:
+    """The catalog ai_query runs with: the bundled one, or ``model`` as its chat endpoint."""
+    from ai_query.catalog import Catalog
+
+    if model is None:
+        return Catalog.default()
+    entity = {"entity_name": str(Path(model).resolve()), "task": "llm/v1/chat"}
+    endpoint = {"name": chat_endpoint(model), "config": {"served_entities": [entity]}}
+    return Catalog.from_data({"endpoints": [endpoint]})
+
+
+def offline_llm(kind: str, model: str | None = None) -> Any:
+    """vLLM's offline ``LLM`` for a bundled model (or ``model``), with the same settings as our
+    engine."""
     from ai_query.config import apply_vllm_environment
 
     apply_vllm_environment()
@@ -66,7 +92,8 @@ def offline_llm(kind: str) -> Any:
             for k, v in DEFAULT_ENGINE_ARGS["generate"].items()
             if k != "structured_outputs_config"
         }
-        return LLM(model=str(smollm2_dir()), distributed_executor_backend="uni", **args)
+        path = smollm2_dir() if model is None else Path(model)
+        return LLM(model=str(path), distributed_executor_backend="uni", **args)
     return LLM(
         model=str(minilm_dir()),
         distributed_executor_backend="uni",

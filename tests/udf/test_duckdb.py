@@ -216,3 +216,31 @@ def test_databricks_sql_runs_as_written(con) -> None:  # type: ignore[no-untyped
     )
     rows = con.databricks_sql(sql).fetchall()
     assert rows[0][1] == f"{CHAT} says: Summarize: good"
+
+
+def test_embedding_vectors_stay_arrow_in_row_order_across_endpoints(fake_engine) -> None:
+    from ai_query.errors import RowError
+    from ai_query.udf.rows import answer_vectors
+
+    texts = [None if i % 5 == 0 else f"text {i}" for i in range(20)]
+    endpoints = ["all-minilm-l6-v2" if i % 2 else "databricks-gte-large-en" for i in range(20)]
+    out = answer_vectors(fake_engine, endpoints, texts)
+    assert out.type == pa.list_(pa.float32()) and len(out) == 20
+    for i, text in enumerate(texts):
+        alone = answer_vectors(fake_engine, [endpoints[i]], [text])[0].as_py()
+        assert out[i].as_py() == alone, f"row {i} moved"
+    with pytest.raises(RowError, match="all-minilm-l6-v2"):
+        answer_vectors(fake_engine, ["all-minilm-l6-v2"] * 2, ["fine", "word " * 5000])
+
+
+def test_a_plain_embeddings_call_runs_the_vector_function(fake_engine) -> None:
+    con = ai_query.connect(engine=fake_engine)
+    sql = "SELECT ai_query('all-minilm-l6-v2', 'hello') AS v"
+    assert "__ai_query_vector('all-minilm-l6-v2', 'hello')" in con.rewrite(sql)
+    vector = con.sql(sql).fetchall()[0][0]
+    from ai_query.engine.batch import request_batch
+    from ai_query.options import CallOptions
+
+    batch = request_batch(["hello"], CallOptions(endpoint="all-minilm-l6-v2"))
+    expected = fake_engine.run(batch).column("result")[0].as_py()
+    assert vector == expected, "float32 values cross unchanged"
