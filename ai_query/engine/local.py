@@ -54,8 +54,9 @@ class CallPlan:
 
     @property
     def coalesce_key(self) -> str | None:
-        """Key under which identical requests share one model call; None when sampling."""
-        if not self.options.model_parameters.deterministic:
+        """Key under which identical requests share one model call; None when sampling
+        (embeddings never sample)."""
+        if self.generation is not None and not self.options.model_parameters.deterministic:
             return None
         return self.options.to_json()
 
