@@ -50,8 +50,9 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     return out, time.perf_counter() - start
 
 
-def offline_llm(kind: str) -> Any:
-    """vLLM's offline ``LLM`` for a bundled model, with the same settings as our engine."""
+def offline_llm(kind: str, model: str | None = None) -> Any:
+    """vLLM's offline ``LLM`` for a bundled model (or the local model directory ``model``), with
+    the same settings as our engine."""
     from ai_query.config import apply_vllm_environment
 
     apply_vllm_environment()
@@ -66,9 +67,9 @@ def offline_llm(kind: str) -> Any:
             for k, v in DEFAULT_ENGINE_ARGS["generate"].items()
             if k != "structured_outputs_config"
         }
-        return LLM(model=str(smollm2_dir()), distributed_executor_backend="uni", **args)
+        return LLM(model=model or str(smollm2_dir()), distributed_executor_backend="uni", **args)
     return LLM(
-        model=str(minilm_dir()),
+        model=model or str(minilm_dir()),
         distributed_executor_backend="uni",
         **DEFAULT_ENGINE_ARGS["pooling"],
     )
