@@ -95,7 +95,7 @@ def offline_llm(kind: str, model: str | None = None) -> Any:
         path = smollm2_dir() if model is None else Path(model)
         return LLM(model=str(path), distributed_executor_backend="uni", **args)
     return LLM(
-        model=str(minilm_dir()),
+        model=model or str(minilm_dir()),
         distributed_executor_backend="uni",
         **DEFAULT_ENGINE_ARGS["pooling"],
     )

@@ -1,127 +1,228 @@
-"""ai_query in Spark SQL through an engine server (Arrow Flight) vs vLLM offline, same run.
+"""ai_query in Spark SQL, run the way a user runs it, vs vLLM offline ``LLM.chat``.
 
-512 distinct chat prompts (max_tokens 16, temperature 0) in a Spark DataFrame (local[2], two
-partitions): ``SELECT ai_query('smollm2-135m-instruct', prompt, modelParameters => ...) FROM t``
-through one engine server process, vs ``LLM.chat`` on the same prompts in this process. Both
-engines stay loaded and the two sides alternate, trial by trial, so load from other processes
-on the machine hits both alike; each trial uses fresh prompts (the server remembers greedy
-answers). Output tokens/s of each side; the ratio is printed last.
+Each side is a separate ``python file.py`` process (scripts written into a temporary directory,
+no ``__main__`` guard), started afresh for every trial; the sides alternate trial by trial so
+load from other processes on the machine hits both alike, and every trial uses fresh prompts.
 
-    .venv/bin/python bench/spark_vs_offline.py [--rows 512] [--max-tokens 16] [--trials 3]
+- **spark**: a local[2] SparkSession (``local_session("local[2]")``), ``register(spark)`` with no
+  engine address, so ai_query starts its embedded engine server exactly as a user gets it; a
+  first small query warms the Python workers and the engine; the table (``--rows`` distinct
+  prompts, two partitions) is cached; then ONE
+  ``SELECT id, ai_query(<chat endpoint>, prompt, modelParameters => named_struct('max_tokens',
+  N)) AS answer FROM t`` is timed (``collect()``). ``--server external`` instead sets
+  ``AI_QUERY_ENGINE_URL`` to an ``ai-query serve`` the benchmark started beforehand (same
+  catalog), for comparison.
+- **offline**: vLLM's ``LLM.chat`` on the same prompts (same engine settings as ours), after
+  a small warm-up chat.
+
+Output tokens/s of each side per trial and over all trials; the ratio spark/offline is printed
+last. ``--model DIR`` runs any local Hugging Face chat model instead of the bundled SmolLM2 (the
+Spark side's catalog then gets an endpoint serving DIR, which also answers the task functions).
+
+    .venv/bin/python bench/spark_vs_offline.py [--rows 512] [--max-tokens 16] [--trials 2]
+        [--model DIR] [--server embedded|external] [--keep-logs DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import shutil
+import subprocess
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
-from common import chat_prompts, offline_llm, timed  # noqa: E402
+from common import chat_prompts  # noqa: E402
 
-CHAT = "smollm2-135m-instruct"
+BUNDLED_CHAT = "smollm2-135m-instruct"
+
+#: The user's script: what someone writes to run ai_query over a table in local Spark.
+SPARK_SCRIPT = """\
+import json
+import time
+
+from ai_query.engine.flight_client import FlightEngineClient
+from ai_query.udf.spark import local_session, register
+
+settings = json.load(open({settings!r}))
+spark = local_session("local[2]")
+aq = register(spark, catalog=settings["catalog"])
+
+sql = ("SELECT id, ai_query('" + settings["endpoint"] + "', prompt, modelParameters => "
+       "named_struct('max_tokens', " + str(settings["max_tokens"]) + ")) AS answer FROM t")
+warm = spark.createDataFrame(
+    [(i, "Say hello (warm-up " + str(i) + ").") for i in range(8)], "id INT, prompt STRING")
+warm.repartition(2).createOrReplaceTempView("t")
+aq.sql(sql).collect()  # starts the Python workers, the engine answers once
+
+table = spark.createDataFrame(list(enumerate(settings["prompts"])), "id INT, prompt STRING")
+table = table.repartition(2).cache()
+table.count()
+table.createOrReplaceTempView("t")
+
+watch = FlightEngineClient(list(aq.spec.urls), token=aq.spec.token or "")
+def output_tokens():
+    return sum(int(h["completion_tokens"]) for h in watch.health().values())
+
+before = output_tokens()
+start = time.perf_counter()
+rows = aq.sql(sql).collect()
+seconds = time.perf_counter() - start
+tokens = output_tokens() - before
+if len(rows) != len(settings["prompts"]) or any(r.answer is None for r in rows):
+    raise SystemExit("the Spark query lost rows")
+server = aq.server
+print(json.dumps({{
+    "side": "spark", "seconds": seconds, "output_tokens": tokens,
+    "answers": [r.answer for r in sorted(rows)],
+    "server_log": str(server.log_path) if server is not None else None,
+}}), flush=True)
+watch.close()
+spark.stop()
+"""
+
+#: The baseline: vLLM's offline LLM on the same prompts, in its own process.
+OFFLINE_SCRIPT = """\
+import json
+import sys
+import time
+
+sys.path.insert(0, {bench!r})
+from common import offline_llm
+from vllm import SamplingParams
+
+settings = json.load(open({settings!r}))
+llm = offline_llm("chat", model=settings["model"])
+params = SamplingParams(max_tokens=settings["max_tokens"], temperature=0.0)
+llm.chat([[{{"role": "user", "content": "Say hello (warm-up)."}}]], params, use_tqdm=False)
+convs = [[{{"role": "user", "content": p}}] for p in settings["prompts"]]
+start = time.perf_counter()
+outs = llm.chat(convs, params, use_tqdm=False)
+seconds = time.perf_counter() - start
+print(json.dumps({{
+    "side": "offline", "seconds": seconds,
+    "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+    "answers": [o.outputs[0].text for o in outs],
+}}), flush=True)
+"""
 
 
-class SparkSide:
-    """An engine server process and a local[2] SparkSession with ai_query registered."""
-
-    def __init__(self) -> None:
-        from ai_query.catalog import Catalog
-        from ai_query.engine.flight_client import FlightEngineClient
-        from ai_query.engine.launcher import start_server_process
-        from ai_query.udf.spark import local_session, register
-
-        catalog = Catalog([e for e in Catalog.default().endpoints() if e.name == CHAT])
-        self.server = start_server_process(catalog, engine="local", preload=True)
-        self.spark = local_session("local[2]", app_name="bench-spark-vs-offline")
-        self.aq = register(self.spark, engine_url=self.server.url)
-        self.watch = FlightEngineClient([self.server.url])
-
-    def run(self, prompts: list[str], max_tokens: int) -> tuple[int, float, list[str]]:
-        """Output tokens, seconds and answers (in prompt order) of one query."""
-        frame = self.spark.createDataFrame(list(enumerate(prompts)), "id INT, prompt STRING")
-        frame.repartition(2).createOrReplaceTempView("t")
-        self.spark.table("t").cache().count()  # the table is data, not part of the timing
-        sql = (f"SELECT id, ai_query('{CHAT}', prompt, modelParameters => "
-               f"named_struct('max_tokens', {max_tokens})) AS answer FROM t")
-        before = self._tokens()
-        rows, took = timed(lambda: self.aq.sql(sql).collect())
-        if len(rows) != len(prompts) or any(r.answer is None for r in rows):
-            raise SystemExit("the Spark query lost rows")
-        return self._tokens() - before, took, [r.answer for r in sorted(rows)]
-
-    def _tokens(self) -> int:
-        return int(self.watch.health()[self.server.url]["completion_tokens"])
-
-    def close(self) -> None:
-        self.watch.close()
-        self.spark.stop()
-        self.server.stop()
+def write_catalog(model: str | None, path: Path) -> tuple[str | None, str]:
+    """The catalog file the user's script registers (None: the default) and the chat endpoint."""
+    if model is None:
+        return None, BUNDLED_CHAT
+    endpoint = "bench-chat"
+    path.write_text(json.dumps({
+        "include_defaults": True,
+        "endpoints": [{"name": endpoint, "config": {"served_entities": [
+            {"entity_name": str(Path(model).resolve()), "task": "llm/v1/chat"}]}}],
+        "task_functions": {"llm/v1/chat": endpoint},
+    }))
+    return str(path), endpoint
 
 
-class OfflineSide:
-    """vLLM's offline ``LLM`` in this process, same engine settings as the server."""
-
-    def __init__(self) -> None:
-        self.llm: Any = offline_llm("chat")
-
-    def run(self, prompts: list[str], max_tokens: int) -> tuple[int, float, list[str]]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-        convs = [[{"role": "user", "content": p}] for p in prompts]
-        outs, took = timed(lambda: self.llm.chat(convs, params, use_tqdm=False))
-        tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-        return tokens, took, [o.outputs[0].text for o in outs]
+def run_side(script: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
+    """Run one side's script; its JSON result line (its output goes to ``log``)."""
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=out, env=env,
+            cwd=script.parent, text=True, timeout=1800, check=False,
+        )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{script.name} failed (exit {proc.returncode}); see {log}:\n"
+                         + "\n".join(log.read_text(errors="replace").splitlines()[-20:]))
+    return dict(json.loads(lines[-1]))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--model", help="a local HF chat model directory (default: SmolLM2)")
+    parser.add_argument("--server", choices=("embedded", "external"), default="embedded",
+                        help="embedded: register(spark) starts its own (what users get); "
+                        "external: a separately started ai-query serve in AI_QUERY_ENGINE_URL")
+    parser.add_argument("--keep-logs", type=Path, help="copy the scripts' and servers' logs here")
     args = parser.parse_args()
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    every = chat_prompts(args.rows * (args.trials + 1))
-    sets = [every[i * args.rows:(i + 1) * args.rows] for i in range(args.trials + 1)]
-    print(f"load average before start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
-    spark_side = SparkSide()
-    offline = OfflineSide()
+    work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
+    catalog, endpoint = write_catalog(args.model, work / "catalog.json")
+    spark_script, offline_script = work / "spark_user.py", work / "offline_user.py"
+    settings_path = work / "settings.json"
+    spark_script.write_text(SPARK_SCRIPT.format(settings=str(settings_path)))
+    offline_script.write_text(OFFLINE_SCRIPT.format(settings=str(settings_path), bench=str(BENCH)))
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    env.pop("AI_QUERY_ENGINE_URL", None)
+    server = None
+    if args.server == "external":
+        from ai_query.catalog import Catalog
+        from ai_query.engine.launcher import start_server_process
+
+        server = start_server_process(Catalog.load(catalog) if catalog else None, preload=True)
+        env["AI_QUERY_ENGINE_URL"] = server.url
+    print(f"load average before start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+          f"{args.rows} rows x {args.max_tokens} tokens; {args.server} server; "
+          f"model {args.model or BUNDLED_CHAT}", flush=True)
+
+    every = chat_prompts(args.rows * args.trials)
     totals = {"spark": [0, 0.0], "offline": [0, 0.0]}
-    ratios, same, compared = [], 0, 0
+    ratios, same = [], 0
     try:
-        for i, prompts in enumerate(sets):  # set 0 warms both sides up
-            s_tok, s_sec, s_ans = spark_side.run(prompts, args.max_tokens)
-            o_tok, o_sec, o_ans = offline.run(prompts, args.max_tokens)
-            label = "warm-up" if i == 0 else f"trial {i}"
-            print(f"{label}: spark+flight {s_tok} tokens in {s_sec:.2f}s = "
-                  f"{s_tok / s_sec:.1f} tok/s; offline {o_tok} tokens in {o_sec:.2f}s = "
-                  f"{o_tok / o_sec:.1f} tok/s; load {os.getloadavg()[0]:.2f}", flush=True)
-            if i == 0:
-                continue
-            totals["spark"][0] += s_tok
-            totals["spark"][1] += s_sec
-            totals["offline"][0] += o_tok
-            totals["offline"][1] += o_sec
-            ratios.append((s_tok / s_sec) / (o_tok / o_sec))
-            same += sum(a == b for a, b in zip(s_ans, o_ans, strict=True))
-            compared += len(o_ans)
+        for trial in range(args.trials):
+            prompts = every[trial * args.rows:(trial + 1) * args.rows]
+            settings_path.write_text(json.dumps({
+                "prompts": prompts, "max_tokens": args.max_tokens, "catalog": catalog,
+                "endpoint": endpoint, "model": args.model,
+            }))
+            sides = [("spark", spark_script), ("offline", offline_script)]
+            results = {}
+            for name, script in sides if trial % 2 == 0 else sides[::-1]:
+                log = work / f"{name}-{trial + 1}.log"
+                results[name] = run_side(script, env, log)
+            s, o = results["spark"], results["offline"]
+            for name, r in results.items():
+                totals[name][0] += r["output_tokens"]
+                totals[name][1] += r["seconds"]
+            ratios.append((s["output_tokens"] / s["seconds"]) / (o["output_tokens"] / o["seconds"]))
+            same += sum(a == b for a, b in zip(s["answers"], o["answers"], strict=True))
+            print(f"trial {trial + 1}: spark {s['output_tokens']} tokens in {s['seconds']:.2f}s "
+                  f"= {s['output_tokens'] / s['seconds']:.1f} tok/s; offline "
+                  f"{o['output_tokens']} tokens in {o['seconds']:.2f}s = "
+                  f"{o['output_tokens'] / o['seconds']:.1f} tok/s; ratio {ratios[-1]:.3f}; "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+            if args.keep_logs and s.get("server_log") and Path(s["server_log"]).exists():
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(s["server_log"], args.keep_logs / f"server-{trial + 1}.log")
     finally:
-        spark_side.close()
+        if server is not None:
+            if args.keep_logs:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(server.log_path, args.keep_logs / "external-server.log")
+            server.stop()
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in work.glob("*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
+        shutil.rmtree(work, ignore_errors=True)
     spark_tps = totals["spark"][0] / totals["spark"][1]
     offline_tps = totals["offline"][0] / totals["offline"][1]
-    print(f"identical answers: {same}/{compared}")
-    print(f"output tok/s over {args.trials} trials: offline LLM.chat {offline_tps:.1f}, "
-          f"ai_query in Spark via Flight {spark_tps:.1f}; per-trial ratios "
-          + ", ".join(f"{r:.3f}" for r in ratios) + f" (median {statistics.median(ratios):.3f})")
-    print(f"ratio spark+flight/offline = {spark_tps / offline_tps:.3f} (goal >= 0.85)")
+    print(f"identical answers: {same}/{args.rows * args.trials}")
+    print(textwrap.fill(
+        f"output tok/s over {args.trials} trials: offline LLM.chat {offline_tps:.1f}, "
+        f"ai_query in Spark ({args.server} server) {spark_tps:.1f}; per-trial ratios "
+        + ", ".join(f"{r:.3f}" for r in ratios), 100))
+    print(f"ratio spark/offline = {spark_tps / offline_tps:.3f} (goal >= 0.9)")
 
 
 if __name__ == "__main__":

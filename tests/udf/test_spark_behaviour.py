@@ -80,6 +80,17 @@ def test_one_client_per_worker_process(spark, det_server, restore_batch_size) ->
     assert all(len(ids) == 1 for ids in seen.values())
 
 
+def _engine_states(server: Any) -> dict[str, str]:
+    from ai_query.engine.flight_client import FlightEngineClient
+
+    client = FlightEngineClient([server.url], token=server.token or "")
+    try:
+        states = client.health()[server.url]["endpoint_states"]
+    finally:
+        client.close()
+    return {name: state["state"] for name, state in states.items()}
+
+
 def test_embedded_server_in_local_mode(spark, monkeypatch) -> None:
     from ai_query.udf.spark import register, stop_embedded_servers
 
@@ -87,8 +98,13 @@ def test_embedded_server_in_local_mode(spark, monkeypatch) -> None:
     aq = register(spark, embedded_engine="deterministic")
     try:
         assert aq.server is not None and aq.server.alive()
+        # No model runs before a query needs it, and a chat query starts only the chat model.
+        assert set(_engine_states(aq.server).values()) == {"NOT_STARTED"}
         rows = aq.sql(f"SELECT ai_query('{CHAT}', 'hi') AS a").collect()
         assert rows[0].a == _answer("hi")
+        states = _engine_states(aq.server)
+        assert states[CHAT] == "READY"
+        assert states["all-minilm-l6-v2"] == "NOT_STARTED"
     finally:
         stop_embedded_servers()
     assert not aq.server.alive()

@@ -18,7 +18,10 @@ sets it) becomes one engine request batch per call, which the Flight client spre
 servers. The client is built once per Python worker process: the UDF carries only a picklable
 :class:`~ai_query.engine.spec.EngineSpec`, and :func:`ai_query.engine.spec.get_engine` keeps
 one client per spec in a module-level cache. With no server address and a local master, the
-driver starts an engine server itself and stops it at exit (the embedded default).
+driver starts an engine server itself and stops it at exit (the embedded default). Like the
+private server of a DuckDB connection, it starts each model when a query first needs it: an
+endpoint no query calls never runs an engine beside the one that works (see
+:func:`embedded_server`).
 """
 
 from __future__ import annotations
@@ -249,12 +252,20 @@ def local_session(master: str = "local[*]", app_name: str = "ai-query") -> Spark
 
 
 def embedded_server(catalog: Catalog, engine: str = "local") -> ServerProcess:
-    """The driver's engine server for ``catalog``, started on first use (stopped at exit)."""
+    """The driver's engine server for ``catalog``, started on first use (stopped at exit).
+
+    Its models start when a batch first needs them, not before it listens: preloading every
+    endpoint of the catalog ran an engine per endpoint (the bundled chat *and* embeddings
+    models) in local mode, where the engine shares the driver's cores with Spark's JVM and
+    Python workers. An idle vLLM engine is not free there (its process wakes ~1,300 times a
+    second, holds its KV cache and took ~40 s of ``register``), and a query calls one or two
+    endpoints, not the whole catalog.
+    """
     key = (json.dumps(catalog.to_data(), sort_keys=True), engine)
     with _embedded_lock:
         server = _embedded.get(key)
         if server is None or not server.alive():
-            server = start_server_process(catalog, engine=engine, preload=True)
+            server = start_server_process(catalog, engine=engine, preload=False)
             _embedded[key] = server
         return server
 
