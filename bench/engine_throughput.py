@@ -55,14 +55,6 @@ def main() -> None:
     parser.add_argument("--embed-rows", type=int, default=4096)
     args = parser.parse_args()
 
-    prompts = chat_prompts(args.chat_rows)
-    llm = offline_llm("chat")
-    offline_chat(llm, prompts[:8], 32)  # warm up
-    base_tokens, base_s = timed(lambda: offline_chat(llm, prompts, 32))
-    llm = None
-    gc.collect()
-    our_tokens, our_s = ours("smollm2-135m-instruct", prompts, 32)
-
     docs = texts(args.embed_rows)
     emb = offline_llm("embed")
     emb.embed(docs[:8], use_tqdm=False)
@@ -70,6 +62,17 @@ def main() -> None:
     emb = None
     gc.collect()
     _, our_e = ours("all-minilm-l6-v2", docs, None)
+    if not args.chat_rows:  # --chat-rows 0: embeddings only
+        report("embeddings texts/s", len(docs) / our_e, len(docs) / base_e, "texts/s", 0.95)
+        return
+
+    prompts = chat_prompts(args.chat_rows)
+    llm = offline_llm("chat")
+    offline_chat(llm, prompts[:8], 32)  # warm up
+    base_tokens, base_s = timed(lambda: offline_chat(llm, prompts, 32))
+    llm = None
+    gc.collect()
+    our_tokens, our_s = ours("smollm2-135m-instruct", prompts, 32)
 
     print(f"chat tokens: offline {base_tokens}, ai_query {our_tokens}")
     report("embeddings texts/s", len(docs) / our_e, len(docs) / base_e, "texts/s", 0.95)
