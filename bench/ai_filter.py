@@ -1,7 +1,8 @@
 """rows/s of ``ai_filter`` vs ``ai_query`` with the same prompt, in DuckDB with the bundled chat
-model: the guided true/false answer is a token or two, where ``ai_query`` generates freely.
+model (or ``--model DIR``, for both): the guided true/false answer is a token or two, where
+``ai_query`` generates freely.
 
-    .venv/bin/python bench/ai_filter.py [--rows 2048]
+    .venv/bin/python bench/ai_filter.py [--rows 2048] [--model DIR]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import texts, timed  # noqa: E402
+from common import add_model_args, bench_catalog, texts, timed  # noqa: E402
 
 CHAT = "smollm2-135m-instruct"
 
@@ -22,6 +23,7 @@ CHAT = "smollm2-135m-instruct"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2048)
+    add_model_args(parser)
     args = parser.parse_args()
     import pyarrow as pa
 
@@ -29,7 +31,7 @@ def main() -> None:
     from ai_query.sql.task_functions import task_spec
 
     docs = texts(args.rows)
-    con = ai_query.connect()
+    con = ai_query.connect(catalog=bench_catalog(args))
     con.raw.register("src", pa.table({"body": docs}))
     con.execute("CREATE TABLE docs AS SELECT * FROM src")
     con.sql("SELECT ai_filter('Is this a warm up?'), ai_query('smollm2-135m-instruct', 'hi')").fetchall()

@@ -1,7 +1,10 @@
-"""Shared bits of the benchmarks: prompts, the offline vLLM baseline, timing."""
+"""Shared bits of the benchmarks: prompts, the models (``--model``), the offline vLLM baseline,
+timing."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,33 +54,91 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     return out, time.perf_counter() - start
 
 
-def add_model_args(parser: Any) -> None:
-    """``--model DIR``: run the chat side of a benchmark on any local Hugging Face model."""
+CHAT_ENDPOINT = "smollm2-135m-instruct"
+EMBED_ENDPOINT = "all-minilm-l6-v2"
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model DIR`` and ``--embed-model DIR``: the models both sides of a benchmark run.
+
+    Any local Hugging Face model directory vLLM can load; default: the bundled
+    SmolLM2-135M-Instruct (chat) and all-MiniLM-L6-v2 (embeddings). ai_query's side serves them
+    under the bundled endpoint names, so a benchmark's SQL does not change.
+    """
     parser.add_argument(
-        "--model", default=None,
-        help="a local chat model directory (default: the bundled SmolLM2-135M-Instruct)",
+        "--model", type=Path, metavar="DIR",
+        help="local HF chat model directory for both sides (default: bundled SmolLM2-135M)",
+    )
+    parser.add_argument(
+        "--embed-model", type=Path, metavar="DIR",
+        help="local HF embedding model directory for both sides (default: bundled MiniLM-L6)",
     )
 
 
-def chat_endpoint(model: str | None) -> str:
-    """The endpoint name the benchmark's SQL uses for the chat model."""
-    return "smollm2-135m-instruct" if model is None else Path(model).name
+def chat_model_dir(args: argparse.Namespace) -> Path:
+    """The chat model's directory: ``--model``, else the bundled SmolLM2 (converted once)."""
+    if args.model is not None:
+        return _model_dir(args.model)
+    from ai_query.engine.bundled import smollm2_dir
+
+    return smollm2_dir()
 
 
-def model_catalog(model: str | None) -> Any:
-    """The catalog ai_query runs with: the bundled one, or ``model`` as its chat endpoint."""
-    from ai_query.catalog import Catalog
+def embed_model_dir(args: argparse.Namespace) -> Path:
+    """The embedding model's directory: ``--embed-model``, else the bundled MiniLM."""
+    if args.embed_model is not None:
+        return _model_dir(args.embed_model)
+    from ai_query.engine.bundled import minilm_dir
 
-    if model is None:
-        return Catalog.default()
-    entity = {"entity_name": str(Path(model).resolve()), "task": "llm/v1/chat"}
-    endpoint = {"name": chat_endpoint(model), "config": {"served_entities": [entity]}}
-    return Catalog.from_data({"endpoints": [endpoint]})
+    return minilm_dir()
 
 
-def offline_llm(kind: str, model: str | None = None) -> Any:
-    """vLLM's offline ``LLM`` for a bundled model (or ``model``), with the same settings as our
-    engine."""
+def _model_dir(path: Path) -> Path:
+    path = path.expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"{path} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def bench_catalog(args: argparse.Namespace, *, embeddings: bool = True) -> Any:
+    """The catalog of ai_query's side: the bundled endpoint names and their Databricks aliases
+    (so a benchmark's SQL does not change), served by ``--model`` / ``--embed-model`` when
+    given, else by the bundled models; without the embeddings endpoint unless ``embeddings``.
+    Without flags and with ``embeddings`` it is the default catalog."""
+    from ai_query.catalog import DATABRICKS_ALIASES, Catalog, local_endpoint
+
+    chat = CHAT_ENDPOINT if args.model is None else str(_model_dir(args.model))
+    endpoints = [local_endpoint(CHAT_ENDPOINT, chat, "llm/v1/chat")]
+    if embeddings:
+        embed = EMBED_ENDPOINT if args.embed_model is None else str(_model_dir(args.embed_model))
+        endpoints.append(local_endpoint(EMBED_ENDPOINT, embed, "llm/v1/embeddings"))
+    names = {e.name for e in endpoints}
+    return Catalog(endpoints, {a: t for a, t in DATABRICKS_ALIASES.items() if t in names})
+
+
+def write_catalog(catalog: Any, path: Path) -> Path:
+    """Write ``catalog`` as a JSON catalog file (for ``ai-query ... --catalog``); returns path."""
+    path.write_text(json.dumps(catalog.to_data()))
+    return path
+
+
+def engine_settings(kind: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """(environment, ``LLM`` keyword arguments) our engine server gives vLLM for ``kind``
+    (``chat`` or ``embed``): what a fair baseline runs with."""
+    import os
+
+    from ai_query.config import VLLM_CPU_ENVIRONMENT
+    from ai_query.engine.vllm_backend import DEFAULT_ENGINE_ARGS
+
+    env = {**VLLM_CPU_ENVIRONMENT, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    env = {k: os.environ.get(k, v) for k, v in env.items()}  # as apply_vllm_environment does
+    args = dict(DEFAULT_ENGINE_ARGS["generate" if kind == "chat" else "pooling"])
+    return env, args
+
+
+def offline_llm(kind: str, model: str | Path | None = None) -> Any:
+    """vLLM's offline ``LLM`` with the same settings as our engine, for the bundled model of
+    ``kind`` (``chat`` or ``embed``) or the model directory ``model``."""
     from ai_query.config import apply_vllm_environment
 
     apply_vllm_environment()
@@ -92,10 +153,9 @@ def offline_llm(kind: str, model: str | None = None) -> Any:
             for k, v in DEFAULT_ENGINE_ARGS["generate"].items()
             if k != "structured_outputs_config"
         }
-        path = smollm2_dir() if model is None else Path(model)
-        return LLM(model=str(path), distributed_executor_backend="uni", **args)
+        return LLM(model=str(model or smollm2_dir()), distributed_executor_backend="uni", **args)
     return LLM(
-        model=model or str(minilm_dir()),
+        model=str(model or minilm_dir()),
         distributed_executor_backend="uni",
         **DEFAULT_ENGINE_ARGS["pooling"],
     )

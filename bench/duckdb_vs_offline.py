@@ -10,7 +10,7 @@ queries also run with the engine inside the benchmark's own process (``--in-proc
 design before the engine moved out), so the cost of the process boundary shows in one run.
 
     .venv/bin/python bench/duckdb_vs_offline.py [--chat-rows 4096] [--embed-rows 8192]
-        [--in-process] [--no-per-row]
+        [--in-process] [--no-per-row] [--model DIR] [--embed-model DIR]
 """
 
 from __future__ import annotations
@@ -20,21 +20,34 @@ import gc
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import chat_prompts, offline_chat, offline_llm, texts, timed  # noqa: E402
+from common import (  # noqa: E402
+    add_model_args,
+    bench_catalog,
+    chat_model_dir,
+    chat_prompts,
+    embed_model_dir,
+    offline_chat,
+    offline_llm,
+    texts,
+    timed,
+)
 
 
-def duckdb_run(endpoint: str, rows: list[str], params: str, in_process: bool = False) -> float:
+def duckdb_run(
+    endpoint: str, rows: list[str], params: str, catalog: Any, in_process: bool = False
+) -> float:
     import pyarrow as pa
 
     import ai_query
     from ai_query.engine.local import LocalEngine
 
-    con = ai_query.connect(engine=LocalEngine() if in_process else None)
+    con = ai_query.connect(catalog, engine=LocalEngine(catalog) if in_process else None)
     con.raw.register("src", pa.table({"p": rows}))
     con.execute("CREATE TABLE t AS SELECT * FROM src")
     con.sql(f"SELECT ai_query('{endpoint}', 'warm up'{params})").fetchall()
@@ -45,16 +58,15 @@ def duckdb_run(endpoint: str, rows: list[str], params: str, in_process: bool = F
     return seconds
 
 
-def per_row_openai(prompts: list[str], max_tokens: int) -> float:
+def per_row_openai(prompts: list[str], max_tokens: int, model_dir: Path) -> float:
     """rows/s of one client calling vLLM's api_server row by row."""
     import openai
 
-    from ai_query.engine.bundled import smollm2_dir
     from tests.servers import free_port, stop, vllm_api_server, wait_http
 
     port = free_port()
     log = Path(tempfile.mkdtemp()) / "vllm.log"
-    proc = vllm_api_server(smollm2_dir(), port, log)
+    proc = vllm_api_server(model_dir, port, log)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, timeout=400)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
@@ -86,11 +98,13 @@ def main() -> None:
     parser.add_argument("--sample-rows", type=int, default=128)
     parser.add_argument("--in-process", action="store_true", help="also run vLLM in-process")
     parser.add_argument("--no-per-row", action="store_true", help="skip the openai-client loop")
+    add_model_args(parser)
     args = parser.parse_args()
+    catalog = bench_catalog(args)
     from ai_query.engine.registry import close_backends
 
     prompts = chat_prompts(args.chat_rows)
-    llm = offline_llm("chat")
+    llm = offline_llm("chat", chat_model_dir(args))
     offline_chat(llm, prompts[:8], 8)
     _, offline_s = timed(lambda: offline_chat(llm, prompts, 8))
     llm = None
@@ -98,22 +112,26 @@ def main() -> None:
     chat_params = ", modelParameters => {'max_tokens': 8}"
     inproc_s = inproc_e = None
     if args.in_process:
-        inproc_s = duckdb_run("smollm2-135m-instruct", prompts, chat_params, in_process=True)
+        inproc_s = duckdb_run(
+            "smollm2-135m-instruct", prompts, chat_params, catalog, in_process=True
+        )
         close_backends()
-    ours_s = duckdb_run("smollm2-135m-instruct", prompts, chat_params)
+    ours_s = duckdb_run("smollm2-135m-instruct", prompts, chat_params, catalog)
 
     docs = texts(args.embed_rows)
-    emb = offline_llm("embed")
+    emb = offline_llm("embed", embed_model_dir(args))
     emb.embed(docs[:8], use_tqdm=False)
     _, offline_e = timed(lambda: emb.embed(docs, use_tqdm=False))
     emb = None
     gc.collect()
     if args.in_process:
-        inproc_e = duckdb_run("all-minilm-l6-v2", docs, "", in_process=True)
+        inproc_e = duckdb_run("all-minilm-l6-v2", docs, "", catalog, in_process=True)
         close_backends()
-    ours_e = duckdb_run("all-minilm-l6-v2", docs, "")
+    ours_e = duckdb_run("all-minilm-l6-v2", docs, "", catalog)
 
-    per_row = None if args.no_per_row else per_row_openai(chat_prompts(args.sample_rows + 7)[7:], 8)
+    per_row = None if args.no_per_row else per_row_openai(
+        chat_prompts(args.sample_rows + 7)[7:], 8, chat_model_dir(args)
+    )
 
     print(
         f"chat rows/s: offline LLM.chat {len(prompts) / offline_s:.1f}, "

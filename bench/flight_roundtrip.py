@@ -6,6 +6,9 @@ compares with the floor cost of the same bytes without a network: writing and re
 batch as an Arrow IPC stream in this process, twice (request and answer). Ratio printed last.
 
     .venv/bin/python bench/flight_roundtrip.py [--batches 100] [--rows 10000] [--chars 200]
+
+No model runs here: ``--model``/``--embed-model`` are accepted (as by every benchmark) and
+change nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import timed  # noqa: E402
+from common import add_model_args, timed  # noqa: E402
 
 from ai_query.engine.batch import align_results, request_batch  # noqa: E402
 from ai_query.engine.diagnostics import EchoEngine  # noqa: E402
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--chars", type=int, default=200)
+    add_model_args(parser)  # accepted for uniformity: the echo engine runs no model
     args = parser.parse_args()
     batches = make_batches(args.batches, args.rows, args.chars)
     total_rows = args.batches * args.rows

@@ -9,7 +9,8 @@ up, then loaded in turn, alternating over a few rounds so that other work on the
 weighs on both alike. Prints requests/s and output tokens/s of each, the ratio over all rounds,
 and last the ratio of the median rounds (robust to a round stalled by other work; goal >= 0.9).
 
-    .venv/bin/python bench/http_load.py [--clients 8] [--requests 64] [--max-tokens 32]
+    .venv/bin/python bench/http_load.py [--clients 8] [--requests 64] [--max-tokens 32] \\
+        [--model DIR]
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_model_args, bench_catalog, chat_model_dir, write_catalog
+
 from tests.servers import free_port, start, stop, wait_http
 
 MODEL = "smollm2-135m-instruct"
@@ -78,16 +82,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=8,
                         help="alternate the servers this many times (evens out machine noise)")
+    add_model_args(parser)
     opts = parser.parse_args()
 
-    from ai_query.engine.bundled import smollm2_dir
-
-    model_dir = smollm2_dir()
+    model_dir = chat_model_dir(opts)
     workdir = Path(tempfile.mkdtemp(prefix="http-load-"))
+    catalog = write_catalog(bench_catalog(opts, embeddings=False), workdir / "catalog.json")
     ports = {"ai_query": free_port(), "vllm api_server": free_port()}
     commands = {
         "ai_query": [sys.executable, "-m", "ai_query", "serve", "--http-port",
                      str(ports["ai_query"]), "--port", "0", "--preload", MODEL,
+                     "--catalog", str(catalog),
                      "--database", str(workdir / "endpoints.sqlite")],
         "vllm api_server": [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),

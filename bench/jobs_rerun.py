@@ -8,6 +8,7 @@ re-run answered from the result cache. Engine start-up is excluded (it is warmed
 
     .venv/bin/python bench/jobs_rerun.py                 # real vLLM (CPU or GPU)
     .venv/bin/python bench/jobs_rerun.py --engine deterministic   # the job machinery alone
+    .venv/bin/python bench/jobs_rerun.py --model DIR     # another local chat model
 
 Prints the ratio incremental / full wall time last (goal: <= 0.10).
 """
@@ -15,10 +16,14 @@ Prints the ratio incremental / full wall time last (goal: <= 0.10).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_model_args, bench_catalog
 
 MOODS = ["great", "bad", "fine", "awful", "lovely", "broken", "perfect", "noisy", "slow", "cheap"]
 
@@ -33,15 +38,14 @@ def _write_reviews(path: Path, start: int, stop: int) -> None:
     pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "review": reviews}), path)
 
 
-def _engine(kind: str) -> Any:
-    from ai_query.catalog import Catalog
+def _engine(kind: str, catalog: Any) -> Any:
     from ai_query.engine.local import LocalEngine
 
     if kind == "deterministic":
         from ai_query.engine.deterministic import DeterministicBackend
 
-        return LocalEngine(Catalog.default(), backend_factory=DeterministicBackend, memo_entries=0)
-    return LocalEngine(Catalog.default(), memo_entries=0)
+        return LocalEngine(catalog, backend_factory=DeterministicBackend, memo_entries=0)
+    return LocalEngine(catalog, memo_entries=0)
 
 
 def _timed(label: str, job: Any, request: Any, engine: Any) -> float:
@@ -66,6 +70,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1024, help="max_rows_per_batch")
     parser.add_argument("--engine", choices=["vllm", "deterministic"], default="vllm")
+    add_model_args(parser)
     args = parser.parse_args()
 
     from ai_query.engine.batch import request_batch
@@ -73,7 +78,7 @@ def main() -> None:
     from ai_query.jobs.spec import job_from_data
     from ai_query.options import CallOptions
 
-    engine = _engine(args.engine)
+    engine = _engine(args.engine, bench_catalog(args, embeddings=False))
     engine.run(request_batch(["warm up"], CallOptions(endpoint="smollm2-135m-instruct")))
 
     with tempfile.TemporaryDirectory(prefix="aiq-bench-jobs-") as tmp:

@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402
+    CHAT_ENDPOINT,
     TOPICS,
     add_model_args,
-    chat_endpoint,
-    model_catalog,
+    bench_catalog,
+    chat_model_dir,
     offline_chat,
     offline_llm,
     timed,
@@ -105,9 +106,9 @@ def main() -> None:
     args = parser.parse_args()
     tables = args.tables.split(",")
 
-    llm = offline_llm("chat", args.model)
+    llm = offline_llm("chat", chat_model_dir(args))
     offline_chat(llm, ["warm up"], MAX_TOKENS)
-    ours = Ours(model_catalog(args.model), chat_endpoint(args.model))
+    ours = Ours(bench_catalog(args, embeddings=False), CHAT_ENDPOINT)
     speedups: dict[str, list[float]] = {t: [] for t in tables}
     for trial in range(args.trials):
         for table in tables:

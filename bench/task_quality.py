@@ -23,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
+
+from common import add_model_args, bench_catalog  # noqa: E402
+
 DATA = Path(__file__).resolve().parent / "data"
 TOPICS = ["sports", "politics", "technology", "health", "finance"]
 FIELDS = ["person", "location", "organization"]
@@ -38,25 +42,6 @@ def load_jsonl(name: str) -> list[dict[str, str]]:
     return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
 
 
-def catalog_for(model: str | None) -> Any:
-    from ai_query.catalog import Catalog
-
-    if model is None:
-        return Catalog.default()
-    return Catalog.from_data(
-        {
-            "include_defaults": True,
-            "endpoints": [
-                {
-                    "name": "bench-chat",
-                    "config": {"served_entities": [{"entity_name": model, "task": "llm/v1/chat"}]},
-                }
-            ],
-            "task_functions": {"llm/v1/chat": "bench-chat"},
-        }
-    )
-
-
 def run(con: Any, sql: str) -> tuple[list[tuple[Any, ...]], float]:
     start = time.perf_counter()
     rows = con.sql(sql).fetchall()
@@ -69,14 +54,14 @@ def norm(value: Any) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a local chat model directory (default: bundled 135M)")
+    add_model_args(parser)
     args = parser.parse_args()
 
     import pyarrow as pa
 
     import ai_query
 
-    con = ai_query.connect(catalog=catalog_for(args.model))
+    con = ai_query.connect(catalog=bench_catalog(args))
     sentiment, topics, entities = (
         load_csv("sentiment.csv"),
         load_csv("topics.csv"),

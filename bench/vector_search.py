@@ -1,12 +1,14 @@
 """Vector index build and search in DuckDB: rows/s of ``create_vector_index`` over synthetic
 short texts (vs ``LLM.embed`` on the same texts, ratio) and queries/s of ``vector_search``.
 
-Builds an index over ``--rows`` texts (default 100,000) with the bundled MiniLM embeddings
+Builds an index over ``--rows`` texts (default 100,000) with the bundled MiniLM embeddings (or
+``--embed-model DIR``, on both sides)
 through ``ai_query.connect()`` (the private engine server, as users get it), then runs
 ``--searches`` exact top-10 searches (default 1,000), each as one statement with a query
 text (embedded) and, separately, all of them in one ``LATERAL`` statement.
 
-    .venv/bin/python bench/vector_search.py [--rows 100000] [--searches 1000] [--no-offline]
+    .venv/bin/python bench/vector_search.py [--rows 100000] [--searches 1000] [--no-offline] \
+        [--embed-model DIR]
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import offline_llm, texts, timed  # noqa: E402
+from common import (  # noqa: E402
+    add_model_args,
+    bench_catalog,
+    embed_model_dir,
+    offline_llm,
+    texts,
+    timed,
+)
 
 EMBED = "all-minilm-l6-v2"
 
@@ -30,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--searches", type=int, default=1_000)
     parser.add_argument("--no-offline", action="store_true", help="skip the LLM.embed baseline")
+    add_model_args(parser)
     args = parser.parse_args()
     import pyarrow as pa
 
@@ -38,13 +48,13 @@ def main() -> None:
     docs = texts(args.rows)
     offline_s = None
     if not args.no_offline:
-        emb = offline_llm("embed")
+        emb = offline_llm("embed", embed_model_dir(args))
         emb.embed(docs[:8], use_tqdm=False)
         _, offline_s = timed(lambda: emb.embed(docs, use_tqdm=False))
         emb = None
         gc.collect()
 
-    con = ai_query.connect()
+    con = ai_query.connect(catalog=bench_catalog(args))
     con.raw.register("src", pa.table({"id": list(range(len(docs))), "body": docs}))
     con.execute("CREATE TABLE notes AS SELECT * FROM src")
     con.sql(f"SELECT ai_query('{EMBED}', 'warm up')").fetchall()
