@@ -172,12 +172,12 @@ def test_an_embeddings_batch_is_one_engine_call_and_a_bad_text_fails_alone(real_
     out = run(real_engine, texts, endpoint="all-minilm-l6-v2")
     assert backend.engine_calls == calls + 1, "300 texts should be one LLM.encode call"
     assert out.column("error").null_count == 300
-    too_long = "word " * 2000  # over MiniLM's 512 tokens
+    too_long = "word " * 2000  # over MiniLM's 256-token context
     out = run(real_engine, ["first", too_long, "third"], endpoint="all-minilm-l6-v2")
     errors = out.column("error").to_pylist()
     vectors = out.column("result").to_pylist()
     assert errors[0] is None and errors[2] is None and vectors[1] is None
-    assert "512" in errors[1], errors[1]
+    assert "maximum context length" in errors[1], errors[1]
     assert len(vectors[0]) == len(vectors[2]) == 384
     alone = run(real_engine, ["third"], endpoint="all-minilm-l6-v2").column("result").to_pylist()
     assert np.allclose(alone[0], vectors[2], atol=1e-5), "a neighbour's failure shifts nothing"
