@@ -62,7 +62,10 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 
 
 def vllm_api_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """vLLM's own OpenAI-compatible server for ``model_dir`` (eager, bf16, small KV cache)."""
+    """vLLM's own OpenAI-compatible server for ``model_dir`` (eager, our default dtype, small KV
+    cache)."""
+    from ai_query.engine.vllm_backend import DEFAULT_ENGINE_ARGS
+
     return start(
         [
             sys.executable,
@@ -77,7 +80,7 @@ def vllm_api_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen[b
             "--port",
             str(port),
             "--dtype",
-            "bfloat16",
+            DEFAULT_ENGINE_ARGS["generate"]["dtype"],
             "--enforce-eager",
             "--max-model-len",
             "2048",

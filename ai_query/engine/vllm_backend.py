@@ -37,12 +37,35 @@ from ai_query.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)
 
+
+
+def default_dtype(cpuinfo: Path = Path("/proc/cpuinfo"), gpu: Path = Path("/dev/nvidiactl")) -> str:
+    """The generative models' default dtype: ``bfloat16`` where the hardware computes it natively
+    (an NVIDIA GPU; a CPU with AVX512-BF16 or AMX; anything we cannot inspect), else ``float32``.
+
+    On an x86 CPU without native bf16 (AVX2 only) vLLM's CPU kernels emulate bf16: measured on
+    this project's 2-core AVX2 machine, 32 chats x 16 tokens took 72.7 s in bf16 and 26.8 s in
+    float32, with the same answers.
+    """
+    if gpu.exists():
+        return "bfloat16"
+    try:
+        flags = next(
+            (line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), ""
+        ).split()
+    except OSError:
+        return "bfloat16"
+    if "avx2" in flags and not {"avx512_bf16", "amx_bf16"} & set(flags):
+        return "float32"
+    return "bfloat16"
+
+
 #: Engine arguments used unless the served entity's ``engine_args`` say otherwise. They are
-#: the fast settings for a CPU (eager mode, bf16, scheduler limits that ``LLM`` gets on CPU);
-#: on a GPU override ``dtype``/``enforce_eager`` and add ``tensor_parallel_size`` as needed.
+#: the fast settings for a CPU (eager mode, :func:`default_dtype`, scheduler limits that ``LLM``
+#: gets on CPU); on a GPU override ``enforce_eager`` and add ``tensor_parallel_size`` as needed.
 DEFAULT_ENGINE_ARGS: dict[str, dict[str, Any]] = {
     "generate": {
-        "dtype": "bfloat16",
+        "dtype": default_dtype(),
         "max_model_len": 2048,
         "enforce_eager": True,
         "max_num_seqs": 256,
