@@ -111,21 +111,29 @@ def sql(
 
 
 def _run_duckdb(text: str, read: str, cat: Any, database: str, engine_url: str | None) -> Any:
-    from ai_query.display import row_progress
     from ai_query.engine.spec import EngineSpec, get_engine
-    from ai_query.udf.duckdb import connect
+    from ai_query.query_endpoints import start_early
+    from ai_query.timings import mark
 
     spec = EngineSpec.for_catalog(cat)
     if engine_url:
         urls = tuple(u.strip() for u in engine_url.split(",") if u.strip())
         spec = EngineSpec.for_catalog(cat, kind="flight", urls=urls)
-    con = connect(database, engine=get_engine(spec))
+    engine = get_engine(spec)
+    # The private server and the query's models start now, before DuckDB is even imported.
+    start_early(engine, [(text, read)])
+    from ai_query.display import row_progress
+    from ai_query.udf.duckdb import connect
+
+    con = connect(database, engine=engine)
     try:
         statement = con.rewrite(text, read=read)  # bad calls fail here, before any row runs
+        mark("cli: query planned")
         with row_progress(err_console, "ai_query", None) as bar:
             con.progress.listeners.append(bar)
             relation = con.raw.sql(statement)
             table = relation.to_arrow_table() if relation is not None else None
+        mark("cli: result")
         return table
     finally:
         con.close()
@@ -210,6 +218,13 @@ def serve(
         str,
         typer.Option(help="Start models before listening: all, none, or endpoint names (a,b)."),
     ] = "all",
+    warm: Annotated[
+        str,
+        typer.Option(
+            help="Start models in the background once listening (rows that come first wait for "
+            "them): all, none, or endpoint names (a,b)."
+        ),
+    ] = "none",
     default_max_tokens: Annotated[
         int, typer.Option(help="max_tokens of an HTTP request that sets none.")
     ] = 1024,
@@ -233,6 +248,14 @@ def serve(
     private_dir: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Host the catalog's models: HTTP for applications, Arrow Flight for SQL engines."""
+    from ai_query.timings import mark
+
+    mark("server: started")
+    if engine == "local":
+        from ai_query.engine.vllm_setup import import_vllm_in_background
+
+        # Seconds of imports, overlapped with everything the server does before a model starts.
+        import_vllm_in_background()
     from ai_query.jobs.directory import directory_runs
     from ai_query.serving.http.ui_routes import UIServices
     from ai_query.serving.options import ServeOptions
@@ -245,9 +268,7 @@ def serve(
             "set AI_QUERY_SERVER_TOKEN or use --tokens-file instead",
             highlight=False, markup=False, soft_wrap=True,
         )
-    chosen: bool | tuple[str, ...] = (
-        True if preload == "all" else tuple(p for p in preload.split(",") if p not in ("", "none"))
-    )
+    chosen, warmed = _endpoint_choice(preload), _endpoint_choice(warm)
     run_server_cli(
         ServeOptions(
             catalog=catalog,
@@ -259,7 +280,8 @@ def serve(
             allow_external_bases=tuple(allow_external_base or ()),
             database=database,
             inference_table=inference_table,
-            preload=chosen or False,
+            preload=chosen,
+            warm=warmed,
             engine=engine,
             batch_delay=batch_delay,
             default_max_tokens=default_max_tokens,
@@ -276,6 +298,13 @@ def serve(
             job_runs=partial(directory_runs, jobs_dir) if jobs_dir is not None else None,
         ),
     )
+
+
+def _endpoint_choice(value: str) -> bool | tuple[str, ...]:
+    """``all`` -> True, ``none`` (or nothing) -> False, ``a,b`` -> those names."""
+    if value == "all":
+        return True
+    return tuple(p for p in value.split(",") if p not in ("", "none")) or False
 
 
 def _given_on_command_line(ctx: typer.Context, param: str) -> bool:
@@ -298,6 +327,9 @@ _add_jobs()
 def main() -> None:
     """Entry point: run the CLI, turning errors into one line and an exit code."""
     from ai_query.errors import AIQueryError
+    from ai_query.timings import mark
+
+    mark("cli: imported")
 
     try:
         # Without standalone mode, click returns the code of a `typer.Exit` instead of exiting.

@@ -42,6 +42,9 @@ class Settings:
     """JSON/YAML file of ``{scope: {key: value}}`` secrets (``AI_QUERY_SECRETS_FILE``)."""
     token: str | None = None
     """Bearer token a client sends to an engine server (``AI_QUERY_TOKEN``)."""
+    timings_file: Path | None = None
+    """File to which each process appends its start-up timings (``AI_QUERY_TIMINGS``; see
+    :mod:`ai_query.timings`); None: not recorded."""
 
 
 def settings() -> Settings:
@@ -50,6 +53,7 @@ def settings() -> Settings:
     cache = env.get("AI_QUERY_CACHE_DIR")
     catalog = env.get("AI_QUERY_CATALOG")
     secrets = env.get("AI_QUERY_SECRETS_FILE")
+    timings = env.get("AI_QUERY_TIMINGS")
     urls = tuple(u.strip() for u in env.get("AI_QUERY_ENGINE_URL", "").split(",") if u.strip())
     return Settings(
         cache_dir=Path(cache).expanduser() if cache else Path.home() / ".cache" / "ai_query",
@@ -57,6 +61,7 @@ def settings() -> Settings:
         engine_urls=urls,
         secrets_file=Path(secrets).expanduser() if secrets else None,
         token=env.get("AI_QUERY_TOKEN") or None,
+        timings_file=Path(timings).expanduser() if timings else None,
     )
 
 

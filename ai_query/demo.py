@@ -129,10 +129,14 @@ def run_demo(console: Console, rows: int = 100, engine: Any = None) -> dict[str,
     """
     import pyarrow as pa
 
+    from ai_query.query_endpoints import start_early
     from ai_query.udf.duckdb import connect
 
     started = time.perf_counter()
     con = connect(engine=engine)
+    # Every model the demo uses starts now, while the first steps are set up.
+    start_early(con.engine, [(SUMMARY_SQL, "databricks"), (SENTIMENT_SQL, "duckdb"),
+                             (EMBED_SQL, "databricks")])
     con.raw.register("reviews_src", pa.Table.from_pylist(sample_reviews(rows)))
     con.execute("CREATE TABLE reviews AS SELECT * FROM reviews_src")
     console.print(

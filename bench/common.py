@@ -128,7 +128,7 @@ def engine_settings(kind: str) -> tuple[dict[str, str], dict[str, Any]]:
     import os
 
     from ai_query.config import VLLM_CPU_ENVIRONMENT
-    from ai_query.engine.vllm_backend import DEFAULT_ENGINE_ARGS
+    from ai_query.engine.vllm_model import DEFAULT_ENGINE_ARGS
 
     env = {**VLLM_CPU_ENVIRONMENT, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     env = {k: os.environ.get(k, v) for k, v in env.items()}  # as apply_vllm_environment does
@@ -136,29 +136,28 @@ def engine_settings(kind: str) -> tuple[dict[str, str], dict[str, Any]]:
     return env, args
 
 
-def offline_llm(kind: str, model: str | Path | None = None) -> Any:
+def offline_llm(kind: str, model: str | Path | None = None, **overrides: Any) -> Any:
     """vLLM's offline ``LLM`` with the same settings as our engine, for the bundled model of
-    ``kind`` (``chat`` or ``embed``) or the model directory ``model``."""
+    ``kind`` (``chat`` or ``embed``) or the model directory ``model``; ``overrides`` replace
+    engine arguments (a ``None`` value drops one, leaving vLLM's own default)."""
     from ai_query.config import apply_vllm_environment
 
     apply_vllm_environment()
     from vllm import LLM
 
     from ai_query.engine.bundled import minilm_dir, smollm2_dir
-    from ai_query.engine.vllm_backend import DEFAULT_ENGINE_ARGS
+    from ai_query.engine.vllm_model import DEFAULT_ENGINE_ARGS
 
     if kind == "chat":
-        args = {
-            k: v
-            for k, v in DEFAULT_ENGINE_ARGS["generate"].items()
-            if k != "structured_outputs_config"
-        }
-        return LLM(model=str(model or smollm2_dir()), distributed_executor_backend="uni", **args)
-    return LLM(
-        model=str(model or minilm_dir()),
-        distributed_executor_backend="uni",
-        **DEFAULT_ENGINE_ARGS["pooling"],
-    )
+        args = dict(DEFAULT_ENGINE_ARGS["generate"])
+        args.pop("structured_outputs_config")
+        model = model or smollm2_dir()
+    else:
+        args = dict(DEFAULT_ENGINE_ARGS["pooling"])
+        model = model or minilm_dir()
+    args.update(overrides)
+    args = {k: v for k, v in args.items() if v is not None}
+    return LLM(model=str(model), distributed_executor_backend="uni", **args)
 
 
 def offline_chat(llm: Any, prompts: list[str], max_tokens: int) -> int:

@@ -14,8 +14,16 @@ as vLLM defaults). The sides alternate, and each trial uses fresh row texts (the
 remembers greedy answers; vLLM's prefix cache would remember rows). Speed-up = offline seconds
 / ai_query seconds, per table; goals: eight >= 1.5, one >= 1.2, unique >= 0.95, dups >= 1.8.
 
+The baseline (``--baseline``):
+
+- ``naive`` (default): ``LLM(...)`` as a user writes it, with our dtype and scheduler limits but
+  vLLM's own KV-cache block size (128 tokens on a CPU; ai_query uses 32 there, see
+  ``default_block_size`` in ``ai_query/engine/vllm_model.py`` and ``bench/prefix_blocks.py``);
+- ``same``: every engine argument as ours, block size included (what is left is ai_query's
+  own scheduling: dedup, batching, the SQL path).
+
     .venv/bin/python bench/shared_prefix.py [--rows 256] [--trials 2] [--tables eight,one,...]
-        [--model DIR]
+        [--baseline naive|same] [--model DIR]
 """
 
 from __future__ import annotations
@@ -57,8 +65,8 @@ def instruction(k: int) -> str:
 
 def table_prompts(table: str, rows: int, trial: int) -> list[str]:
     """The prompts of ``table`` for one trial (fresh row texts per trial)."""
-    def row_text(i: int) -> str:
-        return f"Text {i} (trial {trial}): a short note about {TOPICS[i % len(TOPICS)]}."
+    def row_text(i: int) -> str:  # fresh per table too: the engine remembers greedy answers
+        return f"Text {i} ({table}, trial {trial}): a short note about {TOPICS[i % len(TOPICS)]}."
 
     if table == "eight":
         return [f"{instruction(i % 8)}\n\n{row_text(i)}" for i in range(rows)]
@@ -102,11 +110,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--tables", default="eight,one,unique,dups")
+    parser.add_argument("--baseline", choices=("naive", "same"), default="naive")
     add_model_args(parser)
     args = parser.parse_args()
     tables = args.tables.split(",")
 
-    llm = offline_llm("chat", chat_model_dir(args))
+    naive = {"block_size": None} if args.baseline == "naive" else {}
+    llm = offline_llm("chat", chat_model_dir(args), **naive)
+    print(f"baseline: {args.baseline} (KV block size "
+          f"{llm.llm_engine.vllm_config.cache_config.block_size})", flush=True)
     offline_chat(llm, ["warm up"], MAX_TOKENS)
     ours = Ours(bench_catalog(args, embeddings=False), CHAT_ENDPOINT)
     speedups: dict[str, list[float]] = {t: [] for t in tables}
@@ -124,7 +136,7 @@ def main() -> None:
     summary = ", ".join(
         f"{t} {statistics.median(s):.2f}x (goal >= {GOALS[t]})" for t, s in speedups.items()
     )
-    print(f"shared_prefix speed-up ai_query/offline (median): {summary}")
+    print(f"shared_prefix speed-up ai_query/{args.baseline} offline (median): {summary}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,13 @@ import pytest
 EXE = shutil.which("ai-query", path=str(Path(sys.executable).parent)) or "ai-query"
 
 
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+def cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def test_help_everywhere() -> None:
@@ -77,13 +83,24 @@ def test_databricks_docs_examples_run_verbatim(tmp_path: Path) -> None:
         "    returnType => 'STRUCT<answer: STRING>', failOnError => false) AS typed\n"
     )
     out_file = tmp_path / "out.parquet"
-    out = cli("sql", "-f", str(query), "--output", str(out_file))
+    timings = tmp_path / "timings.jsonl"
+    out = cli("sql", "-f", str(query), "--output", str(out_file),
+              env={"AI_QUERY_TIMINGS": str(timings)})
     assert out.returncode == 0, out.stderr[-3000:]
     table = pq.read_table(out_file)
     row = table.to_pylist()[0]
     assert isinstance(row["summary"], str) and row["summary"]
     assert len(row["embedding"]) == 384
     assert set(row["typed"]) == {"result", "errorMessage"}
+    # Cold start: the server imported vLLM from its start and began both of the query's models
+    # as soon as it listened; their engines built one after the other.
+    marks = [json.loads(line) for line in timings.read_text().splitlines()]
+    steps = [m["step"] for m in marks]
+    assert "server: vllm import start" in steps and "server: vllm imported" in steps
+    assert {m["endpoint"] for m in marks if m["step"] == "server: warm"} == {
+        "databricks-meta-llama-3-3-70b-instruct", "databricks-gte-large-en"}
+    builds = [m for m in marks if m["step"] in ("engine: build start", "engine: ready")]
+    assert [m["step"] for m in builds] == ["engine: build start", "engine: ready"] * 2, builds
     printed = cli(
         "sql",
         "--read-dialect",

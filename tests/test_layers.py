@@ -88,7 +88,10 @@ def test_jobs_do_not_import_the_package_init() -> None:
     ("package", "allowed"),
     [
         pytest.param(
-            "vllm", {"ai_query.engine.vllm_backend", "ai_query.engine.vllm_pooling"}, id="vllm"
+            "vllm",
+            {"ai_query.engine.vllm_backend", "ai_query.engine.vllm_pooling",
+             "ai_query.engine.vllm_setup"},
+            id="vllm",
         ),
         pytest.param("pyspark", {"ai_query.udf.spark", "ai_query.jobs.spark_batches"}, id="pyspark"),
         pytest.param("duckdb", {"ai_query.udf.duckdb", "ai_query.jobs"}, id="duckdb"),

@@ -17,9 +17,11 @@ exits when this process dies, even of SIGKILL (see :mod:`ai_query.engine.lifelin
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 
 import pyarrow as pa
 
@@ -32,14 +34,17 @@ from ai_query.engine.supervision import (
     RestartPolicy,
     Supervisor,
 )
-from ai_query.errors import EngineDeadError, EngineUnavailableError
+from ai_query.errors import AIQueryError, EngineDeadError, EngineUnavailableError
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddedEngine:
     """Runs request batches on a private engine server that this object starts and owns.
 
-    Thread-safe. The server starts with the first batch; its models start when a batch needs
-    them.
+    Thread-safe. The server starts with the first batch, or earlier with
+    :meth:`start_in_background`; its models start when a batch needs them, or when the server
+    listens for those named to :meth:`start_in_background`.
 
     Args:
         catalog: the endpoints to serve.
@@ -64,6 +69,7 @@ class EmbeddedEngine:
         self._lock = threading.Lock()
         self._server: ServerProcess | None = None
         self._client: FlightEngineClient | None = None
+        self._warm: tuple[str, ...] = ()
 
     @property
     def server(self) -> ServerProcess | None:
@@ -86,6 +92,20 @@ class EmbeddedEngine:
             cause = _exit_cause(server)
             self.supervisor.died(cause)
             raise EngineDeadError(f"{cause}; the next query restarts it") from exc
+
+    def start_in_background(self, warm: Sequence[str] = ()) -> None:
+        """Start the server now, on a thread, and then the models of the endpoints ``warm``
+        (cold start: they load while the caller plans its query). Returns at once; the first
+        batch waits for the server, and a failed start is reported by that batch.
+        """
+        self._warm = tuple(dict.fromkeys(warm))
+        threading.Thread(target=self._start_quietly, name="aiq-server-start", daemon=True).start()
+
+    def _start_quietly(self) -> None:
+        try:
+            self._ensure()
+        except AIQueryError as exc:  # the first batch starts it again and reports
+            log.info("the engine server did not start in the background: %s", exc)
 
     def ensure_started(self) -> str:
         """Start the server now if it does not run; returns its Flight address."""
@@ -121,8 +141,8 @@ class EmbeddedEngine:
                 token = secrets.token_urlsafe(24)
                 try:
                     server = start_server_process(
-                        self.catalog, engine=self.engine_kind, preload=False, token=token,
-                        startup_timeout=self.startup_timeout,
+                        self.catalog, engine=self.engine_kind, preload=False, warm=self._warm,
+                        token=token, startup_timeout=self.startup_timeout,
                     )
                 except EngineUnavailableError as exc:
                     self.supervisor.start_failed(exc)

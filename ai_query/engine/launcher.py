@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ai_query.catalog import Catalog
 from ai_query.errors import EngineUnavailableError
+from ai_query.timings import mark
 
 _LISTENING = re.compile(r"listening on (grpc://\S+?);")
 _started: list[ServerProcess] = []
@@ -151,6 +152,7 @@ def start_server_process(
     port: int = 0,
     engine: str = "local",
     preload: bool | Sequence[str] = True,
+    warm: Sequence[str] = (),
     token: str | None = None,
     batch_delay: float = 0.0,
     startup_timeout: float = 600.0,
@@ -165,6 +167,7 @@ def start_server_process(
         port: Flight port; 0 picks a free one (read back from the server's log).
         engine: ``local`` (vLLM), ``deterministic`` or ``echo``.
         preload: load models before listening (True: every local endpoint; or names).
+        warm: endpoints whose models start in the background once the server listens.
         token: bearer token the server requires (passed in a private file, not argv).
         batch_delay: hold each batch this many seconds (failure tests only).
         startup_timeout: most seconds to wait for the health check.
@@ -188,6 +191,8 @@ def start_server_process(
             path.write_text(json.dumps(catalog.to_data()))
         args += ["--catalog", str(path)]
     args += ["--preload", ("all" if preload is True else ",".join(preload)) if preload else "none"]
+    if warm:
+        args += ["--warm", ",".join(warm)]
     tokens = workdir / f"tokens-{time.time_ns()}.json"
     if token:
         tokens.touch(mode=0o600)
@@ -200,6 +205,7 @@ def start_server_process(
     args += ["--lifeline-fd", str(read_end)]
     if own_dir:
         args += ["--private-dir", str(workdir)]
+    mark("launcher: server spawn")
     try:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -217,6 +223,7 @@ def start_server_process(
     _remember(server)
     try:
         server.wait_ready(startup_timeout)
+        mark("launcher: server ready")
     finally:
         tokens.unlink(missing_ok=True)  # the server has read it (it keeps the last good tokens)
     return server

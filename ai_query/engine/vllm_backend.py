@@ -1,9 +1,10 @@
 """The vLLM backend for generative models: one ``AsyncLLM`` per model, fed every row at once.
 
-The engine is built lazily, on the process's engine loop (``AsyncLLM`` must live on one loop),
-the first time a row needs it. Chat prompts are rendered with the model's chat template exactly
-as ``LLM.chat`` does (embedding models run in :mod:`ai_query.engine.vllm_pooling`). Each row
-is its own vLLM request, so vLLM's continuous batching sees every row of every concurrent batch.
+The engine is built the first time a row needs it (or when the server warms it), in a worker
+thread (:mod:`ai_query.engine.vllm_setup`; ``AsyncLLM`` binds to the engine loop on first use).
+Chat prompts are rendered with the model's chat template exactly as ``LLM.chat`` does
+(embedding models run in :mod:`ai_query.engine.vllm_pooling`). Each row is its own vLLM
+request, so vLLM's continuous batching sees every row of every concurrent batch.
 
 Function calling: ``tools`` are given to the chat template; a forced ``tool_choice``
 (``required`` or a named function) is served by structured output for any model (see
@@ -21,7 +22,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ai_query.config import apply_vllm_environment
 from ai_query.engine.backend import (
     Completion,
     CompletionChunk,
@@ -29,68 +29,19 @@ from ai_query.engine.backend import (
     GenerationRequest,
     RowFailure,
 )
-from ai_query.engine.lifeline import start_reaper
-from ai_query.engine.prefix_gate import Lead, PrefixGate
-from ai_query.engine.supervision import EngineHealth, EngineState, Supervisor
+from ai_query.engine.supervision import EngineHealth, EngineState
 from ai_query.engine.tool_calls import tool_call_schema, tool_calls_from_output
+from ai_query.engine.vllm_model import VLLMModel, short_message
+from ai_query.engine.vllm_setup import building
 from ai_query.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)
 
 
+class VLLMBackend(VLLMModel):
+    """Runs one local generative model with vLLM's async engine."""
 
-def default_dtype(cpuinfo: Path = Path("/proc/cpuinfo"), gpu: Path = Path("/dev/nvidiactl")) -> str:
-    """The generative models' default dtype: ``bfloat16`` where the hardware computes it natively
-    (an NVIDIA GPU; a CPU with AVX512-BF16 or AMX; anything we cannot inspect), else ``float32``.
-
-    On an x86 CPU without native bf16 (AVX2 only) vLLM's CPU kernels emulate bf16: measured on
-    this project's 2-core AVX2 machine, 32 chats x 16 tokens took 72.7 s in bf16 and 26.8 s in
-    float32, with the same answers.
-    """
-    if gpu.exists():
-        return "bfloat16"
-    try:
-        flags = next(
-            (line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), ""
-        ).split()
-    except OSError:
-        return "bfloat16"
-    if "avx2" in flags and not {"avx512_bf16", "amx_bf16"} & set(flags):
-        return "float32"
-    return "bfloat16"
-
-
-#: Engine arguments used unless the served entity's ``engine_args`` say otherwise. They are
-#: the fast settings for a CPU (eager mode, :func:`default_dtype`, scheduler limits that ``LLM``
-#: gets on CPU); on a GPU override ``enforce_eager`` and add ``tensor_parallel_size`` as needed.
-DEFAULT_ENGINE_ARGS: dict[str, dict[str, Any]] = {
-    "generate": {
-        "dtype": default_dtype(),
-        "max_model_len": 2048,
-        "enforce_eager": True,
-        "max_num_seqs": 256,
-        "max_num_batched_tokens": 4096,
-        "disable_log_stats": True,
-        # Compact JSON in structured output: small models otherwise spend tokens on whitespace.
-        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
-    },
-    "pooling": {
-        "runner": "pooling",
-        "dtype": "float32",
-        "enforce_eager": True,
-        "max_num_seqs": 256,
-        "max_num_batched_tokens": 8192,
-        "disable_log_stats": True,
-    },
-}
-
-
-#: A prompt prefix shared with a request in flight is worth waiting for from this many tokens.
-MIN_SHARED_PREFIX_TOKENS = 256
-
-
-class VLLMBackend:
-    """Runs one local model with vLLM's async engine."""
+    kind = "generate"
 
     def __init__(
         self,
@@ -99,20 +50,9 @@ class VLLMBackend:
         engine_args: Mapping[str, Any] | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
-        self.model_dir = model_dir
-        self.on_start = on_start
-        """Called after each (re)start of the engine (the registry orders exit hooks with it)."""
-        args = dict(engine_args or {})
-        self.tool_call_parser: str | None = args.pop("tool_call_parser", None)
-        """Name of the vLLM tool parser for ``tool_choice="auto"`` (not an engine argument)."""
-        self.engine_args = {**DEFAULT_ENGINE_ARGS["generate"], **args}
+        super().__init__(model_dir, engine_args=engine_args, on_start=on_start)
         self._engine: Any = None
-        self._gate: PrefixGate | None = None
-        """Stages prompts that share a long prefix (None: the engine caches no prefixes)."""
-        self._start_lock: asyncio.Lock | None = None
         self._ids = itertools.count()
-        self.supervisor = Supervisor(model_dir.name)
-        """Restarts after the engine process dies; the engine's health."""
 
     @property
     def max_model_len(self) -> int:
@@ -129,37 +69,25 @@ class VLLMBackend:
         return self.supervisor.health()
 
     async def start(self) -> None:
-        """Build the engine on the running loop: once, and again after it died.
+        """Start the engine (see :meth:`VLLMModel.start`); first notices one that died.
 
-        Raises:
-            EngineDeadError: it could not start, or died more often than the restart policy
-                allows (the message names the last cause).
+        The engine is built in a worker thread (``AsyncLLM`` binds to the engine loop only when
+        first used), so the loop keeps serving while it starts.
         """
         if self.supervisor.state is EngineState.READY and self._engine_errored():
             self._mark_dead("the engine process exited")
-        if self._engine is not None and not self.supervisor.needs_start:
-            return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
-            if self._engine is not None and not self.supervisor.needs_start:
-                return
-            delay = self.supervisor.starting()
-            if self._engine is not None:  # a dead engine: release what is left of it
-                old, self._engine = self._engine, None
-                _quiet_shutdown(old)
-            if delay:
-                log.warning("restarting vLLM for %s in %.0f s", self.model_dir.name, delay)
-                await asyncio.sleep(delay)
-            try:
-                self._engine = self._build()
-            except EngineDeadError as exc:
-                self.supervisor.start_failed(exc)
-                raise
-            self._gate = _prefix_gate(self._engine)
-            self.supervisor.started()
-            if self.on_start is not None:
-                self.on_start()
+        await super().start()
+
+    def _running(self) -> bool:
+        return self._engine is not None
+
+    def _discard(self) -> None:
+        if self._engine is not None:
+            old, self._engine = self._engine, None
+            _quiet_shutdown(old)
+
+    async def _open(self) -> None:
+        self._engine = await asyncio.to_thread(self._build)
 
     def _mark_dead(self, cause: BaseException | str) -> None:
         if self.supervisor.state is EngineState.READY:
@@ -167,36 +95,28 @@ class VLLMBackend:
         self.supervisor.died(cause)
 
     def _build(self) -> Any:
-        apply_vllm_environment()
-        start_reaper()  # vLLM's engine processes must not outlive this one, even on SIGKILL
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+        """Build the engine (in a worker thread; blocks until vLLM's engine process is up)."""
+        with building(self.model_dir.name):
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
 
-        log.info("starting vLLM for %s (%s)", self.model_dir, self.engine_args)
-        kwargs = dict(self.engine_args)
-        if isinstance(kwargs.get("structured_outputs_config"), dict):
-            from vllm.config import StructuredOutputsConfig
+            log.info("starting vLLM for %s (%s)", self.model_dir, self.engine_args)
+            kwargs = dict(self.engine_args)
+            if isinstance(kwargs.get("structured_outputs_config"), dict):
+                from vllm.config import StructuredOutputsConfig
 
-            kwargs["structured_outputs_config"] = StructuredOutputsConfig(
-                **kwargs["structured_outputs_config"]
-            )
-        try:
-            args = AsyncEngineArgs(model=str(self.model_dir), **kwargs)
-            return AsyncLLM.from_engine_args(args)
-        except Exception as exc:
-            raise EngineDeadError(f"vLLM could not start {self.model_dir}: {exc}") from exc
+                kwargs["structured_outputs_config"] = StructuredOutputsConfig(
+                    **kwargs["structured_outputs_config"]
+                )
+            try:
+                args = AsyncEngineArgs(model=str(self.model_dir), **kwargs)
+                return AsyncLLM.from_engine_args(args)
+            except Exception as exc:
+                raise EngineDeadError(f"vLLM could not start {self.model_dir}: {exc}") from exc
 
     def _engine_errored(self) -> bool:
         engine = self._engine
         return engine is not None and bool(engine.errored)
-
-    async def _enter_gate(self, prompt: Any) -> Lead | None:
-        """Wait for a leader computing this prompt's long prefix; a Lead when this one leads."""
-        gate = self._gate
-        ids = prompt.get("prompt_token_ids") if isinstance(prompt, dict) else None
-        if gate is None or not ids:
-            return None
-        return await gate.enter(gate.block_keys(ids))
 
     def _sampling_params(self, request: GenerationRequest, output_kind: str = "FINAL_ONLY") -> Any:
         from vllm.sampling_params import (
@@ -254,25 +174,14 @@ class VLLMBackend:
         return prompts[0]
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
-        """Generate for one chat message or completion prompt.
-
-        A prompt that shares a long prefix with a request in flight waits until that prefix is
-        cached (:mod:`ai_query.engine.prefix_gate`); a leading request reports its first token.
-        """
+        """Generate for one chat message or completion prompt."""
         await self.start()
         final = None
         async with self._guard():
             prompt = await self._render(text, request.task == "llm/v1/chat", request)
-            lead = await self._enter_gate(prompt)
-            params = self._sampling_params(request, "CUMULATIVE" if lead else "FINAL_ONLY")
-            try:
-                async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
-                    if lead is not None:
-                        lead.release()  # a token is out: the prompt's blocks are computed
-                    final = out
-            finally:
-                if lead is not None:
-                    lead.release()
+            params = self._sampling_params(request)
+            async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
+                final = out
         if final is None or not final.outputs:
             raise RowFailure("the engine returned no output")
         choice = final.outputs[0]
@@ -357,8 +266,7 @@ class VLLMBackend:
     def _guard(self) -> _RowGuard:
         return _RowGuard(self)
 
-    async def close(self) -> None:
-        """Shut the engine down (a later request starts it again)."""
+    def _shut_down(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
@@ -389,23 +297,8 @@ class _RowGuard:
         raise RowFailure(short_message(str(exc) or type(exc).__name__)) from exc
 
 
-def _prefix_gate(engine: Any) -> PrefixGate | None:
-    """The gate for ``engine``'s block size; None when it has no prefix cache."""
-    cache = engine.vllm_config.cache_config
-    if not cache.enable_prefix_caching:
-        return None
-    size = int(cache.block_size)
-    return PrefixGate(size, -(-MIN_SHARED_PREFIX_TOKENS // size))
-
-
 def _quiet_shutdown(engine: Any) -> None:
     try:
         engine.shutdown()
     except Exception as exc:  # noqa: BLE001 - what is left of a dead engine
         log.debug("shutting down a dead engine: %s", exc)
-
-
-def short_message(message: str, limit: int = 500) -> str:
-    """``message`` on one line, at most ``limit`` characters (for row errors)."""
-    message = " ".join(message.split())
-    return message if len(message) <= limit else message[: limit - 3] + "..."

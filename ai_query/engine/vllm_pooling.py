@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from ai_query.config import apply_vllm_environment
 from ai_query.engine.backend import (
     Completion,
     CompletionChunk,
@@ -32,10 +31,9 @@ from ai_query.engine.backend import (
     GenerationRequest,
     RowFailure,
 )
-from ai_query.engine.lifeline import start_reaper
 from ai_query.engine.loop import settle
-from ai_query.engine.supervision import EngineHealth, Supervisor
-from ai_query.engine.vllm_backend import DEFAULT_ENGINE_ARGS, short_message
+from ai_query.engine.vllm_model import VLLMModel, short_message
+from ai_query.engine.vllm_setup import building
 from ai_query.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)
@@ -68,8 +66,10 @@ class _Worker:
     llm: Any = None
 
 
-class VLLMEmbeddingBackend:
+class VLLMEmbeddingBackend(VLLMModel):
     """Runs one local embedding model with vLLM's offline engine on its own thread."""
+
+    kind = "pooling"
 
     def __init__(
         self,
@@ -78,57 +78,29 @@ class VLLMEmbeddingBackend:
         engine_args: Mapping[str, Any] | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
-        self.model_dir = model_dir
-        self.on_start = on_start
-        """Called after each (re)start of the engine (the registry orders exit hooks with it)."""
-        args = dict(engine_args or {})
-        args.pop("tool_call_parser", None)
-        self.engine_args = {**DEFAULT_ENGINE_ARGS["pooling"], **args}
-        self.supervisor = Supervisor(model_dir.name)
-        """The engine's health and restarts (it dies only with a failed start or this process)."""
+        super().__init__(model_dir, engine_args=engine_args, on_start=on_start)
         self._worker: _Worker | None = None
-        self._start_lock: asyncio.Lock | None = None
         self.engine_calls = 0
         """``LLM.encode`` calls made (each takes every batch that was waiting)."""
 
-    def health(self) -> EngineHealth:
-        """The engine's health."""
-        return self.supervisor.health()
+    def _running(self) -> bool:
+        return self._worker is not None
 
-    async def start(self) -> None:
-        """Build the engine on its thread (once; again after a failed start).
-
-        Raises:
-            EngineDeadError: it could not start, or failed more often than the restart
-                policy allows (the message names the last cause).
-        """
-        if self._worker is not None and not self.supervisor.needs_start:
-            return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
-            if self._worker is not None and not self.supervisor.needs_start:
-                return
-            delay = self.supervisor.starting()
-            if delay:
-                log.warning("restarting vLLM for %s in %.0f s", self.model_dir.name, delay)
-                await asyncio.sleep(delay)
-            worker = _Worker()
-            threading.Thread(
-                target=self._serve,
-                args=(worker,),
-                name=f"ai-query-embed-{self.model_dir.name}",
-                daemon=True,
-            ).start()
-            await asyncio.get_running_loop().run_in_executor(None, worker.ready.wait)
-            if worker.error is not None:
-                exc = EngineDeadError(f"vLLM could not start {self.model_dir}: {worker.error}")
-                self.supervisor.start_failed(exc)
-                raise exc from worker.error
-            self._worker = worker
-            self.supervisor.started()
-            if self.on_start is not None:
-                self.on_start()
+    async def _open(self) -> None:
+        """Build the engine on its own thread, which then serves it."""
+        worker = _Worker()
+        threading.Thread(
+            target=self._serve,
+            args=(worker,),
+            name=f"ai-query-embed-{self.model_dir.name}",
+            daemon=True,
+        ).start()
+        await asyncio.get_running_loop().run_in_executor(None, worker.ready.wait)
+        if worker.error is not None:
+            raise EngineDeadError(
+                f"vLLM could not start {self.model_dir}: {worker.error}"
+            ) from worker.error
+        self._worker = worker
 
     async def embed_many(self, texts: Sequence[str]) -> list[EmbeddingResult]:
         """Embed ``texts``: one result per text, in order (a RowFailure for one that fails)."""
@@ -153,7 +125,7 @@ class VLLMEmbeddingBackend:
         raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
         yield  # pragma: no cover - makes this an async generator
 
-    async def close(self) -> None:
+    def _shut_down(self) -> None:
         """Stop the engine's thread (a later request starts it again)."""
         worker, self._worker = self._worker, None
         if worker is None:
@@ -196,13 +168,12 @@ class VLLMEmbeddingBackend:
         worker.llm = None
 
     def _build(self) -> Any:
-        apply_vllm_environment()
-        start_reaper()  # any engine processes vLLM starts must not outlive this one
-        from vllm import LLM
+        with building(self.model_dir.name):
+            from vllm import LLM
 
-        log.info("starting vLLM for %s (%s)", self.model_dir, self.engine_args)
-        kwargs = {"distributed_executor_backend": "uni", **self.engine_args}
-        return LLM(model=str(self.model_dir), **kwargs)
+            log.info("starting vLLM for %s (%s)", self.model_dir, self.engine_args)
+            kwargs = {"distributed_executor_backend": "uni", **self.engine_args}
+            return LLM(model=str(self.model_dir), **kwargs)
 
     def _encode(self, llm: Any, texts: list[str]) -> list[EmbeddingResult]:
         """Embed with one engine call; on an error, isolate the failing texts by halving."""

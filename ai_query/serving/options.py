@@ -41,6 +41,9 @@ class ServeOptions:
     """Directory of the inference table (Parquet); None: off."""
     preload: bool | tuple[str, ...] = True
     """Start models before listening: every local endpoint (True), none (False), or these."""
+    warm: bool | tuple[str, ...] = False
+    """Start models in the background once listening (rows that come first wait for the same
+    start): every local endpoint (True), none (False), or these."""
     engine: str = "local"
     """``local`` (vLLM), or ``deterministic``/``echo`` (tests); see :data:`ENGINE_KINDS`."""
     batch_delay: float = 0.0

@@ -32,6 +32,7 @@ from ai_query.serving.logs import configure_logging
 from ai_query.serving.options import ENGINE_KINDS, ServeOptions
 from ai_query.serving.permissions import ADMINS
 from ai_query.serving.ratelimit import RateLimiter
+from ai_query.timings import mark
 
 if TYPE_CHECKING:
     from ai_query.serving.http.ui_routes import UIServices
@@ -102,23 +103,45 @@ def build_server_engine(
     return engine
 
 
+def local_endpoints(catalog: Catalog) -> list[str]:
+    """The endpoints whose every served entity runs here (none calls a provider)."""
+    return [
+        ep.name for ep in catalog.endpoints()
+        if all(e.external_model is None for e in ep.config.served_entities)
+    ]
+
+
 def warm_up(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
     """Run one tiny request on each named endpoint (default: every local one) so models load.
 
     External endpoints are skipped unless named (warming them would call the provider).
     """
     catalog = engine.catalog
-    if endpoints is None:
-        endpoints = [
-            ep.name for ep in catalog.endpoints()
-            if all(e.external_model is None for e in ep.config.served_entities)
-        ]
-    for name in endpoints:
+    for name in local_endpoints(catalog) if endpoints is None else endpoints:
         params = ModelParameters() if catalog.task_of(name) == "llm/v1/embeddings" else (
             ModelParameters(max_tokens=1)
         )
         log.info("warming up endpoint %s", name)
         engine.run(request_batch(["warm up"], CallOptions(endpoint=name, model_parameters=params)))
+
+
+def warm_in_background(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
+    """:func:`warm_up` each endpoint on its own daemon thread; returns at once.
+
+    A model that fails to start is logged; the rows that need it then fail as they would have.
+    """
+    for name in local_endpoints(engine.catalog) if endpoints is None else endpoints:
+        threading.Thread(
+            target=_warm_logged, args=(engine, name), name=f"aiq-warm-{name}", daemon=True
+        ).start()
+
+
+def _warm_logged(engine: Engine, name: str) -> None:
+    mark("server: warm", endpoint=name)
+    try:
+        warm_up(engine, [name])
+    except Exception as exc:  # noqa: BLE001 - a background start has no caller to raise to
+        log.warning("endpoint %s did not start in the background: %s", name, exc)
 
 
 def check_exposure(options: ServeOptions) -> None:
@@ -185,6 +208,9 @@ def start_server(
         options.engine, server.url, ", ".join(engine.catalog.names()),
         "on" if server.auth_required else "off",
     )
+    mark("server: listening")
+    if options.warm:
+        warm_in_background(engine, None if options.warm is True else list(options.warm))
     return running
 
 

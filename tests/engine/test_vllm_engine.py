@@ -183,15 +183,14 @@ def test_an_embeddings_batch_is_one_engine_call_and_a_bad_text_fails_alone(real_
     assert np.allclose(alone[0], vectors[2], atol=1e-5), "a neighbour's failure shifts nothing"
 
 
-def test_rows_sharing_a_long_instruction_compute_it_once(real_engine) -> None:
+def test_rows_behind_a_long_instruction_run_on_32_token_prefix_cache_blocks(real_engine) -> None:
     backend = _backend(real_engine, CHAT)
     instruction = " ".join(
         f"Rule {i}: answer in one short sentence and mention the topic." for i in range(40)
     )
     prompts = [f"{instruction}\n\nTopic: item {i}" for i in range(12)]
-    run(real_engine, ["warm up"], endpoint=CHAT, model_parameters=ModelParameters(max_tokens=2))
-    waited = backend._gate.waited
     out = run(real_engine, prompts, endpoint=CHAT, model_parameters=ModelParameters(max_tokens=4))
     assert out.column("error").null_count == len(prompts)
     assert all(out.column("result").to_pylist())
-    assert backend._gate.waited - waited == len(prompts) - 1, "one leader, the rest reuse it"
+    cache = backend._engine.vllm_config.cache_config
+    assert cache.enable_prefix_caching and cache.block_size == 32
