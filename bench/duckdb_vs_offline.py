@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402
+    CHAT_ENDPOINT,
+    EMBED_ENDPOINT,
     add_model_args,
     bench_catalog,
     chat_model_dir,
@@ -47,7 +49,7 @@ def duckdb_run(
     import ai_query
     from ai_query.engine.local import LocalEngine
 
-    con = ai_query.connect(catalog, engine=LocalEngine(catalog) if in_process else None)
+    con = ai_query.connect(catalog=catalog, engine=LocalEngine(catalog) if in_process else None)
     con.raw.register("src", pa.table({"p": rows}))
     con.execute("CREATE TABLE t AS SELECT * FROM src")
     con.sql(f"SELECT ai_query('{endpoint}', 'warm up'{params})").fetchall()
@@ -101,6 +103,36 @@ def main() -> None:
     add_model_args(parser)
     args = parser.parse_args()
     catalog = bench_catalog(args)
+    chat = run_chat(args, catalog) if args.chat_rows else None
+    embed = run_embeddings(args, catalog) if args.embed_rows else None
+    per_row = None if args.no_per_row or chat is None else per_row_openai(
+        chat_prompts(args.sample_rows + 7)[7:], 8, chat_model_dir(args)
+    )
+    if embed is not None:
+        offline_e, inproc_e, ours_e = embed
+        rows = args.embed_rows
+        print(f"embeddings rows/s: offline LLM.embed {rows / offline_e:.1f}, "
+              f"ai_query in DuckDB {rows / ours_e:.1f}")
+        if inproc_e is not None:
+            print(f"ratio embeddings in-process engine/offline = {offline_e / inproc_e:.3f} "
+                  "(the design before the private server)")
+        print(f"ratio embeddings ours/LLM.embed = {offline_e / ours_e:.3f} (goal >= 0.9)")
+    if chat is not None:
+        offline_s, inproc_s, ours_s = chat
+        rows = args.chat_rows
+        print(f"chat rows/s: offline LLM.chat {rows / offline_s:.1f}, "
+              f"ai_query in DuckDB {rows / ours_s:.1f}"
+              + (f", per-row openai client {per_row:.1f}" if per_row else ""))
+        if inproc_s is not None:
+            print(f"ratio chat in-process engine/offline = {offline_s / inproc_s:.3f} "
+                  "(the design before the private server)")
+        if per_row:
+            print(f"ratio chat ours/per-row openai = {(rows / ours_s) / per_row:.2f} (goal >= 5)")
+        print(f"ratio chat ours/offline = {offline_s / ours_s:.3f} (goal >= 0.9)")
+
+
+def run_chat(args: argparse.Namespace, catalog: Any) -> tuple[float, float | None, float]:
+    """Seconds for ``--chat-rows`` chats: offline, in-process engine (or None), ours."""
     from ai_query.engine.registry import close_backends
 
     prompts = chat_prompts(args.chat_rows)
@@ -110,13 +142,16 @@ def main() -> None:
     llm = None
     gc.collect()
     chat_params = ", modelParameters => {'max_tokens': 8}"
-    inproc_s = inproc_e = None
+    inproc_s = None
     if args.in_process:
-        inproc_s = duckdb_run(
-            "smollm2-135m-instruct", prompts, chat_params, catalog, in_process=True
-        )
+        inproc_s = duckdb_run(CHAT_ENDPOINT, prompts, chat_params, catalog, in_process=True)
         close_backends()
-    ours_s = duckdb_run("smollm2-135m-instruct", prompts, chat_params, catalog)
+    return offline_s, inproc_s, duckdb_run(CHAT_ENDPOINT, prompts, chat_params, catalog)
+
+
+def run_embeddings(args: argparse.Namespace, catalog: Any) -> tuple[float, float | None, float]:
+    """Seconds for ``--embed-rows`` texts: offline, in-process engine (or None), ours."""
+    from ai_query.engine.registry import close_backends
 
     docs = texts(args.embed_rows)
     emb = offline_llm("embed", embed_model_dir(args))
@@ -124,32 +159,11 @@ def main() -> None:
     _, offline_e = timed(lambda: emb.embed(docs, use_tqdm=False))
     emb = None
     gc.collect()
+    inproc_e = None
     if args.in_process:
-        inproc_e = duckdb_run("all-minilm-l6-v2", docs, "", catalog, in_process=True)
+        inproc_e = duckdb_run(EMBED_ENDPOINT, docs, "", catalog, in_process=True)
         close_backends()
-    ours_e = duckdb_run("all-minilm-l6-v2", docs, "", catalog)
-
-    per_row = None if args.no_per_row else per_row_openai(
-        chat_prompts(args.sample_rows + 7)[7:], 8, chat_model_dir(args)
-    )
-
-    print(
-        f"chat rows/s: offline LLM.chat {len(prompts) / offline_s:.1f}, "
-        f"ai_query in DuckDB {len(prompts) / ours_s:.1f}"
-        + (f", per-row openai client {per_row:.1f}" if per_row else "")
-    )
-    print(
-        f"embeddings rows/s: offline LLM.embed {len(docs) / offline_e:.1f}, ai_query in DuckDB {len(docs) / ours_e:.1f}"
-    )
-    if inproc_s is not None and inproc_e is not None:
-        print(
-            f"ratio chat in-process engine/offline = {offline_s / inproc_s:.3f}, "
-            f"embeddings {offline_e / inproc_e:.3f} (the design before the private server)"
-        )
-    print(f"ratio embeddings ours/LLM.embed = {offline_e / ours_e:.3f} (goal >= 0.9)")
-    if per_row:
-        print(f"ratio chat ours/per-row openai = {(len(prompts) / ours_s) / per_row:.2f} (goal >= 5)")
-    print(f"ratio chat ours/offline = {offline_s / ours_s:.3f} (goal >= 0.9)")
+    return offline_e, inproc_e, duckdb_run(EMBED_ENDPOINT, docs, "", catalog)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""ai_query in Spark SQL, run the way a user runs it, vs vLLM offline ``LLM.chat``.
+"""ai_query in Spark SQL, run the way a user runs it, vs vLLM offline ``LLM.chat`` / ``LLM.embed``.
 
 Each side is a separate ``python file.py`` process (scripts written into a temporary directory,
 no ``__main__`` guard), started afresh for every trial; the sides alternate trial by trial so
@@ -9,18 +9,23 @@ load from other processes on the machine hits both alike, and every trial uses f
   first small query warms the Python workers and the engine; the table (``--rows`` distinct
   prompts, two partitions) is cached; then ONE
   ``SELECT id, ai_query(<chat endpoint>, prompt, modelParameters => named_struct('max_tokens',
-  N)) AS answer FROM t`` is timed (``collect()``). ``--server external`` instead sets
-  ``AI_QUERY_ENGINE_URL`` to an ``ai-query serve`` the benchmark started beforehand (same
-  catalog), for comparison.
+  N)) AS answer FROM t`` is timed (``collect()``; embeddings: ``toArrow()``).
+  ``--server external`` instead sets ``AI_QUERY_ENGINE_URL`` to an ``ai-query serve`` the
+  benchmark started beforehand (same catalog), for comparison.
 - **offline**: vLLM's ``LLM.chat`` on the same prompts (same engine settings as ours), after
   a small warm-up chat.
 
-Output tokens/s of each side per trial and over all trials; the ratio spark/offline is printed
-last. ``--model DIR`` runs any local Hugging Face chat model instead of the bundled SmolLM2 (the
-Spark side's catalog then gets an endpoint serving DIR, which also answers the task functions).
+``--task embed`` times ``SELECT id, ai_query(<embeddings endpoint>, prompt) AS answer FROM t``
+instead (vectors come back as ``ARRAY<FLOAT>``) against ``LLM.embed`` on the same texts.
 
-    .venv/bin/python bench/spark_vs_offline.py [--rows 512] [--max-tokens 16] [--trials 2]
-        [--model DIR] [--server embedded|external] [--keep-logs DIR]
+Output tokens/s (texts/s for embeddings) of each side per trial and over all trials; the ratio
+spark/offline is printed last. ``--model DIR`` runs any local Hugging Face model of the task
+instead of the bundled SmolLM2 / MiniLM (the Spark side's catalog then gets an endpoint serving
+DIR).
+
+    .venv/bin/python bench/spark_vs_offline.py [--task chat|embed] [--rows 512]
+        [--max-tokens 16] [--trials 2] [--model DIR] [--server embedded|external]
+        [--keep-logs DIR]
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
-from common import chat_prompts  # noqa: E402
+from common import CHAT_ENDPOINT, EMBED_ENDPOINT, chat_prompts, texts  # noqa: E402
 
-BUNDLED_CHAT = "smollm2-135m-instruct"
+TASKS = {"chat": ("llm/v1/chat", CHAT_ENDPOINT), "embed": ("llm/v1/embeddings", EMBED_ENDPOINT)}
 
 #: The user's script: what someone writes to run ai_query over a table in local Spark.
 SPARK_SCRIPT = """\
@@ -57,8 +62,10 @@ settings = json.load(open({settings!r}))
 spark = local_session("local[2]")
 aq = register(spark, catalog=settings["catalog"])
 
-sql = ("SELECT id, ai_query('" + settings["endpoint"] + "', prompt, modelParameters => "
-       "named_struct('max_tokens', " + str(settings["max_tokens"]) + ")) AS answer FROM t")
+embed = settings["task"] == "embed"
+sql = ("SELECT id, ai_query('" + settings["endpoint"] + "', prompt"
+       + ("" if embed else ", modelParameters => named_struct('max_tokens', "
+          + str(settings["max_tokens"]) + ")") + ") AS answer FROM t")
 warm = spark.createDataFrame(
     [(i, "Say hello (warm-up " + str(i) + ").") for i in range(8)], "id INT, prompt STRING")
 warm.repartition(2).createOrReplaceTempView("t")
@@ -75,15 +82,18 @@ def output_tokens():
 
 before = output_tokens()
 start = time.perf_counter()
-rows = aq.sql(sql).collect()
+# Vectors come to the driver as Arrow (as LLM.embed's arrive in its process); text as Rows.
+result = aq.sql(sql)
+rows = result.toArrow() if embed else result.collect()
 seconds = time.perf_counter() - start
-tokens = output_tokens() - before
-if len(rows) != len(settings["prompts"]) or any(r.answer is None for r in rows):
+rows = rows.to_pylist() if embed else [r.asDict() for r in rows]
+units = len(rows) if embed else output_tokens() - before
+if len(rows) != len(settings["prompts"]) or any(r["answer"] is None for r in rows):
     raise SystemExit("the Spark query lost rows")
 server = aq.server
 print(json.dumps({{
-    "side": "spark", "seconds": seconds, "output_tokens": tokens,
-    "answers": [r.answer for r in sorted(rows)],
+    "side": "spark", "seconds": seconds, "units": units,
+    "answers": [len(r["answer"]) if embed else r["answer"] for r in sorted(rows, key=lambda r: r["id"])],
     "server_log": str(server.log_path) if server is not None else None,
 }}), flush=True)
 watch.close()
@@ -101,31 +111,39 @@ from common import offline_llm
 from vllm import SamplingParams
 
 settings = json.load(open({settings!r}))
-llm = offline_llm("chat", model=settings["model"])
-params = SamplingParams(max_tokens=settings["max_tokens"], temperature=0.0)
-llm.chat([[{{"role": "user", "content": "Say hello (warm-up)."}}]], params, use_tqdm=False)
-convs = [[{{"role": "user", "content": p}}] for p in settings["prompts"]]
-start = time.perf_counter()
-outs = llm.chat(convs, params, use_tqdm=False)
-seconds = time.perf_counter() - start
-print(json.dumps({{
-    "side": "offline", "seconds": seconds,
-    "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
-    "answers": [o.outputs[0].text for o in outs],
-}}), flush=True)
+if settings["task"] == "embed":
+    llm = offline_llm("embed", model=settings["model"])
+    llm.embed(["warm-up"], use_tqdm=False)
+    start = time.perf_counter()
+    outs = llm.embed(settings["prompts"], use_tqdm=False)
+    seconds = time.perf_counter() - start
+    units, answers = len(outs), [len(o.outputs.embedding) for o in outs]
+else:
+    llm = offline_llm("chat", model=settings["model"])
+    params = SamplingParams(max_tokens=settings["max_tokens"], temperature=0.0)
+    llm.chat([[{{"role": "user", "content": "Say hello (warm-up)."}}]], params, use_tqdm=False)
+    convs = [[{{"role": "user", "content": p}}] for p in settings["prompts"]]
+    start = time.perf_counter()
+    outs = llm.chat(convs, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    units = sum(len(o.outputs[0].token_ids) for o in outs)
+    answers = [o.outputs[0].text for o in outs]
+print(json.dumps({{"side": "offline", "seconds": seconds, "units": units, "answers": answers}}),
+      flush=True)
 """
 
 
-def write_catalog(model: str | None, path: Path) -> tuple[str | None, str]:
-    """The catalog file the user's script registers (None: the default) and the chat endpoint."""
+def write_catalog(model: str | None, task: str, path: Path) -> tuple[str | None, str]:
+    """The catalog file the user's script registers (None: the default) and the endpoint."""
+    kind, bundled = TASKS[task]
     if model is None:
-        return None, BUNDLED_CHAT
-    endpoint = "bench-chat"
+        return None, bundled
+    endpoint = f"bench-{task}"
     path.write_text(json.dumps({
         "include_defaults": True,
         "endpoints": [{"name": endpoint, "config": {"served_entities": [
-            {"entity_name": str(Path(model).resolve()), "task": "llm/v1/chat"}]}}],
-        "task_functions": {"llm/v1/chat": endpoint},
+            {"entity_name": str(Path(model).resolve()), "task": kind}]}}],
+        "task_functions": {kind: endpoint},
     }))
     return str(path), endpoint
 
@@ -146,10 +164,12 @@ def run_side(script: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=tuple(TASKS), default="chat")
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--trials", type=int, default=2)
-    parser.add_argument("--model", help="a local HF chat model directory (default: SmolLM2)")
+    parser.add_argument("--model", help="a local HF model directory of the task (default: "
+                        "the bundled SmolLM2 / MiniLM)")
     parser.add_argument("--server", choices=("embedded", "external"), default="embedded",
                         help="embedded: register(spark) starts its own (what users get); "
                         "external: a separately started ai-query serve in AI_QUERY_ENGINE_URL")
@@ -157,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
-    catalog, endpoint = write_catalog(args.model, work / "catalog.json")
+    catalog, endpoint = write_catalog(args.model, args.task, work / "catalog.json")
     spark_script, offline_script = work / "spark_user.py", work / "offline_user.py"
     settings_path = work / "settings.json"
     spark_script.write_text(SPARK_SCRIPT.format(settings=str(settings_path)))
@@ -172,10 +192,11 @@ def main() -> None:
         server = start_server_process(Catalog.load(catalog) if catalog else None, preload=True)
         env["AI_QUERY_ENGINE_URL"] = server.url
     print(f"load average before start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
-          f"{args.rows} rows x {args.max_tokens} tokens; {args.server} server; "
-          f"model {args.model or BUNDLED_CHAT}", flush=True)
+          f"{args.task}, {args.rows} rows x {args.max_tokens} tokens; {args.server} server; "
+          f"model {args.model or endpoint}", flush=True)
 
-    every = chat_prompts(args.rows * args.trials)
+    unit = "texts" if args.task == "embed" else "tokens"
+    every = (texts if args.task == "embed" else chat_prompts)(args.rows * args.trials)
     totals = {"spark": [0, 0.0], "offline": [0, 0.0]}
     ratios, same = [], 0
     try:
@@ -183,7 +204,7 @@ def main() -> None:
             prompts = every[trial * args.rows:(trial + 1) * args.rows]
             settings_path.write_text(json.dumps({
                 "prompts": prompts, "max_tokens": args.max_tokens, "catalog": catalog,
-                "endpoint": endpoint, "model": args.model,
+                "endpoint": endpoint, "model": args.model, "task": args.task,
             }))
             sides = [("spark", spark_script), ("offline", offline_script)]
             results = {}
@@ -192,14 +213,14 @@ def main() -> None:
                 results[name] = run_side(script, env, log)
             s, o = results["spark"], results["offline"]
             for name, r in results.items():
-                totals[name][0] += r["output_tokens"]
+                totals[name][0] += r["units"]
                 totals[name][1] += r["seconds"]
-            ratios.append((s["output_tokens"] / s["seconds"]) / (o["output_tokens"] / o["seconds"]))
+            ratios.append((s["units"] / s["seconds"]) / (o["units"] / o["seconds"]))
             same += sum(a == b for a, b in zip(s["answers"], o["answers"], strict=True))
-            print(f"trial {trial + 1}: spark {s['output_tokens']} tokens in {s['seconds']:.2f}s "
-                  f"= {s['output_tokens'] / s['seconds']:.1f} tok/s; offline "
-                  f"{o['output_tokens']} tokens in {o['seconds']:.2f}s = "
-                  f"{o['output_tokens'] / o['seconds']:.1f} tok/s; ratio {ratios[-1]:.3f}; "
+            print(f"trial {trial + 1}: spark {s['units']} {unit} in {s['seconds']:.2f}s "
+                  f"= {s['units'] / s['seconds']:.1f}/s; offline "
+                  f"{o['units']} {unit} in {o['seconds']:.2f}s = "
+                  f"{o['units'] / o['seconds']:.1f}/s; ratio {ratios[-1]:.3f}; "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
             if args.keep_logs and s.get("server_log") and Path(s["server_log"]).exists():
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
@@ -219,7 +240,7 @@ def main() -> None:
     offline_tps = totals["offline"][0] / totals["offline"][1]
     print(f"identical answers: {same}/{args.rows * args.trials}")
     print(textwrap.fill(
-        f"output tok/s over {args.trials} trials: offline LLM.chat {offline_tps:.1f}, "
+        f"output {unit}/s over {args.trials} trials: offline {offline_tps:.1f}, "
         f"ai_query in Spark ({args.server} server) {spark_tps:.1f}; per-trial ratios "
         + ", ".join(f"{r:.3f}" for r in ratios), 100))
     print(f"ratio spark/offline = {spark_tps / offline_tps:.3f} (goal >= 0.9)")

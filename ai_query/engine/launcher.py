@@ -71,7 +71,8 @@ class ServerProcess:
             return ""
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait until the server listens and its health check answers.
+        """Wait until the server listens and its health check answers (its models may still be
+        starting, see ``warm``).
 
         Raises:
             EngineUnavailableError: it exited or did not get ready in time (with its log tail).
@@ -93,7 +94,9 @@ class ServerProcess:
                 if self.url:
                     client = client or FlightEngineClient([self.url], token=self.token or "")
                     status = client.health(timeout=2.0)[self.url]
-                    if status.get("status") == "ok":
+                    # not_ready: a model it warms is still starting (or failed to: the batches
+                    # that need it report why); the server itself answers.
+                    if status.get("status") in ("ok", "not_ready"):
                         return
                 time.sleep(0.2)
         finally:
