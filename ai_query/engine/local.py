@@ -204,7 +204,11 @@ class LocalEngine:
     async def _complete(self, text: str, plan: CallPlan, fut: asyncio.Future[RowOutcome]) -> None:
         """Generate for one row into ``fut``."""
         assert plan.generation is not None
-        backend = self._backend(plan.endpoint.choose_entity())
+        try:
+            backend = self._backend(plan.endpoint.choose_entity())
+        except Exception as exc:  # noqa: BLE001 - no model to run (a catalog error): the batch's
+            settle(fut, exc)
+            return
         self.model_calls += 1
         try:
             done = await backend.complete(text, plan.generation)
@@ -226,7 +230,12 @@ class LocalEngine:
     ) -> None:
         """Embed the texts of one call with one backend call (a traffic split picks the served
         entity per call)."""
-        backend = self._backend(plan.endpoint.choose_entity())
+        try:
+            backend = self._backend(plan.endpoint.choose_entity())
+        except Exception as exc:  # noqa: BLE001 - no model to run (a catalog error): the batch's
+            for _, fut in rows:
+                settle(fut, exc)
+            return
         self.model_calls += len(rows)
         try:
             results = await backend.embed_many([text for text, _ in rows])

@@ -27,7 +27,7 @@ from ai_query.engine.registry import shared_backend
 from ai_query.engine.supervision import EngineState
 from ai_query.engine.vllm_backend import VLLMBackend
 from ai_query.engine.vllm_setup import building
-from ai_query.errors import EngineDeadError
+from ai_query.errors import AIQueryError
 from ai_query.options import CallOptions
 from ai_query.query_endpoints import start_early
 
@@ -164,15 +164,19 @@ def test_sql_without_a_model_call_or_with_a_bad_one_starts_nothing() -> None:
 def test_a_warmed_model_that_cannot_start_fails_the_first_batch_with_its_cause(
     tmp_path: Path,
 ) -> None:
+    model = tmp_path / "broken-model"  # a model directory vLLM cannot load
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no-such-architecture"}')
     catalog = Catalog.from_data({"include_defaults": False, "endpoints": [
         {"name": "broken", "config": {"served_entities": [
-            {"entity_name": str(tmp_path / "no-such-model"), "task": "llm/v1/chat"}]}}]})
+            {"entity_name": str(model), "task": "llm/v1/chat"}]}}]})
     engine = EmbeddedEngine(catalog)
     try:
         started = time.monotonic()
         start_early(engine, [("SELECT ai_query('broken', 'hi')", "databricks")])
-        with pytest.raises(EngineDeadError, match="could not start"):
+        with pytest.raises(AIQueryError, match="vLLM could not start") as caught:
             engine.run(request_batch(["hi"], CallOptions(endpoint="broken")))
+        assert "no-such-architecture" in str(caught.value), "the cause is named"
         assert time.monotonic() - started < 180, "the first batch waited for a start timeout"
     finally:
         engine.close()

@@ -91,3 +91,30 @@ def test_concurrent_callers_get_their_own_rows(fake_engine) -> None:
         t.join()
     for k, rows in results.items():
         assert [r.split()[-1] for r in rows] == [f"t{k}-{i}" for i in range(200)]
+
+
+@pytest.mark.parametrize("endpoint", ["smollm2-135m-instruct", "all-minilm-l6-v2"])
+def test_a_model_that_cannot_be_made_fails_the_batch_at_once(endpoint: str) -> None:
+    from ai_query.catalog import Catalog
+    from ai_query.engine.local import LocalEngine
+    from ai_query.errors import ModelNotAvailableError
+
+    def no_model(entity):  # type: ignore[no-untyped-def]
+        raise ModelNotAvailableError(f"model {entity.entity_name!r} is not here")
+
+    no_model.__qualname__ = f"no_model-{endpoint}"  # the registry keys backends by factory name
+    engine = LocalEngine(Catalog.default(), backend_factory=no_model)
+    batch = request_batch(["a", "b", "a"], CallOptions(endpoint=endpoint))
+    done: list[BaseException] = []
+    worker = threading.Thread(target=lambda: _run_catching(engine, batch, done), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the batch hung on a model that cannot be made"
+    assert isinstance(done[0], ModelNotAvailableError) and "is not here" in str(done[0])
+
+
+def _run_catching(engine, batch, done):  # type: ignore[no-untyped-def]
+    try:
+        engine.run(batch)
+    except BaseException as exc:
+        done.append(exc)
