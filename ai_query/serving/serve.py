@@ -126,11 +126,19 @@ def warm_up(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
 
 
 def warm_in_background(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
-    """:func:`warm_up` each endpoint on its own daemon thread; returns at once.
+    """:func:`warm_up` each local endpoint named (default: every one) on its own daemon thread;
+    returns at once.
 
-    A model that fails to start is logged; the rows that need it then fail as they would have.
+    An endpoint that calls a provider is never warmed (that would send the provider a request),
+    nor a name the catalog does not know. A model that fails to start is logged; the rows that
+    need it then fail as they would have.
     """
-    for name in local_endpoints(engine.catalog) if endpoints is None else endpoints:
+    local = local_endpoints(engine.catalog)
+    names = local if endpoints is None else [n for n in endpoints if n in local]
+    skipped = sorted(set(endpoints or ()) - set(names))
+    if skipped:
+        log.info("not warming %s: not a local model of this server", ", ".join(skipped))
+    for name in names:
         threading.Thread(
             target=_warm_logged, args=(engine, name), name=f"aiq-warm-{name}", daemon=True
         ).start()

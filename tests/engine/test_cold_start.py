@@ -134,10 +134,15 @@ def test_a_private_server_and_the_query_s_models_start_before_the_first_batch(
 ) -> None:
     timings = tmp_path / "timings.jsonl"
     monkeypatch.setenv("AI_QUERY_TIMINGS", str(timings))
-    engine = EmbeddedEngine(engine_kind="deterministic")
+    provider = {"name": "m", "provider": "openai-compatible", "task": "llm/v1/chat",
+                "openai_config": {"openai_api_base": "http://127.0.0.1:9/v1",
+                                  "openai_api_key": "not-used"}}
+    catalog = Catalog.from_data({"include_defaults": True, "endpoints": [
+        {"name": "ext-chat", "config": {"served_entities": [{"external_model": provider}]}}]})
+    engine = EmbeddedEngine(catalog, engine_kind="deterministic")
     try:
-        start_early(engine, [(f"SELECT ai_query('{CHAT}', x), ai_query('{EMBED}', y) FROM t",
-                              "databricks")])
+        start_early(engine, [(f"SELECT ai_query('{CHAT}', x), ai_query('{EMBED}', y), "
+                              "ai_query('ext-chat', z) FROM t", "databricks")])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (engine.server is None or len(
                 [m for m in _marks(timings) if m["step"] == "server: warm"]) < 2):
@@ -145,7 +150,7 @@ def test_a_private_server_and_the_query_s_models_start_before_the_first_batch(
         server = engine.server
         assert server is not None, "start_early did not start the server"
         warmed = {m["endpoint"] for m in _marks(timings) if m["step"] == "server: warm"}
-        assert warmed == {CHAT, EMBED}, "the server did not start the query's models"
+        assert warmed == {CHAT, EMBED}, "the server warmed other than the query's local models"
         out = engine.run(request_batch(["hello"], CallOptions(endpoint=CHAT)))
         assert out.column("error").to_pylist() == [None]
         assert engine.server is server, "the first batch used another server"
