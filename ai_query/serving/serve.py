@@ -24,7 +24,7 @@ from ai_query.config import settings
 from ai_query.engine.batch import request_batch
 from ai_query.engine.lifeline import start_reaper, watch_lifeline
 from ai_query.engine.protocol import Engine
-from ai_query.errors import ConfigError
+from ai_query.errors import ConfigError, UnknownEndpointError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.flight import ServingFlightServer
@@ -133,8 +133,10 @@ def warm_in_background(engine: Engine, endpoints: Sequence[str] | None = None) -
     nor a name the catalog does not know. A model that fails to start is logged; the rows that
     need it then fail as they would have.
     """
-    local = local_endpoints(engine.catalog)
-    names = local if endpoints is None else [n for n in endpoints if n in local]
+    catalog = engine.catalog
+    names = local_endpoints(catalog) if endpoints is None else [
+        n for n in endpoints if _runs_here(catalog, n)
+    ]
     skipped = sorted(set(endpoints or ()) - set(names))
     if skipped:
         log.info("not warming %s: not a local model of this server", ", ".join(skipped))
@@ -142,6 +144,15 @@ def warm_in_background(engine: Engine, endpoints: Sequence[str] | None = None) -
         threading.Thread(
             target=_warm_logged, args=(engine, name), name=f"aiq-warm-{name}", daemon=True
         ).start()
+
+
+def _runs_here(catalog: Catalog, name: str) -> bool:
+    """Whether ``name`` (an endpoint or an alias) is known and serves only local models."""
+    try:
+        endpoint = catalog.get(name)
+    except UnknownEndpointError:
+        return False
+    return all(e.external_model is None for e in endpoint.config.served_entities)
 
 
 def _warm_logged(engine: Engine, name: str) -> None:
