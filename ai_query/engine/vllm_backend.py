@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,8 @@ class VLLMBackend(VLLMModel):
 
     kind = "generate"
 
-    def __init__(
-        self,
-        model_dir: Path,
-        *,
-        engine_args: Mapping[str, Any] | None = None,
-        on_start: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(model_dir, engine_args=engine_args, on_start=on_start)
+    def __init__(self, model_dir: Path, **options: Any) -> None:
+        super().__init__(model_dir, **options)  # engine_args, on_start: see VLLMModel
         self._engine: Any = None
         self._ids = itertools.count()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,14 +71,8 @@ class VLLMEmbeddingBackend(VLLMModel):
 
     kind = "pooling"
 
-    def __init__(
-        self,
-        model_dir: Path,
-        *,
-        engine_args: Mapping[str, Any] | None = None,
-        on_start: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(model_dir, engine_args=engine_args, on_start=on_start)
+    def __init__(self, model_dir: Path, **options: Any) -> None:
+        super().__init__(model_dir, **options)  # engine_args, on_start: see VLLMModel
         self._worker: _Worker | None = None
         self.engine_calls = 0
         """``LLM.encode`` calls made (each takes every batch that was waiting)."""
