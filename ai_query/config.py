@@ -42,6 +42,9 @@ class Settings:
     """JSON/YAML file of ``{scope: {key: value}}`` secrets (``AI_QUERY_SECRETS_FILE``)."""
     token: str | None = None
     """Bearer token a client sends to an engine server (``AI_QUERY_TOKEN``)."""
+    zygote: bool = True
+    """Start vLLM's first engine process from a zygote that imports vLLM beside the server
+    (CPU build; ``AI_QUERY_ZYGOTE=0`` turns it off; see :mod:`ai_query.engine.vllm_zygote`)."""
     timings_file: Path | None = None
     """File to which each process appends its start-up timings (``AI_QUERY_TIMINGS``; see
     :mod:`ai_query.timings`); None: not recorded."""
@@ -62,6 +65,7 @@ def settings() -> Settings:
         secrets_file=Path(secrets).expanduser() if secrets else None,
         token=env.get("AI_QUERY_TOKEN") or None,
         timings_file=Path(timings).expanduser() if timings else None,
+        zygote=env.get("AI_QUERY_ZYGOTE", "1").strip().lower() not in ("0", "false", "no", "off"),
     )
 
 

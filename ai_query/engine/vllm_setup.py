@@ -4,7 +4,8 @@
 2-core CPU. An engine server would pay them only when a row first asks for a model; it starts
 the import in a background thread at its first moment instead
 (:func:`import_vllm_in_background`, called by ``ai-query serve``), so the import runs while the
-server binds Arrow Flight and waits for its caller's first batch.
+server binds Arrow Flight and waits for its caller's first batch. On vLLM's CPU build the first
+engine process imports vLLM at the same moment, in a zygote (:mod:`.vllm_zygote`).
 
 Every vLLM engine build in this process goes through :func:`building`: it applies vLLM's
 environment, starts the reaper (vLLM's engine processes must not outlive this one, even on
@@ -23,6 +24,8 @@ from contextlib import contextmanager
 
 from ai_query.config import apply_vllm_environment
 from ai_query.engine.lifeline import start_reaper
+from ai_query.engine.vllm_zygote import install as install_zygote
+from ai_query.engine.vllm_zygote import note_imports_done, start_zygote
 from ai_query.timings import mark
 
 log = logging.getLogger(__name__)
@@ -60,12 +63,19 @@ def building(model: str) -> Iterator[None]:
 
 
 def _import() -> None:
+    try:
+        start_zygote()  # the first engine process imports vLLM at the same time
+    except OSError as exc:
+        log.warning("no zygote for the first engine process: %s", exc)
     mark("server: vllm import start")
     try:
         # What building an engine imports first; the engine process imports the rest.
         import vllm
         import vllm.engine.arg_utils
         import vllm.v1.engine.async_llm  # noqa: F401
+
+        note_imports_done()
+        install_zygote()
     except Exception as exc:  # noqa: BLE001 - the build imports again and reports it
         log.warning("importing vLLM in the background failed: %s", exc)
         return

@@ -118,13 +118,18 @@ def test_serve_reports_a_dead_engine_then_recovers_and_leaves_nothing_when_kille
     flight_port, http_port = free_port(), free_port()
     proc = start([AI_QUERY, "serve", "--port", str(flight_port), "--http-port", str(http_port),
                   "--preload", CHAT, "--database", str(tmp_path / "endpoints.sqlite")],
-                 tmp_path / "serve.log")
+                 tmp_path / "serve.log", env={"AI_QUERY_TIMINGS": str(tmp_path / "timings")})
     base = f"http://127.0.0.1:{http_port}"
     client = FlightEngineClient(f"grpc://127.0.0.1:{flight_port}")
     try:
         wait_http(f"{base}/health", proc, timeout=300)
         cores = engine_cores(proc.pid)
         assert len(cores) == 1
+        # vLLM's CPU build spawns its engine process; the first one is the zygote that imported
+        # vLLM while the server did (ai_query.engine.vllm_zygote); the restart spawns afresh.
+        marks = [json.loads(line) for line in (tmp_path / "timings").read_text().splitlines()]
+        assert [m["engine_pid"] for m in marks
+                if m["step"] == "engine: process from the zygote"] == cores
         os.kill(cores[0], signal.SIGKILL)
         deadline = time.monotonic() + 30
         while (status := _get(f"{base}/health"))[0] != 503:
