@@ -32,6 +32,12 @@ def _batches(server: Any) -> int:
     return int(client.health()[server.url]["batches"])
 
 
+def test_the_local_session_jvm_compiles_quickly(spark) -> None:
+    # In local mode the JVM's optimising JIT takes cores from the engine (see LOCAL_SESSION_CONF).
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    assert "-XX:TieredStopAtLevel=1" in list(runtime.getInputArguments())
+
+
 def test_spark_arrow_batch_size_is_honoured(spark, det_server, restore_batch_size) -> None:
     from ai_query.udf.spark import ARROW_BATCH_CONF, register
 
