@@ -214,7 +214,7 @@ def start_server(
         cat = Catalog.load(options.catalog) if options.catalog is not None else Catalog.default()
         engine = build_server_engine(cat, options.engine, batch_delay=options.batch_delay)
     if options.preload:
-        warm_up(engine, None if options.preload is True else list(options.preload))
+        warm_up(engine, list(options.preload) if isinstance(options.preload, tuple) else None)
     server = ServingFlightServer(
         engine, f"grpc://{options.host}:{options.port}", auth=auths, limiter=limiter,
         description=options.engine,
@@ -229,7 +229,7 @@ def start_server(
     )
     mark("server: listening")
     if options.warm:
-        warm_in_background(engine, None if options.warm is True else list(options.warm))
+        warm_in_background(engine, list(options.warm) if isinstance(options.warm, tuple) else None)
     return running
 
 
