@@ -116,7 +116,7 @@ class Zygote:
             if (imported is not None and theirs == imported.get(key)
                     and ours == self.started_env.get(key)):
                 continue  # set by importing vLLM, as the zygote's own imports set it
-            return f"{key} differs ({ours!r}, vLLM: {theirs!r})"
+            return f"{key} differs"  # its values may be secrets (HF_TOKEN): never shown
         return None
 
     def alive(self) -> bool:

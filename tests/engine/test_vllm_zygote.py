@@ -67,6 +67,17 @@ def test_a_zygote_started_with_other_import_time_settings_is_not_used(
     assert not zygote.alive()  # discarded and reaped
 
 
+def test_the_reason_names_the_variable_never_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_at_start")
+    zygote = Zygote(modules=(), env={})
+    try:
+        monkeypatch.setenv("HF_TOKEN", "hf_secret_later")
+        reason = zygote.unfit([], zygote.executable) or ""
+        assert "HF_TOKEN" in reason and "secret" not in reason
+    finally:
+        zygote.discard()
+
+
 def test_path_entries_that_do_not_exist_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LD_LIBRARY_PATH", "/no/such/dir:")  # what importing OpenCV adds
     zygote = Zygote(modules=(), env={"LD_LIBRARY_PATH": ""})
