@@ -246,8 +246,14 @@ def note_imports_done() -> None:
     _imported_env = dict(os.environ)
 
 
-def start_zygote(zygote: Zygote | None = None) -> None:
-    """Start this process's zygote (once; or keep ``zygote``), on vLLM's CPU build only."""
+#: A zygote no engine took within this many seconds exits (a server that only embeds, in its own
+#: process, would otherwise keep an interpreter with torch and vLLM imported for its whole life).
+IDLE_S = 300.0
+
+
+def start_zygote(zygote: Zygote | None = None, idle_s: float = IDLE_S) -> None:
+    """Start this process's zygote (once; or keep ``zygote``), on vLLM's CPU build only; it is
+    discarded if no engine takes it within ``idle_s`` seconds."""
     global _spare
     if zygote is None:
         if not settings().zygote:
@@ -258,10 +264,23 @@ def start_zygote(zygote: Zygote | None = None) -> None:
             return  # other builds fork their engine processes: nothing is imported twice
     with _lock:
         if _spare is None:
-            _spare = zygote or Zygote()
+            _spare = zygote = zygote or Zygote()
+            timer = threading.Timer(idle_s, _expire, args=(zygote, idle_s))
+            timer.daemon = True
+            timer.start()
             return
     if zygote is not None:
         zygote.discard()
+
+
+def _expire(zygote: Zygote, idle_s: float) -> None:
+    global _spare
+    with _lock:
+        if _spare is not zygote:
+            return  # an engine took it
+        _spare = None
+    log.info("no engine took the zygote within %.0f s; it exits", idle_s)
+    zygote.discard()
 
 
 def install() -> None:

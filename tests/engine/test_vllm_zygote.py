@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,17 @@ def test_the_first_process_starts_from_the_zygote_and_the_next_afresh(
     assert first == {"pid": zygote.pid, "env": "sent at spawn", "preloaded": True}
     second = _run(tmp_path, "second")
     assert second["pid"] != zygote.pid and second["env"] == "sent at spawn"
+
+
+def test_a_zygote_no_engine_takes_exits(tmp_path: Path) -> None:
+    zygote = Zygote(modules=(), env={})
+    start_zygote(zygote, idle_s=0.2)
+    deadline = time.monotonic() + 30
+    while zygote.alive():
+        assert time.monotonic() < deadline, "the idle zygote did not exit"
+        time.sleep(0.1)
+    assert vllm_zygote._take() is None
+    assert _run(tmp_path, "fresh")["pid"] != zygote.pid
 
 
 def test_a_zygote_started_with_other_import_time_settings_is_not_used(
