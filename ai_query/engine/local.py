@@ -204,10 +204,8 @@ class LocalEngine:
     async def _complete(self, text: str, plan: CallPlan, fut: asyncio.Future[RowOutcome]) -> None:
         """Generate for one row into ``fut``."""
         assert plan.generation is not None
-        try:
-            backend = self._backend(plan.endpoint.choose_entity())
-        except Exception as exc:  # noqa: BLE001 - no model to run (a catalog error): the batch's
-            settle(fut, exc)
+        backend = self._backend_or_fail(plan, [fut])
+        if backend is None:
             return
         self.model_calls += 1
         try:
@@ -230,11 +228,8 @@ class LocalEngine:
     ) -> None:
         """Embed the texts of one call with one backend call (a traffic split picks the served
         entity per call)."""
-        try:
-            backend = self._backend(plan.endpoint.choose_entity())
-        except Exception as exc:  # noqa: BLE001 - no model to run (a catalog error): the batch's
-            for _, fut in rows:
-                settle(fut, exc)
+        backend = self._backend_or_fail(plan, [fut for _, fut in rows])
+        if backend is None:
             return
         self.model_calls += len(rows)
         try:
@@ -253,6 +248,18 @@ class LocalEngine:
 
     def _backend(self, entity: ServedEntity) -> Backend:
         return shared_backend(entity, self._factory)
+
+    def _backend_or_fail(
+        self, plan: CallPlan, futs: list[asyncio.Future[RowOutcome]]
+    ) -> Backend | None:
+        """The backend of the served entity this call goes to; None, with ``futs`` settled with
+        the batch's error, when its model cannot be made (a catalog error, e.g. no such model)."""
+        try:
+            return self._backend(plan.endpoint.choose_entity())
+        except Exception as exc:  # noqa: BLE001 - given to the batch, which reports it
+            for fut in futs:
+                settle(fut, exc)
+            return None
 
     def endpoint_health(self) -> dict[str, EngineHealth]:
         """Each endpoint's health: the least ready of its served entities' engines.

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ai_query.catalog import Catalog
+from ai_query.catalog import Catalog, Endpoint
 from ai_query.config import settings
 from ai_query.engine.batch import request_batch
 from ai_query.engine.lifeline import start_reaper, watch_lifeline
@@ -105,10 +105,11 @@ def build_server_engine(
 
 def local_endpoints(catalog: Catalog) -> list[str]:
     """The endpoints whose every served entity runs here (none calls a provider)."""
-    return [
-        ep.name for ep in catalog.endpoints()
-        if all(e.external_model is None for e in ep.config.served_entities)
-    ]
+    return [ep.name for ep in catalog.endpoints() if _serves_locally(ep)]
+
+
+def _serves_locally(endpoint: Endpoint) -> bool:
+    return all(e.external_model is None for e in endpoint.config.served_entities)
 
 
 def warm_up(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
@@ -149,10 +150,9 @@ def warm_in_background(engine: Engine, endpoints: Sequence[str] | None = None) -
 def _runs_here(catalog: Catalog, name: str) -> bool:
     """Whether ``name`` (an endpoint or an alias) is known and serves only local models."""
     try:
-        endpoint = catalog.get(name)
+        return _serves_locally(catalog.get(name))
     except UnknownEndpointError:
         return False
-    return all(e.external_model is None for e in endpoint.config.served_entities)
 
 
 def _warm_logged(engine: Engine, name: str) -> None:
