@@ -19,8 +19,12 @@ Every error the package raises on purpose is an :class:`AIQueryError`::
     ├─ ResourceNotFoundError                a serving endpoint (or its id) does not exist
     ├─ ResourceConflictError(code)          the name is taken, or an update is running
     ├─ RateLimitExceededError(retry_after)  an endpoint's rate limit is used up for now
-    └─ JobError                             a batch job file or run failed
-       └─ JobLockedError                    another run of the same job holds its lock
+    ├─ JobError                             a batch job file or run failed
+    │  └─ JobLockedError                    another run of the same job holds its lock
+    └─ WorkspaceError                       the SQL editor's locked workspace refused something
+       ├─ StatementNotAllowedError          a statement kind the editor does not run
+       ├─ UploadRejectedError               an uploaded table is unreadable or over a quota
+       └─ QueryLimitError                   a query ran past its time, memory or result bound
 
 Third-party errors are translated once, at the boundary, with ``raise ... from exc``.
 """
@@ -129,3 +133,19 @@ class JobError(AIQueryError):
 
 class JobLockedError(JobError):
     """Another run of the same job is in progress (it holds the job's lock)."""
+
+
+class WorkspaceError(AIQueryError):
+    """The SQL editor's locked workspace refused a query or an upload."""
+
+
+class StatementNotAllowedError(WorkspaceError):
+    """A statement of a kind the SQL editor does not run (it runs queries, not commands)."""
+
+
+class UploadRejectedError(WorkspaceError):
+    """An uploaded table file cannot be read, or storing it would break the caller's quota."""
+
+
+class QueryLimitError(WorkspaceError):
+    """A query ran past the editor's bounds: its time, memory, temp space or result size."""
