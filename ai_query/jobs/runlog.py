@@ -4,7 +4,8 @@ Each attempt is one row: recorded as ``running`` when it starts and updated when
 (``succeeded``, ``failed`` or ``interrupted``). An attempt killed without a chance to update
 its row is marked ``interrupted`` by the next attempt (which holds the lock, so the killed
 one is certainly gone); a resumed attempt shares the interrupted one's ``run_id``. SQLite in
-WAL mode lets ``jobs status`` read while a run writes.
+WAL mode lets ``jobs status`` read while a run writes; :func:`read_runs` reads a log without
+writing anything (the web UI's Jobs page).
 """
 
 from __future__ import annotations
@@ -110,15 +111,39 @@ class RunLog:
 
     def recent(self, limit: int = 20) -> list[RunRecord]:
         """The latest runs, newest first."""
-        rows = self._db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
-            [limit],
-        ).fetchall()
-        return [RunRecord(**dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+        return _recent(self._db, limit)
 
     def close(self) -> None:
         """Close the file."""
         self._db.close()
+
+
+def read_runs(path: Path, limit: int = 20) -> list[RunRecord]:
+    """The latest runs of the run log at ``path``, newest first, opened read-only.
+
+    Creates no file: a read-only connection to a WAL database would create ``-wal`` and
+    ``-shm`` files (and leave them), so a log with both files (a run is writing, or was killed)
+    is read through them with ``mode=ro``, and one without (no run is writing: the last one
+    folded its WAL into the main file on close) is opened ``immutable``.
+
+    Raises:
+        sqlite3.Error: when the file is not a run log or cannot be read.
+    """
+    wal = all(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+    uri = f"{path.absolute().as_uri()}?mode=ro" + ("" if wal else "&immutable=1")
+    db = sqlite3.connect(uri, uri=True)
+    try:
+        return _recent(db, limit)
+    finally:
+        db.close()
+
+
+def _recent(db: sqlite3.Connection, limit: int) -> list[RunRecord]:
+    rows = db.execute(
+        f"SELECT {', '.join(_COLUMNS)} FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
+        [limit],
+    ).fetchall()
+    return [RunRecord(**dict(zip(_COLUMNS, row, strict=True))) for row in rows]
 
 
 def now_iso() -> str:

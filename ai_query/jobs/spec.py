@@ -32,9 +32,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ai_query.datafile import read_data_file
 from ai_query.errors import JobError
@@ -50,6 +51,24 @@ INPUT_FORMATS: dict[str, str] = {
     ".ndjson": "json",
 }
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: The pydantic error ``type`` of a job rule's own validators; its ``ctx["public"]`` says what
+#: the rule wants with no value from the file (what the web UI's Jobs page shows).
+RULE_ERROR = "job_rule"
+
+
+class JobProblem(NamedTuple):
+    """One thing wrong with a job file, told twice."""
+
+    public: str
+    """In the schema's terms only, no value from the file (the web UI's Jobs page)."""
+    full: str
+    """With the file's own values (the job's owner reads it in the CLI)."""
+
+
+def _broken_rule(public: str, full: str | None = None) -> PydanticCustomError:
+    """A validator's error: ``full`` (default ``public``) is the message; ``public`` rides along
+    in its context (see :data:`RULE_ERROR`)."""
+    return PydanticCustomError(RULE_ERROR, "{full}", {"full": full or public, "public": public})
 
 
 class _Strict(BaseModel):
@@ -69,7 +88,7 @@ class InputSpec(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
         if (self.path is None) == (self.table is None):
-            raise ValueError("give exactly one of path or table")
+            raise _broken_rule("give exactly one of path or table")
         return self
 
     @property
@@ -94,9 +113,12 @@ class OutputSpec(_Strict):
     @model_validator(mode="after")
     def _one_target(self) -> OutputSpec:
         if (self.path is None) == (self.table is None):
-            raise ValueError("give exactly one of path or table")
+            raise _broken_rule("give exactly one of path or table")
         if self.table is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", self.table):
-            raise ValueError(f"table name {self.table!r} is not a plain (schema.)table name")
+            raise _broken_rule(
+                "`table` must be a plain (schema.)table name",
+                f"table name {self.table!r} is not a plain (schema.)table name",
+            )
         return self
 
     @property
@@ -167,16 +189,19 @@ class JobSpec(_Strict):
     def _input_names(cls, value: dict[str, InputSpec]) -> dict[str, InputSpec]:
         for name in value:
             if not re.match(_NAME, name):
-                raise ValueError(f"input name {name!r} must be a plain SQL identifier")
+                raise _broken_rule(
+                    "input names must be plain SQL identifiers",
+                    f"input name {name!r} must be a plain SQL identifier",
+                )
         return value
 
     @field_validator("key")
     @classmethod
     def _key_names(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
-            raise ValueError(f"key columns repeat: {value}")
+            raise _broken_rule("key columns repeat", f"key columns repeat: {value}")
         if any(k.startswith("__aiq") for k in value):
-            raise ValueError("key column names may not start with __aiq")
+            raise _broken_rule("key column names may not start with __aiq")
         return value
 
     @field_validator("schedule")
@@ -185,27 +210,36 @@ class JobSpec(_Strict):
         if value is not None:
             from ai_query.jobs.schedule import cron_trigger
 
-            cron_trigger(value)  # raises ValueError naming the problem
+            try:
+                cron_trigger(value)
+            except ValueError as exc:  # names the expression: for the owner's eyes only
+                raise _broken_rule(
+                    "not a cron expression (5 fields, or 6 with seconds first)", str(exc)
+                ) from exc
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         if (self.sql is None) == (self.sql_file is None):
-            raise ValueError("give exactly one of sql or sql_file")
+            raise _broken_rule("give exactly one of sql or sql_file")
         if self.input is None and len(self.inputs) > 1:
-            raise ValueError(
-                f"several inputs ({', '.join(self.inputs)}): set `input` to the driving one"
+            raise _broken_rule(
+                "several inputs: set `input` to the driving one",
+                f"several inputs ({', '.join(self.inputs)}): set `input` to the driving one",
             )
         if self.input is not None and self.input not in self.inputs:
-            raise ValueError(f"input {self.input!r} is not one of inputs {sorted(self.inputs)}")
+            raise _broken_rule(
+                "`input` is not one of `inputs`",
+                f"input {self.input!r} is not one of inputs {sorted(self.inputs)}",
+            )
         if self.output.format == "delta" and self.engine != "spark":
-            raise ValueError("output.format delta needs engine = 'spark'")
+            raise _broken_rule("output.format delta needs engine = 'spark'")
         if self.output.table is not None and self.engine == "spark":
-            raise ValueError("output.table is for engine duckdb; on spark give output.path")
+            raise _broken_rule("output.table is for engine duckdb; on spark give output.path")
         if self.engine == "duckdb":
             tables = [n for n, i in self.inputs.items() if i.table is not None]
             if (tables or self.output.table) and self.database is None:
-                raise ValueError("table inputs/outputs on engine duckdb need `database`")
+                raise _broken_rule("table inputs/outputs on engine duckdb need `database`")
         return self
 
     @property
@@ -264,20 +298,28 @@ def job_from_data(data: Any, *, base_dir: Path, source: str = "job") -> JobSpec:
 
 
 def _resolved(job: JobSpec, base: Path, source: str) -> JobSpec:
+    job = resolve_paths(job, base)
+    try:
+        sql = read_sql(job)
+    except OSError as exc:
+        raise JobError(f"{source}: sql_file: cannot read {job.sql_file}: {exc.strerror}") from exc
+    resolved = job.model_copy(update={"sql": sql, "sql_file": None})
+    problem = sql_problem(resolved)
+    if problem is not None:
+        raise JobError(f"{source}: {problem.full}")
+    return resolved
+
+
+def resolve_paths(job: JobSpec, base: Path) -> JobSpec:
+    """``job`` with every path it names absolute (relative ones against ``base``) and its
+    default ``state_dir`` filled in; reads nothing."""
+
     def absolute(value: str | None) -> str | None:
         if value is None:
             return None
         p = Path(value).expanduser()
         return str(p if p.is_absolute() else base / p)
 
-    sql = job.sql
-    if job.sql_file is not None:
-        try:
-            sql = Path(str(absolute(job.sql_file))).read_text()
-        except OSError as exc:
-            raise JobError(
-                f"{source}: sql_file: cannot read {job.sql_file}: {exc.strerror}"
-            ) from exc
     inputs = {n: i.model_copy(update={"path": absolute(i.path)}) for n, i in job.inputs.items()}
     output = job.output.model_copy(update={"path": absolute(job.output.path)})
     database = absolute(job.database)
@@ -290,8 +332,7 @@ def _resolved(job: JobSpec, base: Path, source: str) -> JobSpec:
         else:
             state = str(base / ".ai_query" / job.name)
     update = {
-        "sql": sql,
-        "sql_file": None,
+        "sql_file": absolute(job.sql_file),
         "inputs": inputs,
         "output": output,
         "database": database,
@@ -299,13 +340,24 @@ def _resolved(job: JobSpec, base: Path, source: str) -> JobSpec:
         "cache_path": absolute(job.cache_path),
         "state_dir": state,
     }
-    resolved = job.model_copy(update=update)
-    _check_sql(resolved, source)
-    return resolved
+    return job.model_copy(update=update)
 
 
-def _check_sql(job: JobSpec, source: str) -> None:
-    """The SQL parses, is one query, and reads the driving input."""
+def read_sql(job: JobSpec) -> str:
+    """The job's SQL text: ``sql``, or the file ``sql_file`` names (resolved by
+    :func:`resolve_paths`).
+
+    Raises:
+        OSError: when ``sql_file`` cannot be read.
+    """
+    if job.sql_file is None:
+        return job.query
+    return Path(job.sql_file).read_text()
+
+
+def sql_problem(job: JobSpec) -> JobProblem | None:
+    """What is wrong with the job's SQL (read into ``sql``): it must parse, be one query and
+    read the driving input; None when nothing is."""
     from sqlglot import exp
 
     from ai_query.errors import SQLParseError
@@ -314,15 +366,18 @@ def _check_sql(job: JobSpec, source: str) -> None:
     try:
         trees = parse_sql(job.query, job.dialect)
     except SQLParseError as exc:
-        raise JobError(f"{source}: sql: {exc}") from exc
+        where = f" (line {exc.line}, column {exc.col})" if exc.line is not None else ""
+        return JobProblem(f"sql: does not parse{where}", f"sql: {exc}")
     if len(trees) != 1 or not isinstance(trees[0], exp.Query):
-        raise JobError(f"{source}: sql: must be exactly one SELECT query")
+        return JobProblem(*["sql: must be exactly one SELECT query"] * 2)
     tables = {t.name.lower() for t in trees[0].find_all(exp.Table)}
     if job.driving_input.lower() not in tables:
-        raise JobError(
-            f"{source}: sql: does not read the driving input {job.driving_input!r} "
-            f"(it reads {sorted(tables) or 'no table'})"
+        return JobProblem(
+            "sql: does not read the driving input",
+            f"sql: does not read the driving input {job.driving_input!r} "
+            f"(it reads {sorted(tables) or 'no table'})",
         )
+    return None
 
 
 def describe_validation(exc: ValidationError) -> str:

@@ -9,7 +9,8 @@ serving it needs no token; the JSON routes here do:
 
 - ``GET /api/ui/me``: who the token belongs to and what it may create;
 - ``GET /api/ui/metrics/{name}``: an endpoint's running totals for its charts (``CAN_VIEW``);
-- ``GET /api/ui/jobs``: the run log of the jobs directory, when one is configured;
+- ``GET /api/ui/jobs``: the jobs directory's job files and runs, when one is configured (admins
+  and group ``jobs``);
 - ``/api/ui/sql/*``: the SQL editor (:mod:`~ai_query.serving.http.sql_routes`).
 """
 
@@ -29,8 +30,8 @@ from fastapi.staticfiles import StaticFiles
 from ai_query.serving.http import sql_routes
 from ai_query.serving.http.context import Caller, Ctx
 from ai_query.serving.http.problems import APIError
-from ai_query.serving.http.sql_routes import SQLWorkspace, require_query_rights
-from ai_query.serving.permissions import PermissionLevel
+from ai_query.serving.http.sql_routes import SQLWorkspace
+from ai_query.serving.permissions import Identity, PermissionLevel
 
 #: The page's files, inside the package.
 UI_DIR = Path(str(files("ai_query.serving.http") / "ui"))
@@ -65,7 +66,7 @@ async def me(caller: Caller, ctx: Ctx) -> dict[str, Any]:
         "may_create": caller.may_create,
         "secret_scopes": sorted(caller.secret_scopes),
         "sql_editor": ctx.sql is not None,
-        "jobs": ctx.job_runs is not None,
+        "jobs": ctx.job_runs is not None and may_see_jobs(caller),
     }
 
 
@@ -76,12 +77,28 @@ async def endpoint_metrics(name: str, caller: Caller, ctx: Ctx) -> dict[str, Any
     return ctx.metrics.summary(record.name)
 
 
+#: Members may see the Jobs page (as may admins, and the local user when auth is off).
+JOBS_GROUP = "jobs"
+
+
+def may_see_jobs(caller: Identity) -> bool:
+    """Whether ``caller`` may see the jobs directory's files and runs: admins and members of
+    :data:`JOBS_GROUP` (a job's runs are its owner's business, not every token holder's)."""
+    return caller.is_admin or JOBS_GROUP in caller.groups
+
+
 @router.get("/api/ui/jobs")
 async def jobs(caller: Caller, ctx: Ctx) -> dict[str, Any]:
-    """The run log of the server's jobs directory (principals who may query an endpoint)."""
+    """The job files of the server's jobs directory and their runs, as
+    :func:`~ai_query.jobs.directory.directory_runs` shows them (:func:`may_see_jobs`)."""
     if ctx.job_runs is None:
         raise APIError(404, "no jobs directory is configured (ai-query serve --jobs-dir DIR)")
-    require_query_rights(ctx, caller)
+    if not may_see_jobs(caller):
+        raise APIError(
+            403,
+            f"{caller.name} may not see the Jobs page: it is for admins and "
+            f"members of group `{JOBS_GROUP}`",
+        )
     return {"jobs": await asyncio.to_thread(ctx.job_runs)}
 
 
