@@ -18,6 +18,7 @@ exits when this process dies, even of SIGKILL (see :mod:`ai_query.engine.lifelin
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -64,7 +65,10 @@ class EmbeddedEngine:
         self.catalog = catalog or Catalog.default()
         self.engine_kind = engine_kind
         self.startup_timeout = startup_timeout
-        self.supervisor = Supervisor("the private engine server", policy)
+        self.supervisor = Supervisor(
+            "the private engine server", policy,
+            revival=f"restart this program (pid {os.getpid()})",
+        )
         """Restarts of the server process."""
         self._lock = threading.Lock()
         self._server: ServerProcess | None = None
@@ -80,8 +84,9 @@ class EmbeddedEngine:
         """Answer a request batch on the private server (started or restarted as needed).
 
         Raises:
-            EngineDeadError: the server or its vLLM engine died while the batch ran (the next
-                batch restarts it), or died more often than the restart policy allows.
+            EngineDeadError: the server or its vLLM engine died while the batch ran (the
+                message says whether the next batch restarts it), or died more often than the
+                restart policy allows.
         """
         server, client = self._ensure()
         try:
@@ -91,7 +96,7 @@ class EmbeddedEngine:
                 raise
             cause = _exit_cause(server)
             self.supervisor.died(cause)
-            raise EngineDeadError(f"{cause}; the next query restarts it") from exc
+            raise EngineDeadError(f"{cause}; {self.supervisor.outlook()}") from exc
 
     def start_in_background(self, warm: Sequence[str] = ()) -> None:
         """Start the server now, on a thread, and then the models of the endpoints ``warm``

@@ -37,7 +37,13 @@ from ai_query.engine.flight_wire import (
     error_from_flight,
     is_retryable,
 )
-from ai_query.errors import AIQueryError, AuthenticationError, ConfigError, EngineUnavailableError
+from ai_query.errors import (
+    AIQueryError,
+    AuthenticationError,
+    ConfigError,
+    EngineDeadError,
+    EngineUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +126,8 @@ class FlightEngineClient:
                 e.g. :class:`~ai_query.errors.UnknownEndpointError`.
             AuthenticationError: a server refused the token.
             EngineUnavailableError: no server answered a chunk within ``max_attempts``.
+            EngineDeadError: the only server's engine died, the last time it was tried (its
+                own message: whether it restarts, or is FAILED and what brings it back).
         """
         chunks = self._split(batch)
         results: list[pa.RecordBatch | None] = [None] * len(chunks)
@@ -130,6 +138,7 @@ class FlightEngineClient:
             for i in todo:
                 attempts[i] += 1
             todo = []
+            last: AIQueryError | None = None
             for server, indexes, answered, error in self._exchange_all(plan, chunks):
                 for i, result in answered.items():
                     results[i] = result
@@ -138,8 +147,11 @@ class FlightEngineClient:
                     raise error
                 if error is not None:
                     self._mark_down(server, error)
+                    last = error
             todo.sort()
             if any(attempts[i] >= self.max_attempts for i in todo):
+                if len(self._servers) == 1 and isinstance(last, EngineDeadError):
+                    raise last  # the server answered: its word is the truth, not "no answer"
                 raise EngineUnavailableError(
                     f"no engine server answered after {self.max_attempts} attempts "
                     f"({len(todo)} of {len(chunks)} chunk(s) of {batch.num_rows} rows unanswered): "

@@ -3,9 +3,12 @@
 A vLLM engine process (or a private engine server) can die: killed, out of memory, crashed.
 Rows in flight then fail with :class:`~ai_query.errors.EngineDeadError`, and the next request
 starts a fresh one, as long as :class:`RestartPolicy` allows: by default 3 restarts within
-5 minutes, waiting 1 s, 2 s, 4 s ... before each. Past that, requests fail with one clear error
-naming the last cause. :class:`Supervisor` keeps that account for one engine; its
-:class:`EngineHealth` is what health checks, Databricks endpoint states and metrics report.
+5 minutes, waiting 1 s, 2 s, 4 s ... before each (the wait runs from the moment the request
+asks for the restart; the engine's own start-up comes after it). A death past that makes the
+engine FAILED at once: every later request fails with one clear error naming the last cause
+and what brings the engine back (:meth:`Supervisor.outlook`, the one place that says it).
+:class:`Supervisor` keeps that account for one engine; its :class:`EngineHealth` is what health
+checks, Databricks endpoint states and metrics report.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class EngineState(str, enum.Enum):
     RESTARTING = "RESTARTING"
     """Being rebuilt after dying."""
     FAILED = "FAILED"
-    """Died more often than the restart policy allows; requests fail."""
+    """Died more often than the restart policy allows; requests fail until the process that
+    runs it is restarted."""
 
     @property
     def ready(self) -> bool:
@@ -76,8 +80,10 @@ class Supervisor:
     """The restart account of one engine; thread-safe.
 
     Args:
-        name: what the engine runs (for messages).
+        name: the engine as messages name it (``"the vLLM engine for smollm2"``).
         policy: restart limits.
+        revival: what brings the engine back once it is FAILED, as an instruction to the
+            reader (``"restart the engine server (pid 12)"``); nothing in this process does.
         clock: monotonic time source (tests pass a fake one).
     """
 
@@ -86,10 +92,13 @@ class Supervisor:
         name: str,
         policy: RestartPolicy | None = None,
         *,
+        revival: str = "restart the process that runs it",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.policy = policy or RestartPolicy()
+        self.revival = revival
+        """What brings the engine back once it is FAILED."""
         self._clock = clock
         self._lock = threading.Lock()
         self._state = EngineState.NOT_STARTED
@@ -120,19 +129,13 @@ class Supervisor:
         """
         with self._lock:
             if self._state is EngineState.FAILED:
-                raise self._exhausted()
+                raise self.failure()
             if self._state is not EngineState.DEAD:
                 self._state = EngineState.STARTING
                 return 0.0
             now = self._clock()
-            while self._restart_times and now - self._restart_times[0] > self.policy.window_s:
-                self._restart_times.popleft()
-            if len(self._restart_times) >= self.policy.max_restarts:
-                self._state = EngineState.FAILED
-                raise self._exhausted()
-            delay = min(
-                self.policy.max_backoff_s, self.policy.backoff_s * 2 ** len(self._restart_times)
-            )
+            self._forget_old(now)
+            delay = self._backoff()
             self._restart_times.append(now)
             self._restarts += 1
             self._state = EngineState.RESTARTING
@@ -148,11 +151,33 @@ class Supervisor:
         self.died(cause)
 
     def died(self, cause: BaseException | str) -> None:
-        """Record that the engine died of ``cause``."""
+        """Record that the engine died of ``cause``: DEAD (the next request restarts it), or
+        FAILED when the policy's restarts within its window are used up."""
         with self._lock:
             self._last_error = _describe(cause)
-            if self._state is not EngineState.FAILED:
+            if self._state is EngineState.FAILED:
+                return
+            self._forget_old(self._clock())
+            if len(self._restart_times) >= self.policy.max_restarts:
+                self._state = EngineState.FAILED
+            else:
                 self._state = EngineState.DEAD
+
+    def outlook(self) -> str:
+        """What happens to the engine next, for the end of an error message: the next
+        request restarts it (after how long), or it is FAILED and what brings it back."""
+        with self._lock:
+            if self._state is EngineState.FAILED:
+                return self._failed_text("it", cause=False)
+            if self._state is EngineState.DEAD:
+                return f"the next request restarts it (after a wait of {self._backoff():g} s)"
+            if self._state in (EngineState.STARTING, EngineState.RESTARTING):
+                return "it is being restarted"
+            return "the next request starts it"
+
+    def failure(self) -> EngineDeadError:
+        """The error every request to a FAILED engine gets."""
+        return EngineDeadError(self._failed_text(self.name, cause=True))
 
     def stopped(self) -> None:
         """Record an orderly stop (the next request starts it again, not counted as a restart)."""
@@ -160,12 +185,24 @@ class Supervisor:
             if self._state is not EngineState.FAILED:
                 self._state = EngineState.NOT_STARTED
 
-    def _exhausted(self) -> EngineDeadError:
+    def _failed_text(self, subject: str, *, cause: bool) -> str:
         policy = self.policy
-        return EngineDeadError(
-            f"the engine for {self.name} died {policy.max_restarts + 1} times within "
-            f"{policy.window_s:.0f} s and is not restarted again; last cause: {self._last_error}"
+        last = f" (last cause: {self._last_error})" if cause and self._last_error else ""
+        return (
+            f"{subject} is FAILED: it died {policy.max_restarts + 1} times within "
+            f"{policy.window_s:g} s{last} and is not restarted again; {self.revival} to bring "
+            "it back"
         )
+
+    def _forget_old(self, now: float) -> None:
+        """Drop restarts that left the policy's window."""
+        while self._restart_times and now - self._restart_times[0] > self.policy.window_s:
+            self._restart_times.popleft()
+
+    def _backoff(self) -> float:
+        """The wait before the next restart: doubles with each restart in the window."""
+        policy = self.policy
+        return float(min(policy.max_backoff_s, policy.backoff_s * 2 ** len(self._restart_times)))
 
 
 _SEVERITY = (

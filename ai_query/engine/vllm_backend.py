@@ -37,6 +37,10 @@ from ai_query.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)
 
+#: Why an engine died when its process exited. vLLM's own ``EngineDeadError`` text points at
+#: a stack trace in the server's log, which a client never sees.
+PROCESS_EXITED = "its EngineCore process exited"
+
 
 class VLLMBackend(VLLMModel):
     """Runs one local generative model with vLLM's async engine."""
@@ -59,7 +63,7 @@ class VLLMBackend(VLLMModel):
         """The engine's health; notices an engine process that died while idle."""
         engine = self._engine
         if engine is not None and self.supervisor.state is EngineState.READY and engine.errored:
-            self._mark_dead("the engine process exited")
+            self._mark_dead(PROCESS_EXITED)
         return self.supervisor.health()
 
     async def start(self) -> None:
@@ -69,7 +73,7 @@ class VLLMBackend(VLLMModel):
         first used), so the loop keeps serving while it starts.
         """
         if self.supervisor.state is EngineState.READY and self._engine_errored():
-            self._mark_dead("the engine process exited")
+            self._mark_dead(PROCESS_EXITED)
         await super().start()
 
     def _running(self) -> bool:
@@ -84,9 +88,10 @@ class VLLMBackend(VLLMModel):
         self._engine = await asyncio.to_thread(self._build)
 
     def _mark_dead(self, cause: BaseException | str) -> None:
-        if self.supervisor.state is EngineState.READY:
-            log.warning("vLLM engine for %s died: %s", self.model_dir.name, cause)
+        was_ready = self.supervisor.state is EngineState.READY
         self.supervisor.died(cause)
+        if was_ready:
+            log.warning("%s died: %s; %s", self.supervisor.name, cause, self.supervisor.outlook())
 
     def _build(self) -> Any:
         """Build the engine (in a worker thread; blocks until vLLM's engine process is up)."""
@@ -282,11 +287,10 @@ class _RowGuard:
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
 
         if isinstance(exc, VLLMEngineDead) or self._backend._engine_errored():
-            cause = str(exc) or "the engine process exited"
-            self._backend._mark_dead(cause)
+            backend = self._backend
+            backend._mark_dead(PROCESS_EXITED)
             raise EngineDeadError(
-                f"the vLLM engine for {self._backend.model_dir.name} died "
-                f"({short_message(cause)}); the next request restarts it"
+                f"{backend.supervisor.name} died: {PROCESS_EXITED}; {backend.supervisor.outlook()}"
             ) from exc
         raise RowFailure(short_message(str(exc) or type(exc).__name__)) from exc
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ai_query.engine.supervision import EngineHealth, Supervisor
+from ai_query.engine.supervision import EngineHealth, EngineState, Supervisor
 from ai_query.errors import EngineDeadError
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,12 @@ class VLLMModel:
         self.tool_call_parser: str | None = args.pop("tool_call_parser", None)
         """Name of the vLLM tool parser for ``tool_choice="auto"`` (not an engine argument)."""
         self.engine_args = {**DEFAULT_ENGINE_ARGS[self.kind], **args}
-        self.supervisor = Supervisor(model_dir.name)
+        # vLLM engines run only in `ai-query serve` (a private server, too, is that command),
+        # which keeps each model's backend, and so a FAILED engine, as long as it runs.
+        self.supervisor = Supervisor(
+            f"the vLLM engine for {model_dir.name}",
+            revival=f"restart the engine server (ai-query serve, pid {os.getpid()})",
+        )
         """Restarts after the engine died; the engine's health."""
         self._start_lock: asyncio.Lock | None = None
 
@@ -124,8 +131,10 @@ class VLLMModel:
 
         Raises:
             EngineDeadError: it could not start, or died more often than the restart policy
-                allows (the message names the last cause).
+                allows (the message names the last cause and what brings it back).
         """
+        if self.supervisor.state is EngineState.FAILED:
+            raise self.supervisor.failure()  # what is left of its engine answers nothing
         if self._running() and not self.supervisor.needs_start:
             return
         if self._start_lock is None:
@@ -143,14 +152,23 @@ class VLLMModel:
             delay = self.supervisor.starting()
             self._discard()
             if delay:
-                log.warning("restarting vLLM for %s in %.0f s", self.model_dir.name, delay)
+                log.warning(
+                    "restarting vLLM for %s: waiting %g s, then starting it", self.model_dir.name,
+                    delay,
+                )
                 await asyncio.sleep(delay)
+            began = time.monotonic()
             try:
                 await self._open()
             except EngineDeadError as exc:
                 self.supervisor.start_failed(exc)
                 raise
             self.supervisor.started()
+            if delay:  # the wait is the policy's; the start is vLLM's own (seconds on a CPU)
+                log.warning(
+                    "restarted vLLM for %s: waited %g s, started in %.1f s", self.model_dir.name,
+                    delay, time.monotonic() - began,
+                )
             if self.on_start is not None:
                 self.on_start()
         finally:

@@ -47,12 +47,46 @@ def test_restarts_back_off_then_fail_with_the_last_cause() -> None:
         clock.now += 10
     assert delays == [1.0, 2.0, 4.0]
     sup.died(RuntimeError("killed 3"))
-    with pytest.raises(EngineDeadError, match=r"smollm2 died 4 times within 300 s.*killed 3"):
+    assert sup.state is EngineState.FAILED, "the death past the limit fails it at once"
+    with pytest.raises(EngineDeadError, match=r"smollm2 is FAILED: it died 4 times within 300 s "
+                       r"\(last cause: RuntimeError: killed 3\)"):
         sup.starting()
     assert sup.state is EngineState.FAILED
     with pytest.raises(EngineDeadError):  # stays failed
         sup.starting()
     assert sup.health().restarts == 3
+
+
+def test_the_outlook_says_what_happens_next_and_what_brings_a_failed_engine_back() -> None:
+    sup = Supervisor("the vLLM engine for smollm2",
+                     RestartPolicy(max_restarts=2, window_s=300, backoff_s=1),
+                     revival="restart the engine server (ai-query serve, pid 7)", clock=Clock())
+    assert sup.outlook() == "the next request starts it"
+    sup.starting()
+    sup.started()
+    sup.died("killed")
+    assert sup.outlook() == "the next request restarts it (after a wait of 1 s)"
+    sup.starting()
+    assert sup.outlook() == "it is being restarted"
+    sup.started()
+    sup.died("killed")
+    assert sup.outlook() == "the next request restarts it (after a wait of 2 s)"
+    sup.starting()
+    sup.started()
+    sup.died("killed again")
+    outlook = sup.outlook()
+    assert outlook == (
+        "it is FAILED: it died 3 times within 300 s and is not restarted again; restart the "
+        "engine server (ai-query serve, pid 7) to bring it back"
+    )
+    assert "next request" not in outlook
+    assert str(sup.failure()) == (
+        "the vLLM engine for smollm2 is FAILED: it died 3 times within 300 s (last cause: killed "
+        "again) and is not restarted again; restart the engine server (ai-query serve, pid 7) "
+        "to bring it back"
+    )
+    sup.stopped()  # an orderly stop does not revive it
+    assert sup.state is EngineState.FAILED
 
 
 def test_restarts_outside_the_window_are_forgotten() -> None:
