@@ -13,13 +13,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from ai_query.errors import ConfigError, SQLParseError
-from ai_query.sql.types import SQLType, parse_return_type
+from ai_query.sql.types import MAX_TYPE_DEPTH, SQLType, parse_return_type
 
 CHAT_TASK = "llm/v1/chat"
 COMPLETIONS_TASK = "llm/v1/completions"
 EMBEDDINGS_TASK = "llm/v1/embeddings"
 #: The endpoint tasks ai_query serves.
 TASKS: tuple[str, ...] = (CHAT_TASK, COMPLETIONS_TASK, EMBEDDINGS_TASK)
+
+#: JSON-schema keywords whose value is one subschema.
+_ONE_SUBSCHEMA = frozenset({
+    "items", "additionalProperties", "additionalItems", "contains", "not", "if", "then",
+    "else", "propertyNames", "unevaluatedItems", "unevaluatedProperties",
+})  # fmt: skip
+#: JSON-schema keywords whose value maps names to subschemas.
+_NAMED_SUBSCHEMAS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+#: JSON-schema keywords whose value is a list of subschemas.
+_SUBSCHEMA_LISTS = frozenset({"anyOf", "allOf", "oneOf", "prefixItems", "items"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +76,8 @@ def parse_response_format(value: str | None) -> ResponseFormat:
     DDL ``STRUCT<...>`` string.
 
     Raises:
-        ConfigError: message ``bad responseFormat ...`` on anything else.
+        ConfigError: message ``bad responseFormat ...`` on anything else, and on a type or
+            schema nested deeper than :data:`~ai_query.sql.types.MAX_TYPE_DEPTH`.
     """
     if value is None:
         return ResponseFormat()
@@ -77,7 +90,7 @@ def parse_response_format(value: str | None) -> ResponseFormat:
         return _from_openai_json(value)
     if text[:6].upper() == "STRUCT":
         try:
-            sql_type = parse_return_type(text)
+            sql_type = parse_return_type(text, argument="responseFormat")
         except SQLParseError as exc:
             raise ConfigError(f"bad responseFormat {value!r}: {exc}") from exc
         return ResponseFormat(
@@ -94,6 +107,11 @@ def _from_openai_json(value: str) -> ResponseFormat:
         data = json.loads(value)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"bad responseFormat {value!r}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # Python's json recurses once per level
+        raise ConfigError(
+            f"bad responseFormat: its JSON nests too deeply to read; a schema may nest at most "
+            f"{MAX_TYPE_DEPTH} levels"
+        ) from exc
     kind = data.get("type") if isinstance(data, dict) else None
     if kind in ("text", "json_object"):
         return ResponseFormat(kind=kind)
@@ -120,10 +138,43 @@ def _from_openai_json(value: str) -> ResponseFormat:
             f"bad responseFormat {value!r}: json_schema needs a 'json_schema' object "
             "with a 'schema' object"
         )
+    depth = schema_depth(schema)
+    if depth > MAX_TYPE_DEPTH:
+        # Not an Arrow type (the result is its JSON text), but the guided-decoding grammar's
+        # build time grows with the nesting (xgrammar: 2.4 s for 200 levels, 1,000 fail), and
+        # a schema and the DDL that says the same stay interchangeable.
+        raise ConfigError(
+            f"bad responseFormat: its JSON schema nests subschemas {depth} levels deep; at most "
+            f"{MAX_TYPE_DEPTH} are supported"
+        )
     name = spec.get("name") if isinstance(spec, dict) else None
     return ResponseFormat(
         kind="json_schema", schema=schema, name=name if isinstance(name, str) else None
     )
+
+
+def schema_depth(schema: Any) -> int:
+    """How deeply subschemas (``properties``, ``items``, ``anyOf`` ...) nest in a JSON schema:
+    0 for ``{"type": "string"}``, 1 for an object of strings; no recursion."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(schema, 0)]
+    while todo:
+        node, level = todo.pop()
+        if not isinstance(node, dict):
+            continue
+        children: list[Any] = []
+        for key, value in node.items():
+            if key in _ONE_SUBSCHEMA and isinstance(value, dict):
+                children.append(value)
+            elif key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
+                children += value.values()
+            elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+                children += value
+        if children:
+            level += 1
+            todo += [(child, level) for child in children]
+        deepest = max(deepest, level)
+    return deepest
 
 
 def resolve_output(return_type: str | None, response_format: str | None, task: str) -> OutputSpec:
@@ -136,7 +187,8 @@ def resolve_output(return_type: str | None, response_format: str | None, task: s
 
     Raises:
         ConfigError: on an unknown task, a returnType or responseFormat the task does not
-            allow, or a returnType and responseFormat that disagree.
+            allow, a returnType and responseFormat that disagree, or a type nested deeper
+            than :data:`~ai_query.sql.types.MAX_TYPE_DEPTH`.
         SQLParseError: when ``return_type`` is not valid DDL.
     """
     if task not in TASKS:

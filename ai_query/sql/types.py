@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ai_query.errors import SQLParseError
+from ai_query.errors import ConfigError, SQLParseError
 from ai_query.sql.ddl_parser import parse_ddl
 
 #: Canonical kinds, as Spark spells them.
@@ -35,6 +35,12 @@ SCALAR_KINDS: frozenset[str] = frozenset(
 )
 NESTED_KINDS: frozenset[str] = frozenset({"ARRAY", "STRUCT", "MAP"})
 DIALECTS: frozenset[str] = frozenset({"databricks", "spark", "duckdb"})
+#: Deepest nesting of ARRAY, STRUCT and MAP types a result may have (``STRING`` is 0 levels,
+#: ``ARRAY<STRING>`` 1). Results cross Arrow IPC (Flight to the engine server, Spark's Arrow
+#: UDFs), whose reader refuses types nested deeper than 64 Arrow levels ("Max recursion depth
+#: reached"), and a MAP is two Arrow levels (a list of key/value structs): 24 leaves room for
+#: any mix, and for the structs that wrap a result on its way.
+MAX_TYPE_DEPTH = 24
 
 _DUCKDB_NAMES: dict[str, str] = {
     "STRING": "VARCHAR",
@@ -137,14 +143,30 @@ class SQLType:
         """True for the plain STRING type."""
         return self.kind == "STRING"
 
+    @property
+    def depth(self) -> int:
+        """How deeply ARRAY, STRUCT and MAP types nest in this one (0 for a scalar); no
+        recursion, so any depth is measured."""
+        deepest = 0
+        todo: list[tuple[SQLType, int]] = [(self, 0)]
+        while todo:
+            typ, level = todo.pop()
+            children = [c for c in (typ.element, typ.key, typ.value) if c is not None]
+            children += [t for _, t in typ.fields]
+            if children:
+                level += 1
+                todo += [(child, level) for child in children]
+            deepest = max(deepest, level)
+        return deepest
+
     def to_ddl(self, dialect: str) -> str:
         """Render as a type DDL string of ``dialect`` ("databricks", "spark" or "duckdb").
 
         Raises:
-            ValueError: on an unknown dialect.
+            ConfigError: on an unknown dialect.
         """
         if dialect not in DIALECTS:
-            raise ValueError(f"unknown dialect {dialect!r}; expected one of {sorted(DIALECTS)}")
+            raise ConfigError(f"unknown dialect {dialect!r}; expected one of {sorted(DIALECTS)}")
         duck = dialect == "duckdb"
         if self.kind == "ARRAY":
             inner = _need(self.element).to_ddl(dialect)
@@ -254,7 +276,7 @@ def _quote(name: str, quote: str) -> str:
     return quote + name.replace(quote, quote * 2) + quote
 
 
-def parse_return_type(ddl: str) -> SQLType:
+def parse_return_type(ddl: str, *, argument: str = "returnType") -> SQLType:
     """Parse a ``returnType`` DDL string into a :class:`SQLType`.
 
     Accepts Databricks/Spark DDL (``STRUCT<label: STRING, score DOUBLE>``, ``ARRAY<STRING>``,
@@ -262,12 +284,61 @@ def parse_return_type(ddl: str) -> SQLType:
     Spark schema (``label STRING, score DOUBLE``, a STRUCT) and DuckDB DDL
     (``STRUCT(label VARCHAR)``, ``VARCHAR[]``, ``MAP(VARCHAR, INTEGER)``), case-insensitively.
 
+    Args:
+        ddl: the DDL string.
+        argument: the ``ai_query`` argument it came from, for the nesting error.
+
     Raises:
         SQLParseError: message ``bad returnType '<ddl>': ...``, with the position when known.
+        ConfigError: the type nests deeper than :data:`MAX_TYPE_DEPTH`.
     """
     if not isinstance(ddl, str):
         raise SQLParseError(f"bad returnType {ddl!r}: expected a DDL string")
-    return parse_ddl(ddl, SQLType)
+    # Measured on the text first: the parser recurses once per level, so a type nested
+    # thousands of levels deep would exhaust Python's stack before it could be measured.
+    _check_depth(_bracket_depth(ddl), argument)
+    typ = parse_ddl(ddl, SQLType)
+    _check_depth(typ.depth, argument)  # DuckDB's VARCHAR[][]... nests without brackets
+    return typ
+
+
+def _check_depth(depth: int, argument: str) -> None:
+    """Refuse a result type (of ``argument``) nested ``depth`` levels deep, over the limit.
+
+    Raises:
+        ConfigError: naming the depth found and :data:`MAX_TYPE_DEPTH`.
+    """
+    if depth > MAX_TYPE_DEPTH:
+        raise ConfigError(
+            f"bad {argument}: its ARRAY, STRUCT and MAP types nest {depth} levels deep; at most "
+            f"{MAX_TYPE_DEPTH} are supported (results cross Arrow, which carries no deeper types)"
+        )
+
+
+_DEPTH_TOKEN = re.compile(
+    r"""`(?:[^`]|``)*` | "(?:[^"]|"")*" | '(?:[^'\\]|\\.|'')*' | [A-Za-z_][A-Za-z0-9_]* | [<>()]""",
+    re.VERBOSE,
+)
+_NESTED_WORDS = frozenset({"ARRAY", "STRUCT", "ROW", "MAP"})
+
+
+def _bracket_depth(ddl: str) -> int:
+    """How deeply the brackets of nested types (``ARRAY<``, ``STRUCT(`` ...) nest in ``ddl``;
+    brackets of scalars (``DECIMAL(10, 2)``) and inside quoted names do not count."""
+    opened: list[bool] = []  # per open bracket: whether it opens a nested type
+    deepest = level = 0
+    previous = ""
+    for match in _DEPTH_TOKEN.finditer(ddl):
+        token = match.group()
+        if token in ("<", "("):
+            nested = previous.upper() in _NESTED_WORDS
+            opened.append(nested)
+            level += nested
+            deepest = max(deepest, level)
+        elif token in (">", ")") and opened:
+            level -= opened.pop()
+        previous = token
+    return deepest
 
 
 def embedding_type() -> SQLType:

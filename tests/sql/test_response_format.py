@@ -14,6 +14,8 @@ from ai_query.sql import (
     parse_return_type,
     resolve_output,
 )
+from ai_query.sql.response_format import schema_depth
+from ai_query.sql.types import MAX_TYPE_DEPTH
 
 CHAT = "llm/v1/chat"
 COMPLETIONS = "llm/v1/completions"
@@ -162,3 +164,55 @@ def test_resolve_output_errors(
 def test_resolve_output_bad_return_type() -> None:
     with pytest.raises(SQLParseError, match="bad returnType"):
         resolve_output("STRUCT<", None, CHAT)
+
+
+def _schema(depth: int) -> dict[str, object]:
+    schema: dict[str, object] = {"type": "string"}
+    for level in range(depth):
+        if level % 2:
+            schema = {"type": "array", "items": schema}
+        else:
+            schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+def _openai(schema: object) -> str:
+    return json.dumps({"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
+
+
+def test_schema_depth_counts_subschema_levels() -> None:
+    assert schema_depth({"type": "string"}) == 0
+    typ = SQLType.struct([("a", SQLType.array(SQLType.string()))])
+    assert schema_depth(typ.to_json_schema()) == typ.depth == 2
+    assert schema_depth({"anyOf": [{"type": "string"}, {"$ref": "#/$defs/x"}],
+                         "$defs": {"x": _schema(3)}}) == 4
+    assert schema_depth(_schema(20_000)) == 20_000  # no recursion
+
+
+def test_a_json_schema_up_to_the_limit_is_accepted() -> None:
+    fmt = parse_response_format(_openai(_schema(MAX_TYPE_DEPTH)))
+    assert fmt.kind == "json_schema" and fmt.schema == _schema(MAX_TYPE_DEPTH)
+
+
+@pytest.mark.parametrize("depth", [MAX_TYPE_DEPTH + 1, 200])
+def test_a_json_schema_nested_past_the_limit_is_refused(depth: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_output(None, _openai(_schema(depth)), CHAT)
+    assert str(info.value) == (
+        f"bad responseFormat: its JSON schema nests subschemas {depth} levels deep; at most "
+        f"{MAX_TYPE_DEPTH} are supported"
+    )
+
+
+def test_json_too_deep_for_python_to_read_is_refused() -> None:
+    with pytest.raises(ConfigError, match="its JSON nests too deeply to read"):
+        parse_response_format('{"type": "json_schema", "x": ' + "[" * 10**5 + "]" * 10**5 + "}")
+
+
+def test_a_ddl_response_format_past_the_limit_names_response_format() -> None:
+    ddl = "STRUCT<a: " * (MAX_TYPE_DEPTH + 1) + "STRING" + ">" * (MAX_TYPE_DEPTH + 1)
+    with pytest.raises(ConfigError, match=rf"^bad responseFormat: .* nest {MAX_TYPE_DEPTH + 1} "):
+        resolve_output(None, ddl, CHAT)
+    deep_return = "ARRAY<" * 200 + "STRING" + ">" * 200
+    with pytest.raises(ConfigError, match=r"^bad returnType: .* nest 200 levels deep"):
+        resolve_output(deep_return, None, CHAT)

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from ai_query.errors import SQLParseError
+from ai_query.errors import ConfigError, SQLParseError
 from ai_query.sql import SQLType, embedding_type, error_struct, parse_return_type
+from ai_query.sql.types import MAX_TYPE_DEPTH
 
 STRING = SQLType.string()
 INT = SQLType("INT")
@@ -118,7 +119,7 @@ def test_to_ddl(ddl: str, spark: str, duckdb: str) -> None:
 
 
 def test_to_ddl_unknown_dialect() -> None:
-    with pytest.raises(ValueError, match="unknown dialect"):
+    with pytest.raises(ConfigError, match="unknown dialect"):
         STRING.to_ddl("postgres")
 
 
@@ -244,3 +245,52 @@ def test_helpers() -> None:
 def test_invalid_kind() -> None:
     with pytest.raises(SQLParseError):
         SQLType("VARIANT")
+
+
+def _nested(kind: str, depth: int) -> str:
+    inner = "STRING"
+    for _ in range(depth):
+        inner = {"ARRAY": f"ARRAY<{inner}>", "STRUCT": f"STRUCT<a: {inner}>",
+                 "MAP": f"MAP<STRING, {inner}>", "DUCKDB": f"{inner}[]",
+                 "DUCKDB_STRUCT": f"STRUCT(a {inner})"}[kind]
+    return inner
+
+
+@pytest.mark.parametrize("kind", ["ARRAY", "STRUCT", "MAP", "DUCKDB", "DUCKDB_STRUCT"])
+def test_nesting_up_to_the_limit_parses_and_is_measured(kind: str) -> None:
+    typ = parse_return_type(_nested(kind, MAX_TYPE_DEPTH))
+    assert typ.depth == MAX_TYPE_DEPTH
+    assert parse_return_type(f"label STRING, deep {_nested(kind, MAX_TYPE_DEPTH - 1)}").depth == (
+        MAX_TYPE_DEPTH
+    )
+
+
+@pytest.mark.parametrize("depth", [MAX_TYPE_DEPTH + 1, 200, 5000])
+@pytest.mark.parametrize("kind", ["ARRAY", "STRUCT", "MAP", "DUCKDB", "DUCKDB_STRUCT"])
+def test_nesting_past_the_limit_is_refused_naming_the_limit_and_the_depth(
+    kind: str, depth: int
+) -> None:
+    with pytest.raises(ConfigError) as info:  # 5000 levels: measured without recursing
+        parse_return_type(_nested(kind, depth))
+    assert str(info.value) == (
+        f"bad returnType: its ARRAY, STRUCT and MAP types nest {depth} levels deep; at most "
+        f"{MAX_TYPE_DEPTH} are supported (results cross Arrow, which carries no deeper types)"
+    )
+
+
+def test_the_bare_schema_form_counts_its_own_struct() -> None:
+    with pytest.raises(ConfigError, match=f"nest {MAX_TYPE_DEPTH + 1} levels deep"):
+        parse_return_type(f"label STRING, deep {_nested('ARRAY', MAX_TYPE_DEPTH)}")
+
+
+@pytest.mark.parametrize(
+    ("ddl", "depth"),
+    [
+        pytest.param("DECIMAL(10, 2)", 0, id="scalar-parentheses"),
+        pytest.param("STRUCT<`a<(<`: DECIMAL(10,2)>", 1, id="brackets-in-a-quoted-name"),
+        pytest.param('STRUCT("x((" INT, y ARRAY<INT>)', 2, id="duckdb-quoted"),
+        pytest.param("STRUCT<array: INT, map: ARRAY<INT>>", 2, id="type-words-as-names"),
+    ],
+)
+def test_depth_counts_only_nested_types(ddl: str, depth: int) -> None:
+    assert parse_return_type(ddl).depth == depth
