@@ -42,6 +42,8 @@ _CODES = {
     403: "PERMISSION_DENIED",
     404: "RESOURCE_DOES_NOT_EXIST",
     409: "RESOURCE_CONFLICT",
+    413: "REQUEST_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
     429: "REQUEST_LIMIT_EXCEEDED",
     500: "INTERNAL_ERROR",
     502: "BAD_GATEWAY",
@@ -55,6 +57,8 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -71,12 +75,18 @@ class APIError(Exception):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.status = status
-        self.code = code or _CODES.get(status, "INTERNAL_ERROR")
+        self.code = code or error_code(status)
         self.message = message
         self.headers = headers or {}
         self.logged = False
         """True once the access log has a line for this error."""
         super().__init__(message)
+
+
+def error_code(status: int) -> str:
+    """The Databricks error code of an HTTP status, for an error raised without one (a client
+    error never answers ``INTERNAL_ERROR``)."""
+    return _CODES.get(status) or ("BAD_REQUEST" if 400 <= status < 500 else "INTERNAL_ERROR")
 
 
 def bad_request(message: str) -> APIError:
