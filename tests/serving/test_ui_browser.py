@@ -1,5 +1,9 @@
 """The web UI in a real headless browser: Debian's chromium driven by Playwright, against
-``ai-query serve`` on the deterministic engine (the ``det_server`` fixture).
+``ai-query serve`` on the deterministic engine (the ``det_server`` fixture, auth on; and a
+server with auth off).
+
+Every test runs under the server's Content-Security-Policy and fails on any violation of it or
+any uncaught error in the page.
 
 Set ``AI_QUERY_UI_SCREENSHOTS=docs/ui`` to refresh the README's screenshots from these tests.
 """
@@ -16,12 +20,14 @@ from typing import Any
 
 import pytest
 
+from ai_query.serving.http.headers import SECURITY_HEADERS
 from tests.serving.http_servers import HTTPServer
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHAT = "smollm2-135m-instruct"
+EMBED = "all-minilm-l6-v2"
 SHOTS = os.environ.get("AI_QUERY_UI_SCREENSHOTS")
 
 
@@ -38,13 +44,37 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPServer]:
+    """``ai-query serve`` with auth off: no tokens file, on 127.0.0.1 (the default)."""
+    server = HTTPServer(tmp_path_factory.mktemp("open"), "--engine", "deterministic").start()
+    yield server
+    server.stop()
+
+
+class Problems(list[str]):
+    """What went wrong in a page: CSP violations and uncaught errors, as Chromium reported."""
+
+    def watch(self, page: Any) -> None:
+        page.on("console", lambda m: self.append(m.text)
+                if "Content Security Policy" in m.text else None)
+        page.on("pageerror", lambda exc: self.append(f"uncaught: {exc}"))
+
+
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def problems() -> Problems:
+    return Problems()
+
+
+@pytest.fixture
+def page(browser: Any, problems: Problems) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(20_000)
+    problems.watch(page)
     yield page
     context.close()
+    assert problems == [], "the page broke its Content-Security-Policy or threw"
 
 
 def _shot(page: Any, name: str) -> None:
@@ -62,12 +92,16 @@ def _sign_in(page: Any, server: HTTPServer, token: str) -> None:
 
 def test_sign_in_keeps_the_token_in_the_session_only(page: Any, det_server: HTTPServer) -> None:
     page.goto(det_server.url + "/")
+    page.wait_for_selector("#signin #token")
+    assert page.inner_text("#error") == ""  # the page's probe of /api/ui/me got its 401
+    assert page.inner_text("#who") == ""
     _shot(page, "sign-in")
     page.fill("#token", "wrong")
     page.click("#signin button[type=submit]")
     page.wait_for_selector("#error:has-text('401')")
     _sign_in(page, det_server, "tok-alice")
     assert page.inner_text("#who") == "alice (admin)"
+    assert page.locator("#signout").is_visible()
     assert page.evaluate("sessionStorage.getItem('ai_query.token')") == "tok-alice"
     assert page.evaluate("localStorage.length") == 0
     assert page.locator("#nav-jobs").is_hidden()  # no --jobs-dir on this server
@@ -155,10 +189,13 @@ def test_query_an_endpoint(page: Any, det_server: HTTPServer) -> None:
         for _ in range(3):
             assert c.post(f"/serving-endpoints/{CHAT}/invocations", json={
                 "messages": [{"role": "user", "content": "x"}]}).status_code == 200
+    # Predicates as functions: a bare expression would be eval'd, which the CSP refuses.
     page.wait_for_function(
-        "parseFloat(document.querySelector('#chart-rps .value').textContent) > 0", timeout=10_000)
+        "() => parseFloat(document.querySelector('#chart-rps .value').textContent) > 0",
+        timeout=10_000)
     page.wait_for_function(
-        "parseFloat(document.querySelector('#chart-tps .value').textContent) > 0", timeout=10_000)
+        "() => parseFloat(document.querySelector('#chart-tps .value').textContent) > 0",
+        timeout=10_000)
     _shot(page, "endpoint")
 
 
@@ -211,6 +248,7 @@ def test_sql_editor_runs_ai_query_over_an_uploaded_table(
     page.set_input_files("#sql-file", str(tmp_path / "docs.csv"))
     page.click("#sql-upload")
     page.wait_for_selector("#sql-tables li:has-text('docs')")
+    assert "3 rows, 2 columns" in page.inner_text("#sql-tables li:has-text('docs')")
     page.fill("#sql", f"SELECT id, ai_query('{CHAT}', text) AS answer FROM docs ORDER BY id")
     page.click("#sql-run")
     page.wait_for_selector("#sql-status:has-text('3 rows')")
@@ -231,6 +269,11 @@ def test_sql_editor_runs_ai_query_over_an_uploaded_table(
     page.fill("#sql", "SELECT ai_query('alice-only', 'x') AS answer")
     page.click("#sql-run")
     page.wait_for_selector("#error:has-text('alice-only')")
+    # Delete the table: the list shows what the server answered, and the table is gone.
+    page.click("#sql-tables button[data-table='docs']")
+    page.wait_for_selector("#sql-tables li:has-text('docs')", state="detached")
+    with det_server.client("tok-bob") as c:
+        assert c.get("/api/ui/sql/tables").json() == {"tables": []}
 
 
 def test_jobs_page_shows_the_jobs_directory_run_log(
@@ -251,12 +294,73 @@ def test_jobs_page_shows_the_jobs_directory_run_log(
                         "--tokens-file", str(tokens), "--database",
                         str(tmp_path / "endpoints.sqlite"), "--jobs-dir", str(jobs)).start()
     try:
-        _sign_in(page, server, "tok-bob")
+        _sign_in(page, server, "tok-alice")  # the Jobs page is for admins and group jobs
         page.click("#nav-jobs")
         page.wait_for_selector("[data-job='plain'] table.runs")
         row = page.locator("[data-job='plain'] table.runs tbody tr").first.inner_text()
         assert "succeeded" in row and "\t5\t0\t" in row
-        assert "broken" in page.inner_text("[data-job='broken.toml'] .error")
+        assert "inputs" in page.inner_text("[data-job='broken.toml'] .error")  # what it lacks
         _shot(page, "jobs")
     finally:
         server.stop()
+
+
+def test_auth_off_opens_on_the_endpoints_as_the_local_admin(
+    page: Any, open_server: HTTPServer
+) -> None:
+    page.goto(open_server.url + "/")
+    page.wait_for_selector(f"#endpoints tr[data-endpoint='{CHAT}']")
+    assert page.locator(f"#endpoints tr[data-endpoint='{EMBED}']").count() == 1
+    assert page.inner_text("#who") == "anonymous (admin) · auth off"
+    assert page.locator("#signin").count() == 0 and page.locator("#token").count() == 0
+    assert page.locator("#signout").is_hidden()
+    assert page.locator("#create").is_visible()  # the local admin may create endpoints
+    assert page.evaluate("sessionStorage.length") == 0
+    _shot(page, "auth-off")
+    # Every view opens without a token: the SQL editor too (a reload keeps no sign-in).
+    page.goto(open_server.url + "/#/sql")
+    page.reload()
+    page.wait_for_selector("#sql-run")
+    page.fill("#sql", f"SELECT ai_query('{CHAT}', 'open') AS answer")
+    page.click("#sql-run")
+    page.wait_for_selector("#sql-status:has-text('1 rows')")
+    assert page.inner_text("#sql-result tbody td") == f"{CHAT} says: open"
+    assert page.locator("#token").count() == 0
+
+
+def test_headers_reach_the_browser_on_page_assets_api_and_errors(
+    page: Any, det_server: HTTPServer
+) -> None:
+    seen: dict[tuple[str, int], dict[str, str]] = {}
+    page.on("response", lambda r: seen.setdefault(
+        (r.url.removeprefix(det_server.url), r.status), r.all_headers()))
+    _sign_in(page, det_server, "tok-alice")
+    for key in [("/", 200), ("/ui/app.js", 200), ("/ui/app.css", 200),
+                ("/api/ui/me", 401), ("/api/ui/me", 200), ("/api/2.0/serving-endpoints", 200)]:
+        assert key in seen, sorted(seen)
+        for name, value in SECURITY_HEADERS.items():
+            assert seen[key].get(name.lower()) == value, (key, name)
+
+
+def test_the_page_cannot_be_framed_and_csp_violations_are_caught(
+    page: Any, det_server: HTTPServer, problems: Problems
+) -> None:
+    # The watch works: an inline style set as an attribute is refused, and reported.
+    page.goto(det_server.url + "/")
+    page.wait_for_selector("#signin")
+    page.evaluate("""() => {
+        const div = document.createElement("div");
+        div.setAttribute("style", "color: red");
+        document.body.append(div);
+    }""")
+    page.wait_for_timeout(200)
+    assert any("style-src" in p for p in problems), problems
+    problems.clear()
+    # A page of another origin that frames the UI gets nothing.
+    page.route("http://other.test/", lambda route: route.fulfill(
+        content_type="text/html", body=f'<iframe src="{det_server.url}/"></iframe>'))
+    page.goto("http://other.test/")
+    page.wait_for_timeout(1500)
+    framed = [f for f in page.frames if f is not page.main_frame]
+    assert len(framed) == 1
+    assert framed[0].url == "chrome-error://chromewebdata/"  # refused: Chromium's error page

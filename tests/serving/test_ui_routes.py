@@ -44,11 +44,20 @@ def test_page_and_assets_are_served_without_a_token(client: TestClient) -> None:
 def test_me_needs_a_token_and_says_what_it_may_do(client: TestClient) -> None:
     assert client.get("/api/ui/me").status_code == 401
     alice = client.get("/api/ui/me", headers={"Authorization": "Bearer tok-alice"}).json()
-    assert alice == {"name": "alice", "groups": ["admins", "users"], "is_admin": True,
-                     "may_create": True, "secret_scopes": ["team"], "sql_editor": False,
-                     "jobs": False}
+    assert alice == {"name": "alice", "auth": True, "groups": ["admins", "users"],
+                     "is_admin": True, "may_create": True, "secret_scopes": ["team"],
+                     "sql_editor": False, "jobs": False}
     bob = client.get("/api/ui/me", headers={"Authorization": "Bearer tok-bob"}).json()
     assert (bob["name"], bob["may_create"]) == ("bob", False)
+
+
+def test_me_answers_the_local_admin_without_a_token_when_auth_is_off(tmp_path: Path) -> None:
+    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    with TestClient(create_app(options, auth=TokenAuth())) as c:
+        me = c.get("/api/ui/me")
+    assert me.status_code == 200
+    assert me.json()["auth"] is False
+    assert (me.json()["name"], me.json()["is_admin"]) == ("anonymous", True)
 
 
 def test_metrics_summary_counts_requests_for_viewers_only(client: TestClient) -> None:

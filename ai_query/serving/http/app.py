@@ -32,6 +32,7 @@ from ai_query.serving.auth import TokenAuth
 from ai_query.serving.http import databricks_routes, management, openai_routes, permissions_routes
 from ai_query.serving.http.context import Ctx, Principal, ServerContext
 from ai_query.serving.http.guard import RequestGuard
+from ai_query.serving.http.headers import SecurityHeaders
 from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError, from_exception, internal_error, render
 from ai_query.serving.http.sql_routes import SQLSessions, SQLWorkspace
@@ -162,6 +163,7 @@ def create_app(
     add_ui(app)
     _add_error_handlers(app)
     app.add_middleware(RequestGuard, max_body_bytes=options.max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # outermost: the guard's refusals carry them too
     return app
 
 

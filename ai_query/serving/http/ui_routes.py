@@ -61,6 +61,7 @@ async def me(caller: Caller, ctx: Ctx) -> dict[str, Any]:
     """The signed-in principal, its groups, and whether it may create endpoints."""
     return {
         "name": caller.name,
+        "auth": any(a.enabled for a in ctx.auth),  # False: every caller is the local admin
         "groups": sorted(caller.groups),
         "is_admin": caller.is_admin,
         "may_create": caller.may_create,

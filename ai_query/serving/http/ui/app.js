@@ -1,6 +1,8 @@
 // The web UI: one page, hash routes, and the server's own REST API called with the user's
 // bearer token (kept in sessionStorage only). Every permission check and validation message
 // is the API's; the page only hides controls the signed-in principal could not use anyway.
+// With auth off (a server without tokens) the page never asks for one: GET /api/ui/me answers
+// the local admin to anyone, and the page opens as that principal.
 
 import { APIError, TOKEN_KEY, add, api, entitiesOf, errorBox, errorMessage, fail, h, headers, levelCovers, main, rerender, session, show, stateLabel, stateOf, tagList, taskOf, token } from "./lib.js";
 import { createView, endpointView, listView } from "./endpoints.js";
@@ -26,6 +28,7 @@ function signInView(message = "") {
   show(form);
 }
 
+/** Ask the server who we are: with the tab's token, or with none (auth off answers anyway). */
 async function signIn() {
   try {
     session.me = await api("/api/ui/me");
@@ -34,11 +37,14 @@ async function signIn() {
     session.me = null;
     throw err;
   }
-  document.getElementById("who").textContent = `${session.me.name}${session.me.is_admin ? " (admin)" : ""}`;
+  const authOff = session.me.auth === false;
+  if (authOff) sessionStorage.removeItem(TOKEN_KEY);  // the server takes no tokens
+  document.getElementById("who").textContent =
+    `${session.me.name}${session.me.is_admin ? " (admin)" : ""}${authOff ? " · auth off" : ""}`;
   document.getElementById("nav").hidden = false;
   document.getElementById("nav-sql").hidden = !session.me.sql_editor;
   document.getElementById("nav-jobs").hidden = !session.me.jobs;
-  document.getElementById("signout").hidden = false;
+  document.getElementById("signout").hidden = authOff;
 }
 
 document.getElementById("signout").addEventListener("click", () => {
@@ -54,9 +60,13 @@ document.getElementById("signout").addEventListener("click", () => {
 // ---------- routing ----------
 
 async function route() {
-  if (!token()) { signInView(); return; }
   if (!session.me) {
-    try { await signIn(); } catch (err) { signInView(err.message); return; }
+    const given = token();
+    try { await signIn(); } catch (err) {
+      // No token yet and a 401: auth is on, so ask for one (an error is news only otherwise).
+      signInView(!given && err.status === 401 ? "" : err.message);
+      return;
+    }
   }
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   if (parts[0] === "endpoints" && parts[1] && parts[2] === "query") return queryView(parts[1]);

@@ -1,7 +1,7 @@
 // Serving endpoints: the list, an endpoint's page (config, permissions, live charts, edit,
 // delete) and the create form.
 
-import { APIError, TOKEN_KEY, add, api, entitiesOf, errorBox, errorMessage, fail, h, headers, levelCovers, main, rerender, session, show, stateLabel, stateOf, tagList, taskOf, token } from "./lib.js";
+import { APIError, TOKEN_KEY, add, api, entitiesOf, errorBox, errorMessage, fail, h, headers, levelCovers, main, onLeave, rerender, session, show, stateLabel, stateOf, tagList, taskOf, token } from "./lib.js";
 
 // ---------- endpoints list ----------
 
@@ -154,7 +154,7 @@ function startCharts(name, container) {
   };
   poll();
   const timer = setInterval(poll, 2000);
-  cleanup.push(() => clearInterval(timer));
+  onLeave(() => clearInterval(timer));
 }
 
 function push(series, value) {

@@ -28,6 +28,9 @@ export function h(tag, attrs = {}, ...children) {
 /** Append to the page, skipping the absent (``null``) parts. */
 export function add(...nodes) { main.append(...nodes.filter((n) => n !== null && n !== undefined && n !== false)); }
 
+/** Run ``stop`` (a view's timer, say) when the page shows another view. */
+export function onLeave(stop) { cleanup.push(stop); }
+
 export function show(...nodes) {
   for (const stop of cleanup) stop();
   cleanup = [];

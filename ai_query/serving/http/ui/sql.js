@@ -8,10 +8,14 @@ export async function sqlView() {
   const box = errorBox();
   show(h("h1", {}, "SQL editor"), box);
   const tables = h("ul", { id: "sql-tables" });
-  const refresh = async () => {
-    const data = await api("/api/ui/sql/tables");
-    tables.replaceChildren(...data.tables.map((t) => h("li", {}, h("code", {}, t.name), ` (${t.format}, ${t.bytes} bytes)`)));
-  };
+  const fill = (data) => tables.replaceChildren(...data.tables.map((t) => h("li", {},
+    h("code", {}, t.name), ` (${tableFacts(t)}) `,
+    h("button", { class: "secondary", "data-table": t.name, onclick: async () => {
+      box.textContent = "";
+      try { fill(await api(`/api/ui/sql/tables/${encodeURIComponent(t.name)}`, { method: "DELETE" })); }
+      catch (err) { fail(box, err); }
+    } }, "Delete"))));
+  const refresh = async () => fill(await api("/api/ui/sql/tables"));
   try { await refresh(); } catch (err) { fail(box, err); return; }
   const file = h("input", { id: "sql-file", type: "file", accept: ".csv,.parquet" });
   const tableName = h("input", { id: "sql-table-name", placeholder: "table name" });
@@ -40,6 +44,13 @@ export async function sqlView() {
   h("div", { class: "card" }, h("label", { for: "sql" }, "Query (DuckDB SQL with ai_query and the task functions)"), editor,
     h("button", { id: "sql-run", onclick: () => runSQL(editor.value, bar, status, result, downloads, box) }, "Run"), bar, status),
   downloads, result);
+}
+
+/** "csv, 120 bytes, 3 rows, 2 columns": what the tables list says of an uploaded table. */
+function tableFacts(t) {
+  const columns = Array.isArray(t.columns) ? t.columns.length : t.columns;
+  return [t.format, `${t.bytes} bytes`, t.rows === undefined ? null : `${t.rows} rows`,
+    columns === undefined ? null : `${columns} columns`].filter((x) => x !== null).join(", ");
 }
 
 async function runSQL(sql, bar, status, result, downloads, box) {
