@@ -232,6 +232,14 @@ def serve(
     max_body_bytes: Annotated[
         int, typer.Option(help="Largest HTTP request body in bytes (larger: 413).", min=1)
     ] = 16 * 1024 * 1024,
+    sql_timeout: Annotated[
+        float,
+        typer.Option(help="Wall time of one web SQL editor query, in seconds (then stopped).",
+                     min=0.1),
+    ] = 120.0,
+    sql_memory_mb: Annotated[
+        int, typer.Option(help="DuckDB memory of one web SQL editor query, in MB.", min=16)
+    ] = 512,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -260,7 +268,7 @@ def serve(
     from ai_query.serving.http.ui_routes import UIServices
     from ai_query.serving.options import ServeOptions
     from ai_query.serving.serve import run_server_cli
-    from ai_query.sql_workspace import DuckDBWorkspace
+    from ai_query.sql_workspace import DuckDBWorkspace, WorkspaceLimits
 
     if token and _given_on_command_line(ctx, "token"):
         err_console.print(
@@ -294,7 +302,10 @@ def serve(
             private_dir=private_dir,
         ),
         ui=UIServices(
-            sql_workspace=DuckDBWorkspace,
+            sql_workspace=partial(
+                DuckDBWorkspace,
+                limits=WorkspaceLimits(timeout_s=sql_timeout, memory_mb=sql_memory_mb),
+            ),
             job_runs=partial(directory_runs, jobs_dir) if jobs_dir is not None else None,
         ),
     )

@@ -139,7 +139,9 @@ def register(
         "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
     )
     register_vector_function(con, engine, progress)
-    register_task_functions(con, catalog or engine.catalog, engine, agg_plan=agg_plan)
+    register_task_functions(
+        con, catalog or engine.catalog, engine, agg_plan=agg_plan, progress=progress
+    )
 
 
 def register_vector_function(
@@ -168,19 +170,21 @@ def register_task_functions(
     engine: Engine,
     *,
     agg_plan: AggPlan | None = None,
+    progress: ProgressCallback | None = None,
 ) -> None:
     """Make the task functions (``ai_classify``, ``ai_similarity``, ...) callable on ``con``.
 
     Each is a macro over an Arrow UDF; results are the UDF's type (``ai_extract`` returns its
     STRUCT as JSON text here; :class:`AIQueryConnection` casts it to the STRUCT). A function
     with several signatures (``ai_filter`` with and without content) is one overloaded macro.
+    ``progress`` is told the rows each call went through, as ``ai_query``'s are.
     """
     endpoints = TaskEndpoints.from_catalog(catalog)
     memo = AnswerMemo()
     overloads: dict[str, list[str]] = {}
     for name, params, args, arg_types, result in TASK_MACROS:
         udf_name = f"__{name}_udf_{next(_ids)}"
-        udf = _task_udf(engine, endpoints, name, result, len(arg_types), memo)
+        udf = _task_udf(engine, endpoints, name, result, len(arg_types), memo, progress)
         con.create_function(
             udf_name, udf, arg_types, result, type="arrow", null_handling="special",
             side_effects=True,
@@ -188,11 +192,15 @@ def register_task_functions(
         overloads.setdefault(name, []).append(f"({params}) AS {udf_name}({args})")
     for name, bodies in overloads.items():
         con.execute(f"CREATE OR REPLACE TEMP MACRO {name}{', '.join(bodies)}")
-    register_aggregates(con, endpoints, engine, agg_plan or AggPlan())
+    register_aggregates(con, endpoints, engine, agg_plan or AggPlan(), progress)
 
 
 def register_aggregates(
-    con: duckdb.DuckDBPyConnection, endpoints: TaskEndpoints, engine: Engine, plan: AggPlan
+    con: duckdb.DuckDBPyConnection,
+    endpoints: TaskEndpoints,
+    engine: Engine,
+    plan: AggPlan,
+    progress: ProgressCallback | None = None,
 ) -> None:
     """``ai_agg(expr, instruction)`` and ``ai_summarize_agg(expr)`` on ``con``: macros over a
     scalar UDF of ``list(expr)``, so they aggregate wherever ``list`` does (``GROUP BY``, the
@@ -201,6 +209,7 @@ def register_aggregates(
     def udf(rows: pa.Array, instruction: pa.Array) -> pa.Array:
         endpoint = endpoints.endpoint_for("ai_agg")
         answers = answer_groups(engine, endpoint, rows.to_pylist(), instruction.to_pylist(), plan)
+        _report(progress, answers)
         return pa.array(answers, pa.string())
 
     udf_name = f"__ai_agg_udf_{next(_ids)}"
@@ -222,7 +231,7 @@ def register_aggregates(
 
 def _task_udf(
     engine: Engine, endpoints: TaskEndpoints, name: str, result: str, arity: int,
-    memo: AnswerMemo,
+    memo: AnswerMemo, progress: ProgressCallback | None,
 ) -> Any:
     n_inputs = row_input_count(name, arity)
     arrow_type = {"FLOAT": pa.float32(), "BOOLEAN": pa.bool_()}.get(result, pa.string())
@@ -233,6 +242,7 @@ def _task_udf(
         if name in ("ai_classify", "ai_extract", "ai_mask"):
             constants = [[_json_or_none(v) for v in constants[0]]]
         out = answer_task_rows(engine, endpoints, name, values[:n_inputs], constants, memo)
+        _report(progress, out)
         return pa.array(out, arrow_type)
 
     # DuckDB counts a UDF's parameters, so each arity gets its own signature.
@@ -243,6 +253,12 @@ def _task_udf(
         return answer(a, b)
 
     return one if arity == 1 else two
+
+
+def _report(progress: ProgressCallback | None, answers: list[Any]) -> None:
+    """Tell ``progress`` the rows a call went through (as ``ai_query`` counts them)."""
+    if progress is not None:
+        progress(len(answers), 0, 0)
 
 
 def _json_or_none(text: str | None) -> Any:

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.http import HTTPOptions, create_app
-from ai_query.serving.http.sql_routes import MAX_UPLOAD_BYTES
+from ai_query.errors import SQLError, UploadRejectedError
 from ai_query.serving.metrics import ServerMetrics
 
 CHAT = "smollm2-135m-instruct"
@@ -84,13 +84,39 @@ def test_summary_leaves_out_the_infinite_bucket() -> None:
 
 
 class _EchoWorkspace:
-    """Answers every query with the names of the caller's tables (the seam the launcher fills)."""
+    """Keeps uploads in memory and answers every query with the caller's tables and token (the
+    seam the launcher fills; the real workspace is tested in ``test_sql_sandbox.py``)."""
 
-    def run(self, sql: str, tables: Any, token: str | None, progress: Any) -> pa.Table:
+    max_upload_bytes = 1024
+
+    def __init__(self) -> None:
+        self.uploads: dict[str, dict[str, bytes]] = {}
+
+    def tables(self, principal: str) -> list[dict[str, Any]]:
+        return [{"name": n, "format": "csv", "bytes": len(d), "rows": 1, "columns": 1}
+                for n, d in sorted(self.uploads.get(principal, {}).items())]
+
+    def upload(self, principal: str, name: str, fmt: str, data: bytes) -> list[dict[str, Any]]:
+        if fmt != "csv":
+            raise UploadRejectedError(f"format must be csv or parquet, not {fmt!r}")
+        self.uploads.setdefault(principal, {})[name] = data
+        return self.tables(principal)
+
+    def delete(self, principal: str, name: str) -> list[dict[str, Any]]:
+        self.uploads.get(principal, {}).pop(name)
+        return self.tables(principal)
+
+    def run(self, principal: str, sql: str, token: str | None, progress: Any) -> pa.Table:
+        tables = sorted(self.uploads.get(principal, {}))
         progress(len(tables))
         if sql == "boom":
-            raise RuntimeError("Parser Error: boom")
-        return pa.table({"table": sorted(tables), "token": [token] * len(tables)})
+            raise SQLError("Parser Error: boom")
+        if sql == "bug":
+            raise RuntimeError("a bug with a secret inside")
+        return pa.table({"table": tables, "token": [token] * len(tables)})
+
+    def close(self) -> None:
+        self.uploads.clear()
 
 
 def test_sql_editor_is_off_without_a_workspace(client: TestClient) -> None:
@@ -109,11 +135,10 @@ def test_sql_editor_uploads_runs_and_downloads(tmp_path: Path) -> None:
         assert c.post("/api/ui/sql/tables/docs", headers=bob,
                       json={"format": "csv", "data_base64": csv}).status_code == 200
         for name, body, status in [
-            ("bad name", {"format": "csv", "data_base64": csv}, 400),
             ("t", {"format": "xlsx", "data_base64": csv}, 400),
             ("t", {"format": "csv", "data_base64": "%%%"}, 400),
             ("t", {"format": "csv", "data_base64": base64.b64encode(
-                b"x" * (MAX_UPLOAD_BYTES + 1)).decode()}, 413),
+                b"x" * 1025).decode()}, 413),
         ]:
             assert c.post(f"/api/ui/sql/tables/{name}", headers=bob, json=body).status_code == status
         lines = [json.loads(x) for x in c.post(
@@ -125,6 +150,10 @@ def test_sql_editor_uploads_runs_and_downloads(tmp_path: Path) -> None:
         assert pq.read_table(io.BytesIO(parquet)).column_names == ["table", "token"]
         failed = c.post("/api/ui/sql/query", headers=bob, json={"sql": "boom"}).text.splitlines()
         assert json.loads(failed[-1]) == {"error": "Parser Error: boom"}
+        bug = json.loads(c.post("/api/ui/sql/query", headers=bob, json={"sql": "bug"}).text
+                         .splitlines()[-1])
+        assert bug["error"].startswith("internal error (request id ") and "secret" not in bug["error"]
+        assert c.delete("/api/ui/sql/tables/docs", headers=bob).json() == {"tables": []}
         assert c.post("/api/ui/sql/query", headers=bob, json={"sql": ""}).status_code == 400
 
 
@@ -146,12 +175,14 @@ def test_sql_editor_is_for_principals_with_query_rights(tmp_path: Path) -> None:
 
 def test_jobs_page_needs_a_jobs_directory(tmp_path: Path) -> None:
     options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
-    auth = TokenAuth({"tok-bob": "bob"})
-    bob = {"Authorization": "Bearer tok-bob"}
+    auth = TokenAuth({"tok-bob": "bob", "tok-erin": {"principal": "erin", "groups": ["jobs"]}})
+    bob, erin = {"Authorization": "Bearer tok-bob"}, {"Authorization": "Bearer tok-erin"}
     with TestClient(create_app(options, auth=auth)) as c:
-        assert c.get("/api/ui/jobs", headers=bob).status_code == 404
+        assert c.get("/api/ui/jobs", headers=erin).status_code == 404
     runs = [{"file": "a.toml", "job": "a", "runs": []}]
     with TestClient(create_app(options, auth=auth, job_runs=lambda: runs)) as c:
-        assert c.get("/api/ui/jobs", headers=bob).json() == {"jobs": runs}
-        assert c.get("/api/ui/me", headers=bob).json()["jobs"] is True
+        assert c.get("/api/ui/jobs", headers=erin).json() == {"jobs": runs}
+        assert c.get("/api/ui/me", headers=erin).json()["jobs"] is True
+        assert c.get("/api/ui/jobs", headers=bob).status_code == 403  # a query-only user
+        assert c.get("/api/ui/me", headers=bob).json()["jobs"] is False
         assert c.get("/api/ui/jobs").status_code == 401

@@ -2,11 +2,12 @@
 
 Serving runs no SQL itself (it may not import the DuckDB layer): the app is given a
 :class:`SQLWorkspace` by whoever launches it (``ai-query serve`` passes
-:class:`ai_query.sql_workspace.DuckDBWorkspace`), and without one these routes answer 404. A
-query's ``ai_query(...)`` calls reach the models through the server's own Flight engine with the
-caller's token, so Flight checks ``CAN_QUERY`` and rate limits per endpoint; the editor itself
-is open to principals who may query at least one endpoint. Each principal has its own tables
-(bounded in size) and its last result, kept in memory for download.
+:class:`ai_query.sql_workspace.DuckDBWorkspace`), and without one these routes answer 404. The
+workspace keeps each principal's uploads (checked at upload, under quotas) and runs each query
+in a locked DuckDB that sees only them; a query's ``ai_query(...)`` calls reach the models
+through the server's own Flight engine with the caller's token, so Flight checks ``CAN_QUERY``
+and rate limits per endpoint. The editor is open to principals who may query at least one
+endpoint. Each principal's last result is kept in memory for download.
 """
 
 from __future__ import annotations
@@ -16,12 +17,7 @@ import base64
 import binascii
 import io
 import json
-import re
-import shutil
-import tempfile
-import threading
-from collections.abc import AsyncIterator, Callable, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -30,67 +26,62 @@ import pyarrow.parquet as pq
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from ai_query.errors import AIQueryError
 from ai_query.redaction import redact
 from ai_query.serving.http.context import Caller, Ctx, ServerContext
-from ai_query.serving.http.problems import APIError, bad_request
+from ai_query.serving.http.problems import APIError, bad_request, internal_error
 from ai_query.serving.http.schemas import read_json
 from ai_query.serving.permissions import Identity, PermissionLevel
 
-#: Largest uploaded table file.
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 #: Most rows of a result sent to the page (the download has them all).
 MAX_SHOWN_ROWS = 1000
-_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_FORMATS = ("csv", "parquet")
 
 router = APIRouter(prefix="/api/ui/sql", tags=["ui"])
 
 
 class SQLWorkspace(Protocol):
-    """Runs the SQL editor's queries (see :class:`ai_query.sql_workspace.DuckDBWorkspace`)."""
+    """Keeps uploads and runs the SQL editor's queries (see
+    :class:`ai_query.sql_workspace.DuckDBWorkspace`); tables are listed as JSON data
+    (``name``, ``format``, ``bytes``, ``rows``, ``columns``)."""
+
+    max_upload_bytes: int
+    """Largest table file it takes."""
+
+    def tables(self, principal: str) -> list[dict[str, Any]]:
+        """The principal's tables."""
+        ...
+
+    def upload(self, principal: str, name: str, fmt: str, data: bytes) -> list[dict[str, Any]]:
+        """Check and keep a table; the principal's tables after it."""
+        ...
+
+    def delete(self, principal: str, name: str) -> list[dict[str, Any]]:
+        """Remove a table; the principal's tables after it."""
+        ...
 
     def run(
-        self,
-        sql: str,
-        tables: Mapping[str, Path],
-        token: str | None,
-        progress: Callable[[int], None],
+        self, principal: str, sql: str, token: str | None, progress: Callable[[int], None]
     ) -> pa.Table:
-        """Run ``sql`` over ``tables`` (name -> CSV/Parquet file); report rows answered."""
+        """Run ``sql`` over the principal's tables; report rows answered by AI calls."""
+        ...
+
+    def close(self) -> None:
+        """Remove every upload."""
         ...
 
 
 class SQLSessions:
-    """Each principal's uploaded tables and last result."""
+    """The workspace, and each principal's last result."""
 
     def __init__(self, workspace: SQLWorkspace) -> None:
         self.workspace = workspace
-        """Runs the queries."""
-        self.root = Path(tempfile.mkdtemp(prefix="ai-query-sql-"))
-        """Where uploaded tables are kept (removed by :meth:`close`)."""
+        """Keeps uploads, runs the queries."""
         self.results: dict[str, pa.Table] = {}
         """Each principal's last result."""
-        self._lock = threading.Lock()
-
-    def tables(self, principal: str) -> dict[str, Path]:
-        """The principal's tables: name -> file."""
-        folder = self._folder(principal)
-        return {p.name.rsplit(".", 1)[0]: p for p in sorted(folder.iterdir())}
-
-    def _folder(self, principal: str) -> Path:
-        folder = self.root / re.sub(r"[^A-Za-z0-9_.-]", "_", principal)
-        folder.mkdir(exist_ok=True)
-        return folder
-
-    def save(self, principal: str, name: str, fmt: str, data: bytes) -> None:
-        """Keep an uploaded table (replacing one of the same name)."""
-        for old in self._folder(principal).glob(f"{name}.*"):
-            old.unlink()
-        (self._folder(principal) / f"{name}.{fmt}").write_bytes(data)
 
     def close(self) -> None:
         """Remove the uploaded tables."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.workspace.close()
 
 
 def require_query_rights(ctx: ServerContext, caller: Identity) -> None:
@@ -115,29 +106,35 @@ def _sessions(ctx: ServerContext, caller: Identity) -> SQLSessions:
 async def list_tables(caller: Caller, ctx: Ctx) -> dict[str, Any]:
     """The caller's uploaded tables."""
     sessions = _sessions(ctx, caller)
-    return {"tables": [{"name": n, "format": p.suffix[1:], "bytes": p.stat().st_size}
-                       for n, p in sessions.tables(caller.name).items()]}
+    return {"tables": sessions.workspace.tables(caller.name)}
 
 
 @router.post("/tables/{name}")
 async def upload_table(name: str, request: Request, caller: Caller, ctx: Ctx) -> dict[str, Any]:
     """Upload a table: ``{"format": "csv" | "parquet", "data_base64": "..."}`` (JSON, as every
-    body the server takes; see :mod:`~ai_query.serving.http.guard`)."""
+    body the server takes; see :mod:`~ai_query.serving.http.guard`). It is read once, here: a
+    file that does not load, or one over a quota, is refused with the reason."""
     sessions = _sessions(ctx, caller)
     body = await read_json(request)
-    fmt = body.get("format", "csv") if isinstance(body, dict) else None
-    if fmt not in _FORMATS:
-        raise bad_request(f"format must be csv or parquet, not {fmt!r}")
-    if not _TABLE_NAME.match(name):
-        raise bad_request(f"table name {name!r} must be letters, digits and _ (a SQL name)")
+    if not isinstance(body, dict):
+        raise bad_request('the body must be {"format": "csv" | "parquet", "data_base64": "..."}')
     try:
         data = base64.b64decode(body.get("data_base64", ""), validate=True)
-    except (binascii.Error, TypeError) as exc:
+    except (binascii.Error, TypeError, ValueError) as exc:
         raise bad_request("data_base64 must be the file's bytes in base64") from exc
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise APIError(413, f"a table file may have at most {MAX_UPLOAD_BYTES} bytes")
-    sessions.save(caller.name, name, fmt, data)
-    return await list_tables(caller, ctx)
+    limit = sessions.workspace.max_upload_bytes
+    if len(data) > limit:
+        raise APIError(413, f"a table file may have at most {limit} bytes; this one has {len(data)}")
+    tables = await asyncio.to_thread(
+        sessions.workspace.upload, caller.name, name, body.get("format", "csv"), data)
+    return {"tables": tables}
+
+
+@router.delete("/tables/{name}")
+async def delete_table(name: str, caller: Caller, ctx: Ctx) -> dict[str, Any]:
+    """Remove one of the caller's tables."""
+    sessions = _sessions(ctx, caller)
+    return {"tables": await asyncio.to_thread(sessions.workspace.delete, caller.name, name)}
 
 
 @router.post("/query")
@@ -151,12 +148,11 @@ async def run_query(request: Request, caller: Caller, ctx: Ctx) -> StreamingResp
         raise bad_request("the body must be {\"sql\": \"...\"}")
     header = request.headers.get("authorization", "")
     token = header.split(" ", 1)[1].strip() if header.lower().startswith("bearer ") else None
-    tables = sessions.tables(caller.name)
     answered = [0]
 
     async def lines() -> AsyncIterator[bytes]:
         task = asyncio.create_task(asyncio.to_thread(
-            sessions.workspace.run, sql, tables, token,
+            sessions.workspace.run, caller.name, sql, token,
             lambda n: answered.__setitem__(0, answered[0] + n)))
         last = -1
         while not task.done():
@@ -166,8 +162,11 @@ async def run_query(request: Request, caller: Caller, ctx: Ctx) -> StreamingResp
             await asyncio.sleep(0.2)
         try:
             table = task.result()
-        except Exception as exc:  # noqa: BLE001 - DuckDB's own errors too: shown in the page
+        except AIQueryError as exc:  # the query's own error, or a bound it hit: for the page
             yield _line({"error": redact(str(exc))})
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug: logged, the page gets its request id
+            yield _line({"error": internal_error(exc).message})
             return
         sessions.results[caller.name] = table
         shown = table.slice(0, MAX_SHOWN_ROWS).to_pylist()
