@@ -181,7 +181,9 @@ def check_table_name(name: str) -> None:
         )
 
 
-def _convert(folder: Path, name: str, fmt: str, data: bytes, limits: WorkspaceLimits) -> StoredTable:
+def _convert(
+    folder: Path, name: str, fmt: str, data: bytes, limits: WorkspaceLimits
+) -> StoredTable:
     """Read the upload once with DuckDB into a new database file; refuse what does not load."""
     stamp = uuid.uuid4().hex[:12]
     incoming = folder / f".incoming-{stamp}.{fmt}"
@@ -198,7 +200,9 @@ def _convert(folder: Path, name: str, fmt: str, data: bytes, limits: WorkspaceLi
             "memory_limit": f"{limits.memory_mb}MB", "threads": 1,
             "autoinstall_known_extensions": False, "autoload_known_extensions": False})
         try:
-            con.execute(f"CREATE TABLE {STORED_TABLE} AS SELECT * FROM {reader}(?)", [str(incoming)])
+            con.execute(
+                f"CREATE TABLE {STORED_TABLE} AS SELECT * FROM {reader}(?)", [str(incoming)]
+            )
             found = con.execute(
                 f"SELECT (SELECT count(*) FROM {STORED_TABLE}), (SELECT count(*) FROM "
                 f"duckdb_columns() WHERE table_name = '{STORED_TABLE}')"
@@ -231,7 +235,7 @@ def _column_count(path: Path, fmt: str) -> int:
     if fmt == "parquet":
         try:
             return int(pq.read_metadata(path).num_columns)
-        except Exception as exc:  # noqa: BLE001 - any reason the footer does not read
+        except Exception as exc:
             raise UploadRejectedError(
                 f"this is not a Parquet file DuckDB can read: {_first_line(str(exc))}"
             ) from exc

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from ai_query.errors import SQLError, UploadRejectedError
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.http import HTTPOptions, create_app
-from ai_query.errors import SQLError, UploadRejectedError
 from ai_query.serving.metrics import ServerMetrics
 
 CHAT = "smollm2-135m-instruct"

@@ -124,7 +124,9 @@ async def upload_table(name: str, request: Request, caller: Caller, ctx: Ctx) ->
         raise bad_request("data_base64 must be the file's bytes in base64") from exc
     limit = sessions.workspace.max_upload_bytes
     if len(data) > limit:
-        raise APIError(413, f"a table file may have at most {limit} bytes; this one has {len(data)}")
+        raise APIError(
+            413, f"a table file may have at most {limit} bytes; this one has {len(data)}"
+        )
     tables = await asyncio.to_thread(
         sessions.workspace.upload, caller.name, name, body.get("format", "csv"), data)
     return {"tables": tables}
