@@ -176,3 +176,29 @@ def test_client_leaving_a_stream(vllm_server: HTTPServer) -> None:
         f"SELECT status_code FROM read_parquet('{vllm_server.workdir}/inference/*/*.parquet', "
         f"hive_partitioning = true) WHERE databricks_request_id = '{request_id}'").fetchall()
     assert status == [(499,)]
+
+
+def test_sql_editor_runs_ai_functions_on_real_vllm_in_the_locked_workspace(
+    vllm_server: HTTPServer,
+) -> None:
+    """The web SQL editor's locked DuckDB over an upload, with ai_query, a task function and
+    embeddings answered by the real engines; the lock holds in the same query session."""
+    import base64
+
+    with vllm_server.client(timeout=300) as c:
+        upload = c.post("/api/ui/sql/tables/reviews", json={"format": "csv", "data_base64":
+                        base64.b64encode(b"id,body\n1,I love it\n2,It broke at once\n").decode()})
+        assert upload.status_code == 200, upload.text
+        answer = c.post("/api/ui/sql/query", json={"sql": (
+            "SELECT id, ai_query('smollm2-135m-instruct', body, modelParameters => "
+            "{'max_tokens': 8}) AS a, ai_classify(body, ARRAY['happy', 'angry']) AS c, "
+            "len(ai_query('all-minilm-l6-v2', body)) AS dims FROM reviews ORDER BY id")})
+        last = json.loads(answer.text.splitlines()[-1])
+        refused = json.loads(c.post("/api/ui/sql/query", json={
+            "sql": "SELECT * FROM read_text('/etc/passwd')"}).text.splitlines()[-1])
+    assert [r[0] for r in last["rows"]] == [1, 2], last
+    assert all(isinstance(r[1], str) and r[1] for r in last["rows"])
+    assert all(r[2] in ("happy", "angry") for r in last["rows"])
+    assert [r[3] for r in last["rows"]] == [384, 384]
+    assert last["rows_answered"] == 6
+    assert "disabled by configuration" in refused["error"]
