@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError, TokenError
+from sqlglot.errors import ErrorLevel, ParseError, TokenError
 
 from ai_query.errors import ConfigError, SQLParseError
 from ai_query.sql.calls import (
@@ -240,7 +240,7 @@ def parse_sql(sql: str, read: str) -> list[exp.Expression]:
         SQLParseError: with sqlglot's line and column when the SQL does not parse.
     """
     try:
-        trees = sqlglot.parse(sql, read=read)
+        trees = _parse(sql, read)
     except ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         message = first.get("description") or str(exc)
@@ -251,6 +251,29 @@ def parse_sql(sql: str, read: str) -> list[exp.Expression]:
         raise SQLParseError(f"cannot tokenize {read} SQL: {exc}") from exc
     # Task functions sqlglot parses into typed nodes become plain calls, as ai_query is.
     return [tree.transform(as_anonymous) for tree in trees if isinstance(tree, exp.Expression)]
+
+
+def _parse(sql: str, read: str) -> list[Any]:
+    """sqlglot's parse, except that a ``vector_search`` call may leave out ``num_results``:
+    sqlglot's VectorSearch (BigQuery's) wants three arguments, Databricks' defaults the third
+    (:func:`~ai_query.sql.vector_search.bind_vector_search` checks the call itself)."""
+    try:
+        return sqlglot.parse(sql, read=read)
+    except ParseError as exc:
+        if "VectorSearch" not in str(exc):
+            raise
+    try:  # every error, to see whether the short calls are the only ones
+        return sqlglot.parse(sql, read=read, error_level=ErrorLevel.RAISE)
+    except ParseError as exc:
+        others = [e for e in exc.errors if not _short_vector_search(e)]
+        if others:
+            raise ParseError(str(others[0].get("description")), errors=others) from None
+    return sqlglot.parse(sql, read=read, error_level=ErrorLevel.IGNORE)
+
+
+def _short_vector_search(error: dict[str, Any]) -> bool:
+    description = str(error.get("description", ""))
+    return description.startswith("Required keyword") and "VectorSearch" in description
 
 
 def transpile(

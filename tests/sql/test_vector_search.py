@@ -39,6 +39,28 @@ def test_lateral_search_becomes_a_top_k_subquery(call: str) -> None:
     assert "AS REAL[384]" in sql and "ORDER BY search_score DESC, i.id LIMIT 3) AS r" in sql
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        "vector_search(index => 'notes_idx', query_text => 'q')",
+        "vector_search('notes_idx', 'q')",
+    ],
+)
+def test_num_results_defaults_to_ten_as_in_databricks(call: str) -> None:
+    sql = transpile(f"SELECT * FROM {call}", read="databricks", write="duckdb",
+                    vector_indexes=INDEXES)
+    assert "LIMIT 10" in sql
+
+
+def test_a_search_without_a_query_names_what_is_missing() -> None:
+    with pytest.raises(UnsupportedCallError, match="exactly one of query_text, query_vector"):
+        transpile("SELECT * FROM vector_search(index => 'notes_idx')", read="databricks",
+                  write="duckdb", vector_indexes=INDEXES)
+    with pytest.raises(SQLParseError, match="cannot parse"):  # other mistakes still say so
+        transpile("SELECT * FROM vector_search(index => 'notes_idx', query_text => 'q') WHERE",
+                  read="databricks", write="duckdb", vector_indexes=INDEXES)
+
+
 def test_query_vector_is_used_as_given() -> None:
     sql = transpile(
         "SELECT * FROM vector_search(index => 'notes_idx', query_vector => v, num_results => 2)",
