@@ -31,3 +31,5 @@ class WorkspaceLimits:
     """Uploaded bytes per user, all tables together."""
     max_columns: int = 1_000
     """Most columns of an uploaded table."""
+    max_index_rows: int = 20_000
+    """Most rows of an uploaded table a vector index is built over (each is embedded)."""

@@ -24,8 +24,10 @@ import sqlglot
 from sqlglot import exp
 
 from ai_query.errors import QueryLimitError, SQLParseError, StatementNotAllowedError
+from ai_query.sql.vector_search import INDEX_REGISTRY
 from ai_query.sql_workspace.limits import WorkspaceLimits
 from ai_query.sql_workspace.storage import STORED_TABLE
+from ai_query.udf.vector_index import REGISTRY_COLUMNS
 
 #: What the editor runs, for error messages.
 ALLOWED = ("queries (SELECT, WITH, DESCRIBE, SUMMARIZE), EXPLAIN, and CREATE TABLE / CREATE VIEW "
@@ -34,14 +36,39 @@ _CREATE_KINDS = ("TABLE", "VIEW")
 
 
 def open_workspace(tables: Mapping[str, Path]) -> duckdb.DuckDBPyConnection:
-    """A fresh in-memory DuckDB with ``tables`` (name -> stored file) as read-only views."""
+    """A fresh in-memory DuckDB with ``tables`` (name -> stored file) as read-only views, and
+    the vector indexes built into those files as views that ``vector_search`` finds."""
     con = duckdb.connect(":memory:", config={
         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    indexes: list[tuple[Any, ...]] = []
     for i, (name, path) in enumerate(tables.items()):
         alias = f"__upload_{i}"
         con.execute(f"ATTACH '{_quoted(str(path))}' AS {alias} (READ_ONLY)")
-        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {alias}.main.{STORED_TABLE}')
+        con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {alias}.main.{STORED_TABLE}")
+        indexes += _attach_indexes(con, alias, name)
+    if indexes:
+        con.execute(f"CREATE TABLE {INDEX_REGISTRY} ({REGISTRY_COLUMNS})")
+        con.executemany(f"INSERT INTO {INDEX_REGISTRY} VALUES (?, ?, ?, ?, ?, ?)", indexes)
     return con
+
+
+def _attach_indexes(
+    con: duckdb.DuckDBPyConnection, alias: str, table: str
+) -> list[tuple[Any, ...]]:
+    """Views of the indexes in the attached file ``alias``; their registry rows, whose source
+    is the upload's name."""
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
+        [alias, INDEX_REGISTRY],
+    ).fetchall()[0][0]
+    if not found:
+        return []
+    rows = con.execute(
+        f"SELECT name, primary_key, text_column, endpoint, dims FROM {alias}.main.{INDEX_REGISTRY}"
+    ).fetchall()
+    for index, *_ in rows:
+        con.execute(f"CREATE VIEW {_ident(index)} AS SELECT * FROM {alias}.main.{_ident(index)}")
+    return [(index, table, key, text, endpoint, dims) for index, key, text, endpoint, dims in rows]
 
 
 def lock(con: duckdb.DuckDBPyConnection, limits: WorkspaceLimits, temp_dir: Path) -> None:
@@ -158,6 +185,10 @@ def _created_kind(query: str) -> str | None:
     if isinstance(tree, exp.Create):
         return str(tree.args.get("kind") or "").upper() or None
     return None
+
+
+def _ident(name: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql("duckdb")
 
 
 def _quoted(text: str) -> str:

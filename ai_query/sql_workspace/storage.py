@@ -21,9 +21,9 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from ai_query.errors import UploadRejectedError
+from ai_query.sql.vector_search import INDEX_REGISTRY
 from ai_query.sql_workspace.limits import WorkspaceLimits
 
 #: Table names: a plain SQL identifier (``fullmatch``: no trailing newline slips through).
@@ -58,6 +59,8 @@ class StoredTable:
     """Columns."""
     file: str
     """The stored DuckDB file, inside the user's folder."""
+    vector_index: str | None = None
+    """The vector index built over it at upload (``vector_search(index => ...)``), if any."""
 
     def to_data(self) -> dict[str, Any]:
         """As JSON data for the page (no file path)."""
@@ -100,14 +103,34 @@ class UploadStore:
         folder = self.folder(principal)
         return {t.name: folder / t.file for t in self.tables(principal)}
 
-    def save(self, principal: str, name: str, fmt: str, data: bytes) -> StoredTable:
+    def save(
+        self,
+        principal: str,
+        name: str,
+        fmt: str,
+        data: bytes,
+        *,
+        vector_index: str | None = None,
+        build_index: Callable[[Path], None] | None = None,
+    ) -> StoredTable:
         """Check, convert and keep an uploaded table (replacing one of the same name).
+
+        Args:
+            principal: whose table it is.
+            name: its SQL name.
+            fmt: csv or parquet.
+            data: the file.
+            vector_index: the name of a vector index to build over it (with ``build_index``).
+            build_index: builds that index into the converted DuckDB file, before the table
+                is kept (if it raises, nothing is kept).
 
         Raises:
             UploadRejectedError: a bad name or format, a file DuckDB cannot read, too many
                 columns, or a quota the upload would break (the message says which).
         """
         check_table_name(name)
+        if vector_index is not None:
+            check_table_name(vector_index)
         if fmt not in FORMATS:
             raise UploadRejectedError(f"format must be csv or parquet, not {fmt!r}")
         limits = self.limits
@@ -120,6 +143,7 @@ class UploadStore:
         with self._user_lock(folder):
             manifest = self._manifest(folder)
             others = {k: t for k, t in manifest.items() if k != name.lower()}
+            _check_names_free(others, name, vector_index)
             if len(others) >= limits.max_tables:
                 raise UploadRejectedError(
                     f"you have {len(others)} tables, the most a user may keep: delete one first"
@@ -131,6 +155,15 @@ class UploadStore:
                     f"{limits.max_user_bytes}: delete a table first"
                 )
             table = _convert(folder, name, fmt, data, limits)
+            if build_index is not None and vector_index is not None:
+                try:
+                    build_index(folder / table.file)
+                except BaseException:
+                    (folder / table.file).unlink(missing_ok=True)
+                    raise
+                finally:
+                    Path(f"{folder / table.file}.wal").unlink(missing_ok=True)
+                table = replace(table, vector_index=vector_index)
             old = manifest.get(name.lower())
             manifest = {**others, name.lower(): table}
             _write_manifest(folder, manifest)
@@ -179,6 +212,23 @@ def check_table_name(name: str) -> None:
             f"table name {name!r} must be a letter or _ then letters, digits and _ "
             "(at most 63 characters)"
         )
+
+
+def _check_names_free(
+    others: dict[str, StoredTable], name: str, vector_index: str | None
+) -> None:
+    """Raise unless the table's and its index's names are free among the user's other
+    tables and their indexes (one namespace: each is a view of the query's database)."""
+    taken = {t.name.lower() for t in others.values()} | {
+        t.vector_index.lower() for t in others.values() if t.vector_index
+    }
+    for wanted in (name, vector_index):
+        if wanted is not None and wanted.lower() in (*taken, INDEX_REGISTRY):
+            raise UploadRejectedError(
+                f"the name {wanted!r} is taken by another of your tables or vector indexes"
+            )
+    if vector_index is not None and vector_index.lower() == name.lower():
+        raise UploadRejectedError("a vector index needs a name of its own, not its table's")
 
 
 def _convert(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import duckdb
@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ai_query.engine.flight_client import FlightEngineClient
 from ai_query.errors import QueryLimitError, SQLError
+from ai_query.sql_workspace.indexes import IndexRequest, build_index
 from ai_query.sql_workspace.limits import WorkspaceLimits
 from ai_query.sql_workspace.locked import (
     check_statements,
@@ -56,13 +57,41 @@ class DuckDBWorkspace:
         """The principal's uploaded tables, as the page lists them."""
         return [t.to_data() for t in self.store.tables(principal)]
 
-    def upload(self, principal: str, name: str, fmt: str, data: bytes) -> list[dict[str, Any]]:
+    def upload(
+        self,
+        principal: str,
+        name: str,
+        fmt: str,
+        data: bytes,
+        *,
+        vector_index: Mapping[str, Any] | None = None,
+        token: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Check, convert and keep an uploaded table; the principal's tables after it.
 
+        Args:
+            principal: whose table it is.
+            name: its SQL name.
+            fmt: csv or parquet.
+            data: the file.
+            vector_index: ``{"name", "key", "text", "endpoint"}``: also build a vector index
+                over it (see :func:`build_index`), embedded through the server's Flight
+                engine with ``token``; the upload is kept only if the index is built.
+            token: the caller's bearer token.
+
         Raises:
-            UploadRejectedError: the file does not load, or a quota would be broken.
+            UploadRejectedError: the file does not load, a quota would be broken, or the
+                vector index cannot be built (the message says why).
         """
-        self.store.save(principal, name, fmt, data)
+        if vector_index is None:
+            self.store.save(principal, name, fmt, data)
+            return self.tables(principal)
+        request = IndexRequest.from_data(vector_index)
+        self.store.save(
+            principal, name, fmt, data, vector_index=request.name,
+            build_index=lambda path: build_index(path, request, self.flight_url, token,
+                                                 self.limits),
+        )
         return self.tables(principal)
 
     def delete(self, principal: str, name: str) -> list[dict[str, Any]]:

@@ -33,6 +33,11 @@ from ai_query.sql.vector_search import (
 
 #: Texts per engine request batch while embedding.
 EMBED_BATCH = 1024
+#: The columns of the registry table (:data:`INDEX_REGISTRY`), as DuckDB DDL.
+REGISTRY_COLUMNS = (
+    "name VARCHAR PRIMARY KEY, source_table VARCHAR, primary_key VARCHAR, text_column VARCHAR, "
+    "endpoint VARCHAR, dims INTEGER"
+)
 
 
 @dataclass(frozen=True)
@@ -107,11 +112,7 @@ def create_vector_index(
     catalog: Catalog = engine.catalog
     if catalog.task_of(endpoint) != EMBEDDINGS_TASK:
         raise ConfigError(f"create_vector_index: {endpoint!r} is not an embeddings endpoint")
-    raw.execute(
-        f"CREATE TABLE IF NOT EXISTS {INDEX_REGISTRY} (name VARCHAR PRIMARY KEY, "
-        "source_table VARCHAR, primary_key VARCHAR, text_column VARCHAR, endpoint VARCHAR, "
-        "dims INTEGER)"
-    )
+    raw.execute(f"CREATE TABLE IF NOT EXISTS {INDEX_REGISTRY} ({REGISTRY_COLUMNS})")
     old = load_indexes(raw).get(name)
     if old is not None and (old.source_table, old.primary_key, old.text_column) != (
         source_table, primary_key, text_column

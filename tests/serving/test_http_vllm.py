@@ -196,9 +196,21 @@ def test_sql_editor_runs_ai_functions_on_real_vllm_in_the_locked_workspace(
         last = json.loads(answer.text.splitlines()[-1])
         refused = json.loads(c.post("/api/ui/sql/query", json={
             "sql": "SELECT * FROM read_text('/etc/passwd')"}).text.splitlines()[-1])
+        indexed = c.post("/api/ui/sql/tables/notes", json={
+            "format": "csv", "data_base64": base64.b64encode(
+                b"id,body\n1,How do I reset my password?\n2,The invoice total is wrong\n"
+                b"3,My parcel never arrived\n").decode(),
+            "vector_index": {"name": "notes_idx", "key": "id", "text": "body",
+                             "endpoint": "all-minilm-l6-v2"}})
+        assert indexed.status_code == 200, indexed.text
+        searched = json.loads(c.post("/api/ui/sql/query", json={"sql": (
+            "SELECT id FROM vector_search(index => 'notes_idx', "
+            "query_text => 'I was charged the wrong amount on my bill', num_results => 1)")}
+        ).text.splitlines()[-1])
     assert [r[0] for r in last["rows"]] == [1, 2], last
     assert all(isinstance(r[1], str) and r[1] for r in last["rows"])
     assert all(r[2] in ("happy", "angry") for r in last["rows"])
     assert [r[3] for r in last["rows"]] == [384, 384]
     assert last["rows_answered"] == 6
     assert "disabled by configuration" in refused["error"]
+    assert searched["rows"] == [[2]], searched  # the real embeddings find the billing note

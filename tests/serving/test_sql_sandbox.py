@@ -66,10 +66,10 @@ def _query(server: HTTPServer, sql: str, token: str = QUERY_TOKEN) -> dict[str, 
 
 
 def _upload(server: HTTPServer, name: str, data: bytes, fmt: str = "csv",
-            token: str = QUERY_TOKEN) -> httpx.Response:
+            token: str = QUERY_TOKEN, **extra: Any) -> httpx.Response:
     with server.client(token) as c:
-        return c.post(f"/api/ui/sql/tables/{name}",
-                      json={"format": fmt, "data_base64": base64.b64encode(data).decode()})
+        return c.post(f"/api/ui/sql/tables/{name}", json={
+            "format": fmt, "data_base64": base64.b64encode(data).decode(), **extra})
 
 
 def _files(server: HTTPServer, name: str) -> dict[str, str]:
@@ -180,7 +180,82 @@ def test_uploads_ai_query_and_task_functions_work_and_every_ai_row_is_counted(
     assert answer["rows_answered"] == 9  # 3 rows through 3 AI calls each
     with editor.client(QUERY_TOKEN) as c:
         tables = c.get("/api/ui/sql/tables").json()["tables"]
-    assert {"name": "reviews", "format": "csv", "bytes": 27, "rows": 3, "columns": 2} in tables
+    assert {"name": "reviews", "format": "csv", "bytes": 27, "rows": 3, "columns": 2,
+            "vector_index": None} in tables
+
+
+DOCS = (b"id,body\n1,the parcel came late\n2,the handle snapped off\n3,too expensive\n"
+        b"4,\n")
+DOCS_INDEX = {"name": "docs_index", "key": "id", "text": "body", "endpoint": "all-minilm-l6-v2"}
+
+
+def test_vector_search_over_an_upload_with_an_index(editor: HTTPServer) -> None:
+    token = "tok-alice-at"
+    answer = _upload(editor, "docs", DOCS, token=token, vector_index=DOCS_INDEX)
+    assert answer.status_code == 200, answer.text
+    assert {"name": "docs", "format": "csv", "bytes": len(DOCS), "rows": 4, "columns": 2,
+            "vector_index": "docs_index"} in answer.json()["tables"]
+    found = _query(editor, "SELECT id, body, round(search_score, 4) AS s FROM vector_search("
+                           "index => 'docs_index', query_text => 'the handle snapped off', "
+                           "num_results => 2)", token)
+    assert found["columns"] == ["id", "body", "s"], found
+    assert found["rows"][0] == [2, "the handle snapped off", 1.0]  # its own text: cosine 1
+    assert len(found["rows"]) == 2 and found["rows"][1][0] in (1, 3)
+    joined = _query(editor, "SELECT d.id, v.id AS nearest FROM docs d, LATERAL vector_search("
+                            "index => 'docs_index', query_text => d.body, num_results => 1) v "
+                            "WHERE d.body IS NOT NULL ORDER BY d.id", token)
+    assert joined["rows"] == [[1, 1], [2, 2], [3, 3]], joined
+    # the index is the user's own: another user has none, and the view is read-only
+    assert "no vector index 'docs_index' (known: none)" in _query(
+        editor, "SELECT * FROM vector_search(index => 'docs_index', query_text => 'x')",
+        "tok-alice-us")["error"]
+    assert "statement 1 is DELETE" in _query(editor, "DELETE FROM docs_index", token)["error"]
+
+
+@pytest.mark.parametrize(
+    ("index", "expected"),
+    [
+        pytest.param({**DOCS_INDEX, "text": "nope"}, "has no text column 'nope' (its columns: "
+                     "id, body)", id="no-column"),
+        pytest.param({**DOCS_INDEX, "key": "body"}, "key column 'body' must hold one distinct",
+                     id="key-not-unique"),
+        pytest.param({**DOCS_INDEX, "endpoint": "my-chat"}, "'my-chat' is not an embeddings "
+                     "endpoint", id="chat-endpoint"),
+        pytest.param({**DOCS_INDEX, "name": "bad name"}, "table name 'bad name' must be",
+                     id="bad-name"),
+        pytest.param({**DOCS_INDEX, "name": "ai_query_vector_indexes"}, "is taken",
+                     id="registry-name"),
+        pytest.param({"name": "x"}, 'vector_index must be {"name", "key", "text", "endpoint"}',
+                     id="shape"),
+        pytest.param({**DOCS_INDEX, "extra": 1}, "unknown: extra", id="unknown-field"),
+    ],
+)
+def test_an_index_that_cannot_be_built_refuses_the_upload(
+    editor: HTTPServer, index: dict[str, Any], expected: str
+) -> None:
+    answer = _upload(editor, "docs2", DOCS.replace(b"4,\n", b"4,too expensive\n"),
+                     token="tok-dotdot", vector_index=index)
+    assert answer.status_code == 400, answer.text
+    assert expected in answer.json()["message"]
+    with editor.client("tok-dotdot") as c:
+        assert "docs2" not in [t["name"] for t in c.get("/api/ui/sql/tables").json()["tables"]]
+
+
+def test_an_index_is_embedded_with_the_callers_own_rights(editor: HTTPServer) -> None:
+    with editor.client(ADMIN_TOKEN) as c:
+        made = c.post("/api/2.0/serving-endpoints", json={"name": "private-embed", "config": {
+            "served_entities": [{"name": "e", "entity_name": "model-e",
+                                 "task": "llm/v1/embeddings"}]}})
+        assert made.status_code == 200, made.text
+        deadline = time.monotonic() + 30
+        while c.get("/api/2.0/serving-endpoints/private-embed").json()["state"][
+                "config_update"] == "IN_PROGRESS" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    index = {**DOCS_INDEX, "endpoint": "private-embed"}
+    refused = _upload(editor, "docs3", DOCS, token=QUERY_TOKEN, vector_index=index)
+    assert refused.status_code == 403, refused.text
+    assert "private-embed" in refused.json()["message"]
+    assert _upload(editor, "docs3", DOCS, token=ADMIN_TOKEN, vector_index=index).status_code == 200
 
 
 def test_principals_never_share_uploads(editor: HTTPServer) -> None:

@@ -269,6 +269,22 @@ def test_sql_editor_runs_ai_query_over_an_uploaded_table(
     page.fill("#sql", "SELECT ai_query('alice-only', 'x') AS answer")
     page.click("#sql-run")
     page.wait_for_selector("#error:has-text('alice-only')")
+    # A second table with a vector index built at upload, then vector_search over it.
+    (tmp_path / "notes.csv").write_text("id,body\n1,red apples\n2,blue sky\n")
+    page.set_input_files("#sql-file", str(tmp_path / "notes.csv"))
+    page.click("#sql-index summary")
+    for field, value in (("name", "notes_idx"), ("key", "id"), ("text", "body"),
+                         ("endpoint", "all-minilm-l6-v2")):
+        page.fill(f"#sql-index-{field}", value)
+    page.click("#sql-upload")
+    page.wait_for_selector("#sql-tables li:has-text('vector index notes_idx')")
+    page.fill("#sql", "SELECT id FROM vector_search(index => 'notes_idx', "
+                      "query_text => 'blue sky', num_results => 1)")
+    page.click("#sql-run")
+    page.wait_for_selector("#sql-status:has-text('1 rows')")
+    assert page.locator("#sql-result tbody tr td").all_inner_texts() == ["2"]
+    page.click("#sql-tables button[data-table='notes']")
+    page.wait_for_selector("#sql-tables li:has-text('notes')", state="detached")
     # Delete the table: the list shows what the server answered, and the table is gone.
     page.click("#sql-tables button[data-table='docs']")
     page.wait_for_selector("#sql-tables li:has-text('docs')", state="detached")

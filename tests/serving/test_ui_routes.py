@@ -96,7 +96,10 @@ class _EchoWorkspace:
         return [{"name": n, "format": "csv", "bytes": len(d), "rows": 1, "columns": 1}
                 for n, d in sorted(self.uploads.get(principal, {}).items())]
 
-    def upload(self, principal: str, name: str, fmt: str, data: bytes) -> list[dict[str, Any]]:
+    def upload(self, principal: str, name: str, fmt: str, data: bytes, *,
+               vector_index: Any = None, token: str | None = None) -> list[dict[str, Any]]:
+        if vector_index is not None:
+            raise UploadRejectedError("this workspace builds no vector index")
         if fmt != "csv":
             raise UploadRejectedError(f"format must be csv or parquet, not {fmt!r}")
         self.uploads.setdefault(principal, {})[name] = data

@@ -17,7 +17,7 @@ import base64
 import binascii
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -51,8 +51,18 @@ class SQLWorkspace(Protocol):
         """The principal's tables."""
         ...
 
-    def upload(self, principal: str, name: str, fmt: str, data: bytes) -> list[dict[str, Any]]:
-        """Check and keep a table; the principal's tables after it."""
+    def upload(
+        self,
+        principal: str,
+        name: str,
+        fmt: str,
+        data: bytes,
+        *,
+        vector_index: Mapping[str, Any] | None = None,
+        token: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Check and keep a table (and build the vector index it asks for, embedded with the
+        caller's ``token``); the principal's tables after it."""
         ...
 
     def delete(self, principal: str, name: str) -> list[dict[str, Any]]:
@@ -112,8 +122,10 @@ async def list_tables(caller: Caller, ctx: Ctx) -> dict[str, Any]:
 @router.post("/tables/{name}")
 async def upload_table(name: str, request: Request, caller: Caller, ctx: Ctx) -> dict[str, Any]:
     """Upload a table: ``{"format": "csv" | "parquet", "data_base64": "..."}`` (JSON, as every
-    body the server takes; see :mod:`~ai_query.serving.http.guard`). It is read once, here: a
-    file that does not load, or one over a quota, is refused with the reason."""
+    body the server takes; see :mod:`~ai_query.serving.http.guard`), and optionally
+    ``"vector_index": {"name", "key", "text", "endpoint"}`` to build an index that
+    ``vector_search(index => name, ...)`` searches. It is read once, here: a file that does not
+    load, one over a quota, or an index that cannot be built is refused with the reason."""
     sessions = _sessions(ctx, caller)
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -128,7 +140,8 @@ async def upload_table(name: str, request: Request, caller: Caller, ctx: Ctx) ->
             413, f"a table file may have at most {limit} bytes; this one has {len(data)}"
         )
     tables = await asyncio.to_thread(
-        sessions.workspace.upload, caller.name, name, body.get("format", "csv"), data)
+        sessions.workspace.upload, caller.name, name, body.get("format", "csv"), data,
+        vector_index=body.get("vector_index"), token=_bearer(request))
     return {"tables": tables}
 
 
@@ -148,8 +161,7 @@ async def run_query(request: Request, caller: Caller, ctx: Ctx) -> StreamingResp
     sql = body.get("sql") if isinstance(body, dict) else None
     if not isinstance(sql, str) or not sql.strip():
         raise bad_request("the body must be {\"sql\": \"...\"}")
-    header = request.headers.get("authorization", "")
-    token = header.split(" ", 1)[1].strip() if header.lower().startswith("bearer ") else None
+    token = _bearer(request)
     answered = [0]
 
     async def lines() -> AsyncIterator[bytes]:
@@ -197,6 +209,12 @@ async def download(fmt: str, caller: Caller, ctx: Ctx) -> Response:
         raise APIError(404, f"no result format {fmt!r}: csv or parquet")
     return Response(out.getvalue(), media_type=media,
                     headers={"Content-Disposition": f'attachment; filename="result.{fmt}"'})
+
+
+def _bearer(request: Request) -> str | None:
+    """The caller's bearer token (sent on with the workspace's engine calls)."""
+    header = request.headers.get("authorization", "")
+    return header.split(" ", 1)[1].strip() if header.lower().startswith("bearer ") else None
 
 
 def _line(data: dict[str, Any]) -> bytes:

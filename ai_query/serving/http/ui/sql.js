@@ -19,6 +19,12 @@ export async function sqlView() {
   try { await refresh(); } catch (err) { fail(box, err); return; }
   const file = h("input", { id: "sql-file", type: "file", accept: ".csv,.parquet" });
   const tableName = h("input", { id: "sql-table-name", placeholder: "table name" });
+  const index = {
+    name: h("input", { id: "sql-index-name", placeholder: "index name" }),
+    key: h("input", { id: "sql-index-key", placeholder: "key column" }),
+    text: h("input", { id: "sql-index-text", placeholder: "text column" }),
+    endpoint: h("input", { id: "sql-index-endpoint", placeholder: "embeddings endpoint" }),
+  };
   const editor = h("textarea", { id: "sql", rows: 8 },
     "SELECT ai_query('smollm2-135m-instruct', 'Describe Apache Spark in one line.') AS answer");
   const bar = h("progress", { id: "sql-progress", hidden: true });
@@ -29,6 +35,8 @@ export async function sqlView() {
     h("button", { class: "secondary", id: "download-parquet", onclick: () => download("parquet") }, "Download Parquet"));
   add(h("div", { class: "card" }, h("h2", {}, "Tables"), tables,
     h("div", { class: "row" }, file, tableName),
+    h("details", { id: "sql-index" }, h("summary", {}, "Vector index (optional: for vector_search)"),
+      h("div", { class: "row" }, index.name, index.key, index.text, index.endpoint)),
     h("button", { id: "sql-upload", class: "secondary", onclick: async () => {
       box.textContent = "";
       const picked = file.files[0];
@@ -38,7 +46,9 @@ export async function sqlView() {
       const bytes = new Uint8Array(await picked.arrayBuffer());
       let binary = "";
       for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-      try { await api(`/api/ui/sql/tables/${encodeURIComponent(name)}`, { method: "POST", body: { format, data_base64: btoa(binary) } }); await refresh(); }
+      const body = { format, data_base64: btoa(binary) };
+      if (index.name.value) body.vector_index = Object.fromEntries(Object.entries(index).map(([k, el]) => [k, el.value]));
+      try { await api(`/api/ui/sql/tables/${encodeURIComponent(name)}`, { method: "POST", body }); await refresh(); }
       catch (err) { fail(box, err); }
     } }, "Upload table")),
   h("div", { class: "card" }, h("label", { for: "sql" }, "Query (DuckDB SQL with ai_query and the task functions)"), editor,
@@ -50,7 +60,8 @@ export async function sqlView() {
 function tableFacts(t) {
   const columns = Array.isArray(t.columns) ? t.columns.length : t.columns;
   return [t.format, `${t.bytes} bytes`, t.rows === undefined ? null : `${t.rows} rows`,
-    columns === undefined ? null : `${columns} columns`].filter((x) => x !== null).join(", ");
+    columns === undefined ? null : `${columns} columns`,
+    t.vector_index ? `vector index ${t.vector_index}` : null].filter((x) => x !== null).join(", ");
 }
 
 async function runSQL(sql, bar, status, result, downloads, box) {
