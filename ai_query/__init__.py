@@ -28,7 +28,7 @@ from ai_query.errors import (
 from ai_query.options import CallOptions, ModelParameters
 
 if TYPE_CHECKING:
-    from ai_query.engine.protocol import Engine
+    from ai_query.engine.core.protocol import Engine
 
 __version__ = "0.1.0"
 

@@ -260,7 +260,7 @@ def serve(
 
     mark("server: started")
     if engine == "local":
-        from ai_query.engine.vllm_setup import import_vllm_in_background
+        from ai_query.engine.vllm.setup import import_vllm_in_background
 
         # Seconds of imports, overlapped with everything the server does before a model starts.
         import_vllm_in_background()

@@ -44,7 +44,7 @@ class Settings:
     """Bearer token a client sends to an engine server (``AI_QUERY_TOKEN``)."""
     zygote: bool = True
     """Start vLLM's first engine process from a zygote that imports vLLM beside the server
-    (CPU build; ``AI_QUERY_ZYGOTE=0`` turns it off; see :mod:`ai_query.engine.vllm_zygote`)."""
+    (CPU build; ``AI_QUERY_ZYGOTE=0`` turns it off; see :mod:`ai_query.engine.vllm.zygote`)."""
     timings_file: Path | None = None
     """File to which each process appends its start-up timings (``AI_QUERY_TIMINGS``; see
     :mod:`ai_query.timings`); None: not recorded."""

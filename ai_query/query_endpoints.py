@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from sqlglot import exp
 
 from ai_query.catalog import Catalog
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.protocol import Engine
 from ai_query.errors import AIQueryError
 from ai_query.sql.calls import bind_call, is_ai_query
 from ai_query.sql.transpile import check_calls, parse_sql
@@ -47,11 +47,12 @@ def start_early(engine: Engine, statements: Iterable[tuple[str, str]]) -> None:
     """Start ``engine``'s private server now, and then the models that ``statements`` (SQL
     text, read dialect) call, in the background: they load while the caller plans and reads.
 
-    Only a private server (:class:`~ai_query.engine.embedded.EmbeddedEngine`) is started here;
+    Only a private server (:class:`~ai_query.engine.process.embedded.EmbeddedEngine`) is started
+    here;
     other engines start their models with their first batch. Statements that call no model, or
     would fail before any row runs, start nothing.
     """
-    from ai_query.engine.embedded import EmbeddedEngine
+    from ai_query.engine.process.embedded import EmbeddedEngine
 
     if not isinstance(engine, EmbeddedEngine):
         return

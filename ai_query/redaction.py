@@ -12,10 +12,10 @@ value is added to it where it is resolved or read:
 Text leaves through :func:`redact` at these points, each once:
 
 - the engine: row errors where they enter a result batch
-  (:func:`ai_query.engine.batch.result_batch`; DuckDB's and Spark's ``errorMessage``,
+  (:func:`ai_query.engine.core.batch.result_batch`; DuckDB's and Spark's ``errorMessage``,
   ``failOnError`` exceptions and jobs' errors tables come from there), engine errors leaving
   :class:`~ai_query.engine.local.LocalEngine`, and errors crossing Flight
-  (:func:`ai_query.engine.flight_wire.error_to_flight`);
+  (:func:`ai_query.engine.flight.wire.error_to_flight`);
 - the server: HTTP error bodies (:func:`ai_query.serving.http.problems.render`), the inference
   table writer and the JSON log formatter (:mod:`ai_query.serving.logs`).
 

@@ -79,7 +79,7 @@ def chat_model_dir(args: argparse.Namespace) -> Path:
     """The chat model's directory: ``--model``, else the bundled SmolLM2 (converted once)."""
     if args.model is not None:
         return _model_dir(args.model)
-    from ai_query.engine.bundled import smollm2_dir
+    from ai_query.engine.backends.bundled import smollm2_dir
 
     return smollm2_dir()
 
@@ -88,7 +88,7 @@ def embed_model_dir(args: argparse.Namespace) -> Path:
     """The embedding model's directory: ``--embed-model``, else the bundled MiniLM."""
     if args.embed_model is not None:
         return _model_dir(args.embed_model)
-    from ai_query.engine.bundled import minilm_dir
+    from ai_query.engine.backends.bundled import minilm_dir
 
     return minilm_dir()
 
@@ -128,7 +128,7 @@ def engine_settings(kind: str) -> tuple[dict[str, str], dict[str, Any]]:
     import os
 
     from ai_query.config import VLLM_CPU_ENVIRONMENT
-    from ai_query.engine.vllm_model import DEFAULT_ENGINE_ARGS
+    from ai_query.engine.vllm.model import DEFAULT_ENGINE_ARGS
 
     env = {**VLLM_CPU_ENVIRONMENT, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     env = {k: os.environ.get(k, v) for k, v in env.items()}  # as apply_vllm_environment does
@@ -145,8 +145,8 @@ def offline_llm(kind: str, model: str | Path | None = None, **overrides: Any) ->
     apply_vllm_environment()
     from vllm import LLM
 
-    from ai_query.engine.bundled import minilm_dir, smollm2_dir
-    from ai_query.engine.vllm_model import DEFAULT_ENGINE_ARGS
+    from ai_query.engine.backends.bundled import minilm_dir, smollm2_dir
+    from ai_query.engine.vllm.model import DEFAULT_ENGINE_ARGS
 
     if kind == "chat":
         args = dict(DEFAULT_ENGINE_ARGS["generate"])

@@ -133,7 +133,7 @@ def main() -> None:
 
 def run_chat(args: argparse.Namespace, catalog: Any) -> tuple[float, float | None, float]:
     """Seconds for ``--chat-rows`` chats: offline, in-process engine (or None), ours."""
-    from ai_query.engine.registry import close_backends
+    from ai_query.engine.backends.registry import close_backends
 
     prompts = chat_prompts(args.chat_rows)
     llm = offline_llm("chat", chat_model_dir(args))
@@ -151,7 +151,7 @@ def run_chat(args: argparse.Namespace, catalog: Any) -> tuple[float, float | Non
 
 def run_embeddings(args: argparse.Namespace, catalog: Any) -> tuple[float, float | None, float]:
     """Seconds for ``--embed-rows`` texts: offline, in-process engine (or None), ours."""
-    from ai_query.engine.registry import close_backends
+    from ai_query.engine.backends.registry import close_backends
 
     docs = texts(args.embed_rows)
     emb = offline_llm("embed", embed_model_dir(args))

@@ -38,7 +38,7 @@ def ours(
 ) -> tuple[int, float]:
     import pyarrow.compute as pc
 
-    from ai_query.engine.batch import align_results, request_batch
+    from ai_query.engine.core.batch import align_results, request_batch
     from ai_query.engine.local import LocalEngine
     from ai_query.options import CallOptions, ModelParameters
 

@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from common import add_model_args, timed  # noqa: E402
 
-from ai_query.engine.batch import align_results, request_batch  # noqa: E402
+from ai_query.engine.core.batch import align_results, request_batch  # noqa: E402
 from ai_query.engine.diagnostics import EchoEngine  # noqa: E402
-from ai_query.engine.flight_client import FlightEngineClient  # noqa: E402
-from ai_query.engine.launcher import start_server_process  # noqa: E402
+from ai_query.engine.flight.client import FlightEngineClient  # noqa: E402
+from ai_query.engine.process.launcher import start_server_process  # noqa: E402
 from ai_query.options import CallOptions  # noqa: E402
 
 

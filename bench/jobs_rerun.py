@@ -42,7 +42,7 @@ def _engine(kind: str, catalog: Any) -> Any:
     from ai_query.engine.local import LocalEngine
 
     if kind == "deterministic":
-        from ai_query.engine.deterministic import DeterministicBackend
+        from ai_query.engine.backends.deterministic import DeterministicBackend
 
         return LocalEngine(catalog, backend_factory=DeterministicBackend, memo_entries=0)
     return LocalEngine(catalog, memo_entries=0)
@@ -73,7 +73,7 @@ def main() -> None:
     add_model_args(parser)
     args = parser.parse_args()
 
-    from ai_query.engine.batch import request_batch
+    from ai_query.engine.core.batch import request_batch
     from ai_query.jobs.runner import RunRequest
     from ai_query.jobs.spec import job_from_data
     from ai_query.options import CallOptions

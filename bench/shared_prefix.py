@@ -18,7 +18,7 @@ The baseline (``--baseline``):
 
 - ``naive`` (default): ``LLM(...)`` as a user writes it, with our dtype and scheduler limits but
   vLLM's own KV-cache block size (128 tokens on a CPU; ai_query uses 32 there, see
-  ``default_block_size`` in ``ai_query/engine/vllm_model.py`` and ``bench/prefix_blocks.py``);
+  ``default_block_size`` in ``ai_query/engine/vllm/model.py`` and ``bench/prefix_blocks.py``);
 - ``same``: every engine argument as ours, block size included (what is left is ai_query's
   own scheduling: dedup, batching, the SQL path).
 

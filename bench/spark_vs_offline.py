@@ -55,7 +55,7 @@ SPARK_SCRIPT = """\
 import json
 import time
 
-from ai_query.engine.flight_client import FlightEngineClient
+from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.udf.spark import local_session, register
 
 settings = json.load(open({settings!r}))
@@ -187,7 +187,7 @@ def main() -> None:
     server = None
     if args.server == "external":
         from ai_query.catalog import Catalog
-        from ai_query.engine.launcher import start_server_process
+        from ai_query.engine.process.launcher import start_server_process
 
         server = start_server_process(Catalog.load(catalog) if catalog else None, preload=True)
         env["AI_QUERY_ENGINE_URL"] = server.url

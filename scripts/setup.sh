@@ -37,4 +37,4 @@ fi
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 
 # Convert the bundled chat model once (atomic; ~20 s) so the first query does not pay for it.
-HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "from ai_query.engine.bundled import smollm2_dir, minilm_dir; print('models ready:', smollm2_dir(), minilm_dir())"
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "from ai_query.engine.backends.bundled import smollm2_dir, minilm_dir; print('models ready:', smollm2_dir(), minilm_dir())"

@@ -22,8 +22,8 @@ def real_engine() -> Iterator[object]:
     Its answer memo is off, so tests comparing answers really run the model each time.
     """
     from ai_query.catalog import Catalog
+    from ai_query.engine.backends.registry import close_backends
     from ai_query.engine.local import LocalEngine
-    from ai_query.engine.registry import close_backends
 
     engine = LocalEngine(Catalog.default(), memo_entries=0)
     yield engine
@@ -34,7 +34,7 @@ def real_engine() -> Iterator[object]:
 def fake_engine() -> object:
     """A LocalEngine over the default catalog with the deterministic backend."""
     from ai_query.catalog import Catalog
-    from ai_query.engine.deterministic import DeterministicBackend
+    from ai_query.engine.backends.deterministic import DeterministicBackend
     from ai_query.engine.local import LocalEngine
 
     return LocalEngine(Catalog.default(), backend_factory=DeterministicBackend)

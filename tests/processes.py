@@ -53,7 +53,7 @@ def read_line(proc: subprocess.Popen[str], prefix: str) -> str:
 def engine_cores(root: int) -> list[int]:
     """PIDs of vLLM EngineCore processes under ``root`` (they name themselves
     ``VLLM::EngineCore``; found in the tree, killed by PID)."""
-    from ai_query.engine.lifeline import descendants
+    from ai_query.engine.process.lifeline import descendants
 
     found = []
     for pid in descendants(root):

@@ -64,7 +64,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 def vllm_api_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """vLLM's own OpenAI-compatible server for ``model_dir`` (eager, our default dtype, small KV
     cache)."""
-    from ai_query.engine.vllm_model import DEFAULT_ENGINE_ARGS
+    from ai_query.engine.vllm.model import DEFAULT_ENGINE_ARGS
 
     return start(
         [

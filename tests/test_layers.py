@@ -89,8 +89,8 @@ def test_jobs_do_not_import_the_package_init() -> None:
     [
         pytest.param(
             "vllm",
-            {"ai_query.engine.vllm_backend", "ai_query.engine.vllm_pooling",
-             "ai_query.engine.vllm_setup", "ai_query.engine.vllm_zygote"},
+            {"ai_query.engine.vllm.backend", "ai_query.engine.vllm.pooling",
+             "ai_query.engine.vllm.setup", "ai_query.engine.vllm.zygote"},
             id="vllm",
         ),
         pytest.param("pyspark", {"ai_query.udf.spark", "ai_query.jobs.spark_batches"}, id="pyspark"),

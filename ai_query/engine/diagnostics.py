@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from ai_query.catalog import Catalog
-from ai_query.engine.batch import REQUEST_COLUMN, read_request_batch, result_schema
-from ai_query.engine.protocol import Engine, engine_health
-from ai_query.engine.supervision import EngineHealth
+from ai_query.engine.core.batch import REQUEST_COLUMN, read_request_batch, result_schema
+from ai_query.engine.core.protocol import Engine, engine_health
+from ai_query.engine.process.supervision import EngineHealth
 
 
 class EchoEngine:

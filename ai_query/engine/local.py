@@ -5,7 +5,7 @@ parameters and bad return types fail here, before any row runs), then submits ev
 batch to the backend at once on the process's engine loop (an embeddings call as one
 ``embed_many``). Identical greedy requests that are in flight together (within a batch or
 across concurrent batches) run once, and so do repeats of recent greedy requests (a bounded
-memo, :mod:`~ai_query.engine.memo`). A row that fails becomes a row error in place; nothing
+memo, :mod:`~ai_query.engine.core.memo`). A row that fails becomes a row error in place; nothing
 shifts.
 """
 
@@ -20,13 +20,13 @@ from typing import Any
 import pyarrow as pa
 
 from ai_query.catalog import Catalog, Endpoint, ServedEntity
-from ai_query.engine.arrow_types import coerce, to_arrow
-from ai_query.engine.backend import Backend, GenerationRequest, RowFailure
-from ai_query.engine.batch import RowOutcome, read_request_batch, result_batch
-from ai_query.engine.loop import EngineLoop, settle, shared_loop, spawn
-from ai_query.engine.memo import ResultMemo
-from ai_query.engine.registry import BackendFactory, existing_backend, shared_backend
-from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
+from ai_query.engine.backends.backend import Backend, GenerationRequest, RowFailure
+from ai_query.engine.backends.registry import BackendFactory, existing_backend, shared_backend
+from ai_query.engine.core.arrow_types import coerce, to_arrow
+from ai_query.engine.core.batch import RowOutcome, read_request_batch, result_batch
+from ai_query.engine.core.loop import EngineLoop, settle, shared_loop, spawn
+from ai_query.engine.core.memo import ResultMemo
+from ai_query.engine.process.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import EngineError
 from ai_query.options import CallOptions
 from ai_query.redaction import redact_exception
@@ -117,7 +117,7 @@ class LocalEngine:
         return CallPlan(options, endpoint, output, to_arrow(output.sql_type), generation)
 
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Answer a request batch (see :mod:`ai_query.engine.batch`); errors leave redacted."""
+        """Answer a request batch (see :mod:`ai_query.engine.core.batch`); errors leave redacted."""
         try:
             requests, options = read_request_batch(batch)
             plan = self.plan(options)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ai_query.catalog import Catalog
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.protocol import Engine
 from ai_query.errors import ConfigError
 
 
@@ -23,7 +23,8 @@ class EngineSpec:
 
     kind: Literal["local", "deterministic", "flight"] = "local"
     """``local``: vLLM in a private engine server started for this process
-    (:class:`~ai_query.engine.embedded.EmbeddedEngine`); ``deterministic``: the test backend, in
+    (:class:`~ai_query.engine.process.embedded.EmbeddedEngine`); ``deterministic``: the test
+    backend, in
     this process; ``flight``: engine servers at :attr:`urls`."""
     catalog_json: str | None = None
     """The catalog as JSON (``Catalog.to_data``); None for the default catalog."""
@@ -62,16 +63,16 @@ def get_engine(spec: EngineSpec) -> Engine:
 def build_engine(spec: EngineSpec) -> Engine:
     """A new engine for ``spec`` (prefer :func:`get_engine`, which shares it)."""
     if spec.kind == "local":
-        from ai_query.engine.embedded import EmbeddedEngine
+        from ai_query.engine.process.embedded import EmbeddedEngine
 
         return EmbeddedEngine(spec.catalog())
     if spec.kind == "deterministic":
-        from ai_query.engine.deterministic import DeterministicBackend
+        from ai_query.engine.backends.deterministic import DeterministicBackend
         from ai_query.engine.local import LocalEngine
 
         return LocalEngine(spec.catalog(), backend_factory=DeterministicBackend)
     if spec.kind == "flight":
-        from ai_query.engine.flight_client import FlightEngineClient
+        from ai_query.engine.flight.client import FlightEngineClient
 
         # No catalog in the spec: the client asks the servers for theirs when it needs one.
         catalog = spec.catalog() if spec.catalog_json is not None else None

@@ -1,6 +1,6 @@
 """The result cache: identical requests, across rows and across runs, answered without the model.
 
-:class:`CachingEngine` wraps any :class:`~ai_query.engine.protocol.Engine`. For each request
+:class:`CachingEngine` wraps any :class:`~ai_query.engine.core.protocol.Engine`. For each request
 batch of a deterministic call (temperature 0) it looks every request up in a
 :class:`ResultCache` (an SQLite file), sends only the misses to the inner engine, stores their
 successful answers, and stitches hits and misses back together in row order. Sampling calls
@@ -15,7 +15,7 @@ pass straight through. A key is the SHA-256 of:
 * the request text.
 
 Answers are stored typed: text as text, vectors as float32/float64 bytes, structured results
-as JSON restored with :func:`ai_query.engine.arrow_types.coerce`. Failed rows are never stored.
+as JSON restored with :func:`ai_query.engine.core.arrow_types.coerce`. Failed rows are never stored.
 Hits report zero tokens: no tokens were paid for them.
 """
 
@@ -36,8 +36,8 @@ import numpy as np
 import pyarrow as pa
 
 from ai_query.catalog import Catalog, Endpoint, ServedEntity
-from ai_query.engine.arrow_types import coerce, to_arrow
-from ai_query.engine.batch import (
+from ai_query.engine.core.arrow_types import coerce, to_arrow
+from ai_query.engine.core.batch import (
     RowOutcome,
     align_results,
     read_request_batch,
@@ -45,7 +45,7 @@ from ai_query.engine.batch import (
     result_batch,
     result_schema,
 )
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.protocol import Engine
 from ai_query.options import CallOptions
 from ai_query.sql.response_format import resolve_output
 from ai_query.sql.types import SQLType

@@ -44,7 +44,7 @@ from ai_query.jobs.spec import JobSpec
 from ai_query.jobs.staging import StagedBatch, Staging
 
 if TYPE_CHECKING:
-    from ai_query.engine.protocol import Engine
+    from ai_query.engine.core.protocol import Engine
     from ai_query.jobs.spark_batches import SparkBatchSQL
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.protocol import Engine
 from ai_query.jobs.spec import JobSpec
 
 
@@ -28,7 +28,7 @@ class SparkBatchSQL:
     def __init__(self, job: JobSpec, engine: Engine) -> None:
         from pyspark.sql import SparkSession
 
-        from ai_query.engine.flight_server import EngineFlightServer
+        from ai_query.engine.flight.server import EngineFlightServer
         from ai_query.udf.spark import local_session, register
 
         self.job = job

@@ -2,11 +2,11 @@
 
 - :mod:`~ai_query.serving.flight`: Arrow Flight (``DoExchange`` of Arrow batches), for
   Spark executors and other SQL engines; its client is
-  :class:`ai_query.engine.flight_client.FlightEngineClient`.
+  :class:`ai_query.engine.flight.client.FlightEngineClient`.
 - :mod:`~ai_query.serving.http`: the HTTP API (OpenAI-compatible and Databricks routes).
 - :mod:`~ai_query.serving.serve`: ``ai-query serve``: build the engine, serve, stop
   gracefully on SIGTERM/SIGINT.
-- :mod:`~ai_query.engine.launcher`: start and stop a server subprocess (embedded
+- :mod:`~ai_query.engine.process.launcher`: start and stop a server subprocess (embedded
   server for local Spark, tests, benchmarks).
 
 Nothing is imported here, so importing a submodule stays cheap.

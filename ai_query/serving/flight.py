@@ -1,5 +1,5 @@
 """The server's Arrow Flight side: the engine transport of
-:mod:`ai_query.engine.flight_server`, plus bearer tokens, endpoint permissions (CAN_QUERY) and
+:mod:`ai_query.engine.flight.server`, plus bearer tokens, endpoint permissions (CAN_QUERY) and
 rate limits shared with the HTTP server."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from ai_query.engine.batch import CALL_METADATA_KEY, REQUEST_COLUMN
-from ai_query.engine.flight_server import EngineFlightServer, result_total
-from ai_query.engine.flight_wire import AUTH_HEADER
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.batch import CALL_METADATA_KEY, REQUEST_COLUMN
+from ai_query.engine.core.protocol import Engine
+from ai_query.engine.flight.server import EngineFlightServer, result_total
+from ai_query.engine.flight.wire import AUTH_HEADER
 from ai_query.errors import AuthenticationError
 from ai_query.options import CallOptions
 from ai_query.serving.auth import ANONYMOUS_IDENTITY, TokenAuth
@@ -63,7 +63,7 @@ class ServingFlightServer(EngineFlightServer):
         auth: bearer tokens; every call must present one that one of them accepts. None or
             empty: auth off.
         limiter: endpoint rate limits: a batch waits until its rows are admitted. None: none.
-        **kwargs: see :class:`~ai_query.engine.flight_server.EngineFlightServer`.
+        **kwargs: see :class:`~ai_query.engine.flight.server.EngineFlightServer`.
     """
 
     def __init__(

@@ -62,7 +62,7 @@ class ServeOptions:
     """Allow binding a non-loopback address with auth off (no tokens)."""
     lifeline_fd: int | None = None
     """Read end of a pipe held by the process that started this server: when it closes, that
-    process died and the server exits (see :mod:`ai_query.engine.lifeline`)."""
+    process died and the server exits (see :mod:`ai_query.engine.process.lifeline`)."""
     private_dir: Path | None = None
     """A directory the launcher made for this server (catalog, log): removed when the server
     exits because its parent died (the parent removes it otherwise)."""

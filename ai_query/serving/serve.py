@@ -1,6 +1,6 @@
 """The engine server process: build the engine, serve it over Flight (and HTTP), stop cleanly.
 
-``ai-query serve`` (the one launcher: :mod:`ai_query.engine.launcher` runs it too) calls
+``ai-query serve`` (the one launcher: :mod:`ai_query.engine.process.launcher` runs it too) calls
 :func:`run_server_cli`; :func:`serve` is the same for Python callers; :func:`start_server`
 starts one without blocking (tests, embedding).
 
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from ai_query.catalog import Catalog, Endpoint
 from ai_query.config import settings
-from ai_query.engine.batch import request_batch
-from ai_query.engine.lifeline import start_reaper, watch_lifeline
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.batch import request_batch
+from ai_query.engine.core.protocol import Engine
+from ai_query.engine.process.lifeline import start_reaper, watch_lifeline
 from ai_query.errors import ConfigError, UnknownEndpointError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.auth import TokenAuth
@@ -67,7 +67,7 @@ class RunningServer:
             self.stop_http()
         self.flight.shutdown()
         self.engine.close()
-        from ai_query.engine.registry import close_backends
+        from ai_query.engine.backends.registry import close_backends
 
         close_backends()
 
@@ -86,7 +86,7 @@ def build_server_engine(
 
         engine = LocalEngine(catalog)
     elif kind == "deterministic":
-        from ai_query.engine.deterministic import deterministic_backend_factory
+        from ai_query.engine.backends.deterministic import deterministic_backend_factory
         from ai_query.engine.local import LocalEngine
 
         engine = LocalEngine(catalog, backend_factory=deterministic_backend_factory)

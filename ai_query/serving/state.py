@@ -33,10 +33,10 @@ from ai_query.catalog import (
     Tag,
     describe_validation_error,
 )
-from ai_query.engine.backend import Backend
-from ai_query.engine.loop import shared_loop
-from ai_query.engine.registry import BackendFactory, existing_backend, shared_backend
-from ai_query.engine.supervision import EngineHealth, EngineState, worst_health
+from ai_query.engine.backends.backend import Backend
+from ai_query.engine.backends.registry import BackendFactory, existing_backend, shared_backend
+from ai_query.engine.core.loop import shared_loop
+from ai_query.engine.process.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import (
     AIQueryError,
     ConfigError,
@@ -408,7 +408,7 @@ class ServingState:
                     self._learn_secrets(endpoint, strict=True)
                 elif self._check_models:
                     from ai_query.catalog import BUNDLED_MODELS
-                    from ai_query.engine.bundled import resolve_model_dir
+                    from ai_query.engine.backends.bundled import resolve_model_dir
 
                     if str(entity.entity_name) not in BUNDLED_MODELS:
                         resolve_model_dir(str(entity.entity_name))

@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from ai_query.engine.flight_client import FlightEngineClient
+from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.errors import ConfigError, UploadRejectedError
 from ai_query.sql_workspace.limits import WorkspaceLimits
 from ai_query.sql_workspace.storage import STORED_TABLE

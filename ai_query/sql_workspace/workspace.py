@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ai_query.engine.flight_client import FlightEngineClient
+from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.errors import QueryLimitError, SQLError
 from ai_query.sql_workspace.indexes import IndexRequest, build_index
 from ai_query.sql_workspace.limits import WorkspaceLimits

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ai_query.engine.batch import align_results, raise_first_error, request_batch
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.batch import align_results, raise_first_error, request_batch
+from ai_query.engine.core.protocol import Engine
 from ai_query.errors import ConfigError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.sql.semantic_agg import AggPlan

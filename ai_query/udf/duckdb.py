@@ -25,7 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from ai_query.catalog import Catalog
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql import transpile
 from ai_query.sql.calls import VECTOR_FUNCTION_NAME

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ai_query.engine.batch import align_results, raise_first_error, request_batch
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.batch import align_results, raise_first_error, request_batch
+from ai_query.engine.core.protocol import Engine
 from ai_query.errors import UnsupportedCallError
 from ai_query.options import CallOptions, ModelParameters
 

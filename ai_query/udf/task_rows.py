@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from ai_query.catalog import Catalog
-from ai_query.engine.batch import align_results, raise_first_error, request_batch
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.batch import align_results, raise_first_error, request_batch
+from ai_query.engine.core.protocol import Engine
 from ai_query.errors import ConfigError, RowError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.sql.semantic_agg import AGGREGATE_FUNCTIONS

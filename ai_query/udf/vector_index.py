@@ -18,8 +18,8 @@ import pyarrow as pa
 from sqlglot import exp
 
 from ai_query.catalog import Catalog
-from ai_query.engine.batch import align_results, raise_first_error, request_batch
-from ai_query.engine.protocol import Engine
+from ai_query.engine.core.batch import align_results, raise_first_error, request_batch
+from ai_query.engine.core.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.options import CallOptions

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from ai_query.engine.batch import (
+from ai_query.engine.core.batch import (
     RowOutcome,
     align_results,
     raise_first_error,

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 from ai_query.catalog import Catalog, ServedEntity
-from ai_query.engine.batch import request_batch
-from ai_query.engine.embedded import EmbeddedEngine
+from ai_query.engine.backends.registry import shared_backend
+from ai_query.engine.core.batch import request_batch
+from ai_query.engine.core.loop import EngineLoop
 from ai_query.engine.local import LocalEngine
-from ai_query.engine.loop import EngineLoop
-from ai_query.engine.registry import shared_backend
-from ai_query.engine.supervision import EngineState
-from ai_query.engine.vllm_backend import VLLMBackend
-from ai_query.engine.vllm_setup import building
+from ai_query.engine.process.embedded import EmbeddedEngine
+from ai_query.engine.process.supervision import EngineState
+from ai_query.engine.vllm.backend import VLLMBackend
+from ai_query.engine.vllm.setup import building
 from ai_query.errors import AIQueryError
 from ai_query.options import CallOptions
 from ai_query.query_endpoints import start_early

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pytest
 
 from ai_query.catalog import Catalog
-from ai_query.engine.batch import align_results, request_batch
+from ai_query.engine.backends.registry import shared_backend
+from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.engine.local import LocalEngine
-from ai_query.engine.registry import shared_backend
 from ai_query.options import CallOptions, ModelParameters
 from tests.servers import free_port, stop, vllm_api_server, wait_http
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from ai_query.engine.bundled import smollm2_dir
+    from ai_query.engine.backends.bundled import smollm2_dir
 
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"

@@ -8,9 +8,9 @@ import time
 import pyarrow as pa
 import pytest
 
-from ai_query.engine.batch import align_results, request_batch
-from ai_query.engine.flight_client import FlightEngineClient
-from ai_query.engine.launcher import start_server_process
+from ai_query.engine.core.batch import align_results, request_batch
+from ai_query.engine.flight.client import FlightEngineClient
+from ai_query.engine.process.launcher import start_server_process
 from ai_query.errors import EngineUnavailableError
 from ai_query.options import CallOptions
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ai_query.engine.lifeline import descendants
+from ai_query.engine.process.lifeline import descendants
 from tests.processes import engine_cores, read_line, run_script, wait_gone
 from tests.servers import free_port, start, stop, wait_http
 
@@ -59,7 +59,7 @@ def test_a_plain_script_answers_then_leaves_nothing_behind_when_killed(tmp_path:
 
 def test_a_killed_engine_fails_its_query_and_the_next_query_answers() -> None:
     import ai_query
-    from ai_query.engine.embedded import EmbeddedEngine
+    from ai_query.engine.process.embedded import EmbeddedEngine
 
     con = ai_query.connect()
     assert isinstance(con.engine, EmbeddedEngine)
@@ -111,8 +111,8 @@ def _get(url: str) -> tuple[int, Any]:
 def test_serve_reports_a_dead_engine_then_recovers_and_leaves_nothing_when_killed(
     tmp_path: Path,
 ) -> None:
-    from ai_query.engine.batch import align_results, request_batch
-    from ai_query.engine.flight_client import FlightEngineClient
+    from ai_query.engine.core.batch import align_results, request_batch
+    from ai_query.engine.flight.client import FlightEngineClient
     from ai_query.options import CallOptions, ModelParameters
 
     flight_port, http_port = free_port(), free_port()
@@ -126,7 +126,7 @@ def test_serve_reports_a_dead_engine_then_recovers_and_leaves_nothing_when_kille
         cores = engine_cores(proc.pid)
         assert len(cores) == 1
         # vLLM's CPU build spawns its engine process; the first one is the zygote that imported
-        # vLLM while the server did (ai_query.engine.vllm_zygote); the restart spawns afresh.
+        # vLLM while the server did (ai_query.engine.vllm.zygote); the restart spawns afresh.
         marks = [json.loads(line) for line in (tmp_path / "timings").read_text().splitlines()]
         assert [m["engine_pid"] for m in marks
                 if m["step"] == "engine: process from the zygote"] == cores

@@ -6,14 +6,14 @@ import os
 import signal
 from pathlib import Path
 
-from ai_query.engine.lifeline import descendants
+from ai_query.engine.process.lifeline import descendants
 from tests.processes import read_line, run_script, wait_gone
 
 
 def test_the_reaper_kills_an_engine_host_s_children_after_sigkill(tmp_path: Path) -> None:
     proc = run_script(tmp_path, """
         import subprocess, time
-        from ai_query.engine.lifeline import start_reaper
+        from ai_query.engine.process.lifeline import start_reaper
         start_reaper()
         child = subprocess.Popen(["sleep", "300"])   # stands for vLLM's EngineCore
         time.sleep(1.5)                              # the reaper notes it within 0.5 s
@@ -34,8 +34,8 @@ def test_the_reaper_kills_an_engine_host_s_children_after_sigkill(tmp_path: Path
 def test_a_private_server_exits_when_its_user_is_killed(tmp_path: Path) -> None:
     proc = run_script(tmp_path, """
         import time
-        from ai_query.engine.embedded import EmbeddedEngine
-        from ai_query.engine.batch import request_batch
+        from ai_query.engine.process.embedded import EmbeddedEngine
+        from ai_query.engine.core.batch import request_batch
         from ai_query.options import CallOptions
         engine = EmbeddedEngine(engine_kind="deterministic")
         out = engine.run(request_batch(["hi"], CallOptions(endpoint="smollm2-135m-instruct")))

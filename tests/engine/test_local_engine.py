@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ai_query.engine.batch import align_results, request_batch
+from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.errors import ConfigError, SQLParseError, UnknownEndpointError
 from ai_query.options import CallOptions, ModelParameters
 

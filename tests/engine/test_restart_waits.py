@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ai_query.engine import vllm_model
-from ai_query.engine.supervision import EngineState
-from ai_query.engine.vllm_backend import VLLMBackend
-from ai_query.engine.vllm_model import VLLMModel
+from ai_query.engine.process.supervision import EngineState
+from ai_query.engine.vllm import model as vllm_model
+from ai_query.engine.vllm.backend import VLLMBackend
+from ai_query.engine.vllm.model import VLLMModel
 from ai_query.errors import EngineDeadError
 
 
@@ -125,9 +125,9 @@ def test_rows_on_a_dead_engine_say_what_happens_next(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_private_server_past_its_restart_limit_says_to_restart_the_program() -> None:
-    from ai_query.engine.batch import request_batch
-    from ai_query.engine.embedded import EmbeddedEngine
-    from ai_query.engine.supervision import RestartPolicy
+    from ai_query.engine.core.batch import request_batch
+    from ai_query.engine.process.embedded import EmbeddedEngine
+    from ai_query.engine.process.supervision import RestartPolicy
     from ai_query.options import CallOptions
 
     engine = EmbeddedEngine(

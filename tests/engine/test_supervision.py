@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ai_query.engine.supervision import (
+from ai_query.engine.process.supervision import (
     EngineHealth,
     EngineState,
     RestartPolicy,
@@ -120,7 +120,7 @@ def test_worst_health_of_an_endpoint_is_its_least_ready_entity() -> None:
 
 
 def test_default_dtype_is_float32_only_on_a_cpu_without_native_bf16(tmp_path) -> None:
-    from ai_query.engine.vllm_model import default_dtype
+    from ai_query.engine.vllm.model import default_dtype
 
     def cpu(flags: str):  # type: ignore[no-untyped-def]
         path = tmp_path / f"cpuinfo-{len(flags)}"
@@ -136,7 +136,7 @@ def test_default_dtype_is_float32_only_on_a_cpu_without_native_bf16(tmp_path) ->
 
 
 def test_generative_models_use_32_token_kv_blocks_on_a_cpu_only(tmp_path) -> None:
-    from ai_query.engine.vllm_model import default_block_size
+    from ai_query.engine.vllm.model import default_block_size
 
     assert default_block_size(tmp_path / "no-gpu") == {"block_size": 32}
     assert default_block_size(tmp_path) == {}, "on a GPU vLLM keeps its own block size"

@@ -13,11 +13,16 @@ import pytest
 
 import ai_query
 from ai_query.catalog import Catalog, ServedEntity
-from ai_query.engine.arrow_types import to_arrow
-from ai_query.engine.backend import Completion, CompletionChunk, EmbeddingResult, GenerationRequest
-from ai_query.engine.deterministic import DeterministicBackend
+from ai_query.engine.backends.backend import (
+    Completion,
+    CompletionChunk,
+    EmbeddingResult,
+    GenerationRequest,
+)
+from ai_query.engine.backends.deterministic import DeterministicBackend
+from ai_query.engine.core.arrow_types import to_arrow
 from ai_query.engine.local import LocalEngine
-from ai_query.engine.supervision import EngineHealth, EngineState
+from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.errors import ConfigError
 from ai_query.options import CallOptions
 from ai_query.sql.types import MAX_TYPE_DEPTH, SQLType, parse_return_type

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ai_query.engine.batch import align_results, request_batch
+from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.options import CallOptions, ModelParameters
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def _reference_embeddings(texts: list[str]) -> np.ndarray:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from ai_query.engine.bundled import minilm_dir
+    from ai_query.engine.backends.bundled import minilm_dir
 
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
     model = AutoModel.from_pretrained(str(minilm_dir())).eval()
@@ -159,7 +159,7 @@ def test_concurrent_batches_match_serial_answers(real_engine) -> None:
 
 
 def _backend(engine, endpoint):  # type: ignore[no-untyped-def]
-    from ai_query.engine.registry import shared_backend
+    from ai_query.engine.backends.registry import shared_backend
 
     return shared_backend(engine.catalog.get(endpoint).config.served_entities[0])
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ai_query.engine import vllm_zygote
-from ai_query.engine.vllm_zygote import Zygote, start_zygote, zygote_context
+from ai_query.engine.vllm import zygote as vllm_zygote
+from ai_query.engine.vllm.zygote import Zygote, start_zygote, zygote_context
 
 
 def _report(path: str) -> None:

@@ -35,7 +35,7 @@ def make_job(tmp_path: Path) -> Callable[..., JobSpec]:
 def det_engine() -> Any:
     """A deterministic LocalEngine without the in-memory memo (every request is a model call)."""
     from ai_query.catalog import Catalog
-    from ai_query.engine.deterministic import DeterministicBackend
+    from ai_query.engine.backends.deterministic import DeterministicBackend
     from ai_query.engine.local import LocalEngine
 
     return LocalEngine(Catalog.default(), backend_factory=DeterministicBackend, memo_entries=0)

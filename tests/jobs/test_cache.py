@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from ai_query.catalog import Catalog
-from ai_query.engine.batch import align_results, request_batch
+from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.jobs.cache import CachingEngine, ResultCache, call_identity, request_key
 from ai_query.options import CallOptions, ModelParameters
 

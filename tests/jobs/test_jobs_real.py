@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ai_query.engine.lifeline import descendants
+from ai_query.engine.process.lifeline import descendants
 from ai_query.errors import JobLockedError
 from ai_query.jobs.runlog import RunLog
 from ai_query.jobs.runner import RunRequest, run_job

@@ -12,8 +12,8 @@ import pytest
 
 import ai_query
 from ai_query.catalog import Catalog
-from ai_query.engine.backend import GenerationRequest, RowFailure
-from ai_query.engine.deterministic import DeterministicBackend
+from ai_query.engine.backends.backend import GenerationRequest, RowFailure
+from ai_query.engine.backends.deterministic import DeterministicBackend
 from ai_query.engine.local import LocalEngine
 from ai_query.errors import JobError, JobLockedError
 from ai_query.jobs.lock import JobLock

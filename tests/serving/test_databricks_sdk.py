@@ -25,8 +25,8 @@ from databricks.sdk.service.serving import (
     ServingModelWorkloadType,
 )
 
-from ai_query.engine.batch import align_results, request_batch
-from ai_query.engine.flight_client import FlightEngineClient
+from ai_query.engine.core.batch import align_results, request_batch
+from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.errors import PermissionDeniedError
 from ai_query.options import CallOptions
 from tests.servers import free_port

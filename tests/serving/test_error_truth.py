@@ -156,8 +156,8 @@ def _build_starts(timings: Path, after: float) -> list[float]:
 
 @pytest.mark.slow
 def test_an_engine_past_its_restart_limit_is_failed_in_every_answer(tmp_path: Path) -> None:
-    from ai_query.engine.batch import request_batch
-    from ai_query.engine.flight_client import FlightEngineClient
+    from ai_query.engine.core.batch import request_batch
+    from ai_query.engine.flight.client import FlightEngineClient
     from ai_query.errors import EngineDeadError
     from ai_query.options import CallOptions, ModelParameters
 

@@ -15,10 +15,10 @@ import pyarrow.flight as flight
 import pytest
 
 from ai_query.catalog import Catalog
-from ai_query.engine.batch import align_results, request_batch
-from ai_query.engine.deterministic import DeterministicBackend
+from ai_query.engine.backends.deterministic import DeterministicBackend
+from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.engine.diagnostics import DelayedEngine, EchoEngine
-from ai_query.engine.flight_client import FlightEngineClient, parse_urls
+from ai_query.engine.flight.client import FlightEngineClient, parse_urls
 from ai_query.engine.local import LocalEngine
 from ai_query.engine.spec import EngineSpec, build_engine
 from ai_query.errors import (

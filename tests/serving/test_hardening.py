@@ -19,8 +19,8 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from ai_query.engine.batch import RowOutcome, result_batch
-from ai_query.engine.flight_wire import error_from_flight, error_to_flight
+from ai_query.engine.core.batch import RowOutcome, result_batch
+from ai_query.engine.flight.wire import error_from_flight, error_to_flight
 from ai_query.errors import EngineError
 from ai_query.redaction import MASK, redact, remember_secret
 from ai_query.secrets import resolve_secret
@@ -171,7 +171,7 @@ def test_unexpected_exception_is_500_with_request_id_never_400(
 
 
 def test_from_exception_maps_only_domain_errors_to_4xx() -> None:
-    from ai_query.engine.backend import RowFailure
+    from ai_query.engine.backends.backend import RowFailure
     from ai_query.errors import ConfigError, UnknownEndpointError
     from ai_query.serving.http.problems import from_exception
 

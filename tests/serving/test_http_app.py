@@ -288,7 +288,7 @@ def test_models_metrics_and_inference_table(client: TestClient, tmp_path: Path) 
 
 def test_flight_engine_sees_endpoints_made_over_http(tmp_path: Path) -> None:
     from ai_query.catalog import Catalog
-    from ai_query.engine.deterministic import DeterministicBackend
+    from ai_query.engine.backends.deterministic import DeterministicBackend
     from ai_query.engine.local import LocalEngine
 
     engine = LocalEngine(Catalog([]), backend_factory=DeterministicBackend)

@@ -223,8 +223,8 @@ def test_http_beside_flight_in_one_process(tmp_path: Path) -> None:
 
     import pyarrow as pa
 
-    from ai_query.engine.batch import align_results, request_batch
-    from ai_query.engine.flight_client import FlightEngineClient
+    from ai_query.engine.core.batch import align_results, request_batch
+    from ai_query.engine.flight.client import FlightEngineClient
     from ai_query.errors import AIQueryError
     from ai_query.options import CallOptions
     from tests.servers import free_port, start, stop, wait_http

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from ai_query.catalog import Endpoint
-from ai_query.engine.tool_calls import tool_call_schema, tool_calls_from_output
+from ai_query.engine.backends.tool_calls import tool_call_schema, tool_calls_from_output
 from ai_query.errors import AuthenticationError, ConfigError, RateLimitExceededError
 from ai_query.serving.auth import ANONYMOUS, TokenAuth
 from ai_query.serving.inference_table import InferenceRecord, InferenceTable

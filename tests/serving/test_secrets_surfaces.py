@@ -126,7 +126,7 @@ def test_planted_secret_is_on_no_surface(leak_server: HTTPServer) -> None:
         assert "invalid key" in answer.text, answer.text  # the provider's error did come back
         assert SECRET not in answer.text and "[REDACTED]" in answer.text
     # (c) Flight: DuckDB on a Flight client of the server
-    from ai_query.engine.flight_client import FlightEngineClient
+    from ai_query.engine.flight.client import FlightEngineClient
 
     client = FlightEngineClient([_flight_url(leak_server)])
     con = ai_query.connect(engine=client)

@@ -14,7 +14,7 @@ from tests.udf.counting import CountingEngine
 @pytest.fixture(scope="session")
 def real_server() -> Iterator[Any]:
     """An engine server process with real vLLM and the bundled models, loaded before use."""
-    from ai_query.engine.launcher import start_server_process
+    from ai_query.engine.process.launcher import start_server_process
 
     server = start_server_process(engine="local", preload=True, startup_timeout=900)
     yield server
@@ -24,7 +24,7 @@ def real_server() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def det_server() -> Iterator[Any]:
     """An engine server process with the deterministic backend (fast)."""
-    from ai_query.engine.launcher import start_server_process
+    from ai_query.engine.process.launcher import start_server_process
 
     server = start_server_process(engine="deterministic", preload=False)
     yield server

@@ -15,7 +15,7 @@ class CountingEngine:
         self.endpoints: list[str] = []
 
     def run(self, batch: Any) -> Any:
-        from ai_query.engine.batch import read_request_batch
+        from ai_query.engine.core.batch import read_request_batch
 
         requests, options = read_request_batch(batch)
         self.rows += sum(r is not None for r in requests)

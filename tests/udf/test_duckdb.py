@@ -238,7 +238,7 @@ def test_a_plain_embeddings_call_runs_the_vector_function(fake_engine) -> None:
     sql = "SELECT ai_query('all-minilm-l6-v2', 'hello') AS v"
     assert "__ai_query_vector('all-minilm-l6-v2', 'hello')" in con.rewrite(sql)
     vector = con.sql(sql).fetchall()[0][0]
-    from ai_query.engine.batch import request_batch
+    from ai_query.engine.core.batch import request_batch
     from ai_query.options import CallOptions
 
     batch = request_batch(["hello"], CallOptions(endpoint="all-minilm-l6-v2"))

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 import ai_query
-from ai_query.engine.batch import align_results, request_batch
+from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.errors import UnknownEndpointError
 from ai_query.options import CallOptions, ModelParameters
 

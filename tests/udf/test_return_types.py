@@ -80,7 +80,7 @@ RETURN_TYPES = [
 @pytest.fixture(scope="module")
 def con() -> Any:
     from ai_query.catalog import Catalog
-    from ai_query.engine.deterministic import DeterministicBackend
+    from ai_query.engine.backends.deterministic import DeterministicBackend
     from ai_query.engine.local import LocalEngine
 
     engine = LocalEngine(Catalog.default(), backend_factory=DeterministicBackend)

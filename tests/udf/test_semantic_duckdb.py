@@ -118,7 +118,7 @@ class RecordingEngine(CountingEngine):
         self.prompts: list[str] = []
 
     def run(self, batch: Any) -> Any:
-        from ai_query.engine.batch import read_request_batch
+        from ai_query.engine.core.batch import read_request_batch
 
         requests, _ = read_request_batch(batch)
         self.prompts += [r for r in requests if r is not None]

@@ -26,7 +26,7 @@ def _answer(prompt: str) -> str:
 
 
 def _batches(server: Any) -> int:
-    from ai_query.engine.flight_client import FlightEngineClient
+    from ai_query.engine.flight.client import FlightEngineClient
 
     client = FlightEngineClient([server.url], token=server.token or "")
     return int(client.health()[server.url]["batches"])
@@ -65,7 +65,7 @@ def test_one_client_per_worker_process(spark, det_server, restore_batch_size) ->
     def probe(ids: pd.Series) -> pd.Series:
         import gc
 
-        from ai_query.engine.flight_client import FlightEngineClient
+        from ai_query.engine.flight.client import FlightEngineClient
         from ai_query.engine.spec import get_engine
 
         clients = sum(isinstance(o, FlightEngineClient) for o in gc.get_objects())
@@ -87,7 +87,7 @@ def test_one_client_per_worker_process(spark, det_server, restore_batch_size) ->
 
 
 def _engine_states(server: Any) -> dict[str, str]:
-    from ai_query.engine.flight_client import FlightEngineClient
+    from ai_query.engine.flight.client import FlightEngineClient
 
     client = FlightEngineClient([server.url], token=server.token or "")
     try:
@@ -117,7 +117,7 @@ def test_embedded_server_in_local_mode(spark, monkeypatch) -> None:
 
 
 def test_auth_refused_without_the_token(spark) -> None:
-    from ai_query.engine.launcher import start_server_process
+    from ai_query.engine.process.launcher import start_server_process
     from ai_query.udf.spark import register
 
     server = start_server_process(engine="deterministic", preload=False, token="sp4rk")
@@ -142,8 +142,8 @@ def test_run_sql_uses_the_active_session(spark, det_server) -> None:
 
 def test_a_server_killed_mid_query(spark, restore_batch_size) -> None:
     """Two servers; one is killed while it holds batches; no row is lost or duplicated."""
-    from ai_query.engine.flight_client import FlightEngineClient
-    from ai_query.engine.launcher import start_server_process
+    from ai_query.engine.flight.client import FlightEngineClient
+    from ai_query.engine.process.launcher import start_server_process
     from ai_query.udf.spark import register
 
     servers = [start_server_process(engine="deterministic", preload=False, batch_delay=0.4)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from ai_query.engine.batch import align_results, request_batch
-from ai_query.engine.flight_client import FlightEngineClient
+from ai_query.engine.core.batch import align_results, request_batch
+from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.options import CallOptions, ModelParameters
 
 pytestmark = [

@@ -147,7 +147,7 @@ def test_register_on_a_plain_connection(counting: CountingEngine) -> None:
 
 
 def test_catalog_task_functions_choose_the_endpoint(fake_engine: Any) -> None:
-    from ai_query.engine.deterministic import DeterministicBackend
+    from ai_query.engine.backends.deterministic import DeterministicBackend
     from ai_query.engine.local import LocalEngine
 
     catalog = Catalog.from_data(

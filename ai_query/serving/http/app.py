@@ -23,9 +23,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ai_query.catalog import Catalog
-from ai_query.engine.deterministic import deterministic_backend_factory
-from ai_query.engine.protocol import Engine
-from ai_query.engine.registry import BackendFactory, close_backends
+from ai_query.engine.backends.deterministic import deterministic_backend_factory
+from ai_query.engine.backends.registry import BackendFactory, close_backends
+from ai_query.engine.core.protocol import Engine
 from ai_query.errors import AIQueryError
 from ai_query.redaction import redact
 from ai_query.serving.auth import TokenAuth

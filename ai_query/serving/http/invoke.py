@@ -21,7 +21,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ai_query.catalog import Endpoint, ServedEntity
-from ai_query.engine.backend import Embedding, RowFailure
+from ai_query.engine.backends.backend import Embedding, RowFailure
 from ai_query.redaction import redact
 from ai_query.serving.http import responses
 from ai_query.serving.http.context import ServerContext

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ai_query.catalog import Endpoint
-from ai_query.engine.supervision import EngineHealth, EngineState
+from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.serving.audit import audited
 from ai_query.serving.http.context import Caller, Ctx
 from ai_query.serving.http.schemas import read_json

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from ai_query.engine.backend import RowFailure
+from ai_query.engine.backends.backend import RowFailure
 from ai_query.errors import (
     AIQueryError,
     AuthenticationError,
@@ -106,7 +106,7 @@ def from_exception(
     """The API error for an exception raised while serving a request.
 
     Domain errors map to 4xx here (and only here); a request's own failure (a backend's
-    :class:`~ai_query.engine.backend.RowFailure`) is a 400, or a 502 from an external
+    :class:`~ai_query.engine.backends.backend.RowFailure`) is a 400, or a 502 from an external
     provider; anything else is unexpected: a 500 naming ``request_id``, logged with it.
 
     Args:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_query.engine.backend import Completion, CompletionChunk, Embedding
+from ai_query.engine.backends.backend import Completion, CompletionChunk, Embedding
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

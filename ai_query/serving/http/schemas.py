@@ -15,8 +15,8 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ai_query.catalog import describe_validation_error
-from ai_query.engine.backend import GenerationRequest
-from ai_query.engine.tool_calls import tool_call_schema
+from ai_query.engine.backends.backend import GenerationRequest
+from ai_query.engine.backends.tool_calls import tool_call_schema
 from ai_query.errors import ConfigError
 from ai_query.options import ModelParameters
 from ai_query.serving.http.problems import APIError, bad_request

@@ -12,8 +12,8 @@ import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from ai_query.engine.backend import Backend, CompletionChunk, GenerationRequest
-from ai_query.engine.loop import shared_loop
+from ai_query.engine.backends.backend import Backend, CompletionChunk, GenerationRequest
+from ai_query.engine.core.loop import shared_loop
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from pyspark.sql.functions import arrow_udf, pandas_udf
 
 from ai_query.catalog import Catalog
 from ai_query.config import settings
-from ai_query.engine.flight_client import FlightEngineClient, parse_urls
-from ai_query.engine.launcher import ServerProcess, start_server_process
+from ai_query.engine.flight.client import FlightEngineClient, parse_urls
+from ai_query.engine.process.launcher import ServerProcess, start_server_process
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.sql import transpile

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ai_query.catalog import ServedEntity
-from ai_query.engine.backend import (
+from ai_query.engine.backends.backend import (
     Backend,
     Completion,
     CompletionChunk,
@@ -25,14 +25,14 @@ from ai_query.engine.backend import (
     GenerationRequest,
     RowFailure,
 )
-from ai_query.engine.registry import default_backend_factory
-from ai_query.engine.supervision import EngineHealth, EngineState
-from ai_query.engine.tool_calls import (
+from ai_query.engine.backends.registry import default_backend_factory
+from ai_query.engine.backends.tool_calls import (
     function_tools,
     make_tool_call,
     tool_call_schema,
     tool_calls_from_output,
 )
+from ai_query.engine.process.supervision import EngineHealth, EngineState
 
 
 class DeterministicBackend:

@@ -10,9 +10,10 @@ memory and their log output out of the user's process. Batches reach it over Arr
 loopback, with a random bearer token; ``bench/duckdb_vs_offline.py`` measures what that costs.
 
 Supervision: the server restarts a vLLM engine whose process died (see
-:mod:`ai_query.engine.vllm_backend`); this class restarts the server itself when it died, on
-the next batch, within the same :class:`~ai_query.engine.supervision.RestartPolicy`. The server
-exits when this process dies, even of SIGKILL (see :mod:`ai_query.engine.lifeline`).
+:mod:`ai_query.engine.vllm.backend`); this class restarts the server itself when it died, on
+the next batch, within the same :class:`~ai_query.engine.process.supervision.RestartPolicy`. The
+server
+exits when this process dies, even of SIGKILL (see :mod:`ai_query.engine.process.lifeline`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from ai_query.catalog import Catalog
-from ai_query.engine.flight_client import FlightEngineClient
-from ai_query.engine.launcher import ServerProcess, start_server_process
-from ai_query.engine.supervision import (
+from ai_query.engine.flight.client import FlightEngineClient
+from ai_query.engine.process.launcher import ServerProcess, start_server_process
+from ai_query.engine.process.supervision import (
     EngineHealth,
     EngineState,
     RestartPolicy,

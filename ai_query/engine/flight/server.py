@@ -1,8 +1,8 @@
-"""Any :class:`~ai_query.engine.protocol.Engine` behind Arrow Flight: the server half of the
-transport whose client is :class:`~ai_query.engine.flight_client.FlightEngineClient`.
+"""Any :class:`~ai_query.engine.core.protocol.Engine` behind Arrow Flight: the server half of the
+transport whose client is :class:`~ai_query.engine.flight.client.FlightEngineClient`.
 
 Each ``DoExchange`` stream carries the request batches of one call (see
-:mod:`ai_query.engine.flight_wire`). A reader thread takes request batches off the stream as
+:mod:`ai_query.engine.flight.wire`). A reader thread takes request batches off the stream as
 they arrive and hands each to a thread pool running ``engine.run``; the handler writes the
 results back in order. So every batch of every stream is in flight at once, and a
 :class:`~ai_query.engine.local.LocalEngine` sees all their rows together on vLLM.
@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as flight
 
-from ai_query.engine.flight_wire import ACTION_CATALOG, ACTION_HEALTH, ACTIONS, error_to_flight
-from ai_query.engine.protocol import Engine, engine_health
+from ai_query.engine.core.protocol import Engine, engine_health
+from ai_query.engine.flight.wire import ACTION_CATALOG, ACTION_HEALTH, ACTIONS, error_to_flight
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class EngineFlightServer(flight.FlightServerBase):
         return list(ACTIONS.items())
 
     def do_action(self, context: Any, action: Any) -> list[flight.Result]:
-        """``healthcheck`` or ``catalog``; see :mod:`ai_query.engine.flight_wire`."""
+        """``healthcheck`` or ``catalog``; see :mod:`ai_query.engine.flight.wire`."""
         kind = action.type
         if kind == ACTION_HEALTH:
             return [flight.Result(json.dumps(self.health()).encode())]

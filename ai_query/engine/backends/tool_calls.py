@@ -5,7 +5,7 @@ the way vLLM's own OpenAI server serves them: the output is constrained by guide
 JSON that names a tool and carries arguments fitting its ``parameters`` schema, then turned into
 ``tool_calls``. That needs no model-specific parser, so it works for every local model (and the
 deterministic backend). ``tool_choice="auto"`` needs the model to decide on its own, which only
-a model-specific parser can read back (see :mod:`ai_query.engine.vllm_backend`).
+a model-specific parser can read back (see :mod:`ai_query.engine.vllm.backend`).
 """
 
 from __future__ import annotations

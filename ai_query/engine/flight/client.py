@@ -1,4 +1,5 @@
-"""The Flight engine client: the :class:`~ai_query.engine.protocol.Engine` protocol over servers.
+"""The Flight engine client: the :class:`~ai_query.engine.core.protocol.Engine` protocol over
+servers.
 
 :class:`FlightEngineClient` sends each request batch to one or more engine servers
 (``ai-query serve``) over Arrow Flight. A batch is cut into chunks, at least one per reachable
@@ -7,7 +8,7 @@ stream, all written before any answer is read, so they are in flight together. W
 fails mid-batch, its unanswered chunks go to the other servers (or to the same one after a
 reconnect with backoff), a bounded number of times; then the call fails naming the servers.
 A batch is returned whole or not at all: each chunk's answer is checked with
-:func:`~ai_query.engine.batch.align_results` before it is kept.
+:func:`~ai_query.engine.core.batch.align_results` before it is kept.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ai_query.catalog import Catalog
-from ai_query.engine.batch import align_results
-from ai_query.engine.flight_wire import (
+from ai_query.engine.core.batch import align_results
+from ai_query.engine.flight.wire import (
     ACTION_CATALOG,
     ACTION_HEALTH,
     EXCHANGE_COMMAND,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ai_query.catalog import ExternalModel
-from ai_query.engine.backend import (
+from ai_query.engine.backends.backend import (
     Completion,
     CompletionChunk,
     Embedding,
@@ -23,7 +23,7 @@ from ai_query.engine.backend import (
     GenerationRequest,
     RowFailure,
 )
-from ai_query.engine.supervision import EngineHealth, EngineState
+from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.secrets import resolve_secret
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
 the import in a background thread at its first moment instead
 (:func:`import_vllm_in_background`, called by ``ai-query serve``), so the import runs while the
 server binds Arrow Flight and waits for its caller's first batch. On vLLM's CPU build the first
-engine process imports vLLM at the same moment, in a zygote (:mod:`.vllm_zygote`).
+engine process imports vLLM at the same moment, in a zygote (:mod:`.zygote`).
 
 Every vLLM engine build in this process goes through :func:`building`: it applies vLLM's
 environment, starts the reaper (vLLM's engine processes must not outlive this one, even on
@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ai_query.config import apply_vllm_environment
-from ai_query.engine.lifeline import start_reaper
-from ai_query.engine.vllm_zygote import install as install_zygote
-from ai_query.engine.vllm_zygote import note_imports_done, start_zygote
+from ai_query.engine.process.lifeline import start_reaper
+from ai_query.engine.vllm.zygote import install as install_zygote
+from ai_query.engine.vllm.zygote import note_imports_done, start_zygote
 from ai_query.timings import mark
 
 log = logging.getLogger(__name__)

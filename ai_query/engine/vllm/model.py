@@ -1,9 +1,9 @@
 """What vLLM's two backends share: engine defaults for this machine, and a supervised start.
 
-:mod:`.vllm_backend` runs generative models on vLLM's ``AsyncLLM``; :mod:`.vllm_pooling` runs
+:mod:`.backend` runs generative models on vLLM's ``AsyncLLM``; :mod:`.pooling` runs
 embedding models on its offline ``LLM``. Both are a :class:`VLLMModel`: built off the engine
-loop (see :mod:`.vllm_setup`), once, and again after the engine died, as their
-:class:`~ai_query.engine.supervision.Supervisor` allows.
+loop (see :mod:`.setup`), once, and again after the engine died, as their
+:class:`~ai_query.engine.process.supervision.Supervisor` allows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ai_query.engine.supervision import EngineHealth, EngineState, Supervisor
+from ai_query.engine.process.supervision import EngineHealth, EngineState, Supervisor
 from ai_query.errors import EngineDeadError
 
 log = logging.getLogger(__name__)

@@ -84,7 +84,7 @@ class Zygote:
             f"want = json.loads({json.dumps(json.dumps(want))})\n"
             "if any(os.environ.get(k) != v for k, v in want.items()):\n"
             "    os.execve(sys.executable, sys.orig_argv, {**os.environ, **want})\n"
-            "from ai_query.engine.vllm_zygote import zygote_main\n"
+            "from ai_query.engine.vllm.zygote import zygote_main\n"
             f"zygote_main({self.tracker_fd}, {child_r}, {list(modules)!r})\n"
         )
         flags = util._args_from_interpreter_flags()  # type: ignore[attr-defined]

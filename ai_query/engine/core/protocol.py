@@ -8,12 +8,12 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from ai_query.catalog import Catalog
-    from ai_query.engine.supervision import EngineHealth
+    from ai_query.engine.process.supervision import EngineHealth
 
 
 @runtime_checkable
 class Engine(Protocol):
-    """Answers request batches; see :mod:`ai_query.engine.batch` for the columns.
+    """Answers request batches; see :mod:`ai_query.engine.core.batch` for the columns.
 
     ``run`` must be thread-safe and return one result row per request row, in order.
     """
@@ -35,7 +35,7 @@ class SupervisedEngine(Protocol):
     """An engine whose models run in processes that can die (vLLM, engine servers)."""
 
     def endpoint_health(self) -> dict[str, EngineHealth]:
-        """Each endpoint's health now (see :mod:`ai_query.engine.supervision`)."""
+        """Each endpoint's health now (see :mod:`ai_query.engine.process.supervision`)."""
         ...
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ai_query.catalog import ServedEntity
 
 if TYPE_CHECKING:
-    from ai_query.engine.backend import Backend
+    from ai_query.engine.backends.backend import Backend
 
 BackendFactory = Callable[[ServedEntity], "Backend"]
 
@@ -32,12 +32,12 @@ def backend_key(entity: ServedEntity) -> str:
 def default_backend_factory(entity: ServedEntity) -> Backend:
     """A vLLM backend for a local entity; an OpenAI-client backend for an external one."""
     if entity.external_model is not None:
-        from ai_query.engine.external import ExternalBackend
+        from ai_query.engine.backends.external import ExternalBackend
 
         return ExternalBackend(entity.external_model)
-    from ai_query.engine.bundled import resolve_model_dir
-    from ai_query.engine.vllm_backend import VLLMBackend
-    from ai_query.engine.vllm_pooling import VLLMEmbeddingBackend
+    from ai_query.engine.backends.bundled import resolve_model_dir
+    from ai_query.engine.vllm.backend import VLLMBackend
+    from ai_query.engine.vllm.pooling import VLLMEmbeddingBackend
 
     model_dir = resolve_model_dir(str(entity.entity_name))
     if entity.resolved_task == "llm/v1/embeddings":
@@ -86,7 +86,7 @@ def close_backends_first_at_exit() -> None:
 
 def close_backends() -> None:
     """Shut down every backend of the process (also run at exit)."""
-    from ai_query.engine.loop import shared_loop
+    from ai_query.engine.core.loop import shared_loop
 
     with _lock:
         backends = list(_backends.values())

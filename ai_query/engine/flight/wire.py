@@ -1,7 +1,7 @@
 """What engine servers and their clients agree on over Arrow Flight.
 
 - Data: ``DoExchange`` with an empty command descriptor. The client writes request batches
-  (:func:`ai_query.engine.batch.request_batch`; the call options travel in the schema metadata,
+  (:func:`ai_query.engine.core.batch.request_batch`; the call options travel in the schema metadata,
   so one stream carries one call), then ends its side; the server answers each request batch
   with one result batch, in order. Several batches per stream are in flight together.
 - Actions: ``healthcheck`` (JSON status and counters) and ``catalog`` (the catalog as JSON,

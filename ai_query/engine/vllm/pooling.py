@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ai_query.engine.backend import (
+from ai_query.engine.backends.backend import (
     Completion,
     CompletionChunk,
     Embedding,
@@ -31,9 +31,9 @@ from ai_query.engine.backend import (
     GenerationRequest,
     RowFailure,
 )
-from ai_query.engine.loop import settle
-from ai_query.engine.vllm_model import VLLMModel, short_message
-from ai_query.engine.vllm_setup import building
+from ai_query.engine.core.loop import settle
+from ai_query.engine.vllm.model import VLLMModel, short_message
+from ai_query.engine.vllm.setup import building
 from ai_query.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ai_query.engine.supervision import EngineHealth
+from ai_query.engine.process.supervision import EngineHealth
 from ai_query.options import ModelParameters
 
 
@@ -44,7 +44,8 @@ class GenerationRequest:
     tools: list[dict[str, Any]] | None = None
     """OpenAI function tools offered to the model (chat only)."""
     tool_choice: str | dict[str, Any] | None = None
-    """``none``, ``auto``, ``required`` or a named function (:mod:`ai_query.engine.tool_calls`)."""
+    """``none``, ``auto``, ``required`` or a named function
+    (:mod:`ai_query.engine.backends.tool_calls`)."""
 
     schema_hint: bool = False
     """With a JSON schema and no ``messages``: add a system turn stating the schema (SQL calls:
@@ -138,7 +139,7 @@ class Backend(Protocol):
         ...
 
     def health(self) -> EngineHealth:
-        """Whether the model answers now (see :mod:`ai_query.engine.supervision`)."""
+        """Whether the model answers now (see :mod:`ai_query.engine.process.supervision`)."""
         ...
 
     async def close(self) -> None:

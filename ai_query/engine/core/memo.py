@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ai_query.engine.batch import RowOutcome
+from ai_query.engine.core.batch import RowOutcome
 
 
 class ResultMemo:

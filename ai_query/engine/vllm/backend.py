@@ -1,14 +1,15 @@
 """The vLLM backend for generative models: one ``AsyncLLM`` per model, fed every row at once.
 
 The engine is built the first time a row needs it (or when the server warms it), in a worker
-thread (:mod:`ai_query.engine.vllm_setup`; ``AsyncLLM`` binds to the engine loop on first use).
+thread (:mod:`ai_query.engine.vllm.setup`; ``AsyncLLM`` binds to the engine loop on first use).
 Chat prompts are rendered with the model's chat template exactly as ``LLM.chat`` does
-(embedding models run in :mod:`ai_query.engine.vllm_pooling`). Each row is its own vLLM
+(embedding models run in :mod:`ai_query.engine.vllm.pooling`). Each row is its own vLLM
 request, so vLLM's continuous batching sees every row of every concurrent batch.
 
 Function calling: ``tools`` are given to the chat template; a forced ``tool_choice``
 (``required`` or a named function) is served by structured output for any model (see
-:mod:`ai_query.engine.tool_calls`); ``tool_choice="auto"`` returns ``tool_calls`` only when the
+:mod:`ai_query.engine.backends.tool_calls`); ``tool_choice="auto"`` returns ``tool_calls`` only
+when the
 served entity names one of vLLM's tool parsers in ``engine_args["tool_call_parser"]`` (e.g.
 ``hermes`` for Qwen/Hermes models), else the model's text comes back as content.
 """
@@ -22,17 +23,17 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ai_query.engine.backend import (
+from ai_query.engine.backends.backend import (
     Completion,
     CompletionChunk,
     EmbeddingResult,
     GenerationRequest,
     RowFailure,
 )
-from ai_query.engine.supervision import EngineHealth, EngineState
-from ai_query.engine.tool_calls import tool_call_schema, tool_calls_from_output
-from ai_query.engine.vllm_model import VLLMModel, short_message
-from ai_query.engine.vllm_setup import building
+from ai_query.engine.backends.tool_calls import tool_call_schema, tool_calls_from_output
+from ai_query.engine.process.supervision import EngineHealth, EngineState
+from ai_query.engine.vllm.model import VLLMModel, short_message
+from ai_query.engine.vllm.setup import building
 from ai_query.errors import EngineDeadError, EngineError
 
 log = logging.getLogger(__name__)

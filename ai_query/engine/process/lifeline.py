@@ -4,13 +4,14 @@ SIGKILL cannot be caught, so two small watchers do the clean-up from outside:
 
 * The **reaper**: a process that hosts vLLM engines (``ai-query serve``, a private engine
   server, a test) starts one reaper (:func:`start_reaper`), a fresh interpreter running
-  ``python -m ai_query.engine.lifeline``, told the host's PID on the first line of a pipe whose
+  ``python -m ai_query.engine.process.lifeline``, told the host's PID on the first line of a pipe
+  whose
   write end only the host holds. It notes the host's descendants (vLLM's EngineCore,
   multiprocessing's resource tracker) by PID and start time every half second. When the pipe
   reaches end of file, the host is gone, however it died: the reaper kills the descendants it
   noted that still run (the same PID *and* start time, never a name), then exits.
 * The **lifeline**: a private engine server started for a user's process (see
-  :mod:`ai_query.engine.launcher`) gets the read end of a pipe whose write end only that
+  :mod:`ai_query.engine.process.launcher`) gets the read end of a pipe whose write end only that
   user's process holds (:func:`watch_lifeline`). End of file means the user's process died; the
   server exits at once and its reaper kills its engines.
 
@@ -48,7 +49,7 @@ def start_reaper() -> None:
             return
         # Its own session: a signal to the host's process group must not take the reaper first.
         _reaper = subprocess.Popen(
-            [sys.executable, "-m", "ai_query.engine.lifeline"],
+            [sys.executable, "-m", "ai_query.engine.process.lifeline"],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
         )

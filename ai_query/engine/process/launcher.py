@@ -1,12 +1,12 @@
 """Start and stop engine server subprocesses: ``ai-query serve``, run as users run it.
 
-The private engine of a DuckDB connection (:mod:`ai_query.engine.embedded`), the embedded
+The private engine of a DuckDB connection (:mod:`ai_query.engine.process.embedded`), the embedded
 server of local Spark, the tests and the benchmarks run ``python -m ai_query serve`` (the same
 command as the ``ai-query serve`` script) in its own process group, wait (boundedly) until its
 health check answers, and stop it with SIGTERM (graceful) then SIGKILL. Every server started
 here is also stopped when this process exits, and it exits by itself when this process dies,
 even of SIGKILL: it holds the read end of a lifeline pipe whose write end only this process
-holds (see :mod:`ai_query.engine.lifeline`).
+holds (see :mod:`ai_query.engine.process.lifeline`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class ServerProcess:
         Raises:
             EngineUnavailableError: it exited or did not get ready in time (with its log tail).
         """
-        from ai_query.engine.flight_client import FlightEngineClient
+        from ai_query.engine.flight.client import FlightEngineClient
 
         deadline = time.monotonic() + timeout
         client: FlightEngineClient | None = None
