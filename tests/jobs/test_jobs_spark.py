@@ -35,8 +35,6 @@ output = {output}
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
-    pytest.importorskip("pyspark")
-    pytest.importorskip("deltalake")
     from ai_query.udf.spark import local_session
 
     session = local_session("local[2]", app_name="ai-query-job-tests")

@@ -34,7 +34,6 @@ def det_server() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
     """A local[2] SparkSession (one per test process: Spark allows one context)."""
-    pytest.importorskip("pyspark")
     from ai_query.udf.spark import local_session
 
     session = local_session("local[2]", app_name="ai-query-tests")

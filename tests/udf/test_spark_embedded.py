@@ -32,7 +32,8 @@ class _Started:
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[_Started]]:
-    spark_udf = pytest.importorskip("ai_query.udf.spark")
+    from ai_query.udf import spark as spark_udf
+
     calls: list[_Started] = []
 
     def start(catalog: Any, **options: Any) -> _Started:
