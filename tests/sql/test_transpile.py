@@ -1,4 +1,5 @@
-"""Tests of transpile(): golden files per target dialect, DuckDB execution, and errors."""
+"""Tests of transpile(): one golden file (each input once, its output per target dialect), DuckDB
+execution, and errors."""
 
 from __future__ import annotations
 
@@ -36,34 +37,64 @@ class FakeCatalog:
         return self.tasks[name]
 
 
-def load_golden(path: Path) -> list[Any]:
-    """``input; expected;`` pairs from a golden file, as pytest params (read dialect, sql, want).
+#: The target dialects every golden case carries an expected output for.
+DIALECTS = ("duckdb", "spark")
+_TARGET = re.compile(r"^-- (\w+)\b")
 
-    Pairs are separated by blank lines; ``--`` lines are comments, the first one names the
-    case, and ``-- read: <dialect>`` sets the input dialect (default databricks).
+
+def load_golden(path: Path) -> dict[str, list[Any]]:
+    """Per target dialect, the golden cases as pytest params (read dialect, sql, want).
+
+    Cases are separated by blank lines. A case is its input statement, written once, then one
+    expected statement per target, each after a ``-- <dialect>`` line (``-- spark: why`` may say
+    why). Other ``--`` lines before the input are comments: the first one names the case, and
+    ``-- read: <dialect>`` sets the input dialect (default databricks).
     """
-    params: list[Any] = []
+    cases: dict[str, list[Any]] = {dialect: [] for dialect in DIALECTS}
     for block in re.split(r"\n\s*\n", path.read_text()):
         lines = block.strip().splitlines()
-        comments = [line for line in lines if line.startswith("--")]
-        body = "\n".join(line for line in lines if not line.startswith("--")).strip()
-        if not body:
-            continue
-        statements = [s.strip() for s in re.split(r";\s*$", body, flags=re.MULTILINE) if s.strip()]
-        if len(statements) != 2:
-            raise ValueError(f"{path.name}: expected an input; expected; pair in:\n{block}")
+        sections: dict[str, list[str]] = {"input": []}
+        comments: list[str] = []
+        current = "input"
+        for line in lines:
+            target = _TARGET.match(line)
+            if target and target.group(1) in DIALECTS:
+                current = target.group(1)
+                if current in sections:
+                    raise ValueError(f"{path.name}: two {current} outputs in:\n{block}")
+                sections[current] = []
+            elif line.startswith("--"):
+                if current != "input" or sections["input"]:
+                    raise ValueError(f"{path.name}: a comment after the input in:\n{block}")
+                comments.append(line)
+            else:
+                sections[current].append(line)
+        if not any(line.strip() for line in sections["input"]):
+            continue  # the file's header
+        statements = {k: _statements("\n".join(v)) for k, v in sections.items()}
+        if any(len(statements.get(k, [])) != 1 for k in ("input", *DIALECTS)):
+            raise ValueError(f"{path.name}: expected one input, then one output per dialect "
+                             f"{DIALECTS}, in:\n{block}")
         read = "databricks"
         for comment in comments:
             if comment.startswith("-- read:"):
                 read = comment.split(":", 1)[1].strip()
         names = [c[2:].strip() for c in comments if not c.startswith("-- read:")]
-        case_id = re.sub(r"\W+", "-", names[0]).strip("-") if names else f"case{len(params)}"
-        params.append(pytest.param(read, statements[0], statements[1], id=case_id))
-    return params
+        case_id = re.sub(r"\W+", "-", names[0]).strip("-") if names else f"case{len(cases['duckdb'])}"
+        for dialect in DIALECTS:
+            cases[dialect].append(
+                pytest.param(read, statements["input"][0], statements[dialect][0], id=case_id)
+            )
+    return cases
 
 
-DUCKDB_CASES = load_golden(FIXTURES / "transpile_duckdb.sql")
-SPARK_CASES = load_golden(FIXTURES / "transpile_spark.sql")
+def _statements(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r";\s*$", text, flags=re.MULTILINE) if s.strip()]
+
+
+GOLDEN = load_golden(FIXTURES / "transpile.sql")
+DUCKDB_CASES = GOLDEN["duckdb"]
+SPARK_CASES = GOLDEN["spark"]
 
 
 @pytest.mark.parametrize(("read", "sql", "expected"), DUCKDB_CASES)
