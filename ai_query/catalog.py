@@ -28,15 +28,12 @@ from pydantic import (
 from ai_query.datafile import read_data_file
 from ai_query.errors import ConfigError, UnknownEndpointError
 from ai_query.redaction import remember_secret
-
-Task = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]
-#: Tasks an endpoint can serve.
-TASKS: tuple[str, ...] = ("llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings")
+from ai_query.tasks import TASKS, Task
 
 #: Bundled model names and the task each serves.
-BUNDLED_MODELS: dict[str, str] = {
-    "smollm2-135m-instruct": "llm/v1/chat",
-    "all-minilm-l6-v2": "llm/v1/embeddings",
+BUNDLED_MODELS: dict[str, Task] = {
+    "smollm2-135m-instruct": Task.CHAT,
+    "all-minilm-l6-v2": Task.EMBEDDINGS,
 }
 
 #: Databricks foundation-model endpoint names that point at the bundled models.
@@ -50,8 +47,8 @@ DATABRICKS_ALIASES: dict[str, str] = {
 #: The endpoint that answers the task functions (ai_classify, ai_similarity, ...) per task,
 #: unless a catalog's ``task_functions`` says otherwise.
 TASK_FUNCTION_DEFAULTS: dict[str, str] = {
-    "llm/v1/chat": "smollm2-135m-instruct",
-    "llm/v1/embeddings": "all-minilm-l6-v2",
+    Task.CHAT: "smollm2-135m-instruct",
+    Task.EMBEDDINGS: "all-minilm-l6-v2",
 }
 
 
@@ -164,13 +161,13 @@ class ServedEntity(_Strict):
         return Path(str(self.entity_name)).name
 
     @property
-    def resolved_task(self) -> str:
+    def resolved_task(self) -> Task:
         """The task this entity serves."""
         if self.external_model is not None:
             return self.external_model.task
         if self.task is not None:
             return self.task
-        return BUNDLED_MODELS.get(str(self.entity_name), "llm/v1/chat")
+        return BUNDLED_MODELS.get(str(self.entity_name), Task.CHAT)
 
 
 class Route(_Strict):
@@ -222,7 +219,8 @@ class EndpointConfig(_Strict):
         tasks = {e.resolved_task for e in self.served_entities}
         if len(tasks) > 1:
             raise ValueError(
-                f"all served entities of an endpoint must share a task, got {sorted(tasks)}"
+                "all served entities of an endpoint must share a task, got "
+                f"{sorted(map(str, tasks))}"
             )
         if any(e.external_model for e in self.served_entities) and len(self.served_entities) > 1:
             raise ValueError(
@@ -280,7 +278,7 @@ class Endpoint(_Strict):
     """Accepted for Databricks compatibility (shown, no effect)."""
 
     @property
-    def task(self) -> str:
+    def task(self) -> Task:
         """The task every served entity of this endpoint serves."""
         return self.config.served_entities[0].resolved_task
 
@@ -411,7 +409,7 @@ class Catalog:
         except KeyError:
             raise UnknownEndpointError(name, self.names()) from None
 
-    def task_of(self, name: str) -> str:
+    def task_of(self, name: str) -> Task:
         """The task of endpoint ``name``; raises UnknownEndpointError when unknown."""
         return self.get(name).task
 

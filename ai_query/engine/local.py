@@ -31,6 +31,7 @@ from ai_query.errors import EngineError
 from ai_query.options import CallOptions
 from ai_query.redaction import redact_exception
 from ai_query.sql.response_format import OutputSpec, resolve_output
+from ai_query.tasks import Task
 
 #: max_tokens when a call sets none: plain text answers, and structured (JSON) answers.
 DEFAULT_MAX_TOKENS = 256
@@ -101,7 +102,7 @@ class LocalEngine:
         endpoint = self.catalog.get(options.endpoint)
         output = resolve_output(options.return_type, options.response_format, endpoint.task)
         generation = None
-        if endpoint.task != "llm/v1/embeddings":
+        if endpoint.task != Task.EMBEDDINGS:
             structured = output.json_schema is not None or output.json_object
             generation = GenerationRequest(
                 task=endpoint.task,

@@ -32,6 +32,7 @@ from ai_query.serving.logs import configure_logging
 from ai_query.serving.options import ENGINE_KINDS, ServeOptions
 from ai_query.serving.permissions import ADMINS
 from ai_query.serving.ratelimit import RateLimiter
+from ai_query.tasks import Task
 from ai_query.timings import mark
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def warm_up(engine: Engine, endpoints: Sequence[str] | None = None) -> None:
     """
     catalog = engine.catalog
     for name in local_endpoints(catalog) if endpoints is None else endpoints:
-        params = ModelParameters() if catalog.task_of(name) == "llm/v1/embeddings" else (
+        params = ModelParameters() if catalog.task_of(name) == Task.EMBEDDINGS else (
             ModelParameters(max_tokens=1)
         )
         log.info("warming up endpoint %s", name)

@@ -14,12 +14,7 @@ from typing import Any
 
 from ai_query.errors import ConfigError, SQLParseError
 from ai_query.sql.types import MAX_TYPE_DEPTH, SQLType, parse_return_type
-
-CHAT_TASK = "llm/v1/chat"
-COMPLETIONS_TASK = "llm/v1/completions"
-EMBEDDINGS_TASK = "llm/v1/embeddings"
-#: The endpoint tasks ai_query serves.
-TASKS: tuple[str, ...] = (CHAT_TASK, COMPLETIONS_TASK, EMBEDDINGS_TASK)
+from ai_query.tasks import TASKS, Task
 
 #: JSON-schema keywords whose value is one subschema.
 _ONE_SUBSCHEMA = frozenset({
@@ -183,7 +178,7 @@ def resolve_output(return_type: str | None, response_format: str | None, task: s
     Args:
         return_type: the ``returnType`` DDL string, or None.
         response_format: the ``responseFormat`` string, or None.
-        task: the endpoint's task, one of :data:`TASKS`.
+        task: the endpoint's task, one of :class:`~ai_query.tasks.Task`.
 
     Raises:
         ConfigError: on an unknown task, a returnType or responseFormat the task does not
@@ -194,7 +189,7 @@ def resolve_output(return_type: str | None, response_format: str | None, task: s
     if task not in TASKS:
         raise ConfigError(f"unknown endpoint task {task!r}; expected one of {', '.join(TASKS)}")
     declared = parse_return_type(return_type) if return_type is not None else None
-    if task == EMBEDDINGS_TASK:
+    if task == Task.EMBEDDINGS:
         return _resolve_embeddings(declared, return_type, response_format)
     fmt = parse_response_format(response_format) if response_format is not None else None
     if declared is not None and fmt is not None:

@@ -20,9 +20,7 @@ from sqlglot import exp
 
 from ai_query.errors import ConfigError, UnsupportedCallError
 from ai_query.sql.types import SQLType
-
-CHAT = "llm/v1/chat"
-EMBEDDINGS = "llm/v1/embeddings"
+from ai_query.tasks import Task
 
 #: Each task function's parameters, in positional order; a trailing ``?`` marks an optional one.
 TASK_FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -78,9 +76,9 @@ class TaskSpec:
     """Word limit (ai_summarize); 0 means no limit."""
 
     @property
-    def task(self) -> str:
+    def task(self) -> Task:
         """The endpoint task that answers the function."""
-        return EMBEDDINGS if self.function == "ai_similarity" else CHAT
+        return Task.EMBEDDINGS if self.function == "ai_similarity" else Task.CHAT
 
     def result_type(self) -> SQLType:
         """The SQL type the function returns."""

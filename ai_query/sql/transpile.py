@@ -26,7 +26,7 @@ from ai_query.sql.calls import (
     find_calls,
 )
 from ai_query.sql.catalog_protocol import EndpointCatalog
-from ai_query.sql.response_format import CHAT_TASK, EMBEDDINGS_TASK, resolve_output
+from ai_query.sql.response_format import resolve_output
 from ai_query.sql.semantic_agg import check_aggregate_call, is_aggregate_call, spark_aggregate
 from ai_query.sql.task_functions import (
     as_anonymous,
@@ -36,6 +36,7 @@ from ai_query.sql.task_functions import (
 )
 from ai_query.sql.types import SQLType, error_struct
 from ai_query.sql.vector_search import VectorIndexInfo, rewrite_vector_search
+from ai_query.tasks import Task
 
 READ_DIALECTS: tuple[str, ...] = ("databricks", "spark", "duckdb")
 WRITE_DIALECTS: tuple[str, ...] = ("duckdb", "spark", "databricks")
@@ -53,13 +54,13 @@ class RewriteContext:
     """The vector indexes ``vector_search`` may name, by name."""
 
 
-def task_of(call: AIQueryCall, catalog: EndpointCatalog | None) -> str:
+def task_of(call: AIQueryCall, catalog: EndpointCatalog | None) -> Task:
     """The call's endpoint task from the catalog (chat when there is no catalog).
 
     Raises:
         UnknownEndpointError: when the catalog does not hold the endpoint.
     """
-    return catalog.task_of(call.endpoint) if catalog is not None else CHAT_TASK
+    return catalog.task_of(call.endpoint) if catalog is not None else Task.CHAT
 
 
 def result_type(call: AIQueryCall, catalog: EndpointCatalog | None) -> SQLType:
@@ -80,7 +81,7 @@ def is_plain_embedding(call: AIQueryCall, catalog: EndpointCatalog | None) -> bo
         and call.return_type is None
         and call.response_format is None
         and not call.model_parameters
-        and task_of(call, catalog) == EMBEDDINGS_TASK
+        and task_of(call, catalog) == Task.EMBEDDINGS
     )
 
 

@@ -23,13 +23,13 @@ from ai_query.engine.core.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
 from ai_query.options import CallOptions
-from ai_query.sql.response_format import EMBEDDINGS_TASK
 from ai_query.sql.vector_search import (
     EMBEDDING_COLUMN,
     HASH_COLUMN,
     INDEX_REGISTRY,
     VectorIndexInfo,
 )
+from ai_query.tasks import Task
 
 #: Texts per engine request batch while embedding.
 EMBED_BATCH = 1024
@@ -110,7 +110,7 @@ def create_vector_index(
     raw = getattr(con, "raw", con)
     engine = engine or getattr(con, "engine", None) or get_engine(EngineSpec.for_catalog(None))
     catalog: Catalog = engine.catalog
-    if catalog.task_of(endpoint) != EMBEDDINGS_TASK:
+    if catalog.task_of(endpoint) != Task.EMBEDDINGS:
         raise ConfigError(f"create_vector_index: {endpoint!r} is not an embeddings endpoint")
     raw.execute(f"CREATE TABLE IF NOT EXISTS {INDEX_REGISTRY} ({REGISTRY_COLUMNS})")
     old = load_indexes(raw).get(name)

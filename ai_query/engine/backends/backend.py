@@ -2,8 +2,10 @@
 
 A :class:`Backend` answers one request at a time, asynchronously; the engine submits every row
 of every batch at once, so a backend with continuous batching (vLLM) keeps its device full.
-A backend raises :class:`RowFailure` (or any ordinary exception) for a row that fails, and
-:class:`ai_query.errors.EngineDeadError` when it can answer nothing any more.
+A backend raises :class:`~ai_query.errors.RowFailure` (an external provider's failure:
+:class:`~ai_query.errors.ProviderError`) for a row that fails, and
+:class:`~ai_query.errors.EngineDeadError` when it can answer nothing any more. ``RowFailure`` is
+re-exported here, as part of the seam's vocabulary.
 """
 
 from __future__ import annotations
@@ -16,19 +18,28 @@ from typing import Any, Protocol
 import numpy as np
 
 from ai_query.engine.process.supervision import EngineHealth
+from ai_query.errors import RowFailure
 from ai_query.options import ModelParameters
+from ai_query.tasks import Task
 
-
-class RowFailure(Exception):
-    """One request failed; the message is what the user sees in ``errorMessage``."""
+__all__ = [
+    "Backend",
+    "Completion",
+    "CompletionChunk",
+    "Embedding",
+    "EmbeddingResult",
+    "GenerationRequest",
+    "RowFailure",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationRequest:
     """What to generate for one chat or completion request."""
 
-    task: str
-    """``llm/v1/chat`` (the text is one user message) or ``llm/v1/completions`` (raw prompt)."""
+    task: Task
+    """:attr:`Task.CHAT` (the text is one user message) or :attr:`Task.COMPLETIONS` (raw
+    prompt)."""
     params: ModelParameters
     """Sampling parameters."""
     json_schema: dict[str, Any] | None = None

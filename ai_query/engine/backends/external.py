@@ -25,6 +25,7 @@ from ai_query.engine.backends.backend import (
 )
 from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.secrets import resolve_secret
+from ai_query.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ExternalBackend:
         """One chat or completion call (tools and tool_choice are passed through)."""
         client = self._ensure()
         kwargs = self._arguments(request)
-        if request.task == "llm/v1/chat":
+        if request.task == Task.CHAT:
             answer = await self._call(
                 client.chat.completions.create, messages=request.conversation(text), **kwargs
             )
@@ -94,7 +95,7 @@ class ExternalBackend:
         client = self._ensure()
         kwargs = self._arguments(request)
         kwargs.update(stream=True, stream_options={"include_usage": True})
-        if request.task == "llm/v1/chat":
+        if request.task == Task.CHAT:
             method = client.chat.completions.create
             kwargs["messages"] = request.conversation(text)
         else:
@@ -112,7 +113,7 @@ class ExternalBackend:
                     continue
                 choice = event.choices[0]
                 piece = (
-                    choice.delta.content if request.task == "llm/v1/chat" else choice.text
+                    choice.delta.content if request.task == Task.CHAT else choice.text
                 ) or ""
                 finish = choice.finish_reason or finish
                 if piece:
@@ -137,7 +138,7 @@ class ExternalBackend:
             kwargs["stop"] = list(p.stop)
         if p.top_k is not None:
             kwargs["extra_body"] = {"top_k": p.top_k}
-        if request.task == "llm/v1/chat":
+        if request.task == Task.CHAT:
             if request.json_schema is not None:
                 kwargs["response_format"] = {
                     "type": "json_schema",

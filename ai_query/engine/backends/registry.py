@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ai_query.catalog import ServedEntity
+from ai_query.tasks import Task
 
 if TYPE_CHECKING:
     from ai_query.engine.backends.backend import Backend
@@ -40,7 +41,7 @@ def default_backend_factory(entity: ServedEntity) -> Backend:
     from ai_query.engine.vllm.pooling import VLLMEmbeddingBackend
 
     model_dir = resolve_model_dir(str(entity.entity_name))
-    if entity.resolved_task == "llm/v1/embeddings":
+    if entity.resolved_task == Task.EMBEDDINGS:
         return VLLMEmbeddingBackend(
             model_dir, engine_args=entity.engine_args, on_start=close_backends_first_at_exit
         )

@@ -35,6 +35,7 @@ from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.engine.vllm.model import VLLMModel, short_message
 from ai_query.engine.vllm.setup import building
 from ai_query.errors import EngineDeadError, EngineError
+from ai_query.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class VLLMBackend(VLLMModel):
         await self.start()
         final = None
         async with self._guard():
-            prompt = await self._render(text, request.task == "llm/v1/chat", request)
+            prompt = await self._render(text, request.task == Task.CHAT, request)
             params = self._sampling_params(request)
             async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
                 final = out
@@ -206,7 +207,7 @@ class VLLMBackend(VLLMModel):
         await self.start()
         generated = 0
         async with self._guard():
-            prompt = await self._render(text, request.task == "llm/v1/chat", request)
+            prompt = await self._render(text, request.task == Task.CHAT, request)
             params = self._sampling_params(request, "DELTA")
             async for out in self._engine.generate(prompt, params, f"aiq-{next(self._ids)}"):
                 if not out.outputs:

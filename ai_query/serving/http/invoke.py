@@ -36,18 +36,19 @@ from ai_query.serving.http.streaming import stream_chunks
 from ai_query.serving.inference_table import InferenceRecord
 from ai_query.serving.logs import access_log
 from ai_query.serving.permissions import Identity, PermissionLevel
+from ai_query.tasks import Task
 
 #: Route kinds and the endpoint task each needs.
 ROUTE_TASKS = {
-    "chat": "llm/v1/chat",
-    "completions": "llm/v1/completions",
-    "embeddings": "llm/v1/embeddings",
+    "chat": Task.CHAT,
+    "completions": Task.COMPLETIONS,
+    "embeddings": Task.EMBEDDINGS,
 }
 #: The body field that holds the request, by task.
 _BODY_KEYS = {
-    "llm/v1/chat": "messages",
-    "llm/v1/completions": "prompt",
-    "llm/v1/embeddings": "input",
+    Task.CHAT: "messages",
+    Task.COMPLETIONS: "prompt",
+    Task.EMBEDDINGS: "input",
 }
 
 
@@ -169,7 +170,7 @@ async def invoke(
         wanted = ROUTE_TASKS.get(route)
         if wanted is not None and wanted != task:
             # A chat model also completes raw prompts (as vLLM's own server allows).
-            if not (route == "completions" and task == "llm/v1/chat"):
+            if not (route == "completions" and task == Task.CHAT):
                 raise bad_request(f"endpoint {name!r} serves {task}, not {wanted}")
             task = wanted
         if route == "invocations" and isinstance(body, dict) and _BODY_KEYS[task] not in body:
@@ -184,9 +185,9 @@ async def invoke(
         gauge.inc()
         answer: Response | None = None
         try:
-            if task == "llm/v1/embeddings":
+            if task == Task.EMBEDDINGS:
                 answer = await _embeddings(call)
-            elif task == "llm/v1/chat":
+            elif task == Task.CHAT:
                 chat = parse(ChatRequest, body)
                 answer = await (_chat_stream(call, chat) if chat.stream else _chat(call, chat))
             else:

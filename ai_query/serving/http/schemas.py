@@ -20,6 +20,7 @@ from ai_query.engine.backends.tool_calls import tool_call_schema
 from ai_query.errors import ConfigError
 from ai_query.options import ModelParameters
 from ai_query.serving.http.problems import APIError, bad_request
+from ai_query.tasks import Task
 
 
 class _Body(BaseModel):
@@ -104,7 +105,7 @@ class ChatRequest(_Sampling):
         except ConfigError as exc:
             raise bad_request(str(exc)) from exc
         return GenerationRequest(
-            task="llm/v1/chat",
+            task=Task.CHAT,
             params=self.parameters(),
             json_schema=schema,
             json_object=json_object,
@@ -135,7 +136,7 @@ class CompletionRequest(_Sampling):
     def generation(self, default_max_tokens: int) -> GenerationRequest:
         """What to generate for each prompt."""
         return GenerationRequest(
-            task="llm/v1/completions",
+            task=Task.COMPLETIONS,
             params=self.parameters(),
             default_max_tokens=default_max_tokens,
         )

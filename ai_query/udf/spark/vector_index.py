@@ -14,13 +14,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from ai_query.errors import ConfigError
-from ai_query.sql.response_format import EMBEDDINGS_TASK
 from ai_query.sql.vector_search import (
     EMBEDDING_COLUMN,
     HASH_COLUMN,
     NORM_COLUMN,
     VectorIndexInfo,
 )
+from ai_query.tasks import Task
 from ai_query.udf.spark import registered
 from ai_query.udf.vector_index import SyncResult
 
@@ -42,7 +42,7 @@ def create_vector_index(
             built over another table, key or column.
     """
     aq = registered(spark)
-    if aq.catalog.task_of(endpoint) != EMBEDDINGS_TASK:
+    if aq.catalog.task_of(endpoint) != Task.EMBEDDINGS:
         raise ConfigError(f"create_vector_index: {endpoint!r} is not an embeddings endpoint")
     old = aq.vector_indexes.get(name)
     if old is not None and (old.source_table, old.primary_key, old.text_column) != (
