@@ -129,7 +129,7 @@ def _run_duckdb(text: str, read: str, cat: Any, database: str, engine_url: str |
     try:
         statement = con.rewrite(text, read=read)  # bad calls fail here, before any row runs
         mark("cli: query planned")
-        with row_progress(err_console, "ai_query", None) as bar:
+        with row_progress(err_console, "ai_query", None) as bar, con.errors():
             con.progress.listeners.append(bar)
             relation = con.raw.sql(statement)
             table = relation.to_arrow_table() if relation is not None else None
@@ -325,10 +325,8 @@ def _given_on_command_line(ctx: typer.Context, param: str) -> bool:
 
 
 def _add_jobs() -> None:
-    try:
-        from ai_query.jobs.cli import jobs_app
-    except ImportError:
-        return
+    from ai_query.jobs.cli import jobs_app  # a missing jobs package is a bug, not a mode
+
     app.add_typer(jobs_app, name="jobs")
 
 
@@ -366,13 +364,9 @@ def main() -> None:
 def _fail(exc: BaseException) -> None:
     if _state["debug"]:
         raise exc
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    # DuckDB wraps errors raised in a UDF: show ours, not the wrapper.
-    marker = "Python exception occurred while executing the UDF: "
-    if marker in message:
-        message = message.split(marker, 1)[1]
-        name, sep, rest = message.partition(": ")
-        message = rest if sep and name.isidentifier() else message
+    from ai_query.text import one_line
+
+    message = one_line(exc)  # a UDF's error is ours already (ai_query.udf.duckdb unwraps it)
     err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(1)
 

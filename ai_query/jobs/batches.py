@@ -13,15 +13,11 @@ from ai_query.jobs.incremental import FP, RowPlanner
 from ai_query.jobs.outputs import sql_ident, sql_string
 from ai_query.jobs.spec import JobSpec
 from ai_query.jobs.staging import Staging
+from ai_query.text import one_line
 
 if TYPE_CHECKING:
     from ai_query.jobs.runner import RunObserver
     from ai_query.jobs.spark_batches import SparkBatchSQL
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class BatchRunner:

@@ -21,8 +21,6 @@ Hits report zero tokens: no tokens were paid for them.
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import hashlib
 import json
 import sqlite3
@@ -36,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from ai_query.catalog import Catalog, Endpoint, ServedEntity
-from ai_query.engine.core.arrow_types import coerce, to_arrow
+from ai_query.engine.core.arrow_types import coerce, json_default, to_arrow
 from ai_query.engine.core.batch import (
     RowOutcome,
     align_results,
@@ -277,7 +275,7 @@ def encode_answers(column: pa.Array, rows: Sequence[int]) -> list[tuple[str, byt
     if pa.types.is_string(kind_type) or pa.types.is_large_string(kind_type):
         return [("null", None) if v is None else ("text", v.encode()) for v in values]
     return [
-        ("null", None) if v is None else ("json", json.dumps(v, default=_json_default).encode())
+        ("null", None) if v is None else ("json", json.dumps(v, default=_exact_json).encode())
         for v in values
     ]
 
@@ -294,11 +292,6 @@ def decode_answer(answer: CachedAnswer, sql_type: SQLType) -> Any:
     return coerce(json.loads(value), sql_type)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError(f"cannot store a {type(value).__name__} in the result cache")
+def _exact_json(value: Any) -> Any:
+    """Stored answers keep decimals exact (as text), so a hit gives back the value stored."""
+    return json_default(value, exact_decimals=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ai_query.errors import AIQueryError, JobError
-from ai_query.jobs.batches import BatchRunner, one_line
+from ai_query.jobs.batches import BatchRunner
 from ai_query.jobs.failures import count_failed
 from ai_query.jobs.incremental import Plan, RowPlanner
 from ai_query.jobs.lock import JobLock
@@ -42,6 +42,7 @@ from ai_query.jobs.outputs import (
 from ai_query.jobs.runlog import RunLog, RunRecord, now_iso
 from ai_query.jobs.spec import JobSpec
 from ai_query.jobs.staging import StagedBatch, Staging
+from ai_query.text import one_line
 
 if TYPE_CHECKING:
     from ai_query.engine.core.protocol import Engine
@@ -185,7 +186,8 @@ class _Run:
                 spark = SparkBatchSQL(self.job, engine)
                 self._go(con, None, spark)
             else:
-                self._go(con, con.rewrite(self.job.query, read=self.job.dialect), None)
+                with con.errors():  # a failed ai_query row: its own error, not DuckDB's
+                    self._go(con, con.rewrite(self.job.query, read=self.job.dialect), None)
         finally:
             tokens = (con.progress.prompt_tokens, con.progress.completion_tokens)
             if spark is not None:

@@ -27,6 +27,7 @@ from ai_query.errors import QueryLimitError, SQLParseError, StatementNotAllowedE
 from ai_query.sql.vector_search import INDEX_REGISTRY
 from ai_query.sql_workspace.limits import WorkspaceLimits
 from ai_query.sql_workspace.storage import STORED_TABLE
+from ai_query.text import one_line
 from ai_query.udf.vector_index import REGISTRY_COLUMNS
 
 #: What the editor runs, for error messages.
@@ -96,7 +97,7 @@ def check_statements(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
-        raise SQLParseError(" ".join(str(exc).split())) from exc
+        raise SQLParseError(one_line(exc)) from exc
     if not statements:
         raise StatementNotAllowedError("there is no statement to run")
     out = []
@@ -172,7 +173,7 @@ def limit_error(exc: duckdb.Error, limits: WorkspaceLimits, timed_out: bool) -> 
     if isinstance(exc, duckdb.OutOfMemoryException):
         return QueryLimitError(
             f"the query needs more than the SQL editor's {limits.memory_mb} MB of memory and "
-            f"{limits.temp_mb} MB of spill space: " + " ".join(str(exc).split())[:300]
+            f"{limits.temp_mb} MB of spill space: " + one_line(exc)[:300]
         )
     return exc
 

@@ -28,6 +28,7 @@ from ai_query.sql_workspace.locked import (
     open_workspace,
 )
 from ai_query.sql_workspace.storage import UploadStore
+from ai_query.text import one_line
 from ai_query.udf.duckdb import AIQueryConnection
 
 
@@ -140,7 +141,7 @@ class DuckDBWorkspace:
                 except duckdb.Error as exc:
                     raise limit_error(exc, limits, timed_out()) from exc
         except duckdb.Error as exc:  # the query's own mistake: DuckDB's words for it
-            raise SQLError(" ".join(str(exc).split())) from exc
+            raise SQLError(one_line(exc)) from exc
         finally:
             raw.close()
             engine.close()  # one client per query: its Flight connections go with it
@@ -161,4 +162,5 @@ def _run_statements(
     relation = con.sql(statements[-1])
     if relation is None:  # a CREATE
         return pa.table({})
-    return fetch_bounded(relation, limits)
+    with con.errors():  # a failed ai_query row: its own error, not DuckDB's wrapper
+        return fetch_bounded(relation, limits)

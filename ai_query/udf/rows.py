@@ -10,8 +10,6 @@ results, JSON for typed results (``{"result": ..., "errorMessage": ...}`` under
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -23,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ai_query.engine.core.arrow_types import json_default
 from ai_query.engine.core.batch import align_results, raise_first_error, request_batch
 from ai_query.engine.core.protocol import Engine
 from ai_query.errors import UnsupportedCallError
@@ -199,7 +198,7 @@ def _json_values(column: pa.Array) -> list[str | None]:
         # Arrow gives a MAP as (key, value) pairs; SQL engines read a MAP from a JSON object.
         values = [_objects(v, column.type) for v in values]
     return [
-        None if v is None else json.dumps(v, default=_json_default, ensure_ascii=False)
+        None if v is None else json.dumps(v, default=json_default, ensure_ascii=False)
         for v in values
     ]
 
@@ -255,12 +254,3 @@ def _error_struct_json(value: str | None, error: str | None, value_is_text: bool
         return '{"result":' + value + ',"errorMessage":' + json.dumps(error) + "}"
     return json.dumps({"result": result, "errorMessage": error}, ensure_ascii=False)
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    raise TypeError(f"cannot serialise {type(value).__name__}")

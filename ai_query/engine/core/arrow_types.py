@@ -134,3 +134,22 @@ def _json_scalar_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def json_default(value: Any, *, exact_decimals: bool = False) -> Any:
+    """``json.dumps``' ``default`` for the Python values of Arrow columns.
+
+    Dates and timestamps become ISO text, bytes UTF-8 text, decimals JSON numbers (what SQL
+    engines read back into a DECIMAL column) or, with ``exact_decimals``, their exact text (the
+    result cache gives back the very value it stored; :func:`coerce` reads the text).
+
+    Raises:
+        TypeError: for any other type (as ``json.dumps`` expects).
+    """
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value) if exact_decimals else float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")

@@ -45,6 +45,7 @@ from ai_query.errors import (
     EngineDeadError,
     EngineUnavailableError,
 )
+from ai_query.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +415,4 @@ def _quiet_close(thing: Any) -> None:
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = text.split(". gRPC client debug context:")[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(one_line(exc).split(". gRPC client debug context:")[0], limit)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ai_query.errors import EngineDeadError
+from ai_query.text import one_line
 
 
 class EngineState(str, enum.Enum):
@@ -229,5 +230,5 @@ def worst_health(healths: list[EngineHealth]) -> EngineHealth:
 def _describe(cause: BaseException | str) -> str:
     if isinstance(cause, str):
         return cause
-    text = " ".join(str(cause).split())
+    text = one_line(str(cause))
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
