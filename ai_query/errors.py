@@ -14,6 +14,8 @@ Every error the package raises on purpose is an :class:`AIQueryError`::
     │  ├─ EngineDeadError                   the engine failed and cannot recover
     │  ├─ RowAlignmentError                 a result batch misses or repeats a row
     │  └─ RowError(row_index)               one row failed under failOnError => true
+    ├─ RowFailure                           one request failed; its text is the row's errorMessage
+    │  └─ ProviderError                     an external model's provider refused or failed it
     ├─ AuthenticationError                  no valid bearer token for an engine server
     ├─ PermissionDeniedError                the principal lacks a permission it needs
     ├─ ResourceNotFoundError                a serving endpoint (or its id) does not exist
@@ -21,12 +23,16 @@ Every error the package raises on purpose is an :class:`AIQueryError`::
     ├─ RateLimitExceededError(retry_after)  an endpoint's rate limit is used up for now
     ├─ JobError                             a batch job file or run failed
     │  └─ JobLockedError                    another run of the same job holds its lock
-    └─ WorkspaceError                       the SQL editor's locked workspace refused something
-       ├─ StatementNotAllowedError          a statement kind the editor does not run
-       ├─ UploadRejectedError               an uploaded table is unreadable or over a quota
-       └─ QueryLimitError                   a query ran past its time, memory or result bound
+    ├─ WorkspaceError                       the SQL editor's locked workspace refused something
+    │  ├─ StatementNotAllowedError          a statement kind the editor does not run
+    │  ├─ UploadRejectedError               an uploaded table is unreadable or over a quota
+    │  └─ QueryLimitError                   a query ran past its time, memory or result bound
+    └─ APIError(status) (serving.http.problems)  an HTTP error answer, raised in a route and
+                                                 rendered by the app's handler (never escapes it)
 
-Third-party errors are translated once, at the boundary, with ``raise ... from exc``.
+Third-party errors are translated once, at the boundary, with ``raise ... from exc``. Only the
+HTTP layer (:func:`ai_query.serving.http.problems.from_exception`) maps these types to status
+codes; anything else that reaches it is unexpected: a 500 naming the request's id.
 """
 
 from __future__ import annotations
@@ -97,6 +103,19 @@ class RowError(EngineError):
         self.endpoint = endpoint
         self.cause = message
         super().__init__(f"ai_query endpoint {endpoint!r} failed on row {row_index}: {message}")
+
+
+class RowFailure(AIQueryError):
+    """One request failed; the message is what the user sees in ``errorMessage``.
+
+    A backend raises it for one row (a prompt too long, a request vLLM refused); the engine
+    turns it into that row's error, and the HTTP layer into a 400. Not an :class:`EngineError`:
+    the engine still answers the other rows.
+    """
+
+
+class ProviderError(RowFailure):
+    """An external model's provider refused or failed a request (the HTTP layer: a 502)."""
 
 
 class AuthenticationError(AIQueryError):

@@ -186,8 +186,7 @@ class _Run:
                 spark = SparkBatchSQL(self.job, engine)
                 self._go(con, None, spark)
             else:
-                with con.errors():  # a failed ai_query row: its own error, not DuckDB's
-                    self._go(con, con.rewrite(self.job.query, read=self.job.dialect), None)
+                self._go(con, con.rewrite(self.job.query, read=self.job.dialect), None)
         finally:
             tokens = (con.progress.prompt_tokens, con.progress.completion_tokens)
             if spark is not None:

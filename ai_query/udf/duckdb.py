@@ -11,15 +11,24 @@ ones. :class:`AIQueryConnection` (what :func:`connect` returns) also rewrites ea
 through :func:`ai_query.sql.transpile`, so typed calls come back as real DuckDB types
 (``FLOAT[]`` for embeddings, ``STRUCT(...)`` for ``returnType`` and ``failOnError => false``),
 and bad calls fail before any row runs.
+
+DuckDB reports an exception raised in a UDF as its own ``InvalidInputException``, keeping only
+the text. This module, which owns DuckDB, turns it back into what the UDF raised (a
+:class:`~ai_query.errors.RowError` for a failed row, say): :class:`UDFErrors` records each UDF's
+exception, and :meth:`AIQueryConnection.errors` (used by ``sql``/``execute`` and by every
+caller that fetches) raises the recorded one instead of DuckDB's wrapper.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -38,6 +47,64 @@ from ai_query.udf.vector_index import load_indexes
 
 _ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"]
 _ids = itertools.count()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UDFErrors:
+    """The exceptions a connection's UDFs raised, so that DuckDB's error for one (an
+    ``InvalidInputException`` that keeps only its text) can be turned back into it."""
+
+    _KEEP = 16
+    """How many recent exceptions are kept (DuckDB may run a UDF on several threads)."""
+
+    def __init__(self) -> None:
+        self._raised: list[BaseException] = []
+        self._lock = threading.Lock()
+
+    def recorded(self, udf: F) -> F:
+        """``udf``, recording what it raises (its signature kept: DuckDB counts parameters)."""
+
+        @functools.wraps(udf)
+        def recording(*args: Any) -> Any:
+            try:
+                return udf(*args)
+            except Exception as exc:
+                with self._lock:
+                    self._raised = [*self._raised[-(self._KEEP - 1) :], exc]
+                raise
+
+        return recording  # type: ignore[return-value]
+
+    def clear(self) -> None:
+        """Forget what was recorded (a new statement starts)."""
+        with self._lock:
+            self._raised = []
+
+    def original(self, exc: BaseException) -> BaseException | None:
+        """The UDF exception that DuckDB's ``exc`` reports, or None when it reports none of
+        ours (DuckDB quotes the exception as ``Type: message``: the recorded one must match)."""
+        if not isinstance(exc, duckdb.Error):
+            return None
+        text = str(exc)
+        with self._lock:
+            raised = list(self._raised)
+        for candidate in reversed(raised):
+            if f"{type(candidate).__name__}: {candidate}" in text:
+                return candidate
+        return None
+
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        """Run DuckDB statements inside: an error that reports a UDF's exception is raised
+        as that exception (chained to DuckDB's); other DuckDB errors pass unchanged."""
+        self.clear()
+        try:
+            yield
+        except duckdb.Error as exc:
+            original = self.original(exc)
+            if original is None:
+                raise
+            raise original from exc
 
 #: The task functions' SQL macros: (name, parameters, the UDF's arguments, the UDF's argument
 #: types, its result type). Labels travel as JSON text, so an ARRAY literal and Databricks'
@@ -95,7 +162,8 @@ def register(
     name: str = "ai_query",
     progress: ProgressCallback | None = None,
     agg_plan: AggPlan | None = None,
-) -> None:
+    errors: UDFErrors | None = None,
+) -> UDFErrors:
     """Make ``ai_query(...)`` callable in SQL on ``con``.
 
     Args:
@@ -105,8 +173,14 @@ def register(
         name: SQL name of the macro.
         progress: called with the number of rows answered after each chunk.
         agg_plan: chunk sizes of ``ai_agg``'s map-reduce (default :class:`AggPlan`).
+        errors: where the UDFs record what they raise (default: a new one).
+
+    Returns:
+        The record of the UDFs' exceptions: run statements inside its
+        :meth:`~UDFErrors.translated` to get them back as raised.
     """
     engine = engine or get_engine(EngineSpec.for_catalog(catalog))
+    errors = errors or UDFErrors()
     udf_name = f"__ai_query_udf_{next(_ids)}"
 
     def udf(
@@ -130,7 +204,8 @@ def register(
         return pa.array(texts, pa.string())
 
     con.create_function(
-        udf_name, udf, _ARGS, "VARCHAR", type="arrow", null_handling="special", side_effects=True
+        udf_name, errors.recorded(udf), _ARGS, "VARCHAR", type="arrow", null_handling="special",
+        side_effects=True,
     )
     con.execute(
         f"CREATE OR REPLACE TEMP MACRO {name}(endpoint, request, returnType := NULL, "
@@ -138,14 +213,20 @@ def register(
         f"{udf_name}(endpoint, request, returnType, failOnError, "
         "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
     )
-    register_vector_function(con, engine, progress)
+    register_vector_function(con, engine, progress, errors=errors)
     register_task_functions(
-        con, catalog or engine.catalog, engine, agg_plan=agg_plan, progress=progress
+        con, catalog or engine.catalog, engine, agg_plan=agg_plan, progress=progress,
+        errors=errors,
     )
+    return errors
 
 
 def register_vector_function(
-    con: duckdb.DuckDBPyConnection, engine: Engine, progress: ProgressCallback | None = None
+    con: duckdb.DuckDBPyConnection,
+    engine: Engine,
+    progress: ProgressCallback | None = None,
+    *,
+    errors: UDFErrors | None = None,
 ) -> None:
     """``__ai_query_vector(endpoint, text) -> FLOAT[]`` on ``con``: what a plain embeddings call
     becomes (:func:`ai_query.sql.transpile.is_plain_embedding`); vectors stay Arrow lists."""
@@ -155,7 +236,8 @@ def register_vector_function(
 
     udf_name = f"{VECTOR_FUNCTION_NAME}_udf_{next(_ids)}"
     con.create_function(
-        udf_name, udf, ["VARCHAR", "VARCHAR"], "FLOAT[]", type="arrow",
+        udf_name, (errors or UDFErrors()).recorded(udf), ["VARCHAR", "VARCHAR"], "FLOAT[]",
+        type="arrow",
         null_handling="special", side_effects=True,
     )
     con.execute(
@@ -171,6 +253,7 @@ def register_task_functions(
     *,
     agg_plan: AggPlan | None = None,
     progress: ProgressCallback | None = None,
+    errors: UDFErrors | None = None,
 ) -> None:
     """Make the task functions (``ai_classify``, ``ai_similarity``, ...) callable on ``con``.
 
@@ -179,6 +262,7 @@ def register_task_functions(
     with several signatures (``ai_filter`` with and without content) is one overloaded macro.
     ``progress`` is told the rows each call went through, as ``ai_query``'s are.
     """
+    errors = errors or UDFErrors()
     endpoints = TaskEndpoints.from_catalog(catalog)
     memo = AnswerMemo()
     overloads: dict[str, list[str]] = {}
@@ -186,13 +270,13 @@ def register_task_functions(
         udf_name = f"__{name}_udf_{next(_ids)}"
         udf = _task_udf(engine, endpoints, name, result, len(arg_types), memo, progress)
         con.create_function(
-            udf_name, udf, arg_types, result, type="arrow", null_handling="special",
-            side_effects=True,
+            udf_name, errors.recorded(udf), arg_types, result, type="arrow",
+            null_handling="special", side_effects=True,
         )
         overloads.setdefault(name, []).append(f"({params}) AS {udf_name}({args})")
     for name, bodies in overloads.items():
         con.execute(f"CREATE OR REPLACE TEMP MACRO {name}{', '.join(bodies)}")
-    register_aggregates(con, endpoints, engine, agg_plan or AggPlan(), progress)
+    register_aggregates(con, endpoints, engine, agg_plan or AggPlan(), progress, errors=errors)
 
 
 def register_aggregates(
@@ -201,6 +285,8 @@ def register_aggregates(
     engine: Engine,
     plan: AggPlan,
     progress: ProgressCallback | None = None,
+    *,
+    errors: UDFErrors | None = None,
 ) -> None:
     """``ai_agg(expr, instruction)`` and ``ai_summarize_agg(expr)`` on ``con``: macros over a
     scalar UDF of ``list(expr)``, so they aggregate wherever ``list`` does (``GROUP BY``, the
@@ -214,7 +300,8 @@ def register_aggregates(
 
     udf_name = f"__ai_agg_udf_{next(_ids)}"
     con.create_function(
-        udf_name, udf, ["VARCHAR[]", "VARCHAR"], "VARCHAR", type="arrow",
+        udf_name, (errors or UDFErrors()).recorded(udf), ["VARCHAR[]", "VARCHAR"], "VARCHAR",
+        type="arrow",
         null_handling="special", side_effects=True,
     )
     rows = "list(CAST(expr AS VARCHAR))"
@@ -269,7 +356,9 @@ class AIQueryConnection:
     """A DuckDB connection whose ``sql``/``execute``/``query`` understand every ai_query form.
 
     Everything else is the DuckDB connection's own (attribute access is forwarded); ``raw`` is
-    the underlying ``duckdb.DuckDBPyConnection``.
+    the underlying ``duckdb.DuckDBPyConnection``. An ai_query function's failure comes out as
+    its own error (a :class:`~ai_query.errors.RowError`, say), not DuckDB's wrapper, from
+    ``execute``; ``sql`` returns DuckDB's lazy relation, so fetch it inside :meth:`errors`.
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, catalog: Catalog, engine: Engine) -> None:
@@ -277,7 +366,13 @@ class AIQueryConnection:
         self.catalog = catalog
         self.engine = engine
         self.progress = ProgressCounter()
-        register(con, catalog, engine, progress=self.progress)
+        self.udf_errors = register(con, catalog, engine, progress=self.progress)
+        """What this connection's UDFs raised (see :meth:`errors`)."""
+
+    def errors(self) -> AbstractContextManager[None]:
+        """A context in which DuckDB's error for an ai_query function's failure is raised as
+        that failure (``with con.errors(): con.sql(q).fetchall()``); other errors unchanged."""
+        return self.udf_errors.translated()
 
     def rewrite(self, query: str, read: str = "duckdb") -> str:
         """The statement DuckDB runs for ``query`` (unchanged when it has no ai_query call)."""
@@ -289,19 +384,26 @@ class AIQueryConnection:
         )
 
     def sql(self, query: str, **kwargs: Any) -> Any:
-        """Run ``query`` (DuckDB SQL) like ``DuckDBPyConnection.sql``."""
-        return self.raw.sql(self.rewrite(query), **kwargs)
+        """Run ``query`` (DuckDB SQL) like ``DuckDBPyConnection.sql`` (a lazy relation for a
+        query: fetch it inside :meth:`errors` to get ai_query's errors as raised)."""
+        statement = self.rewrite(query)
+        with self.errors():
+            return self.raw.sql(statement, **kwargs)
 
     query = sql
 
     def execute(self, query: str, parameters: Any = None) -> AIQueryConnection:
         """Run ``query`` like ``DuckDBPyConnection.execute``; returns this connection."""
-        self.raw.execute(self.rewrite(query), parameters)
+        statement = self.rewrite(query)
+        with self.errors():
+            self.raw.execute(statement, parameters)
         return self
 
     def databricks_sql(self, query: str, **kwargs: Any) -> Any:
-        """Run a query written in Databricks SQL."""
-        return self.raw.sql(self.rewrite(query, read="databricks"), **kwargs)
+        """Run a query written in Databricks SQL (lazy, as :meth:`sql`)."""
+        statement = self.rewrite(query, read="databricks")
+        with self.errors():
+            return self.raw.sql(statement, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)

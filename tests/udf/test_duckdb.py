@@ -11,7 +11,13 @@ import pyarrow as pa
 import pytest
 
 import ai_query
-from ai_query.errors import ConfigError, SQLParseError, UnknownEndpointError, UnsupportedCallError
+from ai_query.errors import (
+    ConfigError,
+    RowError,
+    SQLParseError,
+    UnknownEndpointError,
+    UnsupportedCallError,
+)
 from ai_query.udf.duckdb import register
 
 CHAT = "smollm2-135m-instruct"
@@ -114,6 +120,23 @@ def test_fail_on_error_true_fails_the_query_naming_endpoint(con) -> None:  # typ
         duckdb.Error, match=f"endpoint '{CHAT}' failed on row .*maximum context length"
     ):
         con.sql(f"SELECT ai_query('{CHAT}', p) FROM t").fetchall()
+
+
+def test_a_failed_row_comes_out_as_our_row_error_not_duckdbs_wrapper(con) -> None:  # type: ignore[no-untyped-def]
+    con.execute("INSERT INTO t VALUES (5, repeat('word ', 2000))")
+    query = f"SELECT id, ai_query('{CHAT}', p) FROM t ORDER BY id"
+    with pytest.raises(RowError, match=f"endpoint '{CHAT}' failed on row") as raised:
+        con.execute(query).fetchall()
+    assert raised.value.endpoint == CHAT and "maximum context length" in raised.value.cause
+    assert isinstance(raised.value.__cause__, duckdb.Error)  # DuckDB's words stay chained
+    with pytest.raises(RowError), con.errors():  # a lazy relation, fetched inside errors()
+        con.sql(query).fetchall()
+    with pytest.raises(RowError):
+        con.execute(query)  # execute runs the statement: the error comes at once
+    with pytest.raises(duckdb.CatalogException):  # DuckDB's own errors stay DuckDB's
+        con.execute("SELECT * FROM no_such_table")
+    con.execute("DELETE FROM t WHERE id = 5")
+    assert len(con.execute(query).fetchall()) == 4  # nothing stale is raised afterwards
 
 
 @pytest.mark.parametrize(

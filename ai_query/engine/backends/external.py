@@ -24,6 +24,7 @@ from ai_query.engine.backends.backend import (
     RowFailure,
 )
 from ai_query.engine.process.supervision import EngineHealth, EngineState
+from ai_query.errors import ProviderError
 from ai_query.secrets import resolve_secret
 from ai_query.tasks import Task
 
@@ -89,6 +90,9 @@ class ExternalBackend:
 
     async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
         """A streamed chat or completion call; tool calls come whole, on the last chunk."""
+        import httpx
+        import openai
+
         if request.tools and request.tool_choice != "none":
             yield (await self.complete(text, request)).as_chunk()
             return
@@ -119,8 +123,8 @@ class ExternalBackend:
                 if piece:
                     generated += 1
                     yield CompletionChunk(piece, prompt_tokens, generated)
-        except Exception as exc:  # a broken stream is this request's failure
-            raise RowFailure(f"external model {self.model.name!r}: {_describe(exc)}") from exc
+        except (openai.APIError, httpx.HTTPError) as exc:  # a broken stream: the provider's
+            raise ProviderError(f"external model {self.model.name!r}: {_describe(exc)}") from exc
         yield CompletionChunk("", prompt_tokens, generated, finish or "stop")
 
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
@@ -198,7 +202,7 @@ class ExternalBackend:
             ) as exc:
                 status = getattr(exc, "status_code", None)
                 if attempt >= self.model.max_retries:
-                    raise RowFailure(
+                    raise ProviderError(
                         f"external model {self.model.name!r} failed after {attempt} retries: "
                         f"{_describe(exc)}"
                     ) from exc
@@ -207,8 +211,10 @@ class ExternalBackend:
                 attempt += 1
                 self.retries += 1
                 await asyncio.sleep(wait)
-            except openai.APIStatusError as exc:
-                raise RowFailure(f"external model {self.model.name!r}: {_describe(exc)}") from exc
+            except openai.APIError as exc:  # a refusal, or an answer that is not the API's
+                raise ProviderError(
+                    f"external model {self.model.name!r}: {_describe(exc)}"
+                ) from exc
 
     def health(self) -> EngineHealth:
         """Always ready: nothing here can die (a failed call is that row's error)."""

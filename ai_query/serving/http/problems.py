@@ -2,8 +2,9 @@
 
 Databricks routes answer ``{"error_code": "INVALID_PARAMETER_VALUE", "message": ...}``; the
 OpenAI-compatible ``/v1`` routes answer ``{"error": {"message", "type", "code"}}`` (what the
-``openai`` client reads). One exception type, :class:`APIError`, carries status, code, message
-and headers (``Retry-After``) to the handler that renders it.
+``openai`` client reads). One exception type, :class:`APIError` (in the tree of
+:mod:`ai_query.errors`), carries status, code, message and headers (``Retry-After``) to the
+handler that renders it; :func:`from_exception` is the one map from error types to statuses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from ai_query.engine.backends.backend import RowFailure
 from ai_query.errors import (
     AIQueryError,
     AuthenticationError,
@@ -24,12 +24,18 @@ from ai_query.errors import (
     EngineDeadError,
     EngineError,
     EngineUnavailableError,
+    JobError,
+    JobLockedError,
     ModelNotAvailableError,
     PermissionDeniedError,
+    ProviderError,
     RateLimitExceededError,
     ResourceConflictError,
     ResourceNotFoundError,
+    RowFailure,
+    SQLError,
     UnknownEndpointError,
+    WorkspaceError,
 )
 from ai_query.redaction import redact
 
@@ -63,8 +69,9 @@ _OPENAI_TYPES = {
 }
 
 
-class APIError(Exception):
-    """An error answer: HTTP status, Databricks error code, message and extra headers."""
+class APIError(AIQueryError):
+    """An error answer: HTTP status, Databricks error code, message and extra headers (raised
+    in a route, rendered by the app's handler; the one error type that knows HTTP)."""
 
     def __init__(
         self,
@@ -105,13 +112,17 @@ def from_exception(
 ) -> APIError:
     """The API error for an exception raised while serving a request.
 
-    Domain errors map to 4xx here (and only here); a request's own failure (a backend's
-    :class:`~ai_query.engine.backends.backend.RowFailure`) is a 400, or a 502 from an external
-    provider; anything else is unexpected: a 500 naming ``request_id``, logged with it.
+    Domain errors map to their status by type, here and only here: the caller's mistakes
+    (config, SQL, a refused upload) and refusals (auth, permission, rate limit, not found,
+    conflict) are 4xx; a request's own failure (:class:`~ai_query.errors.RowFailure`) is a 400,
+    or a 502 when the external provider failed it (:class:`~ai_query.errors.ProviderError`, or
+    any row failure of an ``external`` call); an engine that is down is a 503; the server's own
+    failures (an engine error, a failed job) are 500s. Anything else is unexpected, a bug on any
+    route, external models included: a 500 naming ``request_id``, logged with its traceback.
 
     Args:
         exc: what was raised.
-        external: the request went to an external provider (its failures are 502s).
+        external: the request went to an external provider (its row failures are 502s).
         request_id: the request's id (default: a new one).
     """
     if isinstance(exc, APIError):
@@ -126,17 +137,34 @@ def from_exception(
         return APIError(404, str(exc))
     if isinstance(exc, ResourceConflictError):
         return APIError(409, str(exc), code=exc.code)
-    if isinstance(exc, (ConfigError, ModelNotAvailableError)):
+    if isinstance(exc, JobLockedError):
+        return APIError(409, str(exc))
+    if isinstance(exc, _CLIENT_ERRORS):
         return APIError(400, str(exc))
+    if isinstance(exc, RowFailure):
+        if external or isinstance(exc, ProviderError):
+            return APIError(502, str(exc) or type(exc).__name__)
+        return APIError(400, str(exc) or type(exc).__name__)
     if isinstance(exc, (EngineDeadError, EngineUnavailableError)):
         return APIError(503, str(exc))
-    if isinstance(exc, EngineError):
-        return APIError(500, str(exc))
-    if isinstance(exc, AIQueryError):  # another domain error: the request asked for it
-        return APIError(400, str(exc))
-    if isinstance(exc, RowFailure) or external:
-        return APIError(502 if external else 400, str(exc) or type(exc).__name__)
+    if isinstance(exc, (EngineError, JobError)):  # the server failed, and says how
+        return server_error(exc, request_id)
     return internal_error(exc, request_id)
+
+
+#: Domain errors that are the request's own mistake (a 400).
+_CLIENT_ERRORS = (ConfigError, ModelNotAvailableError, SQLError, WorkspaceError)
+
+
+def server_error(exc: AIQueryError, request_id: str | None = None) -> APIError:
+    """A 500 for a domain error of the server's own (an engine's or a job's failure): its
+    message, and the request id, which the log line names too."""
+    request_id = request_id or uuid.uuid4().hex
+    log.warning(
+        "request %s failed: %s: %s", request_id, type(exc).__name__, exc,
+        extra={"request_id": request_id},
+    )
+    return APIError(500, str(exc), headers={"x-request-id": request_id})
 
 
 def internal_error(exc: BaseException, request_id: str | None = None) -> APIError:
