@@ -26,7 +26,7 @@ from ai_query.catalog import Catalog
 from ai_query.engine.backends.deterministic import deterministic_backend_factory
 from ai_query.engine.backends.registry import BackendFactory, close_backends
 from ai_query.engine.core.protocol import Engine
-from ai_query.errors import AIQueryError
+from ai_query.errors import AIQueryError, ConfigError
 from ai_query.redaction import redact
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.http import databricks_routes, management, openai_routes, permissions_routes
@@ -276,13 +276,14 @@ class HTTPServerThread:
         """Start serving; return once the socket listens.
 
         Raises:
-            RuntimeError: when the server did not start within ``timeout`` seconds.
+            ConfigError: when the server did not start within ``timeout`` seconds (its
+                port is taken, most likely).
         """
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the HTTP server did not start (is the port free?)")
+                raise ConfigError("the HTTP server did not start (is the port free?)")
             time.sleep(0.05)
         return self
 
