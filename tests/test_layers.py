@@ -4,6 +4,7 @@ import which, where the heavy third-party packages may be imported, and no impor
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -87,12 +88,7 @@ def test_jobs_do_not_import_the_package_init() -> None:
 @pytest.mark.parametrize(
     ("package", "allowed"),
     [
-        pytest.param(
-            "vllm",
-            {"ai_query.engine.vllm.backend", "ai_query.engine.vllm.pooling",
-             "ai_query.engine.vllm.setup", "ai_query.engine.vllm.zygote"},
-            id="vllm",
-        ),
+        pytest.param("vllm", {"ai_query.engine.vllm"}, id="vllm"),
         pytest.param("pyspark", {"ai_query.udf.spark", "ai_query.jobs.spark_batches"}, id="pyspark"),
         pytest.param("duckdb", {"ai_query.udf.duckdb", "ai_query.jobs", "ai_query.sql_workspace"},
                      id="duckdb"),
@@ -104,6 +100,72 @@ def test_heavy_packages_are_imported_in_one_place(package: str, allowed: set[str
                                                  for n in names)
     }
     assert {m for m in users if not any(m == a or m.startswith(a + ".") for a in allowed)} == set()
+
+
+#: vLLM's public API (``LLM``, ``AsyncLLM``, engine args, sampling, pooling and structured-output
+#: params), and the plain ``multiprocessing`` package: all that ``engine/vllm`` may import outside
+#: its compat module, the one door to vLLM's and multiprocessing's internals (STYLE.md).
+PUBLIC = {"vllm", "vllm.engine.arg_utils", "vllm.v1.engine.async_llm", "vllm.sampling_params",
+          "vllm.pooling_params", "vllm.config", "multiprocessing"}
+
+
+def _is_module(dotted: str) -> bool:
+    """Whether ``dotted`` names a module of an installed package (found without importing it)."""
+    top, *rest = dotted.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    path = Path(next(iter(spec.submodule_search_locations)), *rest)
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _modules_imported(path: Path, packages: set[str]) -> set[str]:
+    """The modules of ``packages`` that ``path`` imports (``from pkg import sub`` included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] in packages)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] in packages:
+                found.add(node.module)
+                found.update(m for a in node.names if _is_module(m := f"{node.module}.{a.name}"))
+    return found
+
+
+def test_vllm_internals_are_reached_only_through_compat() -> None:
+    wrong = sorted(
+        f"{_module_name(path)} imports {name}"
+        for path in PACKAGE.rglob("*.py")
+        if _module_name(path) != "ai_query.engine.vllm.compat"
+        for name in _modules_imported(path, {"vllm", "multiprocessing"})
+        if name not in PUBLIC
+    )
+    assert wrong == []
+
+
+def test_no_private_attributes_of_vllm_or_multiprocessing_outside_compat() -> None:
+    """``module._private`` on an imported vllm or multiprocessing module (``util._args...``)."""
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if _module_name(path) == "ai_query.engine.vllm.compat":
+            continue
+        tree = ast.parse(path.read_text())
+        aliases = {
+            alias.asname or alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+            if (getattr(node, "module", None) or alias.name).split(".")[0]
+            in {"vllm", "multiprocessing"}
+        }
+        wrong += [
+            f"{_module_name(path)}:{node.lineno} {ast.unparse(node)}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and ast.unparse(node.value).split(".")[0] in aliases
+        ]
+    assert wrong == []
 
 
 def test_no_import_cycles() -> None:

@@ -32,6 +32,7 @@ from ai_query.engine.backends.backend import (
 )
 from ai_query.engine.backends.tool_calls import tool_call_schema, tool_calls_from_output
 from ai_query.engine.process.supervision import EngineHealth, EngineState
+from ai_query.engine.vllm import compat
 from ai_query.engine.vllm.model import VLLMModel, short_message
 from ai_query.engine.vllm.setup import building
 from ai_query.errors import EngineDeadError, EngineError
@@ -98,7 +99,7 @@ class VLLMBackend(VLLMModel):
     def _build(self) -> Any:
         """Build the engine (in a worker thread; blocks until vLLM's engine process is up)."""
         with building(self.model_dir.name):
-            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
             log.info("starting vLLM for %s (%s)", self.model_dir, self.engine_args)
@@ -154,25 +155,15 @@ class VLLMBackend(VLLMModel):
         return SamplingParams(**kwargs)
 
     async def _render(self, text: str, chat: bool, request: GenerationRequest | None = None) -> Any:
-        renderer = self._engine.renderer
-        if chat:
-            from vllm.renderers import ChatParams
-
-            kwargs: dict[str, Any] = {"add_generation_prompt": True}
-            messages: list[Any] = [{"role": "user", "content": text}]
-            if request is not None:
-                messages = request.conversation(text)
-                if request.tools and request.tool_choice != "none":
-                    kwargs["tools"] = request.tools
-            params = ChatParams(chat_template_kwargs=kwargs)
-            tok = renderer.default_chat_tok_params
-            _, prompts = await renderer.render_chat_async([messages], params, tok)
-        else:
-            from vllm.renderers.inputs.preprocess import parse_model_prompt
-
-            parsed = parse_model_prompt(self._engine.model_config, text)
-            prompts = await renderer.render_cmpl_async([parsed])
-        return prompts[0]
+        if not chat:
+            return await compat.render_completion(self._engine, text)
+        kwargs: dict[str, Any] = {"add_generation_prompt": True}
+        messages: list[Any] = [{"role": "user", "content": text}]
+        if request is not None:
+            messages = request.conversation(text)
+            if request.tools and request.tool_choice != "none":
+                kwargs["tools"] = request.tools
+        return await compat.render_chat(self._engine, messages, kwargs)
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
         """Generate for one chat message or completion prompt."""
@@ -240,25 +231,19 @@ class VLLMBackend(VLLMModel):
     def _parse_auto_tool_calls(
         self, text: str, request: GenerationRequest, finish: str | None
     ) -> tuple[str, list[dict[str, Any]] | None, str | None]:
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.tool_parsers import ToolParserManager
-
-        api_request = ChatCompletionRequest.model_validate(
-            {
-                "model": self.model_dir.name,
-                "messages": request.conversation(text),
-                "tools": request.tools,
-                "tool_choice": "auto",
-            }
+        api_request = {
+            "model": self.model_dir.name,
+            "messages": request.conversation(text),
+            "tools": request.tools,
+            "tool_choice": "auto",
+        }
+        parsed = compat.parse_tool_calls(
+            self._engine, str(self.tool_call_parser), api_request, text
         )
-        parser_cls = ToolParserManager.get_tool_parser(str(self.tool_call_parser))
-        tools: Any = api_request.tools
-        parser = parser_cls(self._engine.renderer.get_tokenizer(), tools)
-        info = parser.extract_tool_calls(text, api_request)
-        if not info.tools_called:
+        if parsed is None:
             return text, None, finish
-        calls = [tc.model_dump(mode="json", exclude_none=True) for tc in info.tool_calls]
-        return info.content or "", calls, "tool_calls"
+        content, calls = parsed
+        return content or "", calls, "tool_calls"
 
     async def embed_many(self, texts: Sequence[str]) -> list[EmbeddingResult]:
         """Generative models do not embed."""
@@ -286,9 +271,7 @@ class _RowGuard:
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, (asyncio.CancelledError, RowFailure, EngineError)):
             return False
-        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
-
-        if isinstance(exc, VLLMEngineDead) or self._backend._engine_errored():
+        if compat.is_engine_dead(exc) or self._backend._engine_errored():
             backend = self._backend
             backend._mark_dead(PROCESS_EXITED)
             raise EngineDeadError(

