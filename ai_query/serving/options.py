@@ -61,8 +61,9 @@ class ServeOptions:
     insecure: bool = False
     """Allow binding a non-loopback address with auth off (no tokens)."""
     lifeline_fd: int | None = None
-    """Read end of a pipe held by the process that started this server: when it closes, that
-    process died and the server exits (see :mod:`ai_query.engine.process.lifeline`)."""
+    """This server's end of a socket pair held by the process that started it: when that end
+    closes, that process died and the server exits; once listening, the server reports its ports
+    on it (see :mod:`ai_query.engine.process.lifeline`)."""
     private_dir: Path | None = None
     """A directory the launcher made for this server (catalog, log): removed when the server
     exits because its parent died (the parent removes it otherwise)."""

@@ -23,7 +23,12 @@ from ai_query.catalog import Catalog, Endpoint
 from ai_query.config import settings
 from ai_query.engine.core.batch import request_batch
 from ai_query.engine.core.protocol import Engine
-from ai_query.engine.process.lifeline import start_reaper, watch_lifeline
+from ai_query.engine.process.lifeline import (
+    ReadyReport,
+    report_ready,
+    start_reaper,
+    watch_lifeline,
+)
 from ai_query.errors import ConfigError, UnknownEndpointError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.auth import TokenAuth
@@ -229,6 +234,11 @@ def start_server(
         "on" if server.auth_required else "off",
     )
     mark("server: listening")
+    if options.lifeline_fd is not None:  # the launcher learns the ports here, not from the log
+        report_ready(
+            options.lifeline_fd,
+            ReadyReport(flight_port=server.port, http_port=options.http_port),
+        )
     if options.warm:
         warm_in_background(engine, list(options.warm) if isinstance(options.warm, tuple) else None)
     return running

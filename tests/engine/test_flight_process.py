@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.engine.process.launcher import start_server_process
+from ai_query.engine.process.lifeline import ReadyReport
 from ai_query.errors import EngineUnavailableError
 from ai_query.options import CallOptions
 
@@ -108,3 +110,20 @@ def test_auth_refused_by_a_server_process() -> None:
         assert "t0ken" not in server.log_tail(200)
     finally:
         server.stop(grace=5)
+
+
+def test_the_launcher_learns_the_port_from_the_server_s_report() -> None:
+    server = start_server_process(engine="deterministic", preload=False)  # port 0: any free one
+    try:
+        assert server.ready is not None and server.ready.flight_port > 0
+        assert server.ready == ReadyReport(flight_port=int(server.url.rsplit(":", 1)[1]))
+        assert run(FlightEngineClient([server.url]), ["x"]).num_rows == 1
+    finally:
+        server.stop(grace=5)
+
+
+def test_a_server_that_exits_before_it_is_ready_is_reported_with_its_log(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(EngineUnavailableError, match="exited with code 1") as info:
+        start_server_process(missing, engine="deterministic", preload=False, startup_timeout=60)
+    assert f"cannot read catalog {missing}" in str(info.value)  # the log's tail says why

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
-from ai_query.engine.process.lifeline import descendants
+import pytest
+
+from ai_query.engine.process.lifeline import ReadyReader, ReadyReport, descendants, report_ready
 from tests.processes import read_line, run_script, wait_gone
 
 
@@ -54,3 +57,32 @@ def test_a_private_server_exits_when_its_user_is_killed(tmp_path: Path) -> None:
         assert not Path(workdir).exists()  # the server removed its files on the way out
     finally:
         proc.kill()
+
+
+def test_a_readiness_report_crosses_the_lifeline_whole_or_in_pieces() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        reader = ReadyReader(ours)
+        assert reader.poll(timeout=0.01) is None
+        line = ReadyReport(flight_port=8815, http_port=None).to_line()
+        theirs.sendall(line[:7])
+        assert reader.poll(timeout=1) is None
+        theirs.sendall(line[7:])
+        assert reader.poll(timeout=1) == ReadyReport(flight_port=8815, http_port=None)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        report_ready(theirs.fileno(), ReadyReport(flight_port=41000, http_port=8000))
+        assert ReadyReader(ours).poll(timeout=1) == ReadyReport(flight_port=41000, http_port=8000)
+
+
+def test_a_lifeline_that_ends_or_carries_no_report_says_so() -> None:
+    ours, theirs = socket.socketpair()
+    with ours:
+        reader = ReadyReader(ours)
+        theirs.close()  # the server exited before it listened
+        assert reader.poll(timeout=1) is None and reader.closed
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"listening on grpc://127.0.0.1:8815;\n")
+        with pytest.raises(ValueError):
+            ReadyReader(ours).poll(timeout=1)

@@ -2,11 +2,12 @@
 
 The private engine of a DuckDB connection (:mod:`ai_query.engine.process.embedded`), the embedded
 server of local Spark, the tests and the benchmarks run ``python -m ai_query serve`` (the same
-command as the ``ai-query serve`` script) in its own process group, wait (boundedly) until its
-health check answers, and stop it with SIGTERM (graceful) then SIGKILL. Every server started
-here is also stopped when this process exits, and it exits by itself when this process dies,
-even of SIGKILL: it holds the read end of a lifeline pipe whose write end only this process
-holds (see :mod:`ai_query.engine.process.lifeline`).
+command as the ``ai-query serve`` script) in its own process group, wait (boundedly) until it
+reports its ports and its health check answers, and stop it with SIGTERM (graceful) then SIGKILL.
+Every server started here is also stopped when this process exits, and it exits by itself when
+this process dies, even of SIGKILL: it holds one end of a lifeline socket pair whose other end
+only this process holds. The server reports that it listens, and on which ports, over the same
+lifeline (see :mod:`ai_query.engine.process.lifeline`); its log is for people, never parsed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,10 +27,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ai_query.catalog import Catalog
+from ai_query.engine.process.lifeline import ReadyReader, ReadyReport
 from ai_query.errors import EngineUnavailableError
 from ai_query.timings import mark
 
-_LISTENING = re.compile(r"listening on (grpc://\S+?);")
 _started: list[ServerProcess] = []
 _lock = threading.Lock()
 _atexit_registered = False
@@ -40,18 +41,22 @@ class ServerProcess:
 
     def __init__(
         self, proc: subprocess.Popen[bytes], log_path: Path, token: str | None,
-        workdir: Path | None = None,
+        workdir: Path | None = None, *, host: str = "127.0.0.1",
     ) -> None:
         self.proc = proc
         """The process."""
-        self.lifeline: int | None = None
-        """Write end of the server's lifeline pipe (closing it makes the server exit)."""
+        self.lifeline: socket.socket | None = None
+        """This process's end of the server's lifeline (closing it makes the server exit; the
+        server reports its ports on it)."""
         self.log_path = log_path
         """Its log file (stdout and stderr)."""
         self.token = token
         """The bearer token it requires, if any."""
         self.url = ""
         """``grpc://host:port``, known once it listens."""
+        self.ready: ReadyReport | None = None
+        """Its ports, as it reported them once it listened."""
+        self._host = host
         self._workdir = workdir
 
     @property
@@ -71,8 +76,8 @@ class ServerProcess:
             return ""
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait until the server listens and its health check answers (its models may still be
-        starting, see ``warm``).
+        """Wait until the server reports over its lifeline that it listens, and its health check
+        answers (its models may still be starting, see ``warm``).
 
         Raises:
             EngineUnavailableError: it exited or did not get ready in time (with its log tail).
@@ -81,6 +86,7 @@ class ServerProcess:
 
         deadline = time.monotonic() + timeout
         client: FlightEngineClient | None = None
+        reader = ReadyReader(self.lifeline) if self.lifeline is not None else None
         try:
             while time.monotonic() < deadline:
                 if not self.alive():
@@ -88,9 +94,21 @@ class ServerProcess:
                         f"engine server exited with code {self.proc.returncode}; log "
                         f"{self.log_path}:\n{self.log_tail()}"
                     )
-                if not self.url:
-                    found = _LISTENING.search(self.log_path.read_text(errors="replace"))
-                    self.url = found.group(1) if found else ""
+                if self.ready is None and reader is not None:
+                    try:
+                        self.ready = reader.poll(timeout=0.2)
+                    except ValueError as exc:
+                        self.stop(grace=5)
+                        raise EngineUnavailableError(
+                            f"engine server sent no readiness report ({exc}); log "
+                            f"{self.log_path}:\n{self.log_tail()}"
+                        ) from exc
+                    if reader.closed:  # it closed its end: it is exiting
+                        self._wait_exit(2.0)
+                        continue
+                    if self.ready is None:
+                        continue  # the poll waited
+                    self.url = f"grpc://{self._host}:{self.ready.flight_port}"
                 if self.url:
                     client = client or FlightEngineClient([self.url], token=self.token or "")
                     status = client.health(timeout=2.0)[self.url]
@@ -106,6 +124,12 @@ class ServerProcess:
         raise EngineUnavailableError(
             f"engine server not ready after {timeout:.0f}s; log {self.log_path}:\n{self.log_tail()}"
         )
+
+    def _wait_exit(self, seconds: float) -> None:
+        try:
+            self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
 
     def stop(self, grace: float = 60.0) -> None:
         """SIGTERM (in-flight batches finish), then SIGKILL the group after ``grace`` seconds.
@@ -126,7 +150,7 @@ class ServerProcess:
 
     def _cut_lifeline(self) -> None:
         if self.lifeline is not None:
-            os.close(self.lifeline)
+            self.lifeline.close()
             self.lifeline = None
 
     def kill(self) -> None:
@@ -167,7 +191,7 @@ def start_server_process(
     Args:
         catalog: the endpoints (object or file); None: the bundled ones.
         host: address to bind.
-        port: Flight port; 0 picks a free one (read back from the server's log).
+        port: Flight port; 0 picks a free one (the server reports it over its lifeline).
         engine: ``local`` (vLLM), ``deterministic`` or ``echo``.
         preload: load models before listening (True: every local endpoint; or names).
         warm: endpoints whose models start in the background once the server listens.
@@ -204,8 +228,9 @@ def start_server_process(
     if batch_delay:
         args += ["--batch-delay", str(batch_delay)]
     log_path = workdir / f"engine-server-{time.time_ns()}.log"
-    read_end, write_end = os.pipe()
-    args += ["--lifeline-fd", str(read_end)]
+    # The lifeline: the server's end is inherited; this process keeps the other (see lifeline).
+    ours, theirs = socket.socketpair()
+    args += ["--lifeline-fd", str(theirs.fileno())]
     if own_dir:
         args += ["--private-dir", str(workdir)]
     mark("launcher: server spawn")
@@ -214,15 +239,15 @@ def start_server_process(
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **dict(env or {})}, start_new_session=True,
-                pass_fds=(read_end,),
+                pass_fds=(theirs.fileno(),),
             )
     except BaseException:
-        os.close(write_end)
+        ours.close()
         raise
     finally:
-        os.close(read_end)
-    server = ServerProcess(proc, log_path, token, workdir if own_dir else None)
-    server.lifeline = write_end
+        theirs.close()
+    server = ServerProcess(proc, log_path, token, workdir if own_dir else None, host=host)
+    server.lifeline = ours
     _remember(server)
     try:
         server.wait_ready(startup_timeout)

@@ -11,24 +11,29 @@ SIGKILL cannot be caught, so two small watchers do the clean-up from outside:
   reaches end of file, the host is gone, however it died: the reaper kills the descendants it
   noted that still run (the same PID *and* start time, never a name), then exits.
 * The **lifeline**: a private engine server started for a user's process (see
-  :mod:`ai_query.engine.process.launcher`) gets the read end of a pipe whose write end only that
-  user's process holds (:func:`watch_lifeline`). End of file means the user's process died; the
-  server exits at once and its reaper kills its engines.
+  :mod:`ai_query.engine.process.launcher`) gets one end of a socket pair whose other end only
+  that user's process holds (:func:`watch_lifeline`). End of file means the user's process died;
+  the server exits at once and its reaper kills its engines. The same socket carries the other
+  way the server's one readiness report, a JSON line with its ports (:func:`report_ready`,
+  :class:`ReadyReport`), so the launcher never reads the server's log to learn them.
 
 Linux only (``/proc``); on other systems both do nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -59,8 +64,8 @@ def start_reaper() -> None:
 
 
 def watch_lifeline(fd: int, leftovers: Path | None = None) -> None:
-    """Exit this process at once when the write end of pipe ``fd`` closes (its parent died),
-    removing the directory ``leftovers`` first (files its parent made for it)."""
+    """Exit this process at once when the other end of lifeline ``fd`` closes (its parent
+    died), removing the directory ``leftovers`` first (files its parent made for it)."""
 
     def wait() -> None:
         try:
@@ -74,6 +79,78 @@ def watch_lifeline(fd: int, leftovers: Path | None = None) -> None:
         os._exit(70)
 
     threading.Thread(target=wait, name="aiq-lifeline", daemon=True).start()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadyReport:
+    """What a started server reports over its lifeline once it listens."""
+
+    flight_port: int
+    """The port its Flight server listens on (the one it picked, for port 0)."""
+    http_port: int | None = None
+    """The port of its HTTP API; None: no HTTP server."""
+
+    def to_line(self) -> bytes:
+        """The report as one JSON line."""
+        return (json.dumps({"flight_port": self.flight_port, "http_port": self.http_port})
+                + "\n").encode()
+
+    @classmethod
+    def from_line(cls, line: bytes) -> ReadyReport:
+        """The report a line carries.
+
+        Raises:
+            ValueError: the line is not a readiness report.
+        """
+        data = json.loads(line)
+        if not isinstance(data, dict) or not isinstance(data.get("flight_port"), int):
+            raise ValueError(f"not a readiness report: {line[:200]!r}")
+        http = data.get("http_port")
+        return cls(
+            flight_port=data["flight_port"], http_port=http if isinstance(http, int) else None
+        )
+
+
+def report_ready(fd: int, report: ReadyReport) -> None:
+    """Tell the process at the other end of lifeline ``fd`` that this server is ready.
+
+    A process that is gone gets nothing: its end of file already makes this server exit.
+    """
+    data = report.to_line()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as exc:
+        log.warning("could not report readiness over the lifeline: %s", exc)
+
+
+class ReadyReader:
+    """Reads a server's readiness report from the launcher's end of its lifeline, a little at a
+    time, so that the launcher can watch the process between reads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self.closed = False
+        """Whether the server's end closed before a full report came (it exited)."""
+
+    def poll(self, timeout: float) -> ReadyReport | None:
+        """The report, once a whole line has come within ``timeout`` seconds; else None.
+
+        Raises:
+            ValueError: the server sent something that is not a report.
+        """
+        if self.closed:
+            return None
+        ready, _, _ = select.select([self._sock], [], [], timeout)
+        if ready:
+            chunk = self._sock.recv(4096)
+            if not chunk:
+                self.closed = True
+                return None
+            self._buffer += chunk
+        line, newline, _ = self._buffer.partition(b"\n")
+        return ReadyReport.from_line(line) if newline else None
 
 
 def descendants(root: int) -> dict[int, int]:
