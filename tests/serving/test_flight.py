@@ -29,7 +29,7 @@ from ai_query.errors import (
     SQLParseError,
     UnknownEndpointError,
 )
-from ai_query.options import CallOptions, ModelParameters
+from ai_query.options import CallOptions
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.flight import ServingFlightServer
 
@@ -61,25 +61,6 @@ def run(engine, requests, **opts):  # type: ignore[no-untyped-def]
     return align_results(engine.run(batch), len(requests))
 
 
-@pytest.mark.parametrize(
-    "opts",
-    [
-        pytest.param({"endpoint": CHAT}, id="text"),
-        pytest.param({"endpoint": CHAT, "return_type": "STRUCT<label: STRING, n: INT>"},
-                     id="struct"),
-        pytest.param({"endpoint": CHAT, "fail_on_error": False,
-                      "model_parameters": ModelParameters(max_tokens=3)}, id="params"),
-        pytest.param({"endpoint": EMBED}, id="embeddings"),
-    ],
-)
-def test_same_answers_as_the_engine_in_process(server, opts) -> None:
-    requests = ["alpha", None, "beta", "", "word " * 600]
-    client = FlightEngineClient([server.url], chunk_rows=2)
-    remote = run(client, requests, **opts)
-    local = run(_engine(), requests, **opts)
-    assert remote.equals(local)
-
-
 def test_chunks_of_one_batch_are_pipelined_on_one_stream(server) -> None:
     client = FlightEngineClient(server.url, chunk_rows=10)
     out = run(client, [f"r{i}" for i in range(95)], endpoint=CHAT)
@@ -98,23 +79,6 @@ def test_batches_are_spread_over_servers(two_servers) -> None:
     assert rows == [50, 50]
 
 
-def test_concurrent_callers_get_their_own_rows(two_servers) -> None:
-    client = FlightEngineClient([s.url for s in two_servers], chunk_rows=7)
-    results: dict[int, list[str]] = {}
-
-    def caller(k: int) -> None:
-        out = run(client, [f"t{k}-{i}" for i in range(60)], endpoint=CHAT)
-        results[k] = out.column("result").to_pylist()
-
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for k in range(8):
-        assert [r.split()[-1] for r in results[k]] == [f"t{k}-{i}" for i in range(60)]
-
-
 def test_call_errors_come_back_as_the_same_class_and_message(server) -> None:
     client = FlightEngineClient([server.url])
     with pytest.raises(UnknownEndpointError) as info:
@@ -126,13 +90,6 @@ def test_call_errors_come_back_as_the_same_class_and_message(server) -> None:
     with pytest.raises(ConfigError):
         run(client, ["x"], endpoint=EMBED, return_type="STRUCT<a: INT>")
     assert server.health()["errors"] == 3
-
-
-def test_row_errors_stay_in_their_rows(server) -> None:
-    client = FlightEngineClient([server.url])
-    out = run(client, ["a", "word " * 600, "c"], endpoint=CHAT, fail_on_error=False)
-    errors = out.column("error").to_pylist()
-    assert errors[0] is None and errors[2] is None and "maximum context length" in errors[1]
 
 
 def test_auth_refused_without_the_token_and_accepted_with_it() -> None:
