@@ -115,11 +115,7 @@ def _run_duckdb(text: str, read: str, cat: Any, database: str, engine_url: str |
     from ai_query.query_endpoints import start_early
     from ai_query.timings import mark
 
-    spec = EngineSpec.for_catalog(cat)
-    if engine_url:
-        urls = tuple(u.strip() for u in engine_url.split(",") if u.strip())
-        spec = EngineSpec.for_catalog(cat, kind="flight", urls=urls)
-    engine = get_engine(spec)
+    engine = get_engine(EngineSpec.for_urls(cat, engine_url))
     # The private server and the query's models start now, before DuckDB is even imported.
     start_early(engine, [(text, read)])
     from ai_query.display import row_progress
@@ -247,9 +243,21 @@ def serve(
             help="Allow a non-loopback --host with auth off (no tokens): anyone may call.",
         ),
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="What runs the local models: vllm, or deterministic (no model: answers made "
+            "from the text, to try a pipeline; external models are still called)."
+        ),
+    ] = "vllm",
+    engine_factory: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve your own Engine over Flight: module:callable, called with the catalog "
+            "(literal keyword arguments allowed: 'pkg.mod:make(size=2)').",
+        ),
+    ] = None,
     # Hidden: for the launcher of private engine servers and for tests.
-    engine: Annotated[str, typer.Option(hidden=True)] = "local",
-    batch_delay: Annotated[float, typer.Option(hidden=True)] = 0.0,
     rate_limit_period_scale: Annotated[float, typer.Option(hidden=True)] = 1.0,
     inference_flush_seconds: Annotated[float, typer.Option(hidden=True)] = 1.0,
     lifeline_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
@@ -259,14 +267,39 @@ def serve(
     from ai_query.timings import mark
 
     mark("server: started")
-    if engine == "local":
+    from ai_query.serving.options import ServeOptions
+
+    chosen, warmed = _endpoint_choice(preload), _endpoint_choice(warm)
+    options = ServeOptions(
+        catalog=catalog,
+        host=host,
+        port=port,
+        http_port=None if no_http else http_port,
+        token=token,
+        tokens_file=tokens_file,
+        allow_external_bases=tuple(allow_external_base or ()),
+        database=database,
+        inference_table=inference_table,
+        preload=chosen,
+        warm=warmed,
+        engine=engine,  # type: ignore[arg-type]  # text; ServeOptions reads it as a kind
+        engine_factory=engine_factory,
+        default_max_tokens=default_max_tokens,
+        rate_limit_period_scale=rate_limit_period_scale,
+        inference_flush_seconds=inference_flush_seconds,
+        log_level=log_level,
+        max_body_bytes=max_body_bytes,
+        insecure=insecure,
+        lifeline_fd=lifeline_fd,
+        private_dir=private_dir,
+    )
+    if options.runs_vllm:
         from ai_query.engine.vllm.setup import import_vllm_in_background
 
         # Seconds of imports, overlapped with everything the server does before a model starts.
         import_vllm_in_background()
     from ai_query.jobs.directory import directory_runs
     from ai_query.serving.http.ui_routes import UIServices
-    from ai_query.serving.options import ServeOptions
     from ai_query.serving.serve import run_server_cli
     from ai_query.sql_workspace import DuckDBWorkspace, WorkspaceLimits
 
@@ -276,31 +309,8 @@ def serve(
             "set AI_QUERY_SERVER_TOKEN or use --tokens-file instead",
             highlight=False, markup=False, soft_wrap=True,
         )
-    chosen, warmed = _endpoint_choice(preload), _endpoint_choice(warm)
     run_server_cli(
-        ServeOptions(
-            catalog=catalog,
-            host=host,
-            port=port,
-            http_port=None if no_http else http_port,
-            token=token,
-            tokens_file=tokens_file,
-            allow_external_bases=tuple(allow_external_base or ()),
-            database=database,
-            inference_table=inference_table,
-            preload=chosen,
-            warm=warmed,
-            engine=engine,
-            batch_delay=batch_delay,
-            default_max_tokens=default_max_tokens,
-            rate_limit_period_scale=rate_limit_period_scale,
-            inference_flush_seconds=inference_flush_seconds,
-            log_level=log_level,
-            max_body_bytes=max_body_bytes,
-            insecure=insecure,
-            lifeline_fd=lifeline_fd,
-            private_dir=private_dir,
-        ),
+        options,
         ui=UIServices(
             sql_workspace=partial(
                 DuckDBWorkspace,

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ai_query.errors import ConfigError
 
 #: Environment that keeps vLLM small and fast on a CPU; applied with ``setdefault`` so a user's
 #: own values win. Must be in place before ``vllm`` is first imported.
@@ -36,8 +39,9 @@ class Settings:
     """Where converted bundled models and other caches live (``AI_QUERY_CACHE_DIR``)."""
     catalog_path: Path | None = None
     """Endpoint catalog file to use instead of the default (``AI_QUERY_CATALOG``)."""
-    engine_urls: tuple[str, ...] = ()
-    """Engine servers (``grpc://host:port``) to use (``AI_QUERY_ENGINE_URL``, comma list)."""
+    engine_url: str = ""
+    """Engine servers to use, ``grpc://host:port`` comma list (``AI_QUERY_ENGINE_URL``); read
+    as addresses by :attr:`engine_urls`."""
     secrets_file: Path | None = None
     """JSON/YAML file of ``{scope: {key: value}}`` secrets (``AI_QUERY_SECRETS_FILE``)."""
     token: str | None = None
@@ -49,6 +53,12 @@ class Settings:
     """File to which each process appends its start-up timings (``AI_QUERY_TIMINGS``; see
     :mod:`ai_query.timings`); None: not recorded."""
 
+    @property
+    def engine_urls(self) -> tuple[str, ...]:
+        """:attr:`engine_url` as addresses (see :func:`parse_engine_urls`; checked when used,
+        so a malformed variable fails only what needs engine servers)."""
+        return parse_engine_urls(self.engine_url)
+
 
 def settings() -> Settings:
     """Read :class:`Settings` from the environment now."""
@@ -57,16 +67,40 @@ def settings() -> Settings:
     catalog = env.get("AI_QUERY_CATALOG")
     secrets = env.get("AI_QUERY_SECRETS_FILE")
     timings = env.get("AI_QUERY_TIMINGS")
-    urls = tuple(u.strip() for u in env.get("AI_QUERY_ENGINE_URL", "").split(",") if u.strip())
     return Settings(
         cache_dir=Path(cache).expanduser() if cache else Path.home() / ".cache" / "ai_query",
         catalog_path=Path(catalog).expanduser() if catalog else None,
-        engine_urls=urls,
+        engine_url=env.get("AI_QUERY_ENGINE_URL", ""),
         secrets_file=Path(secrets).expanduser() if secrets else None,
         token=env.get("AI_QUERY_TOKEN") or None,
         timings_file=Path(timings).expanduser() if timings else None,
         zygote=env.get("AI_QUERY_ZYGOTE", "1").strip().lower() not in ("0", "false", "no", "off"),
     )
+
+
+#: Schemes of an engine server address.
+ENGINE_URL_SCHEMES: tuple[str, ...] = ("grpc://", "grpc+tcp://", "grpc+tls://")
+
+
+def parse_engine_urls(urls: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Engine server addresses from a comma-separated string or a list (``--engine-url``,
+    ``engine_url=``, ``AI_QUERY_ENGINE_URL``): each stripped, empty ones dropped.
+
+    Returns:
+        The addresses; ``()`` when none is given.
+
+    Raises:
+        ConfigError: when one is not ``grpc://host:port`` (or ``grpc+tcp://``,
+            ``grpc+tls://``).
+    """
+    if urls is None:
+        return ()
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    out = tuple(u.strip() for u in items if u and u.strip())
+    for url in out:
+        if not url.startswith(ENGINE_URL_SCHEMES) or ":" not in url.split("://", 1)[1]:
+            raise ConfigError(f"engine server address {url!r} is not grpc://host:port")
+    return out
 
 
 def secret_from_environment(scope: str, key: str) -> str | None:

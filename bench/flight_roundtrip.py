@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from common import add_model_args, timed  # noqa: E402
 
 from ai_query.engine.core.batch import align_results, request_batch  # noqa: E402
-from ai_query.engine.diagnostics import EchoEngine  # noqa: E402
 from ai_query.engine.flight.client import FlightEngineClient  # noqa: E402
 from ai_query.engine.process.launcher import start_server_process  # noqa: E402
 from ai_query.options import CallOptions  # noqa: E402
+from ai_query.testing import EchoEngine  # noqa: E402
 
 
 def make_batches(count: int, rows: int, chars: int) -> list[pa.RecordBatch]:
@@ -92,7 +92,7 @@ def main() -> None:
     total_rows = args.batches * args.rows
     megabytes = sum(b.column(0).nbytes for b in batches) / 1e6
 
-    server = start_server_process(engine="echo", preload=False)
+    server = start_server_process(engine_factory="ai_query.testing:echo_engine", preload=False)
     try:
         client = FlightEngineClient([server.url], chunk_rows=args.rows)  # one chunk per batch
         over_flight(client, batches[:3], 1)  # warm up the connection

@@ -298,8 +298,4 @@ def _default_engine(job: JobSpec, engine_url: str | None) -> Engine:
     from ai_query.catalog import load_catalog
     from ai_query.engine.spec import EngineSpec, get_engine
 
-    catalog = load_catalog(job.catalog)
-    if engine_url:
-        urls = tuple(u.strip() for u in engine_url.split(",") if u.strip())
-        return get_engine(EngineSpec.for_catalog(catalog, kind="flight", urls=urls))
-    return get_engine(EngineSpec.for_catalog(catalog))
+    return get_engine(EngineSpec.for_urls(load_catalog(job.catalog), engine_url))

@@ -1,18 +1,18 @@
-"""Everything ``ai-query serve`` takes, as one frozen value (built by the CLI or a test)."""
+"""Everything ``ai-query serve`` takes, as one frozen value (built by the CLI or a test): the
+Flight server, the HTTP app (:func:`ai_query.serving.http.app.create_app`) and the engine they
+share all read this one object."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from ai_query.serving.http.options import HTTPOptions
+from ai_query.engine.kinds import SERVER_ENGINE_KINDS, EngineKind
 
 #: Flight port unless told otherwise.
 DEFAULT_FLIGHT_PORT = 8815
 #: HTTP port unless told otherwise (``--no-http`` turns HTTP off).
 DEFAULT_HTTP_PORT = 8000
-#: Engines a server can host: vLLM (the real one) and the test engines.
-ENGINE_KINDS: tuple[str, ...] = ("local", "deterministic", "echo")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +36,8 @@ class ServeOptions:
     (``--allow-external-base``; administrators may use any, see
     :mod:`ai_query.serving.permissions`)."""
     database: Path | None = None
-    """SQLite file of endpoints made over HTTP; None: ``<cache>/serving/endpoints.sqlite``."""
+    """SQLite file of endpoints made over HTTP; None: ``<cache>/serving/endpoints.sqlite`` for
+    ``ai-query serve``, in memory for an app made by ``create_app`` alone (tests)."""
     inference_table: Path | None = None
     """Directory of the inference table (Parquet); None: off."""
     preload: bool | tuple[str, ...] = True
@@ -44,16 +45,21 @@ class ServeOptions:
     warm: bool | tuple[str, ...] = False
     """Start models in the background once listening (rows that come first wait for the same
     start): every local endpoint (True), none (False), or these."""
-    engine: str = "local"
-    """``local`` (vLLM), or ``deterministic``/``echo`` (tests); see :data:`ENGINE_KINDS`."""
-    batch_delay: float = 0.0
-    """Hold each Flight batch this long (failure tests only)."""
+    engine: EngineKind = EngineKind.VLLM
+    """What runs the local models, in this process: vLLM, or the deterministic backend (no
+    model; external models are still called for real)."""
+    engine_factory: str | None = None
+    """``module:callable`` that builds the engine Flight serves from the catalog instead (bring
+    your own Engine; see :func:`ai_query.engine.spec.load_engine_factory`); endpoints made over
+    HTTP still run on :attr:`engine`."""
     default_max_tokens: int = 1024
     """max_tokens of an HTTP chat or completion request that sets none."""
     rate_limit_period_scale: float = 1.0
     """Multiplies every rate-limit period (tests shorten the minute; keep 1.0 in service)."""
     inference_flush_seconds: float = 1.0
     """How often queued inference-table rows are written."""
+    inference_queue_size: int = 10_000
+    """Inference-table rows that may wait; beyond it rows are dropped (and counted)."""
     log_level: str = "info"
     """Level of the server's own (JSON) logs."""
     max_body_bytes: int = 16 * 1024 * 1024
@@ -68,20 +74,13 @@ class ServeOptions:
     """A directory the launcher made for this server (catalog, log): removed when the server
     exits because its parent died (the parent removes it otherwise)."""
 
-    def http_options(self, database: Path | None) -> HTTPOptions:
-        """The HTTP server's share of these options."""
-        assert self.http_port is not None
-        return HTTPOptions(
-            host=self.host,
-            port=self.http_port,
-            database=database,
-            tokens_file=self.tokens_file,
-            allow_external_bases=self.allow_external_bases,
-            inference_table=self.inference_table,
-            engine="vllm" if self.engine == "local" else "deterministic",
-            default_max_tokens=self.default_max_tokens,
-            rate_limit_period_scale=self.rate_limit_period_scale,
-            inference_flush_seconds=self.inference_flush_seconds,
-            log_level=self.log_level.lower(),
-            max_body_bytes=self.max_body_bytes,
+    def __post_init__(self) -> None:
+        # Callers may pass the kind as text (``deterministic``, or ``local`` for vLLM).
+        object.__setattr__(
+            self, "engine", EngineKind.parse(self.engine, allowed=SERVER_ENGINE_KINDS)
         )
+
+    @property
+    def runs_vllm(self) -> bool:
+        """Whether this server's own engine runs models on vLLM (not a factory's engine)."""
+        return self.engine == EngineKind.VLLM and self.engine_factory is None

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ai_query.catalog import Catalog, Endpoint
@@ -29,12 +29,13 @@ from ai_query.engine.process.lifeline import (
     start_reaper,
     watch_lifeline,
 )
+from ai_query.engine.spec import in_process_engine, load_engine_factory
 from ai_query.errors import ConfigError, UnknownEndpointError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.flight import ServingFlightServer
 from ai_query.serving.logs import configure_logging
-from ai_query.serving.options import ENGINE_KINDS, ServeOptions
+from ai_query.serving.options import ServeOptions
 from ai_query.serving.permissions import ADMINS
 from ai_query.serving.ratelimit import RateLimiter
 from ai_query.tasks import Task
@@ -78,35 +79,16 @@ class RunningServer:
         close_backends()
 
 
-def build_server_engine(
-    catalog: Catalog, kind: str = "local", *, batch_delay: float = 0.0
-) -> Engine:
-    """The engine a server hosts: ``local`` (vLLM), ``deterministic`` or ``echo`` (tests).
+def build_server_engine(options: ServeOptions, catalog: Catalog) -> Engine:
+    """The engine a server hosts: its ``engine_factory``'s, else the in-process engine of its
+    ``engine`` kind (vLLM or the deterministic backend).
 
     Raises:
-        ConfigError: for an unknown kind.
+        ConfigError: for a factory that cannot be loaded.
     """
-    engine: Engine
-    if kind == "local":
-        from ai_query.engine.local import LocalEngine
-
-        engine = LocalEngine(catalog)
-    elif kind == "deterministic":
-        from ai_query.engine.backends.deterministic import deterministic_backend_factory
-        from ai_query.engine.local import LocalEngine
-
-        engine = LocalEngine(catalog, backend_factory=deterministic_backend_factory)
-    elif kind == "echo":
-        from ai_query.engine.diagnostics import EchoEngine
-
-        engine = EchoEngine(catalog)
-    else:
-        raise ConfigError(f"unknown server engine {kind!r}; expected one of {ENGINE_KINDS}")
-    if batch_delay > 0:
-        from ai_query.engine.diagnostics import DelayedEngine
-
-        engine = DelayedEngine(engine, batch_delay)
-    return engine
+    if options.engine_factory is not None:
+        return load_engine_factory(options.engine_factory)(catalog)
+    return in_process_engine(catalog, options.engine)
 
 
 def local_endpoints(catalog: Catalog) -> list[str]:
@@ -218,19 +200,19 @@ def start_server(
     limiter = RateLimiter(period_scale=options.rate_limit_period_scale)
     if engine is None:
         cat = Catalog.load(options.catalog) if options.catalog is not None else Catalog.default()
-        engine = build_server_engine(cat, options.engine, batch_delay=options.batch_delay)
+        engine = build_server_engine(options, cat)
     if options.preload:
         warm_up(engine, list(options.preload) if isinstance(options.preload, tuple) else None)
     server = ServingFlightServer(
         engine, f"grpc://{options.host}:{options.port}", auth=auths, limiter=limiter,
-        description=options.engine,
+        description=options.engine_factory or options.engine,
     )
     running = RunningServer(server, engine)
     if options.http_port is not None:
         running.stop_http = _start_http(engine, options, auths, limiter, server, ui)
     log.info(
         "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
-        options.engine, server.url, ", ".join(engine.catalog.names()),
+        options.engine_factory or options.engine, server.url, ", ".join(engine.catalog.names()),
         "on" if server.auth_required else "off",
     )
     mark("server: listening")
@@ -281,7 +263,7 @@ def run_server_cli(
     configure_logging(options.log_level.lower())
     if options.lifeline_fd is not None:
         watch_lifeline(options.lifeline_fd, options.private_dir)
-    if options.engine == "local":
+    if options.runs_vllm:
         start_reaper()  # started before any engine, so it notes every engine process
     serve(options, ui=ui)
 
@@ -321,15 +303,14 @@ def _start_http(
     if database is None:
         database = settings().cache_dir / "serving" / "endpoints.sqlite"
         database.parent.mkdir(parents=True, exist_ok=True)
-    http_options = options.http_options(database)
     ui = ui or UIServices()
     workspace = ui.sql_workspace(flight_server.url) if ui.sql_workspace is not None else None
     app = create_app(
-        http_options, engine=engine, auth=auth, limiter=limiter, sql_workspace=workspace,
-        job_runs=ui.job_runs,
+        replace(options, database=database), engine=engine, auth=auth, limiter=limiter,
+        sql_workspace=workspace, job_runs=ui.job_runs,
     )
     # Flight checks CAN_QUERY against the same endpoint permissions as HTTP.
     flight_server.authorize = app.state.ctx.serving.check_query
-    thread = start_http(http_options, app=app)
+    thread = start_http(options, app=app)
     log.info("HTTP API listening on http://%s:%d", options.host, options.http_port)
     return thread.stop

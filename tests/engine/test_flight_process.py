@@ -19,6 +19,9 @@ from ai_query.options import CallOptions
 pytestmark = pytest.mark.slow
 
 CHAT = "smollm2-135m-instruct"
+#: The deterministic engine holding each batch a second: a test engine, served by ``ai-query
+#: serve`` as any engine of one's own (``--engine-factory``).
+SLOW = "ai_query.testing:delayed_engine(delay=1.0)"
 
 
 def run(client: FlightEngineClient, requests: list[str | None]) -> pa.RecordBatch:
@@ -35,8 +38,7 @@ def _wait_busy(client: FlightEngineClient, url: str) -> None:
 
 
 def test_a_server_killed_mid_batch_loses_and_repeats_nothing() -> None:
-    servers = [start_server_process(engine="deterministic", preload=False, batch_delay=1.0)
-               for _ in range(2)]
+    servers = [start_server_process(preload=False, engine_factory=SLOW) for _ in range(2)]
     try:
         client = FlightEngineClient([s.url for s in servers], chunk_rows=50, retry_delay=0.2)
         requests = [f"r{i}" for i in range(400)]
@@ -58,7 +60,7 @@ def test_a_server_killed_mid_batch_loses_and_repeats_nothing() -> None:
 
 
 def test_sigterm_finishes_in_flight_batches_then_exits() -> None:
-    server = start_server_process(engine="deterministic", preload=False, batch_delay=1.0)
+    server = start_server_process(preload=False, engine_factory=SLOW)
     client = FlightEngineClient([server.url], max_attempts=1)
     out: dict[str, pa.RecordBatch] = {}
     thread = threading.Thread(target=lambda: out.setdefault("r", run(client, ["a", "b", "c"])))

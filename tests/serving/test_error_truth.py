@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.http.app import create_app
-from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError
+from ai_query.serving.options import ServeOptions
 from ai_query.sql.types import MAX_TYPE_DEPTH
 from tests.processes import engine_cores
 from tests.servers import free_port, start, stop, wait_http
@@ -37,7 +37,7 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    options = HTTPOptions(
+    options = ServeOptions(
         engine="deterministic", database=tmp_path / "endpoints.sqlite", max_body_bytes=4096
     )
     app = create_app(options, auth=TokenAuth({QUERY_TOKEN: "qa"}))

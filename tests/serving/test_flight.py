@@ -15,10 +15,10 @@ import pyarrow.flight as flight
 import pytest
 
 from ai_query.catalog import Catalog
+from ai_query.config import parse_engine_urls
 from ai_query.engine.backends.deterministic import DeterministicBackend
 from ai_query.engine.core.batch import align_results, request_batch
-from ai_query.engine.diagnostics import DelayedEngine, EchoEngine
-from ai_query.engine.flight.client import FlightEngineClient, parse_urls
+from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.engine.local import LocalEngine
 from ai_query.engine.spec import EngineSpec, build_engine
 from ai_query.errors import (
@@ -32,6 +32,7 @@ from ai_query.errors import (
 from ai_query.options import CallOptions
 from ai_query.serving.auth import TokenAuth
 from ai_query.serving.flight import ServingFlightServer
+from ai_query.testing import DelayedEngine, EchoEngine
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -222,4 +223,4 @@ def test_bad_addresses(urls, message, monkeypatch) -> None:
 
 
 def test_addresses_from_a_comma_list() -> None:
-    assert parse_urls(" grpc://a:1, grpc://b:2 ") == ("grpc://a:1", "grpc://b:2")
+    assert parse_engine_urls(" grpc://a:1, grpc://b:2 ") == ("grpc://a:1", "grpc://b:2")

@@ -25,8 +25,9 @@ from ai_query.errors import EngineError
 from ai_query.redaction import MASK, redact, remember_secret
 from ai_query.secrets import resolve_secret
 from ai_query.serving.auth import TokenAuth
-from ai_query.serving.http import HTTPOptions, create_app
+from ai_query.serving.http import create_app
 from ai_query.serving.http.guard import json_depth
+from ai_query.serving.options import ServeOptions
 
 SECRET = "sk-hardening-unit-7c2e51"
 PLAIN_KEY = "sk-plaintext-at-create-9a7b3f"
@@ -74,7 +75,7 @@ def test_json_depth_scans_without_recursion() -> None:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    options = HTTPOptions(
+    options = ServeOptions(
         engine="deterministic", database=tmp_path / "endpoints.sqlite", max_body_bytes=4096
     )
     auth = TokenAuth({"tok-admin": {"principal": "root", "groups": ["admins"]}})
@@ -129,7 +130,7 @@ def test_deep_json_is_400_naming_the_problem(client: TestClient) -> None:
             continue
         assert answer.status_code == 400, answer.text
         assert "levels deep" in answer.text
-    big_limit = create_app(HTTPOptions(engine="deterministic"), auth=TokenAuth({}))
+    big_limit = create_app(ServeOptions(engine="deterministic"), auth=TokenAuth({}))
     with TestClient(big_limit, raise_server_exceptions=False) as c:
         answer = c.post(
             "/v1/chat/completions", content=deep, headers={"Content-Type": "application/json"}

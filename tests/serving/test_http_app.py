@@ -17,7 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ai_query.serving.auth import TokenAuth
-from ai_query.serving.http import HTTPOptions, create_app
+from ai_query.serving.http import create_app
+from ai_query.serving.options import ServeOptions
 from ai_query.serving.ratelimit import RateLimiter
 
 CHAT = "smollm2-135m-instruct"
@@ -38,7 +39,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def client(tmp_path: Path, clock: Clock) -> Iterator[TestClient]:
-    options = HTTPOptions(
+    options = ServeOptions(
         engine="deterministic",
         database=tmp_path / "endpoints.sqlite",
         inference_table=tmp_path / "inference",

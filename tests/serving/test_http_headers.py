@@ -10,8 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ai_query.serving.auth import TokenAuth
-from ai_query.serving.http import HTTPOptions, create_app
+from ai_query.serving.http import create_app
 from ai_query.serving.http.headers import SECURITY_HEADERS
+from ai_query.serving.options import ServeOptions
 
 CHAT = "smollm2-135m-instruct"
 ALICE = {"Authorization": "Bearer tok-alice"}
@@ -19,7 +20,7 @@ ALICE = {"Authorization": "Bearer tok-alice"}
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite",
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite",
                           max_body_bytes=4096)
     app = create_app(options, auth=TokenAuth({"tok-alice": {"principal": "alice",
                                                             "groups": ["admins"]}}))

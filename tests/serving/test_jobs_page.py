@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from ai_query.jobs.directory import NOT_A_JOB, directory_runs
 from ai_query.jobs.runlog import RunLog, RunRecord
 from ai_query.serving.auth import TokenAuth
-from ai_query.serving.http import HTTPOptions, create_app
+from ai_query.serving.http import create_app
+from ai_query.serving.options import ServeOptions
 from tests.jobs.helpers import reviews, write_reviews
 from tests.jobs.test_cli import JOB
 from tests.serving.http_servers import HTTPServer
@@ -166,7 +167,7 @@ def test_the_page_is_for_admins_and_group_jobs(jobs_server: JobsServer) -> None:
 
 def test_with_auth_off_the_local_user_sees_the_jobs(tmp_path: Path) -> None:
     (tmp_path / "plain.toml").write_text(JOB)
-    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
     app = create_app(options, auth=TokenAuth(), job_runs=partial(directory_runs, tmp_path))
     with TestClient(app) as c:
         assert c.get("/api/ui/me").json()["jobs"] is True

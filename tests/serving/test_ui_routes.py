@@ -17,15 +17,16 @@ from fastapi.testclient import TestClient
 
 from ai_query.errors import SQLError, UploadRejectedError
 from ai_query.serving.auth import TokenAuth
-from ai_query.serving.http import HTTPOptions, create_app
+from ai_query.serving.http import create_app
 from ai_query.serving.metrics import ServerMetrics
+from ai_query.serving.options import ServeOptions
 
 CHAT = "smollm2-135m-instruct"
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
     auth = TokenAuth({"tok-alice": {"principal": "alice", "groups": ["admins"],
                                     "secret_scopes": ["team"]}, "tok-bob": "bob"})
     with TestClient(create_app(options, auth=auth)) as c:
@@ -52,7 +53,7 @@ def test_me_needs_a_token_and_says_what_it_may_do(client: TestClient) -> None:
 
 
 def test_me_answers_the_local_admin_without_a_token_when_auth_is_off(tmp_path: Path) -> None:
-    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
     with TestClient(create_app(options, auth=TokenAuth())) as c:
         me = c.get("/api/ui/me")
     assert me.status_code == 200
@@ -130,7 +131,7 @@ def test_sql_editor_is_off_without_a_workspace(client: TestClient) -> None:
 
 
 def test_sql_editor_uploads_runs_and_downloads(tmp_path: Path) -> None:
-    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
     auth = TokenAuth({"tok-bob": "bob"})
     bob = {"Authorization": "Bearer tok-bob"}
     with TestClient(create_app(options, auth=auth, sql_workspace=_EchoWorkspace())) as c:
@@ -161,7 +162,7 @@ def test_sql_editor_uploads_runs_and_downloads(tmp_path: Path) -> None:
 
 
 def test_sql_editor_is_for_principals_with_query_rights(tmp_path: Path) -> None:
-    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
     auth = TokenAuth({"tok-alice": {"principal": "alice", "groups": ["admins"]}, "tok-bob": "bob"})
     alice = {"Authorization": "Bearer tok-alice"}
     with TestClient(create_app(options, auth=auth, sql_workspace=_EchoWorkspace())) as c:
@@ -177,7 +178,7 @@ def test_sql_editor_is_for_principals_with_query_rights(tmp_path: Path) -> None:
 
 
 def test_jobs_page_needs_a_jobs_directory(tmp_path: Path) -> None:
-    options = HTTPOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
     auth = TokenAuth({"tok-bob": "bob", "tok-erin": {"principal": "erin", "groups": ["jobs"]}})
     bob, erin = {"Authorization": "Bearer tok-bob"}, {"Authorization": "Bearer tok-erin"}
     with TestClient(create_app(options, auth=auth)) as c:

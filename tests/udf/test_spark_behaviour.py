@@ -146,8 +146,8 @@ def test_a_server_killed_mid_query(spark, restore_batch_size) -> None:
     from ai_query.engine.process.launcher import start_server_process
     from ai_query.udf.spark import register
 
-    servers = [start_server_process(engine="deterministic", preload=False, batch_delay=0.4)
-               for _ in range(2)]
+    slow = "ai_query.testing:delayed_engine(delay=0.4)"
+    servers = [start_server_process(preload=False, engine_factory=slow) for _ in range(2)]
     try:
         aq = register(spark, engine_url=[s.url for s in servers], batch_size=25)
         n = 400

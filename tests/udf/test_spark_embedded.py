@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from ai_query.catalog import Catalog
+from ai_query.engine.kinds import EngineKind
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:PySpark does not yet fully support pandas:FutureWarning"
@@ -55,7 +56,7 @@ def test_the_embedded_server_starts_no_model_before_a_query_needs_it(
     embedded_server(Catalog.default())
     assert len(started) == 1
     assert started[0].options["preload"] is False
-    assert started[0].options["engine"] == "local"
+    assert started[0].options["engine"] == EngineKind.VLLM
 
 
 def test_one_embedded_server_per_catalog_and_engine(started: list[_Started]) -> None:
@@ -64,4 +65,4 @@ def test_one_embedded_server_per_catalog_and_engine(started: list[_Started]) -> 
     first = embedded_server(Catalog.default())
     assert embedded_server(Catalog.default()) is first
     embedded_server(Catalog.default(), "deterministic")
-    assert [s.options["engine"] for s in started] == ["local", "deterministic"]
+    assert [s.options["engine"] for s in started] == [EngineKind.VLLM, EngineKind.DETERMINISTIC]

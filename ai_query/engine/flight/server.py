@@ -37,7 +37,7 @@ class EngineFlightServer(flight.FlightServerBase):
         engine: the engine answering request batches (thread-safe ``run``).
         location: ``grpc://host:port`` to bind (port 0: any free port, see :attr:`port`).
         max_workers: most request batches run at once (over all streams).
-        description: a word for logs and health (e.g. ``local``, ``deterministic``).
+        description: a word for logs and health (e.g. ``vllm``, ``deterministic``).
         middleware: Flight server middleware (the serving subclass's authentication).
     """
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from ai_query.catalog import Catalog
 from ai_query.engine.flight.client import FlightEngineClient
+from ai_query.engine.kinds import SERVER_ENGINE_KINDS, EngineKind
 from ai_query.engine.process.launcher import ServerProcess, start_server_process
 from ai_query.engine.process.supervision import (
     EngineHealth,
@@ -50,7 +51,7 @@ class EmbeddedEngine:
 
     Args:
         catalog: the endpoints to serve.
-        engine_kind: ``local`` (vLLM) or ``deterministic`` (tests).
+        engine_kind: what runs the models in that server: vLLM or the deterministic backend.
         policy: how often a server that died is started again.
         startup_timeout: most seconds to wait for the server to answer.
     """
@@ -59,12 +60,12 @@ class EmbeddedEngine:
         self,
         catalog: Catalog | None = None,
         *,
-        engine_kind: str = "local",
+        engine_kind: EngineKind | str = EngineKind.VLLM,
         policy: RestartPolicy | None = None,
         startup_timeout: float = 300.0,
     ) -> None:
         self.catalog = catalog or Catalog.default()
-        self.engine_kind = engine_kind
+        self.engine_kind = EngineKind.parse(engine_kind, allowed=SERVER_ENGINE_KINDS)
         self.startup_timeout = startup_timeout
         self.supervisor = Supervisor(
             "the private engine server", policy,

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ai_query.catalog import Catalog
+from ai_query.engine.kinds import EngineKind
 from ai_query.engine.process.lifeline import ReadyReader, ReadyReport
 from ai_query.errors import EngineUnavailableError
 from ai_query.timings import mark
@@ -177,11 +178,11 @@ def start_server_process(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    engine: str = "local",
+    engine: EngineKind | str = EngineKind.VLLM,
     preload: bool | Sequence[str] = True,
     warm: Sequence[str] = (),
     token: str | None = None,
-    batch_delay: float = 0.0,
+    engine_factory: str | None = None,
     startup_timeout: float = 600.0,
     env: Mapping[str, str] | None = None,
     log_dir: str | Path | None = None,
@@ -192,11 +193,12 @@ def start_server_process(
         catalog: the endpoints (object or file); None: the bundled ones.
         host: address to bind.
         port: Flight port; 0 picks a free one (the server reports it over its lifeline).
-        engine: ``local`` (vLLM), ``deterministic`` or ``echo``.
+        engine: what runs the models: vLLM or the deterministic backend (``--engine``).
         preload: load models before listening (True: every local endpoint; or names).
         warm: endpoints whose models start in the background once the server listens.
         token: bearer token the server requires (passed in a private file, not argv).
-        batch_delay: hold each batch this many seconds (failure tests only).
+        engine_factory: ``module:callable`` building the engine to serve instead
+            (``--engine-factory``; e.g. the test engines of :mod:`ai_query.testing`).
         startup_timeout: most seconds to wait for the health check.
         env: extra environment variables for the server.
         log_dir: where the log goes (default: a temporary directory, removed by ``stop``).
@@ -211,7 +213,7 @@ def start_server_process(
         workdir = Path(log_dir)
         workdir.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "ai_query", "serve", "--no-http",
-            "--host", host, "--port", str(port), "--engine", engine]
+            "--host", host, "--port", str(port), "--engine", str(engine)]
     if catalog is not None:
         path = Path(catalog) if not isinstance(catalog, Catalog) else workdir / "catalog.json"
         if isinstance(catalog, Catalog):
@@ -225,8 +227,8 @@ def start_server_process(
         tokens.touch(mode=0o600)
         tokens.write_text(json.dumps({token: "launcher"}))
         args += ["--tokens-file", str(tokens)]
-    if batch_delay:
-        args += ["--batch-delay", str(batch_delay)]
+    if engine_factory:
+        args += ["--engine-factory", engine_factory]
     log_path = workdir / f"engine-server-{time.time_ns()}.log"
     # The lifeline: the server's end is inherited; this process keeps the other (see lifeline).
     ours, theirs = socket.socketpair()

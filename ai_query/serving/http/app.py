@@ -23,9 +23,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ai_query.catalog import Catalog
-from ai_query.engine.backends.deterministic import deterministic_backend_factory
 from ai_query.engine.backends.registry import BackendFactory, close_backends
 from ai_query.engine.core.protocol import Engine
+from ai_query.engine.spec import backend_factory_for
 from ai_query.errors import AIQueryError, ConfigError
 from ai_query.redaction import redact
 from ai_query.serving.auth import TokenAuth
@@ -33,13 +33,13 @@ from ai_query.serving.http import databricks_routes, management, openai_routes, 
 from ai_query.serving.http.context import Ctx, Principal, ServerContext
 from ai_query.serving.http.guard import RequestGuard
 from ai_query.serving.http.headers import SecurityHeaders
-from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError, from_exception, internal_error, render
 from ai_query.serving.http.sql_routes import SQLSessions, SQLWorkspace
 from ai_query.serving.http.ui_routes import add_ui
 from ai_query.serving.inference_table import InferenceTable
 from ai_query.serving.logs import access_log
 from ai_query.serving.metrics import ServerMetrics
+from ai_query.serving.options import ServeOptions
 from ai_query.serving.permissions import ExternalPolicy, external_bases
 from ai_query.serving.ratelimit import RateLimiter
 from ai_query.serving.state import ServingState
@@ -60,7 +60,7 @@ def serving_catalog(catalog: Catalog | None) -> Catalog:
 
 
 def create_app(
-    options: HTTPOptions | None = None,
+    options: ServeOptions | None = None,
     *,
     catalog: Catalog | None = None,
     engine: Engine | None = None,
@@ -87,13 +87,14 @@ def create_app(
             ``options.engine``).
         sql_workspace: runs the web UI's SQL editor (default: none, the editor is off).
         job_runs: the jobs directory's runs, for the UI's Jobs page (default: no page).
-        **overrides: :class:`HTTPOptions` fields that replace those of ``options``.
+        **overrides: :class:`~ai_query.serving.options.ServeOptions` fields that replace those
+            of ``options``.
 
     Returns:
         The app; ``app.state.ctx`` is its :class:`ServerContext`.
     """
-    options = replace(options or HTTPOptions(), **_normalise(overrides))
-    factory = deterministic_backend_factory if options.engine == "deterministic" else None
+    options = replace(options or ServeOptions(), **_normalise(overrides))
+    factory = backend_factory_for(options.engine)
     if backend_factory is not None:
         factory = backend_factory
     elif engine is not None and hasattr(engine, "backend_factory"):
@@ -139,8 +140,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if table is not None:
             await table.start()
-        await serving.start(warmup=options.warmup)
-        log.info("HTTP server ready", extra={"host": options.host, "port": options.port})
+        await serving.start()
+        log.info("HTTP server ready", extra={"host": options.host, "port": options.http_port})
         try:
             yield
         finally:
@@ -167,7 +168,7 @@ def create_app(
     return app
 
 
-def _external_policy(options: HTTPOptions, catalog: Catalog | None) -> ExternalPolicy:
+def _external_policy(options: ServeOptions, catalog: Catalog | None) -> ExternalPolicy:
     """API bases allowed to non-admins: ``--allow-external-base`` and the catalog file's own."""
     own = external_bases(catalog.endpoints()) if catalog is not None else set()
     return ExternalPolicy.of([*options.allow_external_bases, *own])
@@ -255,16 +256,18 @@ def _add_error_handlers(app: FastAPI) -> None:
 class HTTPServerThread:
     """The HTTP server running in a background thread (see :func:`start_http`)."""
 
-    def __init__(self, app: FastAPI, options: HTTPOptions) -> None:
+    def __init__(self, app: FastAPI, options: ServeOptions) -> None:
         import uvicorn
 
+        if options.http_port is None:
+            raise ConfigError("no HTTP port in these options (HTTP is off)")
         config = uvicorn.Config(
             app,
             host=options.host,
-            port=options.port,
+            port=options.http_port,
             log_config=None,
             access_log=False,
-            log_level=options.log_level,
+            log_level=options.log_level.lower(),
             timeout_keep_alive=30,
         )
         self.server = uvicorn.Server(config)
@@ -293,7 +296,7 @@ class HTTPServerThread:
         self.thread.join(timeout)
 
 
-def start_http(options: HTTPOptions, app: FastAPI) -> HTTPServerThread:
+def start_http(options: ServeOptions, app: FastAPI) -> HTTPServerThread:
     """Serve ``app`` (from :func:`create_app`) from a background thread; the Flight server
     keeps the main thread. Returns the running server; call ``stop()`` to end it."""
     return HTTPServerThread(app, options).start()

@@ -11,10 +11,10 @@ from fastapi import Depends, Request
 
 from ai_query.errors import AuthenticationError
 from ai_query.serving.auth import ANONYMOUS_IDENTITY, TokenAuth
-from ai_query.serving.http.options import HTTPOptions
 from ai_query.serving.http.problems import APIError
 from ai_query.serving.inference_table import InferenceTable
 from ai_query.serving.metrics import ServerMetrics
+from ai_query.serving.options import ServeOptions
 from ai_query.serving.permissions import Identity
 from ai_query.serving.ratelimit import RateLimiter
 from ai_query.serving.state import ServingState
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class ServerContext:
     """The server's shared parts."""
 
-    options: HTTPOptions
+    options: ServeOptions
     """How the server runs."""
     serving: ServingState
     """Endpoints, deployments and backends."""

@@ -43,8 +43,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.functions import arrow_udf, pandas_udf
 
 from ai_query.catalog import Catalog
-from ai_query.config import settings
-from ai_query.engine.flight.client import FlightEngineClient, parse_urls
+from ai_query.config import parse_engine_urls, settings
+from ai_query.engine.flight.client import FlightEngineClient
+from ai_query.engine.kinds import SERVER_ENGINE_KINDS, EngineKind
 from ai_query.engine.process.launcher import ServerProcess, start_server_process
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError
@@ -133,7 +134,7 @@ def register(
     token: str | None = None,
     name: str = "ai_query",
     batch_size: int | None = None,
-    embedded_engine: str = "local",
+    embedded_engine: EngineKind | str = EngineKind.VLLM,
 ) -> SparkAIQuery:
     """Make ``ai_query(...)`` callable in ``spark.sql(...)``.
 
@@ -148,7 +149,8 @@ def register(
         name: SQL name of the function.
         batch_size: rows per Spark Arrow batch (sets ``spark.sql.execution.arrow.
             maxRecordsPerBatch``); None keeps the session's setting.
-        embedded_engine: engine of an embedded server: ``local`` (vLLM) or ``deterministic``.
+        embedded_engine: what runs the models of an embedded server: ``vllm`` or
+            ``deterministic`` (no model).
 
     Returns:
         A :class:`SparkAIQuery` whose ``sql`` runs Databricks SQL with typed results.
@@ -161,7 +163,7 @@ def register(
     env = settings()
     if isinstance(catalog, (str, Path)):
         catalog = Catalog.load(catalog)
-    urls = parse_urls(engine_url) if engine_url else env.engine_urls
+    urls = parse_engine_urls(engine_url) or env.engine_urls
     token = token if token is not None else env.token
     server = None
     if not urls:
@@ -179,7 +181,7 @@ def register(
         catalog = client.catalog
     finally:
         client.close()
-    spec = EngineSpec(kind="flight", urls=tuple(urls), token=token or None)
+    spec = EngineSpec(kind=EngineKind.FLIGHT, urls=tuple(urls), token=token or None)
     if batch_size is not None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -267,7 +269,7 @@ def local_session(
     return spark
 
 
-def embedded_server(catalog: Catalog, engine: str = "local") -> ServerProcess:
+def embedded_server(catalog: Catalog, engine: EngineKind | str = EngineKind.VLLM) -> ServerProcess:
     """The driver's engine server for ``catalog``, started on first use (stopped at exit).
 
     Its models start when a batch first needs them, not before it listens: preloading every
@@ -277,6 +279,7 @@ def embedded_server(catalog: Catalog, engine: str = "local") -> ServerProcess:
     second, holds its KV cache and took ~40 s of ``register``), and a query calls one or two
     endpoints, not the whole catalog.
     """
+    engine = EngineKind.parse(engine, allowed=SERVER_ENGINE_KINDS)
     key = (json.dumps(catalog.to_data(), sort_keys=True), engine)
     with _embedded_lock:
         server = _embedded.get(key)

@@ -1,8 +1,14 @@
-"""Engines for measuring and testing the transport, not models.
+"""Engines for testing and measuring the transport, not models; never part of the product.
 
 :class:`EchoEngine` answers each request with its own text (no per-row Python), so a
 benchmark through it measures Flight and Arrow alone. :class:`DelayedEngine` wraps an engine and
 holds every batch for a while, so a test can kill a server while batches are in flight.
+
+A server hosts them as any engine of one's own, through ``ai-query serve --engine-factory``
+(tests still start servers the way users do)::
+
+    ai-query serve --engine-factory ai_query.testing:echo_engine
+    ai-query serve --engine-factory 'ai_query.testing:delayed_engine(delay=0.4)'
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import pyarrow as pa
 from ai_query.catalog import Catalog
 from ai_query.engine.core.batch import REQUEST_COLUMN, read_request_batch, result_schema
 from ai_query.engine.core.protocol import Engine, engine_health
+from ai_query.engine.kinds import EngineKind
 from ai_query.engine.process.supervision import EngineHealth
+from ai_query.engine.spec import in_process_engine
 
 
 class EchoEngine:
@@ -65,3 +73,18 @@ class DelayedEngine:
     def close(self) -> None:
         """Close the wrapped engine."""
         self.engine.close()
+
+
+def echo_engine(catalog: Catalog) -> EchoEngine:
+    """Engine factory (``--engine-factory ai_query.testing:echo_engine``): an
+    :class:`EchoEngine` over ``catalog``."""
+    return EchoEngine(catalog)
+
+
+def delayed_engine(
+    catalog: Catalog, *, delay: float, kind: str = EngineKind.DETERMINISTIC
+) -> DelayedEngine:
+    """Engine factory (``--engine-factory 'ai_query.testing:delayed_engine(delay=1.0)'``): the
+    in-process engine of ``kind`` (default: the deterministic backend) holding each batch for
+    ``delay`` seconds."""
+    return DelayedEngine(in_process_engine(catalog, kind), delay)
