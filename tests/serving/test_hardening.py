@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
+from ai_query import errors
 from ai_query.engine.core.batch import RowOutcome, result_batch
 from ai_query.engine.flight.wire import error_from_flight, error_to_flight
 from ai_query.errors import EngineError
@@ -183,6 +184,102 @@ def test_from_exception_maps_only_domain_errors_to_4xx() -> None:
     error = from_exception(ValueError("not ours"), request_id="r123")
     assert error.status == 500 and "r123" in error.message and "not ours" not in error.message
     assert from_exception(TypeError("bug")).status == 500
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        pytest.param(errors.ProviderError("provider down"), 502, id="provider-error"),
+        pytest.param(errors.RowFailure("prompt too long"), 400, id="row-failure"),
+        pytest.param(errors.SQLError("bad SQL"), 400, id="sql-error"),
+        pytest.param(errors.UploadRejectedError("not parquet"), 400, id="upload-rejected"),
+        pytest.param(errors.JobLockedError("running"), 409, id="job-locked"),
+        pytest.param(errors.EngineDeadError("gone"), 503, id="engine-dead"),
+        pytest.param(errors.JobError("the run failed"), 500, id="job-error"),
+        pytest.param(errors.RowAlignmentError("row 3 twice"), 500, id="row-alignment"),
+        pytest.param(errors.RowError("boom", 3, "ep"), 500, id="row-error"),
+    ],
+)
+def test_domain_errors_map_by_type_and_server_failures_are_not_400(
+    error: Exception, status: int
+) -> None:
+    from ai_query.serving.http.problems import from_exception
+
+    answer = from_exception(error, request_id="rid-7")
+    assert answer.status == status
+    if status == 500:  # the server's own failure: the id names its log line
+        assert answer.headers["x-request-id"] == "rid-7"
+
+
+def test_an_unmapped_domain_error_is_a_500_with_a_request_id_not_a_400() -> None:
+    from ai_query.errors import AIQueryError
+    from ai_query.serving.http.problems import from_exception
+
+    class NewDomainError(AIQueryError):
+        """A domain error that no status was chosen for."""
+
+    answer = from_exception(NewDomainError(f"detail {SECRET}"), request_id="rid-8")
+    assert answer.status == 500 and "rid-8" in answer.message and SECRET not in answer.message
+
+
+class _ExternalBackend:
+    """An external model's backend failing as the last message says (the provider's refusal, a
+    row failure, or a bug of ours)."""
+
+    def __init__(self, entity: Any) -> None:
+        self.entity = entity
+
+    async def complete(self, text: str, request: Any) -> Any:
+        from ai_query.errors import ProviderError, RowFailure
+
+        what = request.conversation(text)[-1]["content"]
+        if what == "provider":
+            raise ProviderError("external model 'gpt-x': HTTP 401: invalid key")
+        if what == "row":
+            raise RowFailure("external model 'gpt-x': the prompt is too long")
+        raise TypeError(f"NoneType is not subscriptable ({SECRET})")  # a bug of ours
+
+    def health(self) -> Any:
+        from ai_query.engine.process.supervision import EngineHealth, EngineState
+
+        return EngineHealth(EngineState.READY)
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_bug_in_an_external_model_call_is_a_500_with_its_request_id_not_a_502(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite")
+    auth = TokenAuth({"tok-admin": {"principal": "root", "groups": ["admins"]}})
+    app = create_app(options, auth=auth, backend_factory=_ExternalBackend)
+    with TestClient(app, headers={"Authorization": "Bearer tok-admin"}) as c:
+        made = c.post("/api/2.0/serving-endpoints", json=_external_body("ext-bug", PLAIN_KEY))
+        assert made.status_code == 200, made.text
+        deadline = time.monotonic() + 10
+        while c.get("/api/2.0/serving-endpoints/ext-bug").json()["state"][
+            "config_update"
+        ] == "IN_PROGRESS":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+        def ask(content: str) -> Any:
+            return c.post("/v1/chat/completions", json={
+                "model": "ext-bug", "messages": [{"role": "user", "content": content}]})
+
+        with caplog.at_level("ERROR"):
+            bug = ask("bug")
+        assert bug.status_code == 500, bug.text
+        message = bug.json()["error"]["message"]
+        request_id = bug.headers["x-request-id"]
+        assert message == f"internal error (request id {request_id})"
+        assert SECRET not in bug.text
+        assert any(getattr(r, "request_id", None) == request_id for r in caplog.records)
+        refused = ask("provider")
+        assert refused.status_code == 502 and "invalid key" in refused.text
+        failed = ask("row")  # a row failure on an external model is the provider's too
+        assert failed.status_code == 502 and "too long" in failed.text
 
 
 # ---- the endpoint database -----------------------------------------------------------------
