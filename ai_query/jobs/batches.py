@@ -54,7 +54,10 @@ class BatchRunner:
 
                 spark_batch_output(raw, self.spark, job.driving_input)
             else:
-                raw.execute(f"CREATE OR REPLACE TEMP TABLE __aiq_batch_out AS {self.statement}")
+                with self.con.errors():  # a failed row: its RowError, not DuckDB's wrapper
+                    raw.execute(
+                        f"CREATE OR REPLACE TEMP TABLE __aiq_batch_out AS {self.statement}"
+                    )
         except Exception as exc:
             kept = len(self.staging.batches())
             raise JobError(

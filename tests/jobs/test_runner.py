@@ -15,7 +15,7 @@ from ai_query.catalog import Catalog
 from ai_query.engine.backends.backend import GenerationRequest, RowFailure
 from ai_query.engine.backends.deterministic import DeterministicBackend
 from ai_query.engine.local import LocalEngine
-from ai_query.errors import JobError, JobLockedError
+from ai_query.errors import JobError, JobLockedError, RowError
 from ai_query.jobs.lock import JobLock
 from ai_query.jobs.runlog import RunLog
 from ai_query.jobs.runner import RunRequest, run_job
@@ -204,8 +204,10 @@ def test_fail_on_error_true_fails_the_run_and_keeps_committed_batches(
     with pytest.raises(
         JobError,
         match=rf"endpoint '{CHAT}' failed on row .*maximum context length.*2 committed batch",
-    ):
+    ) as failed:
         run_job(job, engine=det_engine)
+    assert isinstance(failed.value.__cause__, RowError)  # ours, not DuckDB's wrapper
+    assert "Python exception" not in str(failed.value)
     log = RunLog(Path(str(job.state_dir)) / "runs.sqlite").recent()
     assert log[0].status == "failed" and "maximum context" in (log[0].message or "")
     rows[40] = (40, "short again")
