@@ -4,7 +4,9 @@ restarts, inference table."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -152,6 +154,44 @@ def test_external_model_forwards_with_the_secret_and_never_shows_it(
         for text in (json.dumps(created), json.dumps(shown), listed, refused.text,
                      det_server.logs(), table[0]):
             assert secret not in text
+
+
+class _GarbageProvider(http.server.BaseHTTPRequestHandler):
+    """A "provider" that answers every call 200 with a JSON body no OpenAI API returns."""
+
+    def do_POST(self) -> None:  # http.server calls it by this name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_provider_answer_our_code_cannot_handle_is_a_500_with_a_request_id(
+    det_server: HTTPServer,
+) -> None:
+    garbage = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GarbageProvider)
+    threading.Thread(target=garbage.serve_forever, daemon=True).start()
+    try:
+        external = {"name": "odd-model", "provider": "openai", "task": "llm/v1/chat",
+                    "max_retries": 0, "openai_config": {
+                        "openai_api_base": f"http://127.0.0.1:{garbage.server_port}/v1",
+                        "openai_api_key_plaintext": "sk-garbage-provider-1"}}
+        _create(det_server, {"name": "ext-garbage", "config": {"served_entities": [
+            {"name": "odd", "external_model": external}]}})
+        answer = det_server.client("tok-alice").post("/v1/chat/completions", json={
+            "model": "ext-garbage", "messages": [{"role": "user", "content": "x"}]})
+    finally:
+        garbage.shutdown()
+    assert answer.status_code == 500, answer.text  # a bug of ours, not the provider's (502)
+    request_id = answer.headers["x-request-id"]
+    assert answer.json()["error"]["message"] == f"internal error (request id {request_id})"
+    assert request_id in det_server.logs()  # the traceback is logged under the same id
 
 
 def test_inference_table_rows_match_requests(det_server: HTTPServer) -> None:
