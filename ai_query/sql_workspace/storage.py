@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from ai_query.errors import UploadRejectedError
 from ai_query.sql.vector_search import INDEX_REGISTRY
 from ai_query.sql_workspace.limits import WorkspaceLimits
+from ai_query.text import one_line
 
 #: Table names: a plain SQL identifier (``fullmatch``: no trailing newline slips through).
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -267,7 +268,7 @@ def _convert(
     except duckdb.Error as exc:
         target.unlink(missing_ok=True)
         raise UploadRejectedError(
-            f"DuckDB cannot read this {fmt.upper()} file: {_first_line(str(exc))}"
+            f"DuckDB cannot read this {fmt.upper()} file: {one_line(str(exc))[:300]}"
         ) from exc
     except BaseException:
         target.unlink(missing_ok=True)
@@ -287,7 +288,7 @@ def _column_count(path: Path, fmt: str) -> int:
             return int(pq.read_metadata(path).num_columns)
         except Exception as exc:
             raise UploadRejectedError(
-                f"this is not a Parquet file DuckDB can read: {_first_line(str(exc))}"
+                f"this is not a Parquet file DuckDB can read: {one_line(str(exc))[:300]}"
             ) from exc
     with path.open("rb") as f:
         head = f.readline(4 * 1024 * 1024)
@@ -298,10 +299,6 @@ def _write_manifest(folder: Path, manifest: dict[str, StoredTable]) -> None:
     tmp = folder / f".{_MANIFEST}.{uuid.uuid4().hex[:8]}"
     tmp.write_text(json.dumps({k: asdict(t) for k, t in manifest.items()}))
     tmp.replace(folder / _MANIFEST)
-
-
-def _first_line(text: str) -> str:
-    return " ".join(text.split())[:300]
 
 
 def _owner_tag(pid: int) -> str:

@@ -16,7 +16,7 @@ def real_server() -> Iterator[Any]:
     """An engine server process with real vLLM and the bundled models, loaded before use."""
     from ai_query.engine.process.launcher import start_server_process
 
-    server = start_server_process(engine="local", preload=True, startup_timeout=900)
+    server = start_server_process(engine="vllm", preload=True, startup_timeout=900)
     yield server
     server.stop()
 

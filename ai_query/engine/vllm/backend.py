@@ -33,10 +33,11 @@ from ai_query.engine.backends.backend import (
 from ai_query.engine.backends.tool_calls import tool_call_schema, tool_calls_from_output
 from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.engine.vllm import compat
-from ai_query.engine.vllm.model import VLLMModel, short_message
+from ai_query.engine.vllm.model import ROW_ERROR_LIMIT, VLLMModel
 from ai_query.engine.vllm.setup import building
 from ai_query.errors import EngineDeadError, EngineError
 from ai_query.tasks import Task
+from ai_query.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class _RowGuard:
             raise EngineDeadError(
                 f"{backend.supervisor.name} died: {PROCESS_EXITED}; {backend.supervisor.outlook()}"
             ) from exc
-        raise RowFailure(short_message(str(exc) or type(exc).__name__)) from exc
+        raise RowFailure(one_line(exc, ROW_ERROR_LIMIT)) from exc
 
 
 def _quiet_shutdown(engine: Any) -> None:

@@ -21,6 +21,10 @@ from ai_query.errors import EngineDeadError
 
 log = logging.getLogger(__name__)
 
+#: Most characters of a row's error message from a vLLM backend (on one line, see
+#: :func:`ai_query.text.one_line`).
+ROW_ERROR_LIMIT = 500
+
 
 #: Where an NVIDIA driver is, vLLM runs on the GPU.
 NVIDIA_DEVICE = Path("/dev/nvidiactl")
@@ -208,8 +212,3 @@ def _retrieve_exception(task: asyncio.Future[None]) -> None:
     if not task.cancelled():
         task.exception()
 
-
-def short_message(message: str, limit: int = 500) -> str:
-    """``message`` on one line, at most ``limit`` characters (for row errors)."""
-    message = " ".join(message.split())
-    return message if len(message) <= limit else message[: limit - 3] + "..."

@@ -32,9 +32,10 @@ from ai_query.engine.backends.backend import (
     RowFailure,
 )
 from ai_query.engine.core.loop import settle
-from ai_query.engine.vllm.model import VLLMModel, short_message
+from ai_query.engine.vllm.model import ROW_ERROR_LIMIT, VLLMModel
 from ai_query.engine.vllm.setup import building
 from ai_query.errors import EngineDeadError, EngineError
+from ai_query.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class VLLMEmbeddingBackend(VLLMModel):
             outputs = llm.encode(texts, pooling_task="embed", use_tqdm=False)
         except Exception as exc:  # noqa: BLE001 - vLLM's input checks raise their own types
             if len(texts) == 1:
-                return [RowFailure(short_message(str(exc) or type(exc).__name__))]
+                return [RowFailure(one_line(exc, ROW_ERROR_LIMIT))]
             half = len(texts) // 2
             return self._encode(llm, texts[:half]) + self._encode(llm, texts[half:])
         return [
