@@ -73,6 +73,22 @@ def test_errors_are_one_line(sql: str, message: str) -> None:
 
 
 @pytest.mark.slow
+def test_a_failed_row_is_one_line_in_our_words(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.json"  # an external model whose provider is not there
+    catalog.write_text(json.dumps([{"name": "ext", "config": {"served_entities": [{
+        "name": "e", "external_model": {
+            "name": "gpt-x", "provider": "openai", "task": "llm/v1/chat", "max_retries": 0,
+            "openai_config": {"openai_api_base": "http://127.0.0.1:9/v1",
+                              "openai_api_key_plaintext": "sk-cli-unit-4d1e"}}}]}}]))
+    out = cli("sql", "--catalog", str(catalog), "SELECT ai_query('ext', 'x') AS a")
+    assert out.returncode == 1
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: ai_query endpoint 'ext' failed on row 0: external model 'gpt-x' "
+                     "failed after 0 retries: Connection error."], out.stderr
+    assert "Traceback" not in out.stderr and "UDF" not in out.stderr
+
+
+@pytest.mark.slow
 def test_databricks_docs_examples_run_verbatim(tmp_path: Path) -> None:
     query = tmp_path / "q.sql"
     query.write_text(
