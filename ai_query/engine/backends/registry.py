@@ -8,16 +8,21 @@ a name alone.
 
 from __future__ import annotations
 
-import atexit
+import concurrent.futures
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ai_query.catalog import ServedEntity
+from ai_query.engine.core.loop import shared_loop
+from ai_query.engine.vllm.compat import run_before_engine_exit_hooks
 from ai_query.tasks import Task
 
 if TYPE_CHECKING:
     from ai_query.engine.backends.backend import Backend
+
+log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[ServedEntity], "Backend"]
 
@@ -74,21 +79,23 @@ def shared_backend(entity: ServedEntity, factory: BackendFactory | None = None) 
         return backend
 
 
-def close_backends_first_at_exit() -> None:
-    """(Re-)register :func:`close_backends` so it runs before every exit hook registered so far.
+#: How long :func:`close_backends` waits for one backend to close.
+CLOSE_TIMEOUT_S = 120.0
 
-    Exit hooks run last-registered first; vLLM registers its own (which kill the engine process)
-    when an engine starts, so a backend calls this again after starting its engine: our orderly
-    shutdown then runs while the engine process is still alive.
-    """
-    atexit.unregister(close_backends)
-    atexit.register(close_backends)
+
+def close_backends_first_at_exit() -> None:
+    """(Re-)register :func:`close_backends` so it runs at exit before every exit hook registered
+    so far: before vLLM's, which stop its engine processes (a backend calls this again after
+    starting its engine, see :func:`~ai_query.engine.vllm.compat.run_before_engine_exit_hooks`),
+    and before the engine loop's own stop (the loop is started first), so the backends' orderly
+    shutdown runs on a live loop while the engine processes are still alive."""
+    shared_loop()
+    run_before_engine_exit_hooks(close_backends)
 
 
 def close_backends() -> None:
-    """Shut down every backend of the process (also run at exit)."""
-    from ai_query.engine.core.loop import shared_loop
-
+    """Shut down every backend of the process (also run at exit), waiting at most
+    :data:`CLOSE_TIMEOUT_S` seconds for each."""
     with _lock:
         backends = list(_backends.values())
         _backends.clear()
@@ -97,6 +104,8 @@ def close_backends() -> None:
     loop = shared_loop()
     for backend in backends:
         try:
-            loop.run(backend.close())
-        except Exception:  # noqa: BLE001, S110 - best effort at shutdown
-            pass
+            loop.run(backend.close(), timeout=CLOSE_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            log.warning("a backend did not close within %g s: %r", CLOSE_TIMEOUT_S, backend)
+        except Exception as exc:  # noqa: BLE001 - best effort at shutdown
+            log.debug("closing %r: %s", backend, exc)

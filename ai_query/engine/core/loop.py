@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -39,14 +40,33 @@ class EngineLoop:
         """Schedule ``coro`` on the loop; thread-safe."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the loop and wait for its result (not from the loop's own thread)."""
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for its result (not from the loop's own thread).
+
+        Args:
+            coro: what to run.
+            timeout: the longest wait in seconds (then ``coro`` is cancelled and
+                ``concurrent.futures.TimeoutError`` raised); None waits as long as it runs.
+
+        Raises:
+            RuntimeError: called from the loop's thread, or the loop has stopped (nothing
+                would ever run ``coro``).
+        """
         if threading.current_thread() is self._thread:
+            coro.close()
             raise RuntimeError("EngineLoop.run called from the loop thread")
-        return self.submit(coro).result()
+        if not self._thread.is_alive():
+            coro.close()
+            raise RuntimeError("the engine loop has stopped")
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
 
     def stop(self) -> None:
-        """Stop the loop and join its thread."""
+        """Stop the loop and join its thread (waiting at most 10 s)."""
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)

@@ -24,6 +24,7 @@ import inspect
 import io
 import multiprocessing.context as mp_context
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import popen_spawn_posix, reduction, resource_tracker, spawn, util
@@ -125,6 +126,9 @@ INTERNALS: tuple[Internal, ...] = (
     # vLLM: what AsyncLLM raises when its engine process is gone.
     Internal("vllm.v1.engine.exceptions", "EngineDeadError",
              "tells a dead engine from a failed request"),
+    # vLLM: an import error it keeps (see forget_import_tracebacks).
+    Internal("vllm.multimodal.media.audio", "_torchcodec_import_exc",
+             "its traceback keeps every frame of the stack that first imported vLLM"),
     # vLLM: its engine processes (the zygote, the exit order).
     GET_MP_CONTEXT,
     ENGINE_PROCESSES,
@@ -227,6 +231,21 @@ def is_engine_dead(exc: BaseException) -> bool:
     from vllm.v1.engine.exceptions import EngineDeadError
 
     return isinstance(exc, EngineDeadError)
+
+
+def forget_import_tracebacks() -> None:
+    """Drop the traceback of the import error vLLM keeps for its optional audio decoder.
+
+    vLLM keeps ``ModuleNotFoundError("No module named 'torchcodec'")`` to report later; its
+    traceback holds every frame of the stack that first imported vLLM, locals included. Where
+    that stack was an engine build's (a worker thread's), the engine it built stays referenced
+    after its shutdown, and is collected only as the interpreter tears down, where its
+    ``__del__`` fails. The exception itself stays, for vLLM to report.
+    """
+    audio = sys.modules.get("vllm.multimodal.media.audio")
+    exc = getattr(audio, "_torchcodec_import_exc", None)
+    if exc is not None:
+        exc.__traceback__ = None
 
 
 # --- engine processes ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The vLLM backend for embedding models: whole batches through one ``LLM.encode`` call.
+"""The vLLM backend for embedding models: whole batches through one ``LLM.embed`` call.
 
 An embedding is one forward pass and no decoding, so what a request costs around the model
 (an ``AsyncLLM`` request, a message to the engine process and a coroutine per text) is about
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: One engine call takes the waiting batches until they hold this many texts (at least one).
 MAX_TEXTS_PER_CALL = 8192
+#: How long :meth:`VLLMEmbeddingBackend.close` waits for the engine's thread to release vLLM.
+CLOSE_WAIT_S = 60.0
 
 
 @dataclass
@@ -65,6 +68,7 @@ class _Worker:
     closing: bool = False
     error: BaseException | None = None
     llm: Any = None
+    thread: threading.Thread | None = None
 
 
 class VLLMEmbeddingBackend(VLLMModel):
@@ -75,8 +79,9 @@ class VLLMEmbeddingBackend(VLLMModel):
     def __init__(self, model_dir: Path, **options: Any) -> None:
         super().__init__(model_dir, **options)  # engine_args, on_start: see VLLMModel
         self._worker: _Worker | None = None
+        self._stopping: list[threading.Thread] = []
         self.engine_calls = 0
-        """``LLM.encode`` calls made (each takes every batch that was waiting)."""
+        """``LLM.embed`` calls made (each takes every batch that was waiting)."""
 
     def _running(self) -> bool:
         return self._worker is not None
@@ -84,12 +89,13 @@ class VLLMEmbeddingBackend(VLLMModel):
     async def _open(self) -> None:
         """Build the engine on its own thread, which then serves it."""
         worker = _Worker()
-        threading.Thread(
+        worker.thread = threading.Thread(
             target=self._serve,
             args=(worker,),
             name=f"ai-query-embed-{self.model_dir.name}",
             daemon=True,
-        ).start()
+        )
+        worker.thread.start()
         await asyncio.get_running_loop().run_in_executor(None, worker.ready.wait)
         if worker.error is not None:
             raise EngineDeadError(
@@ -107,6 +113,8 @@ class VLLMEmbeddingBackend(VLLMModel):
         loop = asyncio.get_running_loop()
         job = _Job(list(texts), loop.create_future(), loop)
         with worker.wake:
+            if worker.closing:
+                raise EngineDeadError(f"{self.model_dir.name}'s engine thread stopped")
             worker.pending.append(job)
             worker.wake.notify()
         return await job.future
@@ -120,6 +128,22 @@ class VLLMEmbeddingBackend(VLLMModel):
         raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
         yield  # pragma: no cover - makes this an async generator
 
+    async def close(self) -> None:
+        """Shut the engine down (see :meth:`VLLMModel.close`) and wait, at most
+        :data:`CLOSE_WAIT_S` seconds, until its thread has released vLLM's engine: an engine
+        closed at exit is gone before the interpreter tears down."""
+        await super().close()
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while self._stopping:
+            if not self._stopping[0].is_alive():
+                self._stopping.pop(0)
+            elif time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # the loop keeps serving other models meanwhile
+            else:
+                log.warning("%s: its engine thread did not stop within %g s",
+                            self.model_dir.name, CLOSE_WAIT_S)
+                self._stopping.clear()
+
     def _shut_down(self) -> None:
         """Stop the engine's thread (a later request starts it again)."""
         worker, self._worker = self._worker, None
@@ -128,6 +152,8 @@ class VLLMEmbeddingBackend(VLLMModel):
         with worker.wake:
             worker.closing = True
             worker.wake.notify()
+        if worker.thread is not None:
+            self._stopping.append(worker.thread)
         self.supervisor.stopped()
 
     # --- the engine's thread ---------------------------------------------------------------
@@ -151,11 +177,16 @@ class VLLMEmbeddingBackend(VLLMModel):
                 jobs = _take(worker.pending)
             texts = [t for job in jobs for t in job.texts]
             try:
-                results = self._encode(worker.llm, texts)
-            except BaseException as exc:  # noqa: BLE001 - every waiting caller hears of it
+                results = self._embed(worker.llm, texts)
+            except Exception as exc:  # noqa: BLE001 - every waiting caller hears of it
                 for job in jobs:
                     job.finish(EngineError(f"embedding with {self.model_dir.name} failed: {exc}"))
                 continue
+            except BaseException:
+                # Not an embedding's failure (SystemExit, ...): the thread ends, and no caller
+                # is left waiting for it.
+                self._abandon(worker, jobs)
+                raise
             start = 0
             for job in jobs:
                 job.finish(results[start : start + len(job.texts)])
@@ -170,19 +201,28 @@ class VLLMEmbeddingBackend(VLLMModel):
             kwargs = {"distributed_executor_backend": "uni", **self.engine_args}
             return LLM(model=str(self.model_dir), **kwargs)
 
-    def _encode(self, llm: Any, texts: list[str]) -> list[EmbeddingResult]:
+    def _abandon(self, worker: _Worker, jobs: list[_Job]) -> None:
+        """Fail ``jobs`` and every waiting one: the engine's thread is ending."""
+        with worker.wake:
+            worker.closing = True
+            jobs, worker.pending = [*jobs, *worker.pending], []
+        for job in jobs:
+            job.finish(EngineDeadError(f"{self.model_dir.name}'s engine thread stopped"))
+        worker.llm = None
+
+    def _embed(self, llm: Any, texts: list[str]) -> list[EmbeddingResult]:
         """Embed with one engine call; on an error, isolate the failing texts by halving."""
         self.engine_calls += 1
         try:
-            outputs = llm.encode(texts, pooling_task="embed", use_tqdm=False)
+            outputs = llm.embed(texts, use_tqdm=False)
         except Exception as exc:  # noqa: BLE001 - vLLM's input checks raise their own types
             if len(texts) == 1:
                 return [RowFailure(one_line(exc, ROW_ERROR_LIMIT))]
             half = len(texts) // 2
-            return self._encode(llm, texts[:half]) + self._encode(llm, texts[half:])
+            return self._embed(llm, texts[:half]) + self._embed(llm, texts[half:])
         return [
             Embedding(
-                np.asarray(out.outputs.data.float().numpy(), dtype=np.float32),
+                np.asarray(out.outputs.embedding, dtype=np.float32),
                 len(out.prompt_token_ids or ()),
             )
             for out in outputs

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 from ai_query.config import apply_vllm_environment
 from ai_query.engine.process.lifeline import start_reaper
+from ai_query.engine.vllm.compat import forget_import_tracebacks
 from ai_query.engine.vllm.zygote import discard as discard_zygote
 from ai_query.engine.vllm.zygote import install as install_zygote
 from ai_query.engine.vllm.zygote import note_imports_done, start_zygote
@@ -59,7 +60,11 @@ def building(model: str) -> Iterator[None]:
         thread.join()
     with _build_lock:
         mark("engine: build start", model=model)
-        yield
+        try:
+            yield
+        finally:
+            # A build may be the first import of vLLM: the engine must not outlive its shutdown.
+            forget_import_tracebacks()
         mark("engine: ready", model=model)
 
 
@@ -78,6 +83,7 @@ def _import() -> None:
         log.warning("importing vLLM in the background failed: %s", exc)
         discard_zygote()  # it cannot import vLLM either: no interpreter idles for nothing
         return
+    forget_import_tracebacks()
     note_imports_done()
     install_zygote()  # says why when it cannot be used (a vLLM internal that moved)
     mark("server: vllm imported")
