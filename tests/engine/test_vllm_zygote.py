@@ -5,6 +5,7 @@ vLLM's engine modules)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -123,3 +124,22 @@ def test_the_predicted_cpu_environment_names_vllm_s_settings() -> None:
     assert env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     assert env["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
     assert "libgomp" in env.get("LD_PRELOAD", "libgomp")
+
+
+def test_a_vllm_that_moved_the_spawn_hook_discards_the_zygote_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ai_query.engine.vllm import compat
+
+    zygote = Zygote(modules=(), env={})
+    start_zygote(zygote)
+    moved = compat.Internal("vllm.v1.engine.utils", "get_mp_context_moved", "a test")
+    monkeypatch.setattr(compat, "GET_MP_CONTEXT", moved)
+    with caplog.at_level(logging.WARNING, logger=vllm_zygote.__name__):
+        vllm_zygote.install()
+    assert (
+        "the zygote is not used: vllm.v1.engine.utils.get_mp_context_moved is missing in vLLM "
+        f"{compat.vllm_version()} (ai_query is tested with {compat.TESTED_VLLM}.x)"
+    ) in caplog.text
+    assert vllm_zygote._take() is None
+    assert not zygote.alive(), "discarded at once, not left idle with its imports"
