@@ -184,6 +184,13 @@ def test_uploads_ai_query_and_task_functions_work_and_every_ai_row_is_counted(
             "vector_index": None} in tables
 
 
+def test_a_failed_row_is_the_rows_own_error_not_duckdbs_wrapper(editor: HTTPServer) -> None:
+    answer = _query(editor, "SELECT ai_query('my-chat', repeat('word ', 2000)) AS a")
+    assert answer["error"].startswith("ai_query endpoint 'my-chat' failed on row 0: "), answer
+    assert "maximum context length" in answer["error"]
+    assert "Python exception" not in answer["error"] and "UDF" not in answer["error"]
+
+
 DOCS = (b"id,body\n1,the parcel came late\n2,the handle snapped off\n3,too expensive\n"
         b"4,\n")
 DOCS_INDEX = {"name": "docs_index", "key": "id", "text": "body", "endpoint": "all-minilm-l6-v2"}
