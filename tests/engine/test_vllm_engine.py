@@ -170,7 +170,7 @@ def test_an_embeddings_batch_is_one_engine_call_and_a_bad_text_fails_alone(real_
     calls = backend.engine_calls
     texts = [f"note {i} about topic {i % 7}" for i in range(300)]
     out = run(real_engine, texts, endpoint="all-minilm-l6-v2")
-    assert backend.engine_calls == calls + 1, "300 texts should be one LLM.encode call"
+    assert backend.engine_calls == calls + 1, "300 texts should be one LLM.embed call"
     assert out.column("error").null_count == 300
     too_long = "word " * 2000  # over MiniLM's 256-token context
     out = run(real_engine, ["first", too_long, "third"], endpoint="all-minilm-l6-v2")
