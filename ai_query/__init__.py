@@ -50,7 +50,9 @@ def connect(
 
     Returns:
         An :class:`ai_query.udf.duckdb.AIQueryConnection`: a DuckDB connection whose ``sql`` and
-        ``execute`` accept every Databricks ``ai_query`` call form.
+        ``execute`` accept every Databricks ``ai_query`` call form. A failed row raises its own
+        :class:`~ai_query.errors.RowError` from ``execute`` (``sql`` is lazy, as DuckDB's:
+        fetch inside ``with con.errors():`` for the same), not DuckDB's wrapper of it.
     """
     from ai_query.udf.duckdb import connect as _connect
 
