@@ -56,6 +56,10 @@ _CODES = {
     503: "TEMPORARILY_UNAVAILABLE",
 }
 
+#: Domain errors that are the request's own mistake (a 400).
+_CLIENT_ERRORS = (ConfigError, ModelNotAvailableError, SQLError, WorkspaceError)
+
+
 #: OpenAI error ``type`` by HTTP status.
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -150,10 +154,6 @@ def from_exception(
     if isinstance(exc, (EngineError, JobError)):  # the server failed, and says how
         return server_error(exc, request_id)
     return internal_error(exc, request_id)
-
-
-#: Domain errors that are the request's own mistake (a 400).
-_CLIENT_ERRORS = (ConfigError, ModelNotAvailableError, SQLError, WorkspaceError)
 
 
 def server_error(exc: AIQueryError, request_id: str | None = None) -> APIError:
