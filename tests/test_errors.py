@@ -29,7 +29,8 @@ INTERNAL_RAISES: dict[tuple[str, str], str] = {
     ("engine/core/arrow_types.py", "ValueError"): "a value that misses its SQL type: the "
     "caller makes it the row's errorMessage",
     ("engine/core/arrow_types.py", "TypeError"): "json's `default` hook protocol",
-    ("engine/core/loop.py", "RuntimeError"): "programmer error: run() from the loop thread",
+    ("engine/core/loop.py", "RuntimeError"): "programmer errors: run() from the loop's own "
+    "thread, or after the exit hook stopped the loop",
     ("engine/process/lifeline.py", "ValueError"): "a line that is not a report: the launcher "
     "makes it an EngineUnavailableError",
     ("engine/vllm/model.py", "NotImplementedError"): "vLLM's model interface protocol",
