@@ -1,8 +1,13 @@
 """Process settings, read from the environment in this one place.
 
 Nothing else in ai_query reads ``os.environ``: modules take a :class:`Settings` (or the values
-they need) as arguments. :func:`settings` reads the environment each time it is called, so
-tests can change variables with ``monkeypatch.setenv``.
+they need) as arguments. :func:`settings` reads the environment each time it is called, so tests
+can change variables with ``monkeypatch.setenv``. It is called only by the modules in
+``SETTINGS_READERS`` (``tests/test_layers.py`` holds the list to it): the entry points a user
+calls without passing settings (``register(spark)``, ``serve``, the Flight client,
+``load_catalog``; the CLI and ``connect`` reach the environment through them), and four places
+that read one value when it is used: a secret reference (secrets are looked up when needed, never
+held), the timings file, the zygote switch and the bundled model's cache directory.
 """
 
 from __future__ import annotations
@@ -14,6 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ai_query.errors import ConfigError
+
+#: The modules that call :func:`settings` (see the module's docstring); any other takes values.
+SETTINGS_READERS: frozenset[str] = frozenset({
+    "ai_query.udf.spark", "ai_query.serving.serve",
+    "ai_query.engine.flight.client", "ai_query.catalog", "ai_query.secrets", "ai_query.timings",
+    "ai_query.engine.vllm.zygote", "ai_query.engine.backends.bundled",
+})
 
 #: Environment that keeps vLLM small and fast on a CPU; applied with ``setdefault`` so a user's
 #: own values win. Must be in place before ``vllm`` is first imported.

@@ -22,12 +22,14 @@ def _module_name(path: Path) -> str:
 NAMES = {_module_name(p) for p in PACKAGE.rglob("*.py")}
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, *, for_types_too: bool = False) -> set[str]:
     """Every module ``path`` imports when it runs, at module level or inside functions
-    (``from pkg import sub`` names the submodule ``pkg.sub`` when there is one, else ``pkg``)."""
+    (``from pkg import sub`` names the submodule ``pkg.sub`` when there is one, else ``pkg``);
+    with ``for_types_too``, also those imported for type checkers only."""
     tree = ast.parse(path.read_text())
     for block in ast.walk(tree):  # imports for type checkers only do not run
-        if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING"):
+        if (not for_types_too and isinstance(block, ast.If)
+                and ast.unparse(block.test).endswith("TYPE_CHECKING")):
             block.body = []
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -169,8 +171,11 @@ def test_no_private_attributes_of_vllm_or_multiprocessing_outside_compat() -> No
 
 
 def test_no_import_cycles() -> None:
+    """Not even through imports for type checkers only: a cycle there is a layering mistake
+    that the next runtime import turns into a crash."""
+    typed = {_module_name(p): _imports(p, for_types_too=True) for p in sorted(PACKAGE.rglob("*.py"))}
     graph = {m: {t for n in names if (t := _ours(n)) is not None and t != m}
-             for m, names in MODULES.items()}
+             for m, names in typed.items()}
     # ``ai_query`` (the package's __init__) re-exports; importing a submodule runs it first,
     # which is not an edge of its own.
     graph = {m: {t for t in ts if t != "ai_query"} for m, ts in graph.items()}
@@ -199,3 +204,17 @@ def test_only_the_cli_reads_argv() -> None:
         and _module_name(p) != "ai_query.cli"
     )
     assert readers == []
+
+
+def test_settings_are_read_only_where_config_says() -> None:
+    """``settings()`` (the environment) is read at the entry points and the few use-time values
+    ``config.SETTINGS_READERS`` names; everything else is given its values."""
+    from ai_query.config import SETTINGS_READERS
+
+    readers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "settings"):
+                readers.add(_module_name(path))
+    assert readers - {"ai_query.config"} == set(SETTINGS_READERS)

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 from ai_query.errors import JobError
 from ai_query.jobs.failures import batch_errors_sql, column_endpoints, error_struct_columns
 from ai_query.jobs.incremental import FP, RowPlanner
+from ai_query.jobs.observer import RunObserver
 from ai_query.jobs.outputs import sql_ident, sql_string
 from ai_query.jobs.spec import JobSpec
 from ai_query.jobs.staging import Staging
 from ai_query.text import one_line
 
 if TYPE_CHECKING:
-    from ai_query.jobs.runner import RunObserver
     from ai_query.jobs.spark_batches import SparkBatchSQL
 
 

@@ -17,7 +17,7 @@ from ai_query.jobs.runlog import RunRecord
 
 
 class JobProgress:
-    """A :class:`~ai_query.jobs.runner.RunObserver` drawing a rich progress bar.
+    """A :class:`~ai_query.jobs.observer.RunObserver` drawing a rich progress bar.
 
     Rows move when ai_query answers them (scaled by the number of calls per row) and snap to
     the committed count at each batch commit.

@@ -24,13 +24,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ai_query.errors import AIQueryError, JobError
 from ai_query.jobs.batches import BatchRunner
 from ai_query.jobs.failures import count_failed
 from ai_query.jobs.incremental import Plan, RowPlanner
 from ai_query.jobs.lock import JobLock
+from ai_query.jobs.observer import RunObserver
 from ai_query.jobs.outputs import (
     DeltaOutput,
     DuckDBTableOutput,
@@ -47,19 +48,6 @@ from ai_query.text import one_line
 if TYPE_CHECKING:
     from ai_query.engine.core.protocol import Engine
     from ai_query.jobs.spark_batches import SparkBatchSQL
-
-
-class RunObserver(Protocol):
-    """Told how a run goes (a progress bar, a test)."""
-
-    def planned(self, plan: Plan) -> None:
-        """The rows were chosen; ``plan.todo`` rows will run."""
-
-    def answered(self, rows: int, prompt_tokens: int, completion_tokens: int) -> None:
-        """ai_query answered ``rows`` more rows (called from engine threads)."""
-
-    def committed(self, rows: int) -> None:
-        """A batch of ``rows`` driving rows was committed."""
 
 
 @dataclass

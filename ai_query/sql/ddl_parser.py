@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from ai_query.errors import SQLParseError
 
-if TYPE_CHECKING:
-    from ai_query.sql.types import SQLType
+T = TypeVar("T")
+
+
+class TypeBuilder(Protocol[T]):
+    """Builds the parsed types (:class:`ai_query.sql.types.SQLType` is one): the parser does
+    not import the type model, the type model imports the parser."""
+
+    def __call__(self, kind: str) -> T: ...
+
+    def array(self, element: T) -> T: ...
+
+    def struct(self, fields: list[tuple[str, T]]) -> T: ...
+
+    def map(self, key: T, value: T) -> T: ...
+
+    def decimal(self, precision: int = 10, scale: int = 0) -> T: ...
 
 #: Scalar type names (upper case) and the canonical kind each one means.
 SCALAR_ALIASES: dict[str, str] = {
@@ -90,8 +104,8 @@ def _tokenize(text: str) -> list[_Token]:
     return tokens
 
 
-class _Parser:
-    def __init__(self, tokens: list[_Token], make: type[SQLType]) -> None:
+class _Parser(Generic[T]):
+    def __init__(self, tokens: list[_Token], make: TypeBuilder[T]) -> None:
         self.tokens = tokens
         self.i = 0
         self.make = make
@@ -119,7 +133,7 @@ class _Parser:
     def _describe(self) -> str:
         return "end of input" if self.tok.kind == "end" else repr(self.tok.text)
 
-    def parse_type(self) -> SQLType:
+    def parse_type(self) -> T:
         tok = self.tok
         if tok.kind != "word":
             raise _Fail(f"expected a type name but found {self._describe()}", tok.pos)
@@ -142,13 +156,13 @@ class _Parser:
             typ = self.make.array(typ)
         return typ
 
-    def _array(self) -> SQLType:
+    def _array(self) -> T:
         self.expect("<")
         element = self.parse_type()
         self.expect(">")
         return self.make.array(element)
 
-    def _map(self) -> SQLType:
+    def _map(self) -> T:
         close = ">" if self.accept("<") else None
         if close is None:
             self.expect("(")
@@ -159,7 +173,7 @@ class _Parser:
         self.expect(close)
         return self.make.map(key, value)
 
-    def _struct(self, pos: int) -> SQLType:
+    def _struct(self, pos: int) -> T:
         close = ">" if self.accept("<") else None
         if close is None:
             self.expect("(")
@@ -170,8 +184,8 @@ class _Parser:
             raise _Fail("STRUCT needs at least one field", pos)
         return self.make.struct(fields)
 
-    def parse_fields(self, close: str) -> list[tuple[str, SQLType]]:
-        fields: list[tuple[str, SQLType]] = []
+    def parse_fields(self, close: str) -> list[tuple[str, T]]:
+        fields: list[tuple[str, T]] = []
         seen: set[str] = set()
         if self.tok.kind == "punct" and self.tok.text == close:
             return fields
@@ -194,7 +208,7 @@ class _Parser:
             if not self.accept(","):
                 return fields
 
-    def _scalar(self, kind: str, pos: int) -> SQLType:
+    def _scalar(self, kind: str, pos: int) -> T:
         if kind == "DOUBLE":
             self.accept("PRECISION")
         params: list[int] = []
@@ -212,7 +226,7 @@ class _Parser:
             raise _Fail(f"type {kind} takes no parameters {tuple(params)}", pos)
         return self.make(kind)
 
-    def _decimal(self, params: list[int], pos: int) -> SQLType:
+    def _decimal(self, params: list[int], pos: int) -> T:
         if len(params) > 2:
             raise _Fail("DECIMAL takes at most (precision, scale)", pos)
         precision = params[0] if params else 10
@@ -227,7 +241,7 @@ def _line_col(text: str, pos: int) -> tuple[int, int]:
     return before.count("\n") + 1, pos - (before.rfind("\n") + 1) + 1
 
 
-def parse_ddl(text: str, make: type[SQLType]) -> SQLType:
+def parse_ddl(text: str, make: TypeBuilder[T]) -> T:
     """Parse a type DDL string, building types with ``make`` (the SQLType class).
 
     A whole-string type is tried first, then a bare Spark schema (``a INT, b STRING``).

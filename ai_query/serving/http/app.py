@@ -34,7 +34,7 @@ from ai_query.serving.http.context import Ctx, Principal, ServerContext
 from ai_query.serving.http.guard import RequestGuard
 from ai_query.serving.http.headers import SecurityHeaders
 from ai_query.serving.http.problems import APIError, from_exception, internal_error, render
-from ai_query.serving.http.sql_routes import SQLSessions, SQLWorkspace
+from ai_query.serving.http.sql_sessions import SQLSessions, SQLWorkspace
 from ai_query.serving.http.ui_routes import add_ui
 from ai_query.serving.inference_table import InferenceTable
 from ai_query.serving.logs import access_log

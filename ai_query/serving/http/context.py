@@ -20,7 +20,7 @@ from ai_query.serving.ratelimit import RateLimiter
 from ai_query.serving.state import ServingState
 
 if TYPE_CHECKING:
-    from ai_query.serving.http.sql_routes import SQLSessions
+    from ai_query.serving.http.sql_sessions import SQLSessions
 
 
 @dataclass

@@ -17,10 +17,9 @@ import base64
 import binascii
 import io
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Any
 
-import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from fastapi import APIRouter, Request
@@ -31,67 +30,13 @@ from ai_query.redaction import redact
 from ai_query.serving.http.context import Caller, Ctx, ServerContext
 from ai_query.serving.http.problems import APIError, bad_request, internal_error
 from ai_query.serving.http.schemas import read_json
+from ai_query.serving.http.sql_sessions import SQLSessions
 from ai_query.serving.permissions import Identity, PermissionLevel
 
 #: Most rows of a result sent to the page (the download has them all).
 MAX_SHOWN_ROWS = 1000
 
 router = APIRouter(prefix="/api/ui/sql", tags=["ui"])
-
-
-class SQLWorkspace(Protocol):
-    """Keeps uploads and runs the SQL editor's queries (see
-    :class:`ai_query.sql_workspace.DuckDBWorkspace`); tables are listed as JSON data
-    (``name``, ``format``, ``bytes``, ``rows``, ``columns``)."""
-
-    max_upload_bytes: int
-    """Largest table file it takes."""
-
-    def tables(self, principal: str) -> list[dict[str, Any]]:
-        """The principal's tables."""
-        ...
-
-    def upload(
-        self,
-        principal: str,
-        name: str,
-        fmt: str,
-        data: bytes,
-        *,
-        vector_index: Mapping[str, Any] | None = None,
-        token: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Check and keep a table (and build the vector index it asks for, embedded with the
-        caller's ``token``); the principal's tables after it."""
-        ...
-
-    def delete(self, principal: str, name: str) -> list[dict[str, Any]]:
-        """Remove a table; the principal's tables after it."""
-        ...
-
-    def run(
-        self, principal: str, sql: str, token: str | None, progress: Callable[[int], None]
-    ) -> pa.Table:
-        """Run ``sql`` over the principal's tables; report rows answered by AI calls."""
-        ...
-
-    def close(self) -> None:
-        """Remove every upload."""
-        ...
-
-
-class SQLSessions:
-    """The workspace, and each principal's last result."""
-
-    def __init__(self, workspace: SQLWorkspace) -> None:
-        self.workspace = workspace
-        """Keeps uploads, runs the queries."""
-        self.results: dict[str, pa.Table] = {}
-        """Each principal's last result."""
-
-    def close(self) -> None:
-        """Remove the uploaded tables."""
-        self.workspace.close()
 
 
 def require_query_rights(ctx: ServerContext, caller: Identity) -> None:

@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from ai_query.serving.http import sql_routes
 from ai_query.serving.http.context import Caller, Ctx
 from ai_query.serving.http.problems import APIError
-from ai_query.serving.http.sql_routes import SQLWorkspace
+from ai_query.serving.http.sql_sessions import SQLWorkspace
 from ai_query.serving.permissions import Identity, PermissionLevel
 
 #: The page's files, inside the package.
