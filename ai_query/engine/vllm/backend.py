@@ -30,6 +30,7 @@ from ai_query.engine.backends.backend import (
     GenerationRequest,
     RowFailure,
 )
+from ai_query.engine.backends.structured import bounded_schema
 from ai_query.engine.backends.tool_calls import tool_call_schema, tool_calls_from_output
 from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.engine.vllm import compat
@@ -129,21 +130,24 @@ class VLLMBackend(VLLMModel):
         )
 
         p = request.params
+        max_tokens = p.max_tokens or request.default_max_tokens
         structured = None
         forced = tool_call_schema(request.tools, request.tool_choice)
         # Compact JSON: small models otherwise spend their token budget on whitespace.
         if forced is not None:
             structured = StructuredOutputsParams(json=forced, disable_any_whitespace=True)
         elif request.json_schema is not None:
+            # Bounded strings and arrays: a string the model never closes ends at its bound,
+            # and the answer still fits max_tokens (the user's own bounds are kept).
             structured = StructuredOutputsParams(
-                json=request.json_schema, disable_any_whitespace=True
+                json=bounded_schema(request.json_schema, max_tokens), disable_any_whitespace=True
             )
         elif request.choice is not None:
             structured = StructuredOutputsParams(choice=list(request.choice))
         elif request.json_object:
             structured = StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
         kwargs: dict[str, Any] = {
-            "max_tokens": p.max_tokens or request.default_max_tokens,
+            "max_tokens": max_tokens,
             "temperature": p.temperature,
             "stop": list(p.stop) or None,
             "seed": p.seed,
