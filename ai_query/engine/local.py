@@ -22,6 +22,7 @@ import pyarrow as pa
 from ai_query.catalog import Catalog, Endpoint, ServedEntity
 from ai_query.engine.backends.backend import Backend, GenerationRequest, RowFailure
 from ai_query.engine.backends.registry import BackendFactory, existing_backend, shared_backend
+from ai_query.engine.backends.structured import explain_unparsed
 from ai_query.engine.core.arrow_types import coerce, to_arrow
 from ai_query.engine.core.batch import RowOutcome, read_request_batch, result_batch
 from ai_query.engine.core.loop import EngineLoop, settle, shared_loop, spawn
@@ -32,6 +33,7 @@ from ai_query.options import CallOptions
 from ai_query.redaction import redact_exception
 from ai_query.sql.response_format import OutputSpec, resolve_output
 from ai_query.tasks import Task
+from ai_query.text import one_line
 
 #: max_tokens when a call sets none: plain text answers, and structured (JSON) answers.
 DEFAULT_MAX_TOKENS = 256
@@ -285,9 +287,14 @@ class LocalEngine:
 def _parse_structured(
     text: str, plan: CallPlan, finish_reason: str | None
 ) -> tuple[Any, str | None]:
+    """The answer parsed and coerced to the call's SQL type, or (None, why not, in one line)."""
     ddl = plan.output.sql_type.to_ddl("databricks")
     try:
-        return coerce(json.loads(text), plan.output.sql_type), None
+        data = json.loads(text)
+    except ValueError as exc:
+        why = explain_unparsed(text, finish_reason, one_line(exc))
+        return None, f"could not parse the model's answer as {ddl}: {why}"
+    try:
+        return coerce(data, plan.output.sql_type), None
     except (ValueError, TypeError) as exc:
-        hint = " (output cut at max_tokens)" if finish_reason == "length" else ""
-        return None, f"could not parse the model's answer as {ddl}{hint}: {exc}"
+        return None, f"could not parse the model's answer as {ddl}: {one_line(exc)}"

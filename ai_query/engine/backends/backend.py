@@ -10,13 +10,13 @@ re-exported here, as part of the seam's vocabulary.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from ai_query.engine.backends.structured import describe_schema
 from ai_query.engine.process.supervision import EngineHealth
 from ai_query.errors import RowFailure
 from ai_query.options import ModelParameters
@@ -59,8 +59,9 @@ class GenerationRequest:
     (:mod:`ai_query.engine.backends.tool_calls`)."""
 
     schema_hint: bool = False
-    """With a JSON schema and no ``messages``: add a system turn stating the schema (SQL calls:
-    the grammar forces valid JSON; the instruction helps small models fill it sensibly)."""
+    """With a JSON schema and no ``messages``: add a system turn stating the schema in words
+    (:func:`~ai_query.engine.backends.structured.describe_schema`; SQL calls: the grammar forces
+    valid JSON, the instruction tells the model what to fill in)."""
 
     def conversation(self, text: str) -> list[dict[str, Any]]:
         """The chat messages to send: :attr:`messages`, else ``text`` as one user message."""
@@ -68,10 +69,7 @@ class GenerationRequest:
             return self.messages
         messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
         if self.schema_hint and self.json_schema is not None:
-            instruction = (
-                "Answer with one JSON value that matches this JSON schema, and nothing else: "
-                + json.dumps(self.json_schema, separators=(",", ":"))
-            )
+            instruction = describe_schema(self.json_schema)
             messages.insert(0, {"role": "system", "content": instruction})
         return messages
 
