@@ -25,6 +25,7 @@ MODEL_PARAMETER_KEYS: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "presence_penalty": (int, float),
     "frequency_penalty": (int, float),
+    "repetition_penalty": (int, float),
 }
 
 
@@ -48,6 +49,9 @@ class ModelParameters:
     """OpenAI-style presence penalty."""
     frequency_penalty: float | None = None
     """OpenAI-style frequency penalty."""
+    repetition_penalty: float | None = None
+    """vLLM/Hugging Face repetition penalty: above 1.0 makes tokens already in the prompt or the
+    answer less likely (1.0: off). External providers get it as an extra field, as ``top_k``."""
 
     @classmethod
     def from_value(cls, value: Any) -> ModelParameters:
@@ -119,6 +123,8 @@ def _check_value(key: str, raw: Any) -> Any:
         raise ConfigError(f"modelParameters.temperature must be in [0, 2], got {raw}")
     if key == "top_p" and not (0.0 < float(raw) <= 1.0):
         raise ConfigError(f"modelParameters.top_p must be in (0, 1], got {raw}")
+    if key == "repetition_penalty" and not (0.0 < float(raw) <= 2.0):
+        raise ConfigError(f"modelParameters.repetition_penalty must be in (0, 2], got {raw}")
     if key == "top_k" and raw < -1:
         raise ConfigError(f"modelParameters.top_k must be >= -1, got {raw}")
     if isinstance(raw, float) and not math.isfinite(raw):

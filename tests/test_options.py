@@ -24,6 +24,9 @@ from ai_query.options import CallOptions, ModelParameters
             id="stop-list",
         ),
         pytest.param({"top_k": None}, ModelParameters(), id="null-ignored"),
+        pytest.param(
+            {"repetition_penalty": 1}, ModelParameters(repetition_penalty=1.0), id="repetition"
+        ),
     ],
 )
 def test_model_parameters_accepts(raw: object, expected: ModelParameters) -> None:
@@ -37,6 +40,7 @@ def test_model_parameters_accepts(raw: object, expected: ModelParameters) -> Non
         pytest.param({"max_tokens": 0}, "max_tokens must be >= 1", id="range"),
         pytest.param({"temperature": "hot"}, "temperature must be", id="type"),
         pytest.param({"top_p": 1.5}, "top_p must be in", id="top_p"),
+        pytest.param({"repetition_penalty": 0}, "repetition_penalty must be in", id="repetition"),
         pytest.param({"max_tokens": True}, "max_tokens must be int", id="bool"),
         pytest.param("[1]", "must be a struct", id="not-object"),
     ],

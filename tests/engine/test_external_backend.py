@@ -174,3 +174,18 @@ def test_429_past_the_retry_bound_is_a_row_error(
         assert "sk-test" not in error
     finally:
         proxy.shutdown()
+
+
+def test_vllm_only_parameters_travel_as_extra_fields() -> None:
+    from ai_query.catalog import ExternalModel
+    from ai_query.engine.backends.backend import GenerationRequest
+    from ai_query.engine.backends.external import ExternalBackend
+    from ai_query.options import ModelParameters
+    from ai_query.tasks import Task
+
+    backend = ExternalBackend(ExternalModel(name="m", provider="openai-compatible", task=Task.CHAT))
+    plain = backend._arguments(GenerationRequest(task=Task.CHAT, params=ModelParameters()))
+    assert "extra_body" not in plain and "repetition_penalty" not in plain
+    params = ModelParameters(top_k=0, repetition_penalty=1.1)
+    sent = backend._arguments(GenerationRequest(task=Task.CHAT, params=params))
+    assert sent["extra_body"] == {"top_k": 0, "repetition_penalty": 1.1}

@@ -198,3 +198,12 @@ def test_secret_values_are_masked_in_log_lines() -> None:
     line = json.loads(JSONFormatter(redactor).format(record))
     assert line["message"] == "provider said: bad key [REDACTED]"
     assert line["endpoint"] == "ab-chat" and line["level"] == "warning"
+
+
+def test_chat_routes_take_vllms_repetition_penalty_and_add_no_default() -> None:
+    from ai_query.serving.http.schemas import ChatRequest
+
+    messages = [{"role": "user", "content": "hi"}]
+    assert ChatRequest(messages=messages).parameters().repetition_penalty is None
+    given = ChatRequest(messages=messages, repetition_penalty=1.1).parameters()
+    assert given.repetition_penalty == 1.1

@@ -140,8 +140,11 @@ class ExternalBackend:
                 kwargs[name] = getattr(p, name)
         if p.stop:
             kwargs["stop"] = list(p.stop)
-        if p.top_k is not None:
-            kwargs["extra_body"] = {"top_k": p.top_k}
+        # Not in OpenAI's API: sent as extra fields, which vLLM-compatible servers honour.
+        extra = {k: getattr(p, k) for k in ("top_k", "repetition_penalty")}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        if extra:
+            kwargs["extra_body"] = extra
         if request.task == Task.CHAT:
             if request.json_schema is not None:
                 kwargs["response_format"] = {

@@ -154,7 +154,9 @@ class VLLMBackend(VLLMModel):
             "structured_outputs": structured,
             "output_kind": getattr(RequestOutputKind, output_kind),
         }
-        for name in ("top_p", "top_k", "presence_penalty", "frequency_penalty"):
+        for name in (
+            "top_p", "top_k", "presence_penalty", "frequency_penalty", "repetition_penalty"
+        ):
             if getattr(p, name) is not None:
                 kwargs[name] = getattr(p, name)
         return SamplingParams(**kwargs)

@@ -45,6 +45,8 @@ class _Sampling(_Body):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    """vLLM's extra sampling parameter (1.0: off); unset, the model samples without it."""
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     logprobs: bool | int | None = None
@@ -64,6 +66,7 @@ class _Sampling(_Body):
             "seed": self.seed,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
         }
         if self.logprobs:
             raise bad_request("logprobs are not supported by this server")
