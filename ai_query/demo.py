@@ -44,10 +44,13 @@ OPINIONS = [
     ("Great value, the {p} feels sturdy and well made.", "positive"),
 ]
 
+# Greedy decoding with vLLM's repetition penalty (shown in the SQL, so a user sees and can change
+# it): a small model's greedy summary otherwise tends to repeat a phrase until max_tokens.
 SUMMARY_SQL = """
 SELECT id, ai_query('databricks-meta-llama-3-3-70b-instruct',
                     concat('Summarize this product review in one short sentence: ', review),
-       modelParameters => named_struct('max_tokens', 24, 'temperature', 0.0)) AS summary
+       modelParameters => named_struct('max_tokens', 24, 'temperature', 0.0,
+                                       'repetition_penalty', 1.1)) AS summary
 FROM reviews ORDER BY id
 """
 #: The labels the sentiment step may answer; guided decoding allows no other answer.

@@ -51,7 +51,8 @@ class ModelParameters:
     """OpenAI-style frequency penalty."""
     repetition_penalty: float | None = None
     """vLLM/Hugging Face repetition penalty: above 1.0 makes tokens already in the prompt or the
-    answer less likely (1.0: off). External providers get it as an extra field, as ``top_k``."""
+    answer less likely (1.0: off). External providers get it as an extra field, as ``top_k``,
+    except OpenAI itself (provider ``openai``), which refuses fields it does not know."""
 
     @classmethod
     def from_value(cls, value: Any) -> ModelParameters:

@@ -183,9 +183,14 @@ def test_vllm_only_parameters_travel_as_extra_fields() -> None:
     from ai_query.options import ModelParameters
     from ai_query.tasks import Task
 
-    backend = ExternalBackend(ExternalModel(name="m", provider="openai-compatible", task=Task.CHAT))
-    plain = backend._arguments(GenerationRequest(task=Task.CHAT, params=ModelParameters()))
+    def arguments(provider: str, params: ModelParameters) -> dict:
+        backend = ExternalBackend(ExternalModel(name="m", provider=provider, task=Task.CHAT))
+        return backend._arguments(GenerationRequest(task=Task.CHAT, params=params))
+
+    plain = arguments("openai-compatible", ModelParameters())
     assert "extra_body" not in plain and "repetition_penalty" not in plain
     params = ModelParameters(top_k=0, repetition_penalty=1.1)
-    sent = backend._arguments(GenerationRequest(task=Task.CHAT, params=params))
-    assert sent["extra_body"] == {"top_k": 0, "repetition_penalty": 1.1}
+    assert arguments("openai-compatible", params)["extra_body"] == {
+        "top_k": 0, "repetition_penalty": 1.1}
+    # OpenAI itself refuses fields it does not know: the penalty stays home.
+    assert "extra_body" not in arguments("openai", ModelParameters(repetition_penalty=1.1))

@@ -207,7 +207,14 @@ def test_playground_streams_answers_side_by_side(page: Any, det_server: HTTPServ
     page.select_option("#pg-model-2", CHAT)
     page.fill("#pg-system", "be brief")
     page.fill("#pg-prompt", "tell me a b c")
-    page.click("#pg-send")
+    # The repetition remedy is in sight and is what is sent: a small model's fair chance.
+    assert page.input_value("#pg-temperature") == "0.7"
+    assert page.input_value("#pg-repetition-penalty") == "1.1"
+    page.fill("#pg-repetition-penalty", "1.3")
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+        page.click("#pg-send")
+    body = sent.value.post_data_json
+    assert (body["temperature"], body["repetition_penalty"]) == (0.7, 1.3)
     page.wait_for_selector("#pg-stats-1[data-done]")
     page.wait_for_selector("#pg-stats-2[data-done]")
     for i in (1, 2):

@@ -141,8 +141,11 @@ class ExternalBackend:
         if p.stop:
             kwargs["stop"] = list(p.stop)
         # Not in OpenAI's API: sent as extra fields, which vLLM-compatible servers honour.
-        extra = {k: getattr(p, k) for k in ("top_k", "repetition_penalty")}
-        extra = {k: v for k, v in extra.items() if v is not None}
+        # repetition_penalty is left out for OpenAI itself, which refuses unknown fields (the
+        # Playground sends one by default).
+        extra: dict[str, Any] = {} if p.top_k is None else {"top_k": p.top_k}
+        if p.repetition_penalty is not None and self.model.provider != "openai":
+            extra["repetition_penalty"] = p.repetition_penalty
         if extra:
             kwargs["extra_body"] = extra
         if request.task == Task.CHAT:
