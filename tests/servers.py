@@ -24,7 +24,8 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered"
+                               f"{_log_tail(proc)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -32,7 +33,21 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -
         except OSError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s{_log_tail(proc)}")
+
+
+class _Server(subprocess.Popen[bytes]):
+    """A server process that knows where its output goes, so a failed start can show it."""
+
+    log: Path | None = None
+
+
+def _log_tail(proc: subprocess.Popen[bytes], lines: int = 40) -> str:
+    log = getattr(proc, "log", None)
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return "; its log ends:\n" + "\n".join(tail)
 
 
 def start(
@@ -47,7 +62,9 @@ def start(
         **(env or {}),
     }
     handle = log.open("wb")
-    return subprocess.Popen(list(args), stdout=handle, stderr=subprocess.STDOUT, env=full_env)
+    proc = _Server(list(args), stdout=handle, stderr=subprocess.STDOUT, env=full_env)
+    proc.log = log
+    return proc
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
