@@ -16,6 +16,8 @@ from ai_query.errors import ConfigError, SQLParseError
 from ai_query.sql.types import MAX_TYPE_DEPTH, SQLType, parse_return_type
 from ai_query.tasks import TASKS, Task
 
+#: How a ``choice`` responseFormat picks its answer (see :attr:`ResponseFormat.scoring`).
+CHOICE_SCORING = ("logprobs", "generate")
 #: JSON-schema keywords whose value is one subschema.
 _ONE_SUBSCHEMA = frozenset({
     "items", "additionalProperties", "additionalItems", "contains", "not", "if", "then",
@@ -37,6 +39,14 @@ class ResponseFormat:
     """One of "text", "json_object", "json_schema", "choice"."""
     choices: tuple[str, ...] = ()
     """The allowed answers, for kind "choice" (an ai_query extension: vLLM's guided choice)."""
+    scoring: str = "logprobs"
+    """For kind "choice": ``logprobs`` (each answer scored by the model's own probability of it,
+    where the backend can read one; else generated) or ``generate`` (guided decoding only)."""
+    prefix: str = ""
+    """For kind "choice": words a scored answer starts with before the choice."""
+    scores: bool = False
+    """For kind "choice": answer JSON ``{"label": ..., "logprobs": [...]}`` (a log-probability
+    per choice, in order; null where the answer was generated) instead of the label."""
     schema: dict[str, Any] | None = None
     """The JSON schema, for kind "json_schema"."""
     name: str | None = None
@@ -59,6 +69,12 @@ class OutputSpec:
     """True when the engine's JSON text must be parsed into :attr:`sql_type`."""
     choice: tuple[str, ...] | None = None
     """The only answers guided decoding may produce (a STRING result), or None."""
+    scoring: str = "logprobs"
+    """How a choice is made: see :attr:`ResponseFormat.scoring`."""
+    prefix: str = ""
+    """Words a scored choice follows: see :attr:`ResponseFormat.prefix`."""
+    scores: bool = False
+    """A choice answers with its scores: see :attr:`ResponseFormat.scores`."""
 
 
 def parse_response_format(value: str | None) -> ResponseFormat:
@@ -120,7 +136,19 @@ def _from_openai_json(value: str) -> ResponseFormat:
             raise ConfigError(
                 f"bad responseFormat {value!r}: 'choice' must be a list of non-empty strings"
             )
-        return ResponseFormat(kind="choice", choices=tuple(choices))
+        scoring = data.get("scoring", "logprobs")
+        if scoring not in CHOICE_SCORING:
+            raise ConfigError(
+                f"bad responseFormat {value!r}: 'scoring' must be one of "
+                f"{', '.join(CHOICE_SCORING)}"
+            )
+        return ResponseFormat(
+            kind="choice",
+            choices=tuple(choices),
+            scoring=scoring,
+            prefix=str(data.get("prefix") or "").strip(),
+            scores=bool(data.get("scores", False)),
+        )
     if kind != "json_schema":
         raise ConfigError(
             f"bad responseFormat {value!r}: 'type' must be text, json_object, json_schema "
@@ -203,7 +231,13 @@ def resolve_output(return_type: str | None, response_format: str | None, task: s
     if fmt is None or fmt.kind == "text":
         return OutputSpec(sql_type=SQLType.string())
     if fmt.kind == "choice":
-        return OutputSpec(sql_type=SQLType.string(), choice=fmt.choices)
+        return OutputSpec(
+            sql_type=SQLType.string(),
+            choice=fmt.choices,
+            scoring=fmt.scoring,
+            prefix=fmt.prefix,
+            scores=fmt.scores,
+        )
     if fmt.sql_type is not None:
         return OutputSpec(sql_type=fmt.sql_type, json_schema=fmt.schema, parse_json=True)
     # OpenAI-style json_schema / json_object: the result stays a STRING holding the JSON text.

@@ -35,8 +35,16 @@ TASK_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "ai_summarize": ("content", "max_words?"),
     "ai_translate": ("content", "to_lang"),
 }
-#: The answers ai_analyze_sentiment may give.
-SENTIMENTS: tuple[str, ...] = ("positive", "negative", "neutral", "mixed")
+#: The answers ai_analyze_sentiment may give, and what each means (told to the model).
+SENTIMENT_MEANINGS: dict[str, str] = {
+    "positive": "the writer is pleased",
+    "negative": "the writer is unhappy or complains",
+    "neutral": "plain facts, no opinion",
+    "mixed": "both praise and complaint",
+}
+SENTIMENTS: tuple[str, ...] = tuple(SENTIMENT_MEANINGS)
+#: The functions whose label is chosen by scoring (:mod:`ai_query.udf.label_scores`).
+SCORED_FUNCTIONS: tuple[str, ...] = ("ai_analyze_sentiment", "ai_classify")
 #: Languages ai_translate supports (Databricks' list), code -> name.
 LANGUAGES: dict[str, str] = {
     "en": "English",
@@ -100,6 +108,25 @@ class TaskSpec:
             return tuple(FILTER_ANSWERS)
         return None
 
+    def answer_prefix(self) -> str:
+        """The words a scored answer starts with, before the label."""
+        return "The sentiment is" if self.function == "ai_analyze_sentiment" else "The label is"
+
+    def scored_format(self) -> str:
+        """The responseFormat that scores each label and answers with the scores."""
+        choices = self.choices()
+        assert choices is not None
+        return choice_format(choices, prefix=self.answer_prefix(), scores=True)
+
+    def label_texts(self) -> tuple[str, ...]:
+        """What each label means, for an embeddings model: the label, with its description."""
+        if not self.descriptions:
+            return self.choices() or ()
+        return tuple(
+            f"{label}: {desc}" if desc else label
+            for label, desc in zip(self.labels, self.descriptions, strict=True)
+        )
+
     def return_type(self) -> str | None:
         """The returnType DDL of the engine call (structured output), or None for text."""
         if self.function == "ai_extract":
@@ -130,10 +157,8 @@ class TaskSpec:
         if f == "ai_gen":
             return content
         if f == "ai_analyze_sentiment":
-            return (
-                "What is the sentiment of the following text? Answer with one word: "
-                "positive, negative, neutral or mixed." + text + "\n\nSentiment:"
-            )
+            options = "\n".join(f"- {label}: {desc}" for label, desc in SENTIMENT_MEANINGS.items())
+            return "Classify the sentiment of the following text as one of:\n" + options + text
         if f == "ai_classify":
             if self.descriptions:
                 options = "\n".join(
@@ -228,9 +253,16 @@ def _json_object(answer: Any) -> Mapping[str, Any]:
     return value
 
 
-def choice_format(choices: Sequence[str]) -> str:
-    """The responseFormat that restricts a chat answer to one of ``choices`` (guided choice)."""
-    return json.dumps({"type": "choice", "choice": list(choices)}, separators=(",", ":"))
+def choice_format(choices: Sequence[str], *, prefix: str = "", scores: bool = False) -> str:
+    """The responseFormat that restricts a chat answer to one of ``choices``: scored where the
+    model gives probabilities (as the words after ``prefix``), else generated (guided choice);
+    with ``scores``, the answer is JSON with each choice's log-probability."""
+    data: dict[str, Any] = {"type": "choice", "choice": list(choices)}
+    if prefix:
+        data["prefix"] = prefix
+    if scores:
+        data["scores"] = True
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _present(value: Any) -> str | None:

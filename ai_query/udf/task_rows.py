@@ -27,7 +27,8 @@ from ai_query.engine.core.protocol import Engine
 from ai_query.errors import ConfigError, RowError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.sql.semantic_agg import AGGREGATE_FUNCTIONS
-from ai_query.sql.task_functions import TASK_FUNCTIONS, TaskSpec, task_spec
+from ai_query.sql.task_functions import SCORED_FUNCTIONS, TASK_FUNCTIONS, TaskSpec, task_spec
+from ai_query.udf.label_scores import CONTENT_FREE, choose_labels
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,9 @@ def answer_task_rows(
             values: list[Any] = _similarities(engine, endpoint, columns[0], columns[1], rows[0])
         elif spec.function == "ai_filter":
             values = _filter(engine, endpoint, spec, columns, rows, memo)
+        elif spec.function in SCORED_FUNCTIONS:
+            embeddings = endpoints.endpoints.get("ai_similarity")
+            values = _choose(engine, endpoint, embeddings, spec, columns[0], rows)
         else:
             values = _chat(engine, endpoint, spec, columns[0], rows)
         for i, value in zip(rows, values, strict=True):
@@ -159,6 +163,46 @@ def _chat(
     return out
 
 
+def _choose(
+    engine: Engine,
+    endpoint: str,
+    embeddings: str | None,
+    spec: TaskSpec,
+    contents: list[str | None],
+    rows: list[int],
+) -> list[Any]:
+    """Labels chosen by scoring (:mod:`ai_query.udf.label_scores`); None for a NULL content."""
+    present = [i for i, c in enumerate(contents) if c is not None]
+    texts = [str(contents[i]) for i in present]
+    options = CallOptions(
+        endpoint=endpoint,
+        model_parameters=ModelParameters(max_tokens=spec.max_tokens()),
+        response_format=spec.scored_format(),
+    )
+
+    def run(requests: list[str | None], call: CallOptions) -> list[Any]:
+        return _run(engine, requests, call, rows[0])
+
+    chosen = (
+        choose_labels(
+            run,
+            spec.choices() or (),
+            [spec.prompt(t) for t in texts],
+            [spec.prompt(t) for t in CONTENT_FREE],
+            options,
+            contents=texts,
+            label_texts=spec.label_texts(),
+            embeddings=embeddings,
+        )
+        if texts
+        else []
+    )
+    out: list[Any] = [None] * len(contents)
+    for i, choice in zip(present, chosen, strict=True):
+        out[i] = choice.label
+    return out
+
+
 def _filter(
     engine: Engine,
     endpoint: str,
@@ -171,9 +215,7 @@ def _filter(
     predicates = columns[0]
     contents = columns[1] if len(columns) > 1 else [""] * len(predicates)
     prompts: list[str | None] = [
-        None
-        if p is None or c is None
-        else spec.filter_prompt(p, c if len(columns) > 1 else None)
+        None if p is None or c is None else spec.filter_prompt(p, c if len(columns) > 1 else None)
         for p, c in zip(predicates, contents, strict=True)
     ]
     known: dict[str, bool | None] = {}

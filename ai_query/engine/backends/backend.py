@@ -24,6 +24,7 @@ from ai_query.tasks import Task
 
 __all__ = [
     "Backend",
+    "ChoiceScores",
     "Completion",
     "CompletionChunk",
     "Embedding",
@@ -48,6 +49,9 @@ class GenerationRequest:
     """Constrain the output to any JSON object."""
     choice: tuple[str, ...] | None = None
     """Constrain the output to exactly one of these strings (guided choice), or None."""
+    answer_prefix: str = ""
+    """Where choices are scored (:meth:`Backend.score_choices`): words the answer starts with
+    before the choice (e.g. "The sentiment is"); generation ignores it."""
     default_max_tokens: int = 256
     """max_tokens when the call gives none."""
     messages: list[dict[str, Any]] | None = None
@@ -62,6 +66,13 @@ class GenerationRequest:
     """With a JSON schema and no ``messages``: add a system turn stating the schema in words
     (:func:`~ai_query.engine.backends.structured.describe_schema`; SQL calls: the grammar forces
     valid JSON, the instruction tells the model what to fill in)."""
+
+    def answers(self) -> tuple[str, ...]:
+        """The whole answers whose probabilities score :attr:`choice`, in its order."""
+        assert self.choice is not None
+        if not self.answer_prefix:
+            return self.choice
+        return tuple(f"{self.answer_prefix} {c}" for c in self.choice)
 
     def conversation(self, text: str) -> list[dict[str, Any]]:
         """The chat messages to send: :attr:`messages`, else ``text`` as one user message."""
@@ -117,6 +128,21 @@ class CompletionChunk:
 
 
 @dataclass(frozen=True)
+class ChoiceScores:
+    """The model's log-probability of each allowed answer (:attr:`GenerationRequest.choice`)."""
+
+    logprobs: list[float]
+    """Log-probability of each whole answer given the prompt, in the order of the choices."""
+    prompt_tokens: int
+    """Tokens in the prompt, after templating."""
+
+    @property
+    def best(self) -> int:
+        """The index of the most probable answer."""
+        return max(range(len(self.logprobs)), key=self.logprobs.__getitem__)
+
+
+@dataclass(frozen=True)
 class Embedding:
     """An embedding vector."""
 
@@ -140,6 +166,11 @@ class Backend(Protocol):
 
     def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
         """Generate like :meth:`complete`, yielding text as it is produced (an async generator)."""
+        ...
+
+    async def score_choices(self, text: str, request: GenerationRequest) -> ChoiceScores | None:
+        """Score each of ``request.choice`` as the answer to ``text`` (no generation); None
+        when this model gives no probabilities (the caller then generates under the choice)."""
         ...
 
     async def embed_many(self, texts: Sequence[str]) -> list[EmbeddingResult]:

@@ -18,6 +18,7 @@ import numpy as np
 from ai_query.catalog import ServedEntity
 from ai_query.engine.backends.backend import (
     Backend,
+    ChoiceScores,
     Completion,
     CompletionChunk,
     Embedding,
@@ -87,6 +88,23 @@ class DeterministicBackend:
             words = f"{self.name} says: {text}".split()
             answer = " ".join(words[:limit])
         return Completion(answer, tokens, len(answer.split()), "stop")
+
+    async def score_choices(self, text: str, request: GenerationRequest) -> ChoiceScores:
+        """The choice :meth:`complete` would answer scores -0.5, the others -2 to -2.4 (from the
+        text's hash)."""
+        assert request.choice is not None
+        self.calls += 1
+        tokens = self._check(text)
+        await asyncio.sleep(0)
+        seed = _seed(text)
+        best = seed % len(request.choice)
+        return ChoiceScores(
+            [
+                -0.5 if i == best else -2.0 - 0.1 * ((seed + i) % 5)
+                for i in range(len(request.choice))
+            ],
+            tokens,
+        )
 
     async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
         """:meth:`complete`'s answer, one word per chunk."""

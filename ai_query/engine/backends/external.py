@@ -88,6 +88,11 @@ class ExternalBackend:
             tool_calls or None,
         )
 
+    async def score_choices(self, text: str, request: GenerationRequest) -> None:
+        """None: a provider's API gives log-probabilities of the tokens it generated, not of
+        answers it was asked to weigh; the engine generates under the choice instead."""
+        return None
+
     async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
         """A streamed chat or completion call; tool calls come whole, on the last chunk."""
         import httpx

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_query.engine.backends.backend import (
+    ChoiceScores,
     Completion,
     CompletionChunk,
     EmbeddingResult,
@@ -35,6 +36,7 @@ from ai_query.engine.backends.tool_calls import tool_call_schema, tool_calls_fro
 from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.engine.vllm import compat
 from ai_query.engine.vllm.model import ROW_ERROR_LIMIT, VLLMModel
+from ai_query.engine.vllm.scoring import LabelTrie, TokenPath
 from ai_query.engine.vllm.setup import building
 from ai_query.errors import EngineDeadError, EngineError
 from ai_query.tasks import Task
@@ -56,6 +58,7 @@ class VLLMBackend(VLLMModel):
         super().__init__(model_dir, **options)  # engine_args, on_start: see VLLMModel
         self._engine: Any = None
         self._ids = itertools.count()
+        self._tries: dict[tuple[str, ...], LabelTrie] = {}
 
     @property
     def max_model_len(self) -> int:
@@ -192,6 +195,57 @@ class VLLMBackend(VLLMModel):
             finish_reason=finish,
             tool_calls=tool_calls,
         )
+
+    async def score_choices(self, text: str, request: GenerationRequest) -> ChoiceScores:
+        """Each choice's log-probability as the whole answer (:mod:`ai_query.engine.vllm.scoring`).
+
+        The trie's root is read first, so the prompt's KV blocks are cached before the deeper
+        nodes (the prompt plus a label's first tokens) are read together. With an answer
+        prefix, each choice is scored as the prefix followed by the choice.
+        """
+        assert request.choice is not None
+        await self.start()
+        async with self._guard():
+            prompt = await self._render(text, request.task == Task.CHAT, request)
+            trie = self._trie(request.answers())
+            read = {trie.root: await self._read_node(prompt, trie.root, trie.nodes[trie.root])}
+            deeper = [node for node in trie.nodes if node != trie.root]
+            found = await asyncio.gather(
+                *(self._read_node(prompt, node, trie.nodes[node]) for node in deeper)
+            )
+            read.update(zip(deeper, found, strict=True))
+        return ChoiceScores(trie.scores(read), len(prompt["prompt_token_ids"]))
+
+    def _trie(self, choices: tuple[str, ...]) -> LabelTrie:
+        trie = self._tries.get(choices)
+        if trie is None:
+            tokenized = [compat.answer_tokens(self._engine, c) for c in choices]
+            trie = LabelTrie.build([tuple(t) for t, _ in tokenized], tokenized[0][1])
+            if len(self._tries) > 256:
+                self._tries.clear()
+            self._tries[choices] = trie
+        return trie
+
+    async def _read_node(
+        self, prompt: Any, node: TokenPath, tokens: tuple[int, ...]
+    ) -> dict[int, float]:
+        """The log-probability of each of ``tokens`` right after ``prompt`` + ``node``."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprob_token_ids=list(tokens),
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        full = compat.extend_prompt(prompt, node)
+        async for out in self._engine.generate(full, params, f"aiq-{next(self._ids)}"):
+            final = out
+        if final is None or not final.outputs or not final.outputs[0].logprobs:
+            raise RowFailure("the engine returned no log-probabilities")
+        found = final.outputs[0].logprobs[0]
+        return {t: float(found[t].logprob) for t in tokens}
 
     async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
         """Generate, yielding the new text as vLLM produces it (``RequestOutputKind.DELTA``).

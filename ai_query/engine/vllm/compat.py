@@ -197,6 +197,19 @@ async def render_chat(engine: Any, messages: list[Any], template_kwargs: dict[st
     return prompts[0]
 
 
+def extend_prompt(prompt: Any, tokens: Sequence[int]) -> Any:
+    """A rendered prompt (a token prompt dict) followed by ``tokens``."""
+    if not tokens:
+        return prompt
+    return {**prompt, "prompt_token_ids": [*prompt["prompt_token_ids"], *tokens]}
+
+
+def answer_tokens(engine: Any, text: str) -> tuple[list[int], int]:
+    """``text``'s tokens as the start of an answer, and the token that ends an answer."""
+    tokenizer = engine.renderer.get_tokenizer()
+    return list(tokenizer.encode(text, add_special_tokens=False)), int(tokenizer.eos_token_id)
+
+
 async def render_completion(engine: Any, text: str) -> Any:
     """A completion prompt rendered on ``engine``'s (an ``AsyncLLM``) renderer."""
     from vllm.renderers.inputs.preprocess import parse_model_prompt

@@ -123,6 +123,10 @@ class VLLMEmbeddingBackend(VLLMModel):
         """Embedding models do not generate."""
         raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
 
+    async def score_choices(self, text: str, request: GenerationRequest) -> None:
+        """Embedding models do not generate."""
+        raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
+
     async def stream(self, text: str, request: GenerationRequest) -> AsyncIterator[CompletionChunk]:
         """Embedding models do not generate."""
         raise EngineError(f"{self.model_dir.name} is an embeddings model; it cannot generate")
