@@ -24,8 +24,8 @@ from ai_query.tasks import Task
 
 #: Each task function's parameters, in positional order; a trailing ``?`` marks an optional one.
 TASK_FUNCTIONS: dict[str, tuple[str, ...]] = {
-    "ai_analyze_sentiment": ("content",),
-    "ai_classify": ("content", "labels"),
+    "ai_analyze_sentiment": ("content", "options?"),
+    "ai_classify": ("content", "labels", "options?"),
     "ai_extract": ("content", "labels"),
     "ai_filter": ("predicate", "content?"),
     "ai_fix_grammar": ("content",),
@@ -62,7 +62,16 @@ FILTER_ANSWERS: dict[str, bool] = {"true": True, "false": False}
 DEFAULT_MAX_WORDS = 50
 #: What ai_mask puts in place of each entity.
 MASK = "[MASKED]"
-MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS = 2, 20
+MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS = 2, 500
+#: The options of the label functions: Databricks' ai_classify options, and ``scoring`` (an
+#: ai_query extension: ``auto``, the scorers of :mod:`ai_query.udf.label_scores`, or
+#: ``generate``, the label generated under guided decoding alone).
+LABEL_OPTIONS: tuple[str, ...] = (
+    "enableConfidenceScores", "multilabel", "instructions", "version", "scoring",
+)  # fmt: skip
+LABEL_SCORING: tuple[str, ...] = ("auto", "generate")
+#: In a multilabel answer: every label at least this share of the best label's probability.
+MULTILABEL_SHARE = 0.5
 MAX_EXTRACT_LABELS = 20
 #: The longest entity ai_mask asks for, in characters.
 MASK_MAX_CHARS = 64
@@ -82,6 +91,14 @@ class TaskSpec:
     """Target language code (ai_translate)."""
     max_words: int | None = None
     """Word limit (ai_summarize); 0 means no limit."""
+    confidence: bool = False
+    """Answer each label with its probability (``enableConfidenceScores``)."""
+    multilabel: bool = False
+    """Answer every label that fits, not only the best (``multilabel``)."""
+    instructions: str = ""
+    """What the task and its domain are, told to the model before the rest (``instructions``)."""
+    scoring: str = "auto"
+    """How the label is chosen: one of :data:`LABEL_SCORING`."""
 
     @property
     def task(self) -> Task:
@@ -96,7 +113,10 @@ class TaskSpec:
             return SQLType("FLOAT")
         if self.function == "ai_filter":
             return SQLType("BOOLEAN")
-        return SQLType.string()
+        label = SQLType.string()
+        if self.confidence:
+            label = SQLType.struct([("label", label), ("confidence", SQLType("DOUBLE"))])
+        return SQLType.array(label) if self.multilabel else label
 
     def choices(self) -> tuple[str, ...] | None:
         """The only answers guided decoding may produce, or None."""
@@ -116,7 +136,9 @@ class TaskSpec:
         """The responseFormat that scores each label and answers with the scores."""
         choices = self.choices()
         assert choices is not None
-        return choice_format(choices, prefix=self.answer_prefix(), scores=True)
+        return choice_format(
+            choices, prefix=self.answer_prefix(), scores=True, generate=self.scoring == "generate"
+        )
 
     def label_texts(self) -> tuple[str, ...]:
         """What each label means, for an embeddings model: the label, with its description."""
@@ -151,7 +173,11 @@ class TaskSpec:
         return None
 
     def prompt(self, content: str) -> str:
-        """The chat prompt for one row's content."""
+        """The chat prompt for one row's content (after the ``instructions`` option's text)."""
+        task = self._task_prompt(content)
+        return f"{self.instructions}\n\n{task}" if self.instructions else task
+
+    def _task_prompt(self, content: str) -> str:
         f = self.function
         text = f"\n\nText: {content}"
         if f == "ai_gen":
@@ -253,11 +279,16 @@ def _json_object(answer: Any) -> Mapping[str, Any]:
     return value
 
 
-def choice_format(choices: Sequence[str], *, prefix: str = "", scores: bool = False) -> str:
+def choice_format(
+    choices: Sequence[str], *, prefix: str = "", scores: bool = False, generate: bool = False
+) -> str:
     """The responseFormat that restricts a chat answer to one of ``choices``: scored where the
-    model gives probabilities (as the words after ``prefix``), else generated (guided choice);
-    with ``scores``, the answer is JSON with each choice's log-probability."""
+    model gives probabilities (as the words after ``prefix``), else (or with ``generate``)
+    generated under guided decoding; with ``scores``, the answer is JSON with each choice's
+    log-probability."""
     data: dict[str, Any] = {"type": "choice", "choice": list(choices)}
+    if generate:
+        data["scoring"] = "generate"
     if prefix:
         data["prefix"] = prefix
     if scores:
@@ -310,7 +341,10 @@ def task_spec(function: str, args: Sequence[Any] = ()) -> TaskSpec:
         return TaskSpec(function=name)
     if name in ("ai_classify", "ai_extract", "ai_mask"):
         labels, descriptions = parse_labels(name, args[0])
-        return TaskSpec(function=name, labels=labels, descriptions=descriptions)
+        options = parse_options(name, args[1] if len(args) > 1 else None)
+        return TaskSpec(function=name, labels=labels, descriptions=descriptions, **options)
+    if name == "ai_analyze_sentiment":
+        return TaskSpec(function=name, **parse_options(name, args[0] if args else None))
     if name == "ai_translate":
         lang = args[0]
         if not isinstance(lang, str) or lang.strip().lower() not in LANGUAGES:
@@ -328,6 +362,58 @@ def task_spec(function: str, args: Sequence[Any] = ()) -> TaskSpec:
             )
         return TaskSpec(function=name, max_words=words)
     return TaskSpec(function=name)
+
+
+def parse_options(function: str, value: Any) -> dict[str, Any]:
+    """TaskSpec fields from an options argument: a MAP, a JSON object text, or NULL.
+
+    Raises:
+        ConfigError: not a map, an unknown option, or a value of the wrong kind.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"{function}: options must be a MAP or a JSON object, got {value!r}"
+            ) from None
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 for p in value
+    ):  # a MAP as Arrow hands it over: (key, value) pairs
+        value = dict(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{function}: options must be a MAP or a JSON object, got {value!r}")
+    known = {k.lower(): k for k in LABEL_OPTIONS}
+    out: dict[str, Any] = {}
+    for key, raw in value.items():
+        name = known.get(str(key).lower())
+        if name is None:
+            raise ConfigError(
+                f"{function}: unknown option {key!r}; expected one of {', '.join(LABEL_OPTIONS)}"
+            )
+        if name in ("enableConfidenceScores", "multilabel"):
+            field = "confidence" if name == "enableConfidenceScores" else "multilabel"
+            out[field] = _flag(function, name, raw)
+        elif name == "instructions":
+            out["instructions"] = "" if raw is None else str(raw).strip()
+        elif name == "scoring":
+            if raw not in LABEL_SCORING:
+                raise ConfigError(
+                    f"{function}: option scoring must be one of {', '.join(LABEL_SCORING)}, "
+                    f"got {raw!r}"
+                )
+            out["scoring"] = raw
+    return out
+
+
+def _flag(function: str, name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{function}: option {name} must be true or false, got {value!r}")
 
 
 def parse_labels(function: str, value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -459,6 +545,35 @@ def find_task_calls(tree: exp.Expr) -> list[TaskCall]:
     return [bind_task_call(n) for n in tree.find_all(exp.Anonymous) if is_task_call(n)]
 
 
+#: How sqlglot parses a MAP literal: ``map('k', v, ...)`` (Databricks, Spark: VarMap),
+#: ``map(['k'], [v])`` and ``map('k', v)`` (DuckDB: Map), ``MAP {'k': v}`` (DuckDB: ToMap).
+MAP_NODES = (exp.VarMap, exp.Map, exp.ToMap)
+
+
+def constant_value(function: str, node: exp.Expression) -> Any:
+    """The Python value of a task function's constant argument (a literal, ARRAY or MAP).
+
+    Raises:
+        UnsupportedCallError: ``node`` is not a constant.
+    """
+    return _constant(function, node)
+
+
+def _map_constant(function: str, node: exp.Expression) -> dict[Any, Any]:
+    if isinstance(node, exp.ToMap):
+        struct = node.this
+        return {
+            item.this.to_py() if isinstance(item.this, exp.Literal) else item.name: _constant(
+                function, item.expression
+            )
+            for item in struct.expressions
+        }
+    keys, values = _constant(function, node.args["keys"]), _constant(function, node.args["values"])
+    if not isinstance(keys, list):
+        keys, values = [keys], [values]
+    return dict(zip(keys, values, strict=True))
+
+
 def _constant(function: str, node: exp.Expression) -> Any:
     if isinstance(node, exp.Literal):
         return node.to_py()
@@ -470,6 +585,10 @@ def _constant(function: str, node: exp.Expression) -> Any:
         return [_constant(function, item) for item in node.expressions]
     if isinstance(node, exp.Paren):
         return _constant(function, node.this)
+    if isinstance(node, MAP_NODES):
+        return _map_constant(function, node)
+    if isinstance(node, exp.Boolean):
+        return node.to_py()
     if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
         return -_constant(function, node.this)
     raise UnsupportedCallError(

@@ -8,6 +8,7 @@ because UDF result types are fixed. Everything else is sqlglot's own transpilati
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,10 @@ from ai_query.sql.catalog_protocol import EndpointCatalog
 from ai_query.sql.response_format import resolve_output
 from ai_query.sql.semantic_agg import check_aggregate_call, is_aggregate_call, spark_aggregate
 from ai_query.sql.task_functions import (
+    MAP_NODES,
     as_anonymous,
     bind_task_call,
+    constant_value,
     find_task_calls,
     is_task_call,
 )
@@ -139,8 +142,8 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
         return node
     if is_task_call(node):
         typ = bind_task_call(node).spec.result_type()
-        inner = _with_args(node, ctx, wrap_typed_result)
-        if typ.kind != "STRUCT":
+        inner = _maps_as_json(_with_args(node, ctx, wrap_typed_result))
+        if typ.kind not in ("STRUCT", "ARRAY"):
             return inner  # STRING, or ai_similarity's FLOAT, which its UDF returns as such
     elif node.name.lower() == FUNCTION_NAME:
         call = bind_call(node)
@@ -168,6 +171,16 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
     array_ddl = SQLType.array(typ).to_ddl(ctx.write)
     parsed = exp.Anonymous(this="from_json", expressions=[as_array, exp.Literal.string(array_ddl)])
     return exp.Bracket(this=parsed, expressions=[exp.Literal.number(0)])
+
+
+def _maps_as_json(node: exp.Expression) -> exp.Expression:
+    """A task call whose ``map(...)`` options argument is given as JSON text instead (every
+    target reads the same text; DuckDB's MAP would need one value type)."""
+    for arg in list(node.expressions):
+        if isinstance(arg, MAP_NODES):
+            value = constant_value(node.name, arg)
+            arg.replace(exp.Literal.string(json.dumps(value)))
+    return node
 
 
 def rewrite_aggregates(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:

@@ -110,9 +110,26 @@ class UDFErrors:
 #: types, its result type). Labels travel as JSON text, so an ARRAY literal and Databricks'
 #: newer JSON-string form reach the UDF alike.
 _LABELS = "CAST(to_json(labels) AS VARCHAR)"
+_OPTIONS = "CAST(to_json(options) AS VARCHAR)"
+#: The constants (after the row inputs) each function's UDF receives as JSON text.
+_JSON_CONSTANTS = {"ai_analyze_sentiment": 1, "ai_classify": 2, "ai_extract": 1, "ai_mask": 1}
 TASK_MACROS: tuple[tuple[str, str, str, list[str], str], ...] = (
     ("ai_analyze_sentiment", "content", "content", ["VARCHAR"], "VARCHAR"),
+    (
+        "ai_analyze_sentiment",
+        "content, options",
+        f"content, {_OPTIONS}",
+        ["VARCHAR"] * 2,
+        "VARCHAR",
+    ),
     ("ai_classify", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
+    (
+        "ai_classify",
+        "content, labels, options",
+        f"content, {_LABELS}, {_OPTIONS}",
+        ["VARCHAR"] * 3,
+        "VARCHAR",
+    ),
     ("ai_extract", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
     ("ai_filter", "predicate", "predicate", ["VARCHAR"], "BOOLEAN"),
     ("ai_filter", "predicate, content", "predicate, content", ["VARCHAR"] * 2, "BOOLEAN"),
@@ -325,9 +342,10 @@ def _task_udf(
 
     def answer(*columns: pa.Array) -> pa.Array:
         values = [column.to_pylist() for column in columns]
-        constants = values[n_inputs:]
-        if name in ("ai_classify", "ai_extract", "ai_mask"):
-            constants = [[_json_or_none(v) for v in constants[0]]]
+        constants = [
+            [_json_or_none(v) for v in column] if i < _JSON_CONSTANTS.get(name, 0) else column
+            for i, column in enumerate(values[n_inputs:])
+        ]
         out = answer_task_rows(engine, endpoints, name, values[:n_inputs], constants, memo)
         _report(progress, out)
         return pa.array(out, arrow_type)
@@ -339,7 +357,10 @@ def _task_udf(
     def two(a: pa.Array, b: pa.Array) -> pa.Array:
         return answer(a, b)
 
-    return one if arity == 1 else two
+    def three(a: pa.Array, b: pa.Array, c: pa.Array) -> pa.Array:
+        return answer(a, b, c)
+
+    return {1: one, 2: two, 3: three}[arity]
 
 
 def _report(progress: ProgressCallback | None, answers: list[Any]) -> None:

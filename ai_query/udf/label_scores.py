@@ -46,6 +46,17 @@ class LabelChoice:
     """One of the labels."""
     confidence: float | None
     """The chosen label's probability (0-1); None when no scorer gave probabilities."""
+    probabilities: tuple[float, ...] = ()
+    """Every label's probability, in label order (empty when no scorer gave them)."""
+
+    def fitting(self, labels: Sequence[str], share: float) -> list[tuple[str, float | None]]:
+        """(label, probability) of every label whose probability is at least ``share`` of the
+        chosen one's, most probable first; the chosen label alone without probabilities."""
+        if not self.probabilities:
+            return [(self.label, None)]
+        best = max(self.probabilities)
+        found = [(p, label) for label, p in zip(labels, self.probabilities, strict=True)]
+        return [(label, p) for p, label in sorted(found, reverse=True) if p >= share * best]
 
 
 def choose_labels(
@@ -72,19 +83,18 @@ def choose_labels(
     """
     answers = [json.loads(a) for a in run([*prompts, *content_free_prompts], chat)]
     rows, prior = answers[: len(prompts)], answers[len(prompts) :]
-    logits = np.zeros((len(prompts), len(labels)))
-    scored = all(a["logprobs"] is not None for a in answers)
-    if scored:
-        llm = np.array([a["logprobs"] for a in rows], dtype=np.float64)
-        logits += llm - np.array([a["logprobs"] for a in prior], dtype=np.float64).mean(axis=0)
+    if any(a["logprobs"] is None for a in answers):  # generated: the model's own answer
+        return [LabelChoice(a["label"], None) for a in rows]
+    llm = np.array([a["logprobs"] for a in rows], dtype=np.float64)
+    logits = llm - np.array([a["logprobs"] for a in prior], dtype=np.float64).mean(axis=0)
     if embeddings is not None and contents is not None and label_texts is not None:
         logits += _embedding_logits(run, embeddings, contents, label_texts)
-        scored = True
-    if not scored:
-        return [LabelChoice(a["label"], None) for a in rows]
     probs = _softmax(logits)
     best = probs.argmax(axis=1)
-    return [LabelChoice(labels[int(b)], float(p[b])) for b, p in zip(best, probs, strict=True)]
+    return [
+        LabelChoice(labels[int(b)], float(p[b]), tuple(float(x) for x in p))
+        for b, p in zip(best, probs, strict=True)
+    ]
 
 
 def _embedding_logits(

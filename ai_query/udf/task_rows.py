@@ -27,8 +27,14 @@ from ai_query.engine.core.protocol import Engine
 from ai_query.errors import ConfigError, RowError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.sql.semantic_agg import AGGREGATE_FUNCTIONS
-from ai_query.sql.task_functions import SCORED_FUNCTIONS, TASK_FUNCTIONS, TaskSpec, task_spec
-from ai_query.udf.label_scores import CONTENT_FREE, choose_labels
+from ai_query.sql.task_functions import (
+    MULTILABEL_SHARE,
+    SCORED_FUNCTIONS,
+    TASK_FUNCTIONS,
+    TaskSpec,
+    task_spec,
+)
+from ai_query.udf.label_scores import CONTENT_FREE, LabelChoice, choose_labels
 
 
 @dataclass(frozen=True)
@@ -192,15 +198,30 @@ def _choose(
             options,
             contents=texts,
             label_texts=spec.label_texts(),
-            embeddings=embeddings,
+            embeddings=embeddings if spec.scoring == "auto" else None,
         )
         if texts
         else []
     )
     out: list[Any] = [None] * len(contents)
     for i, choice in zip(present, chosen, strict=True):
-        out[i] = choice.label
+        out[i] = _label_answer(spec, choice)
     return out
+
+
+def _label_answer(spec: TaskSpec, choice: LabelChoice) -> str:
+    """The label as the function returns it (JSON text for a STRUCT or ARRAY result)."""
+    if not spec.multilabel and not spec.confidence:
+        return choice.label
+    answers: list[Any] = [
+        {"label": label, "confidence": p} if spec.confidence else label
+        for label, p in (
+            choice.fitting(spec.choices() or (), MULTILABEL_SHARE)
+            if spec.multilabel
+            else [(choice.label, choice.confidence)]
+        )
+    ]
+    return json.dumps(answers if spec.multilabel else answers[0], ensure_ascii=False)
 
 
 def _filter(

@@ -411,11 +411,18 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
         )
         return pd.Series(out, dtype=object)
 
-    def ai_analyze_sentiment(content: pd.Series) -> pd.Series:
-        return run("ai_analyze_sentiment", [content], [])
+    def ai_analyze_sentiment(
+        content: pd.Series,
+        options: pd.Series = None,  # type: ignore[assignment]
+    ) -> pd.Series:
+        return run("ai_analyze_sentiment", [content], [] if options is None else [options])
 
-    def ai_classify(content: pd.Series, labels: pd.Series) -> pd.Series:
-        return run("ai_classify", [content], [labels])
+    def ai_classify(
+        content: pd.Series,
+        labels: pd.Series,
+        options: pd.Series = None,  # type: ignore[assignment]
+    ) -> pd.Series:
+        return run("ai_classify", [content], [labels] if options is None else [labels, options])
 
     def ai_extract(content: pd.Series, labels: pd.Series) -> pd.Series:
         return run("ai_extract", [content], [labels])

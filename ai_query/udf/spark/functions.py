@@ -84,19 +84,31 @@ def ai_query(
     return _typed(text, typ)
 
 
-def ai_analyze_sentiment(content: ColumnOrName, *, session: SparkAIQuery | None = None) -> Column:
-    """``positive``, ``negative``, ``neutral`` or ``mixed`` (STRING)."""
-    return _task(session, "ai_analyze_sentiment", [content])
+def ai_analyze_sentiment(
+    content: ColumnOrName,
+    options: Mapping[str, Any] | str | None = None,
+    *,
+    session: SparkAIQuery | None = None,
+) -> Column:
+    """``positive``, ``negative``, ``neutral`` or ``mixed`` (STRING; ``options`` as
+    :func:`ai_classify`'s)."""
+    return _task(session, "ai_analyze_sentiment", [content], _options(options))
 
 
 def ai_classify(
     content: ColumnOrName,
     labels: Sequence[str] | Mapping[str, str] | str,
+    options: Mapping[str, Any] | str | None = None,
     *,
     session: SparkAIQuery | None = None,
 ) -> Column:
-    """One of ``labels`` (a list, a label -> description mapping, or their JSON text)."""
-    return _task(session, "ai_classify", [content], [_labels(labels)])
+    """One of ``labels`` (a list, a label -> description mapping, or their JSON text).
+
+    ``options`` (a dict or its JSON text), as Databricks' ai_classify takes them:
+    ``enableConfidenceScores`` (a STRUCT<label, confidence>), ``multilabel`` (an ARRAY),
+    ``instructions``; and ``scoring`` (``auto`` or ``generate``).
+    """
+    return _task(session, "ai_classify", [content], [_labels(labels), *_options(options)])
 
 
 def ai_extract(
@@ -176,6 +188,13 @@ def _labels(labels: Sequence[str] | Mapping[str, str] | str) -> str:
     if isinstance(labels, str):
         return labels
     return json.dumps(dict(labels) if isinstance(labels, Mapping) else list(labels))
+
+
+def _options(options: Mapping[str, Any] | str | None) -> list[str]:
+    """The options argument as JSON text (none when not given)."""
+    if options is None:
+        return []
+    return [options if isinstance(options, str) else json.dumps(dict(options))]
 
 
 def _col(value: ColumnOrName) -> Column:
