@@ -82,7 +82,9 @@ def parse_response_format(value: str | None) -> ResponseFormat:
 
     Accepts None or ``'text'``, ``'json_object'``, an OpenAI-style JSON object string
     (``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``, or
-    ``{"type": "json_object"}`` / ``{"type": "text"}``), a guided choice
+    ``{"type": "json_object"}`` / ``{"type": "text"}``; a ``json_schema`` object may add
+    ``"returnType": "<DDL>"``, the SQL type its answers are read as, as ``ai_extract`` does to
+    keep its fields' descriptions in the schema), a guided choice
     ``{"type": "choice", "choice": ["a", "b"]}`` (an extension the task functions use), or a
     DDL ``STRUCT<...>`` string.
 
@@ -171,8 +173,17 @@ def _from_openai_json(value: str) -> ResponseFormat:
             f"{MAX_TYPE_DEPTH} are supported"
         )
     name = spec.get("name") if isinstance(spec, dict) else None
+    sql_type = None
+    if data.get("returnType") is not None:  # ai_extract: the schema's fields, typed
+        try:
+            sql_type = parse_return_type(str(data["returnType"]), argument="responseFormat")
+        except SQLParseError as exc:
+            raise ConfigError(f"bad responseFormat {value!r}: {exc}") from exc
     return ResponseFormat(
-        kind="json_schema", schema=schema, name=name if isinstance(name, str) else None
+        kind="json_schema",
+        schema=schema,
+        name=name if isinstance(name, str) else None,
+        sql_type=sql_type,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlglot import exp
 
 from ai_query.errors import ConfigError, UnsupportedCallError
+from ai_query.sql.extract_schema import ExtractField, object_schema, parse_fields
 from ai_query.sql.types import SQLType
 from ai_query.tasks import Task
 
@@ -26,7 +27,7 @@ from ai_query.tasks import Task
 TASK_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "ai_analyze_sentiment": ("content", "options?"),
     "ai_classify": ("content", "labels", "options?"),
-    "ai_extract": ("content", "labels"),
+    "ai_extract": ("content", "labels", "options?"),
     "ai_filter": ("predicate", "content?"),
     "ai_fix_grammar": ("content",),
     "ai_gen": ("prompt",),
@@ -70,6 +71,8 @@ LABEL_OPTIONS: tuple[str, ...] = (
     "enableConfidenceScores", "multilabel", "instructions", "version", "scoring",
 )  # fmt: skip
 LABEL_SCORING: tuple[str, ...] = ("auto", "generate")
+#: The options of ai_extract (Databricks' names).
+EXTRACT_OPTIONS: tuple[str, ...] = ("instructions", "version")
 #: In a multilabel answer: every label at least this share of the best label's probability.
 MULTILABEL_SHARE = 0.5
 MAX_EXTRACT_LABELS = 20
@@ -87,6 +90,8 @@ class TaskSpec:
     """Labels (ai_classify), entity kinds (ai_extract, ai_mask)."""
     descriptions: tuple[str, ...] = ()
     """A description per label (ai_classify's JSON object form), else empty."""
+    fields: tuple[ExtractField, ...] = ()
+    """ai_extract's fields (typed, described, nested; :mod:`ai_query.sql.extract_schema`)."""
     to_lang: str | None = None
     """Target language code (ai_translate)."""
     max_words: int | None = None
@@ -108,7 +113,7 @@ class TaskSpec:
     def result_type(self) -> SQLType:
         """The SQL type the function returns."""
         if self.function == "ai_extract":
-            return SQLType.struct([(label, SQLType.string()) for label in self.labels])
+            return SQLType.struct([(f.name, f.sql_type()) for f in self.fields])
         if self.function == "ai_similarity":
             return SQLType("FLOAT")
         if self.function == "ai_filter":
@@ -151,14 +156,22 @@ class TaskSpec:
 
     def return_type(self) -> str | None:
         """The returnType DDL of the engine call (structured output), or None for text."""
-        if self.function == "ai_extract":
-            return self.result_type().to_ddl("databricks")
         return None
 
     def response_format(self) -> str | None:
         """The responseFormat of the engine call: a guided choice for labels, else None."""
         if self.function == "ai_mask":
             return mask_format(self.labels)
+        if self.function == "ai_extract":
+            schema = {"name": "extraction", "schema": object_schema(self.fields)}
+            return json.dumps(
+                {
+                    "type": "json_schema",
+                    "json_schema": schema,
+                    "returnType": self.result_type().to_ddl("databricks"),
+                },
+                separators=(",", ":"),
+            )
         choices = self.choices()
         return None if choices is None else choice_format(choices)
 
@@ -237,7 +250,12 @@ class TaskSpec:
             ValueError: ai_mask's answer is not a JSON object (the caller makes it a row error).
         """
         if self.function == "ai_extract" and isinstance(answer, Mapping):
-            return {label: _present(answer.get(label)) for label in self.labels}
+            return {
+                f.name: _present(answer.get(f.name))
+                if f.kind in ("string", "enum")
+                else answer.get(f.name)
+                for f in self.fields
+            }
         if self.function == "ai_mask":
             return mask_entities(content, _json_object(answer))
         if self.function == "ai_filter":
@@ -339,7 +357,12 @@ def task_spec(function: str, args: Sequence[Any] = ()) -> TaskSpec:
         raise UnsupportedCallError(f"{name}({names}) takes {counts} arguments, got {given}")
     if name == "ai_similarity":
         return TaskSpec(function=name)
-    if name in ("ai_classify", "ai_extract", "ai_mask"):
+    if name == "ai_extract":
+        fields = parse_fields(name, _json_value(name, args[0]))
+        options = parse_options(name, args[1] if len(args) > 1 else None)
+        labels = tuple(f.name for f in fields)
+        return TaskSpec(function=name, labels=labels, fields=fields, **options)
+    if name in ("ai_classify", "ai_mask"):
         labels, descriptions = parse_labels(name, args[0])
         options = parse_options(name, args[1] if len(args) > 1 else None)
         return TaskSpec(function=name, labels=labels, descriptions=descriptions, **options)
@@ -364,6 +387,16 @@ def task_spec(function: str, args: Sequence[Any] = ()) -> TaskSpec:
     return TaskSpec(function=name)
 
 
+def _json_value(function: str, value: Any) -> Any:
+    """A constant argument given as JSON text, parsed; any other value as it is."""
+    if not isinstance(value, str):
+        return value.tolist() if hasattr(value, "tolist") else value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{function}: expected an ARRAY or JSON text, got {value!r}") from None
+
+
 def parse_options(function: str, value: Any) -> dict[str, Any]:
     """TaskSpec fields from an options argument: a MAP, a JSON object text, or NULL.
 
@@ -385,13 +418,14 @@ def parse_options(function: str, value: Any) -> dict[str, Any]:
         value = dict(value)
     if not isinstance(value, Mapping):
         raise ConfigError(f"{function}: options must be a MAP or a JSON object, got {value!r}")
-    known = {k.lower(): k for k in LABEL_OPTIONS}
+    allowed = EXTRACT_OPTIONS if function == "ai_extract" else LABEL_OPTIONS
+    known = {k.lower(): k for k in allowed}
     out: dict[str, Any] = {}
     for key, raw in value.items():
         name = known.get(str(key).lower())
         if name is None:
             raise ConfigError(
-                f"{function}: unknown option {key!r}; expected one of {', '.join(LABEL_OPTIONS)}"
+                f"{function}: unknown option {key!r}; expected one of {', '.join(allowed)}"
             )
         if name in ("enableConfidenceScores", "multilabel"):
             field = "confidence" if name == "enableConfidenceScores" else "multilabel"

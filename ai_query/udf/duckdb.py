@@ -112,7 +112,7 @@ class UDFErrors:
 _LABELS = "CAST(to_json(labels) AS VARCHAR)"
 _OPTIONS = "CAST(to_json(options) AS VARCHAR)"
 #: The constants (after the row inputs) each function's UDF receives as JSON text.
-_JSON_CONSTANTS = {"ai_analyze_sentiment": 1, "ai_classify": 2, "ai_extract": 1, "ai_mask": 1}
+_JSON_CONSTANTS = {"ai_analyze_sentiment": 1, "ai_classify": 2, "ai_extract": 2, "ai_mask": 1}
 TASK_MACROS: tuple[tuple[str, str, str, list[str], str], ...] = (
     ("ai_analyze_sentiment", "content", "content", ["VARCHAR"], "VARCHAR"),
     (
@@ -131,6 +131,13 @@ TASK_MACROS: tuple[tuple[str, str, str, list[str], str], ...] = (
         "VARCHAR",
     ),
     ("ai_extract", "content, labels", f"content, {_LABELS}", ["VARCHAR"] * 2, "VARCHAR"),
+    (
+        "ai_extract",
+        "content, labels, options",
+        f"content, {_LABELS}, {_OPTIONS}",
+        ["VARCHAR"] * 3,
+        "VARCHAR",
+    ),
     ("ai_filter", "predicate", "predicate", ["VARCHAR"], "BOOLEAN"),
     ("ai_filter", "predicate, content", "predicate, content", ["VARCHAR"] * 2, "BOOLEAN"),
     ("ai_fix_grammar", "content", "content", ["VARCHAR"], "VARCHAR"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import sqlglot
@@ -31,7 +32,7 @@ from ai_query.sql.transpile import parse_sql
         pytest.param("ai_classify", [["a", "a"]], "distinct", id="duplicate-labels"),
         pytest.param("ai_classify", [["a", ""]], "non-empty", id="empty-label"),
         pytest.param("ai_classify", ["not json"], "JSON array/object", id="bad-json"),
-        pytest.param("ai_extract", [[]], "needs 1 to 20 labels", id="no-extract-labels"),
+        pytest.param("ai_extract", [[]], "the schema names no field", id="no-extract-labels"),
         pytest.param("ai_summarize", [-1], "non-negative integer", id="negative-words"),
         pytest.param("ai_summarize", ["ten"], "non-negative integer", id="text-words"),
     ],
@@ -74,10 +75,11 @@ def test_guided_outputs() -> None:
         "not urgent",
     )
     extract = task_spec("ai_extract", [["person", "location"]])
-    spec = resolve_output(extract.return_type(), None, "llm/v1/chat")
-    assert spec.json_schema is not None
+    spec = resolve_output(None, extract.response_format(), "llm/v1/chat")
+    assert spec.json_schema is not None and spec.parse_json
     assert spec.json_schema["required"] == ["person", "location"]
     assert extract.result_type().to_ddl("spark") == "STRUCT<person: STRING, location: STRING>"
+    assert spec.sql_type == extract.result_type()
 
 
 def test_choice_response_format_is_checked() -> None:
@@ -202,3 +204,48 @@ def test_mentions_ai_functions(sql: str, mentions: bool) -> None:
     from ai_query.sql.task_functions import mentions_ai_functions
 
     assert mentions_ai_functions(sql) is mentions
+
+
+def test_ai_extract_takes_databricks_typed_nested_described_fields() -> None:
+    schema = {
+        "invoice_id": "the number printed at the top",
+        "total": {"type": "number", "description": "amount due, in the invoice's currency"},
+        "paid": {"type": "boolean"},
+        "status": {"type": "enum", "enum": ["open", "overdue", "closed"]},
+        "vendor": {"type": "object", "properties": {"name": "string", "year": {"type": "integer"}}},
+        "items": {"type": "array", "items": {"type": "object", "properties": ["sku", "qty"]}},
+    }
+    extract = task_spec("ai_extract", [json.dumps(schema), {"instructions": "Invoices."}])
+    assert extract.result_type().to_ddl("databricks") == (
+        "STRUCT<invoice_id: STRING, total: DOUBLE, paid: BOOLEAN, status: STRING, "
+        "vendor: STRUCT<name: STRING, year: BIGINT>, "
+        "items: ARRAY<STRUCT<sku: STRING, qty: STRING>>>"
+    )
+    output = resolve_output(None, extract.response_format(), "llm/v1/chat")
+    assert output.sql_type == extract.result_type()
+    fields = output.json_schema["properties"]
+    assert fields["total"]["description"] == "amount due, in the invoice's currency"
+    assert fields["status"]["anyOf"][0]["enum"] == ["open", "overdue", "closed"]
+    assert {"type": "null"} in fields["paid"]["anyOf"]  # every field is optional
+    assert extract.prompt("x").startswith("Invoices.\n\n")
+    answer = {"invoice_id": " A-1 ", "total": 9.5, "paid": None, "status": "open",
+              "vendor": {"name": "Acme", "year": 1999}, "items": []}  # fmt: skip
+    assert extract.finish("x", answer)["invoice_id"] == "A-1"
+    assert extract.finish("x", answer)["vendor"] == {"name": "Acme", "year": 1999}
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"a": {"type": "date"}}, "field 'a' has type 'date'"),
+        ({"a": {"type": "enum"}}, "enum field 'a' needs its values"),
+        ({"a": 3}, "field 'a' must be a description or an object"),
+        ({f"f{i}": "x" for i in range(101)}, "more than 100 fields"),
+        ({"a": {"type": "object", "properties": 7}}, "array of field names or an object"),
+    ],
+)
+def test_bad_extract_schemas_fail_with_one_clear_error(schema: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        task_spec("ai_extract", [json.dumps(schema)])
+    with pytest.raises(ConfigError, match="unknown option 'enableConfidenceScores'"):
+        task_spec("ai_extract", [["a"], {"enableConfidenceScores": True}])

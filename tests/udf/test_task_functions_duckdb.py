@@ -187,3 +187,24 @@ def test_catalog_task_functions_are_checked() -> None:
     assert only_chat.task_function_endpoint("ai_gen", "llm/v1/chat") == "c"
     with pytest.raises(ConfigError, match="no llm/v1/embeddings endpoint"):
         only_chat.task_function_endpoint("ai_similarity", "llm/v1/embeddings")
+
+
+def test_ai_extract_with_a_typed_nested_schema_returns_duckdb_types(con: Any) -> None:
+    schema = (
+        '{"person": "who the text is about", "age": {"type": "integer"}, '
+        '"place": {"type": "object", "properties": {"city": "string", "country": "string"}}, '
+        '"items": {"type": "array", "items": "string"}, '
+        '"mood": {"type": "enum", "enum": ["happy", "sad"]}}'
+    )
+    rel = con.sql(
+        f"SELECT ai_extract(c, '{schema}', MAP {{'instructions': 'Reviews.'}}) AS e "
+        "FROM t ORDER BY id"
+    )
+    assert str(rel.types[0]) == (
+        'STRUCT(person VARCHAR, age BIGINT, place STRUCT(city VARCHAR, country VARCHAR), '
+        "items VARCHAR[], mood VARCHAR)"
+    )
+    rows = [r[0] for r in rel.fetchall()]
+    assert rows[1] is None
+    assert set(rows[0]) == {"person", "age", "place", "items", "mood"}
+    assert rows[0]["mood"] in ("happy", "sad", None)

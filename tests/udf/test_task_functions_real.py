@@ -89,3 +89,31 @@ def test_spark_every_function(spark: Any, real_server: Any) -> None:
     assert types["entities"] == "struct<person:string,location:string>"
     assert types["near"] == "float" and types["topic"] == "string"
     _check([row.asDict(recursive=True) for row in frame.collect()])
+
+
+def test_ai_extract_with_databricks_typed_nested_schema_parses_every_row(real_engine: Any) -> None:
+    import ai_query
+
+    con = ai_query.connect(engine=real_engine)
+    con.execute("CREATE TABLE t (id INTEGER, c VARCHAR)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", ROWS)
+    schema = (
+        '{"person": "the full name of the person the text is about", '
+        '"trip": {"type": "object", "description": "a journey the text tells of", '
+        '"properties": {"origin": "city they left", "destination": "city they went to"}}, '
+        '"problems": {"type": "array", "items": "string", "description": "what went wrong"}, '
+        '"tone": {"type": "enum", "enum": ["happy", "unhappy"]}}'
+    )
+    rel = con.databricks_sql(
+        f"SELECT id, ai_extract(c, '{schema}', map('instructions', 'Travel reviews.')) AS e "
+        "FROM t ORDER BY id"
+    )
+    assert str(rel.types[1]) == (
+        'STRUCT(person VARCHAR, trip STRUCT(origin VARCHAR, destination VARCHAR), '
+        "problems VARCHAR[], tone VARCHAR)"
+    )
+    rows = rel.fetchall()  # failOnError: a row that did not parse fails the query
+    assert [r[0] for r in rows] == [1, 2, 3, 4] and rows[1][1] is None
+    for _, e in (rows[0], rows[2], rows[3]):
+        assert e["tone"] in ("happy", "unhappy", None)
+        assert e["problems"] is None or all(isinstance(p, str) for p in e["problems"])

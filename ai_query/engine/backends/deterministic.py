@@ -152,6 +152,8 @@ def _seed(text: str) -> int:
 
 def _value_for(schema: dict[str, Any], seed: int) -> Any:
     kind = schema.get("type")
+    if schema.get("anyOf"):  # the first alternative (an optional field's value, not null)
+        return _value_for(schema["anyOf"][0], seed)
     if "enum" in schema:
         return schema["enum"][seed % len(schema["enum"])]
     if kind == "object":

@@ -424,8 +424,12 @@ def _task_udfs(spec: EngineSpec, endpoints: TaskEndpoints) -> dict[str, Any]:
     ) -> pd.Series:
         return run("ai_classify", [content], [labels] if options is None else [labels, options])
 
-    def ai_extract(content: pd.Series, labels: pd.Series) -> pd.Series:
-        return run("ai_extract", [content], [labels])
+    def ai_extract(
+        content: pd.Series,
+        labels: pd.Series,
+        options: pd.Series = None,  # type: ignore[assignment]
+    ) -> pd.Series:
+        return run("ai_extract", [content], [labels] if options is None else [labels, options])
 
     def ai_filter(
         predicate: pd.Series,

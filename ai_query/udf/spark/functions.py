@@ -112,10 +112,17 @@ def ai_classify(
 
 
 def ai_extract(
-    content: ColumnOrName, labels: Sequence[str], *, session: SparkAIQuery | None = None
+    content: ColumnOrName,
+    labels: Sequence[str] | Mapping[str, Any] | str,
+    options: Mapping[str, Any] | str | None = None,
+    *,
+    session: SparkAIQuery | None = None,
 ) -> Column:
-    """A STRUCT with one STRING field per label (NULL when absent)."""
-    return _task(session, "ai_extract", [content], [_labels(labels)])
+    """A STRUCT with one field per label (NULL when absent): a list of names (STRING fields),
+    or a mapping of names to descriptions or typed fields (``{"type": "integer",
+    "description": ...}``, nested ``object``/``array``; :mod:`ai_query.sql.extract_schema`).
+    ``options``: ``instructions``."""
+    return _task(session, "ai_extract", [content], [_labels(labels), *_options(options)])
 
 
 def ai_filter(
