@@ -1,16 +1,16 @@
 """``ai-query demo``: the main job on a laptop, end to end in DuckDB.
 
 A deterministic table of product reviews goes through three queries: a one-line summary per
-review (Databricks SQL), a sentiment label per review that guided decoding restricts to
-:data:`SENTIMENT_LABELS` (DuckDB SQL: ``responseFormat`` with a JSON schema ``enum``, cast to a
-typed STRUCT), and embeddings with a nearest-neighbour search over them (Databricks SQL). Rows
+review (Databricks SQL), a sentiment label per review with its confidence
+(``ai_analyze_sentiment`` with ``enableConfidenceScores``: every label scored by the chat and
+embeddings models, DuckDB SQL), its agreement with the sample's own labels, and embeddings
+with a nearest-neighbour search over them (Databricks SQL). Rows
 run on the bundled models with vLLM. Tables are kept to one line per row so that they read well
 in an 80-column terminal.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from ai_query.display import arrow_table, row_progress
+from ai_query.sql.task_functions import SENTIMENTS
 
 PRODUCTS = [
     "wireless headphones",
@@ -53,46 +54,15 @@ SELECT id, ai_query('databricks-meta-llama-3-3-70b-instruct',
                                        'repetition_penalty', 1.1)) AS summary
 FROM reviews ORDER BY id
 """
-#: The labels the sentiment step may answer; guided decoding allows no other answer.
-SENTIMENT_LABELS: tuple[str, ...] = ("positive", "negative", "neutral", "mixed")
-_SENTIMENT_FORMAT = json.dumps(
-    {
-        "type": "json_schema",
-        "json_schema": {
-            "name": "sentiment",
-            "strict": True,
-            "schema": {
-                "type": "object",
-                "properties": {"label": {"type": "string", "enum": list(SENTIMENT_LABELS)}},
-                "required": ["label"],
-                "additionalProperties": False,
-            },
-        },
-    }
-)
-_SENTIMENT_PROMPT = (
-    "Classify the sentiment of the product review below as one of these labels.\n"
-    "positive: the customer is happy with the product.\n"
-    "negative: the customer is unhappy with the product.\n"
-    "neutral: the customer is neither happy nor unhappy.\n"
-    "mixed: the customer likes some things and dislikes others.\n\n"
-    "Review: "
-)
-# DuckDB SQL: responseFormat (an OpenAI json_schema whose "enum" guided decoding enforces)
-# returns the JSON text, which DuckDB casts to a typed STRUCT. try_cast, because a failed row
-# has no JSON to cast and must show up as an error, not fail the whole query.
-SENTIMENT_SQL = f"""
-WITH answers AS (
-  SELECT id, review, label,
-         ai_query('smollm2-135m-instruct', concat('{_SENTIMENT_PROMPT}', review),
-                  responseFormat := '{_SENTIMENT_FORMAT}',
-                  failOnError := false,
-                  modelParameters := {{'max_tokens': 24, 'temperature': 0.0}}) AS answer
-  FROM reviews)
+#: The labels the sentiment step may answer: ai_analyze_sentiment's.
+SENTIMENT_LABELS: tuple[str, ...] = SENTIMENTS
+# DuckDB SQL: ai_analyze_sentiment scores each label with the chat and embeddings models
+# (ai_query.udf.label_scores) and, with enableConfidenceScores, returns STRUCT(label,
+# confidence).
+SENTIMENT_SQL = """
 SELECT id, review, label AS sample_label,
-       try_cast(try_cast(answer.result AS JSON) AS STRUCT(label VARCHAR)) AS sentiment,
-       answer.errorMessage AS error
-FROM answers ORDER BY id
+       ai_analyze_sentiment(review, MAP {'enableConfidenceScores': true}) AS sentiment
+FROM reviews ORDER BY id
 """
 EMBED_SQL = """
 CREATE TABLE review_vectors AS
@@ -157,12 +127,14 @@ def run_demo(console: Console, rows: int = 100, engine: Any = None) -> dict[str,
     figures["sentiment_agree"] = sum(v["model_label"] == v["sample_label"] for v in verdicts)
     figures["sentiment_errors"] = sum(v["error"] is not None for v in verdicts)
     figures["sentiment_agreement"] = figures["sentiment_agree"] / max(rows, 1)
+    confidences = [v["confidence"] for v in verdicts if v["confidence"] is not None]
+    figures["sentiment_confidence"] = sum(confidences) / max(len(confidences), 1)
     shown = pa.Table.from_pylist(verdicts)
     if not figures["sentiment_errors"]:
         shown = shown.drop_columns(["error"])
     console.print(
         arrow_table(
-            shown, title="Sentiment (JSON schema enum, typed STRUCT)", max_rows=8, wrap=False
+            shown, title="Sentiment (labels scored, with confidence)", max_rows=8, wrap=False
         )
     )
 
@@ -216,18 +188,18 @@ def _sentiment_verdicts(table: Any) -> list[dict[str, Any]]:
     """One row per review: the sample's label, the model's label, and why a row has none."""
     out = []
     for row in table.to_pylist():
-        label = (row["sentiment"] or {}).get("label")
-        error = row["error"]
-        if error is None and label is None:
-            error = "the answer is not the JSON the schema asks for"
-        elif error is None and label not in SENTIMENT_LABELS:
+        answer = row["sentiment"] or {}
+        label, error = answer.get("label"), None
+        if label not in SENTIMENT_LABELS:
             error = f"{label!r} is not one of the allowed labels"
+        confidence = answer.get("confidence")
         out.append(
             {
                 "id": row["id"],
                 "review": row["review"],
                 "sample_label": row["sample_label"],
                 "model_label": label if error is None else None,
+                "confidence": None if confidence is None else round(confidence, 2),
                 "error": error,
             }
         )
@@ -260,7 +232,8 @@ def _summary(console: Console, figures: dict[str, Any]) -> None:
     )
     console.print(
         f"Sentiment: agrees with the sample's own labels on {agree} of {rows} reviews "
-        f"({agree / max(rows, 1):.0%}); {failed}.\n"
+        f"({agree / max(rows, 1):.0%}); {failed}; mean confidence "
+        f"{figures['sentiment_confidence']:.0%} (calibrated: close to the share right).\n"
         f"Model's labels: {answered}.\n"
         f"Total {figures['total_seconds']:.1f} s (includes starting the engines).",
         highlight=False,
