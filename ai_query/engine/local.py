@@ -212,49 +212,44 @@ class LocalEngine:
         if backend is None:
             return
         self.model_calls += 1
-        if plan.output.choice is not None:
-            await self._choose(backend, text, plan, fut)
-            return
         try:
-            done = await backend.complete(text, plan.generation)
+            if plan.output.choice is not None:
+                outcome = await self._choose(backend, text, plan)
+            else:
+                done = await backend.complete(text, plan.generation)
+                outcome = RowOutcome(
+                    done.text,
+                    prompt_tokens=done.prompt_tokens,
+                    completion_tokens=done.completion_tokens,
+                )
+                if plan.output.parse_json:
+                    outcome.value, outcome.error = _parse_structured(
+                        done.text, plan, done.finish_reason
+                    )
         except EngineError as exc:
             settle(fut, exc)
             return
         except Exception as exc:  # noqa: BLE001 - any other failure is this row's error
             settle(fut, RowOutcome(error=str(exc) or type(exc).__name__))
             return
-        outcome = RowOutcome(
-            done.text, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens
-        )
-        if plan.output.parse_json:
-            outcome.value, outcome.error = _parse_structured(done.text, plan, done.finish_reason)
         settle(fut, outcome)
 
-    async def _choose(
-        self, backend: Backend, text: str, plan: CallPlan, fut: asyncio.Future[RowOutcome]
-    ) -> None:
-        """Answer one of the call's choices: the most probable one where the backend scores
-        them (``scoring`` ``logprobs``), else the one generated under the choice."""
+    async def _choose(self, backend: Backend, text: str, plan: CallPlan) -> RowOutcome:
+        """One of the call's choices: the most probable one where the backend scores them
+        (``scoring`` ``logprobs``), else the one generated under the choice."""
         assert plan.generation is not None and plan.output.choice is not None
-        try:
-            scored = None
-            if plan.output.scoring == "logprobs":
-                scored = await backend.score_choices(text, plan.generation)
-            if scored is None:
-                done = await backend.complete(text, plan.generation)
-                label, logprobs = done.text, None
-                tokens = (done.prompt_tokens, done.completion_tokens)
-            else:
-                label, logprobs = plan.output.choice[scored.best], scored.logprobs
-                tokens = (scored.prompt_tokens, 0)
-        except EngineError as exc:
-            settle(fut, exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - any other failure is this row's error
-            settle(fut, RowOutcome(error=str(exc) or type(exc).__name__))
-            return
+        scored = None
+        if plan.output.scoring == "logprobs":
+            scored = await backend.score_choices(text, plan.generation)
+        if scored is None:
+            done = await backend.complete(text, plan.generation)
+            label, logprobs = done.text, None
+            tokens = (done.prompt_tokens, done.completion_tokens)
+        else:
+            label, logprobs = plan.output.choice[scored.best], scored.logprobs
+            tokens = (scored.prompt_tokens, 0)
         value = json.dumps({"label": label, "logprobs": logprobs}) if plan.output.scores else label
-        settle(fut, RowOutcome(value, prompt_tokens=tokens[0], completion_tokens=tokens[1]))
+        return RowOutcome(value, prompt_tokens=tokens[0], completion_tokens=tokens[1])
 
     async def _embed(
         self, rows: list[tuple[str, asyncio.Future[RowOutcome]]], plan: CallPlan

@@ -358,7 +358,9 @@ def task_spec(function: str, args: Sequence[Any] = ()) -> TaskSpec:
     if name == "ai_similarity":
         return TaskSpec(function=name)
     if name == "ai_extract":
-        fields = parse_fields(name, _json_value(name, args[0]))
+        fields = parse_fields(
+            name, _json_value(name, args[0], "the schema must be an ARRAY or JSON text")
+        )
         options = parse_options(name, args[1] if len(args) > 1 else None)
         labels = tuple(f.name for f in fields)
         return TaskSpec(function=name, labels=labels, fields=fields, **options)
@@ -387,14 +389,18 @@ def task_spec(function: str, args: Sequence[Any] = ()) -> TaskSpec:
     return TaskSpec(function=name)
 
 
-def _json_value(function: str, value: Any) -> Any:
-    """A constant argument given as JSON text, parsed; any other value as it is."""
+def _json_value(function: str, value: Any, expected: str) -> Any:
+    """A constant argument given as JSON text, parsed; any other value as it is.
+
+    Raises:
+        ConfigError: ``{function}: {expected}, got ...`` for text that is not JSON.
+    """
     if not isinstance(value, str):
         return value.tolist() if hasattr(value, "tolist") else value
     try:
         return json.loads(value)
     except json.JSONDecodeError:
-        raise ConfigError(f"{function}: expected an ARRAY or JSON text, got {value!r}") from None
+        raise ConfigError(f"{function}: {expected}, got {value!r}") from None
 
 
 def parse_options(function: str, value: Any) -> dict[str, Any]:
@@ -405,13 +411,7 @@ def parse_options(function: str, value: Any) -> dict[str, Any]:
     """
     if value is None:
         return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ConfigError(
-                f"{function}: options must be a MAP or a JSON object, got {value!r}"
-            ) from None
+    value = _json_value(function, value, "options must be a MAP or a JSON object")
     if isinstance(value, (list, tuple)) and all(
         isinstance(p, (list, tuple)) and len(p) == 2 for p in value
     ):  # a MAP as Arrow hands it over: (key, value) pairs
@@ -455,16 +455,10 @@ def parse_labels(function: str, value: Any) -> tuple[tuple[str, ...], tuple[str,
 
     Raises:
         ConfigError: not a list of distinct non-empty strings, or a count outside the
-            function's bounds (ai_classify: 2 to 20).
+            function's bounds (ai_classify: 2 to 500).
     """
     descriptions: tuple[str, ...] = ()
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ConfigError(
-                f"{function}: labels must be an ARRAY<STRING> or a JSON array/object, got {value!r}"
-            ) from None
+    value = _json_value(function, value, "labels must be an ARRAY<STRING> or a JSON array/object")
     if isinstance(value, Mapping):
         descriptions = tuple("" if v is None else str(v) for v in value.values())
         value = list(value.keys())
