@@ -65,12 +65,13 @@ DEFAULT_MAX_WORDS = 50
 MASK = "[MASKED]"
 MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS = 2, 500
 #: The options of the label functions: Databricks' ai_classify options, and ``scoring`` (an
-#: ai_query extension: ``auto``, the scorers of :mod:`ai_query.udf.label_scores`, or
-#: ``generate``, the label generated under guided decoding alone).
+#: ai_query extension: ``auto``, the scorers of :mod:`ai_query.udf.label_scores` with the
+#: batch's refinement; ``row``, the same without it, so each row's label depends on that row
+#: alone; or ``generate``, the label generated under guided decoding alone).
 LABEL_OPTIONS: tuple[str, ...] = (
     "enableConfidenceScores", "multilabel", "instructions", "version", "scoring",
 )  # fmt: skip
-LABEL_SCORING: tuple[str, ...] = ("auto", "generate")
+LABEL_SCORING: tuple[str, ...] = ("auto", "row", "generate")
 #: The options of ai_extract (Databricks' names).
 EXTRACT_OPTIONS: tuple[str, ...] = ("instructions", "version")
 #: In a multilabel answer: every label at least this share of the best label's probability.

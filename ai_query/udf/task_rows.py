@@ -198,7 +198,8 @@ def _choose(
             options,
             contents=texts,
             label_texts=spec.label_texts(),
-            embeddings=embeddings if spec.scoring == "auto" else None,
+            embeddings=embeddings if spec.scoring != "generate" else None,
+            refine=spec.scoring == "auto",
         )
         if texts
         else []

@@ -88,6 +88,47 @@ def test_the_embeddings_scorer_joins_the_chat_scorer() -> None:
     assert [call.endpoint for _, call in calls] == ["chat", "emb"]
 
 
+def _clustered(n: int) -> tuple[Any, list[str], list[str]]:
+    """``n`` rows in two clusters; the labels' own vectors barely tell them apart, and the
+    last row of the first cluster leans to the wrong label on its own."""
+    flat = [-1.0, -1.0]
+    contents = [f"a{i}" for i in range(n // 2)] + [f"b{i}" for i in range(n - n // 2)]
+    vectors: dict[str, list[float]] = {
+        **{c: [1.0, 0.0, 0.3] for c in contents[: n // 2]},
+        **{c: [0.0, 1.0, 0.3] for c in contents[n // 2 :]},
+        "x": [0.6, 0.4, 1.0],
+        "y": [0.4, 0.6, 1.0],
+        **{t: [0.0, 0.0, 1.0] for t in CONTENT_FREE},
+    }
+    vectors[contents[n // 2 - 1]] = [0.62, 0.38, 0.3]  # nearer the first cluster
+    prompts = [f"p{i}" for i in range(n)]
+    scores = {**{p: flat for p in prompts}, **{f"cf{t}": flat for t in CONTENT_FREE}}
+    scores[f"p{n // 2 - 1}"] = [-2.0, -1.0]  # yet the chat model leans to "y" there
+    run, _ = _fake_run(scores, vectors)
+    return run, prompts, contents
+
+
+@pytest.mark.parametrize(("n", "refined"), [(8, True), (6, False)])
+def test_a_large_enough_batch_refines_the_labels_from_its_own_rows(n: int, refined: bool) -> None:
+    run, prompts, contents = _clustered(n)
+
+    def choose(refine: bool) -> list[str]:
+        chosen = choose_labels(
+            run, ["x", "y"], prompts, [f"cf{t}" for t in CONTENT_FREE],
+            CallOptions(endpoint="chat"), contents=contents, label_texts=["x", "y"],
+            embeddings="emb", refine=refine,
+        )  # fmt: skip
+        return [c.label for c in chosen]
+
+    alone = choose(refine=False)
+    assert alone[n // 2 - 1] == "y"  # on its own, the borderline row is mislabelled
+    together = choose(refine=True)
+    # 8 rows for 2 labels (4 per label): the cluster's centroid pulls the row to "x"; with 6,
+    # too few rows make no centroids and each row keeps its own label.
+    assert together[n // 2 - 1] == ("x" if refined else "y")
+    assert together[: n // 2 - 1] == alone[: n // 2 - 1] == ["x"] * (n // 2 - 1)
+
+
 def test_a_chat_model_without_probabilities_gives_its_generated_label_and_no_confidence() -> None:
     scores: dict[str, list[float] | None] = {"p1": None, **{f"cf{t}": None for t in CONTENT_FREE}}
     run, _ = _fake_run(scores, {})
@@ -168,7 +209,7 @@ def test_bad_options_fail_before_any_row_with_one_clear_error(con: Any) -> None:
         con.sql(
             f"SELECT ai_classify(c, {LABELS}, MAP {{'enableConfidenceScores': 'maybe'}}) FROM t"
         ).fetchall()
-    with pytest.raises(ConfigError, match="scoring must be one of auto, generate"):
+    with pytest.raises(ConfigError, match="scoring must be one of auto, row, generate"):
         task_spec("ai_classify", [["a", "b"], {"scoring": "best"}])
     with pytest.raises(ConfigError, match="needs 2 to 500 labels"):
         task_spec("ai_classify", [[f"l{i}" for i in range(501)]])
