@@ -6,8 +6,10 @@ import pytest
 
 from ai_query.engine.backends.backend import GenerationRequest
 from ai_query.engine.backends.structured import (
+    CHARS_PER_TOKEN,
     DEFAULT_MAX_ITEMS,
     MIN_STRING_CHARS,
+    SYNTAX_SHARE,
     bounded_schema,
     describe_schema,
     explain_unparsed,
@@ -32,9 +34,12 @@ def paper_schema() -> dict:
 def test_every_string_and_array_is_bounded_to_fit_the_budget() -> None:
     bounded = bounded_schema(paper_schema(), 512)
     inner = bounded["properties"]["research_paper_extraction"]["properties"]
-    assert inner["title"]["maxLength"] == inner["abstract"]["maxLength"] == 512 * 2 // 4
+    budget = int(512 * (1 - SYNTAX_SHARE)) * CHARS_PER_TOKEN
+    assert inner["title"]["maxLength"] == inner["abstract"]["maxLength"] == budget // 4
     assert inner["authors"]["maxItems"] == DEFAULT_MAX_ITEMS
-    assert inner["authors"]["items"]["maxLength"] == 512 * 2 // 4 // DEFAULT_MAX_ITEMS
+    assert inner["authors"]["items"]["maxLength"] == max(
+        MIN_STRING_CHARS, budget // 4 // DEFAULT_MAX_ITEMS
+    )
     assert inner["keywords"]["items"]["maxLength"] >= MIN_STRING_CHARS
 
 
@@ -69,9 +74,9 @@ def test_a_tiny_budget_still_leaves_every_string_room() -> None:
 
 def test_the_model_is_told_field_names_types_and_meanings() -> None:
     schema = paper_schema()
-    schema["properties"]["research_paper_extraction"]["properties"]["abstract"][
-        "description"
-    ] = "the paper's summary"
+    schema["properties"]["research_paper_extraction"]["properties"]["abstract"]["description"] = (
+        "the paper's summary"
+    )
     text = describe_schema(schema)
     assert text.splitlines() == [
         "Answer with one JSON object and nothing else. Fill every field from the text:",

@@ -22,9 +22,13 @@ from typing import Any
 
 __all__ = ["bounded_schema", "describe_schema", "explain_unparsed"]
 
-#: Characters of JSON values the model may write per generated token, when sizing the bounds.
-#: English runs at about four characters a token; two leaves room for JSON punctuation.
-CHARS_PER_TOKEN = 2
+#: Characters of JSON values the bounds allow per generated token. A token holds at least one
+#: character of ASCII text, so a bound in characters is also one in tokens, whatever the model
+#: writes (English runs at about four a token; a model that repeats punctuation or spaces
+#: writes one: at two, one review in a hundred still ran its label into ``max_tokens``).
+CHARS_PER_TOKEN = 1
+#: The share of ``max_tokens`` kept for JSON's own tokens (keys, quotes, brackets).
+SYNTAX_SHARE = 0.2
 #: Items an array may hold when the user's schema sets no ``maxItems``.
 DEFAULT_MAX_ITEMS = 8
 #: The bounds given to one string, whatever the budget, in characters.
@@ -39,7 +43,8 @@ _ALTERNATIVES = ("anyOf", "oneOf", "allOf")
 def bounded_schema(schema: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     """A copy of ``schema`` in which no string or array is unbounded.
 
-    The token budget, in characters (``max_tokens`` x :data:`CHARS_PER_TOKEN`), is shared out
+    The token budget less :data:`SYNTAX_SHARE`, in characters (x :data:`CHARS_PER_TOKEN`), is
+    shared out
     down the tree: an object splits its share evenly among its properties, an array among its
     items (at most :data:`DEFAULT_MAX_ITEMS` unless the schema says), and each string gets its
     share as ``maxLength`` (between :data:`MIN_STRING_CHARS` and :data:`MAX_STRING_CHARS`).
@@ -51,7 +56,7 @@ def bounded_schema(schema: dict[str, Any], max_tokens: int) -> dict[str, Any]:
         max_tokens: the call's token budget.
     """
     out = copy.deepcopy(schema)
-    _bound(out, max(1, max_tokens) * CHARS_PER_TOKEN)
+    _bound(out, max(1, int(max_tokens * (1 - SYNTAX_SHARE))) * CHARS_PER_TOKEN)
     return out
 
 
