@@ -191,6 +191,32 @@ def test_vllm_only_parameters_travel_as_extra_fields() -> None:
     assert "extra_body" not in plain and "repetition_penalty" not in plain
     params = ModelParameters(top_k=0, repetition_penalty=1.1)
     assert arguments("openai-compatible", params)["extra_body"] == {
-        "top_k": 0, "repetition_penalty": 1.1}
+        "top_k": 0,
+        "repetition_penalty": 1.1,
+    }
     # OpenAI itself refuses fields it does not know: the penalty stays home.
     assert "extra_body" not in arguments("openai", ModelParameters(repetition_penalty=1.1))
+
+
+def test_a_provider_without_label_probabilities_generates_the_label(
+    vllm_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the README says: an external chat endpoint answers a scored choice with the label it
+    generates under the choice, and no log-probabilities (so task functions give a NULL
+    confidence)."""
+    import json
+
+    from ai_query.sql.task_functions import choice_format
+
+    monkeypatch.setenv("AI_QUERY_SECRET_TEST_VLLM", "sk-test")
+    engine = LocalEngine(_catalog(vllm_server), memo_entries=0)
+    labels = ["billing", "shipping", "login"]
+    out = _run(
+        engine,
+        ["I was charged twice.", "Where is my parcel?"],
+        response_format=choice_format(labels, prefix="The label is", scores=True),
+        model_parameters=ModelParameters(max_tokens=8),
+    )
+    assert out.column("error").to_pylist() == [None, None]
+    for answer in map(json.loads, out.column("result").to_pylist()):
+        assert answer["label"] in labels and answer["logprobs"] is None

@@ -93,8 +93,10 @@ def test_bad_arguments_fail_when_the_column_is_built(frame: Any) -> None:
 
     with pytest.raises(ConfigError, match="unsupported language"):
         AF.ai_translate("review", "xx")
-    with pytest.raises(ConfigError, match="2 to 20 labels"):
+    with pytest.raises(ConfigError, match="2 to 500 labels"):
         AF.ai_classify("review", ["only"])
+    with pytest.raises(ConfigError, match="unknown option 'multiLabels'"):
+        AF.ai_classify("review", ["a", "b"], {"multiLabels": True})
     with pytest.raises(UnknownEndpointError):
         AF.ai_query("nope", "review")
     with pytest.raises(ConfigError, match="not both"):
