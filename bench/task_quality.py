@@ -10,7 +10,8 @@ ratio. Three sets each: two in ``bench/data/`` (the tuning sets the scorers' two
 prompts were chosen on: sentiment.csv and reviews2.csv; topics.csv and tickets.csv) and one in
 ``bench/data/heldout/`` (written for evaluation only, never tuned on). Structured output: ``returnType =>
 'STRUCT<label: STRING>'`` over the reviews, the share that parsed and the share of clean labels
-(words, not JSON debris). ``ai_extract``/``ai_mask`` on 40 texts with entities, as before.
+(words, not JSON debris). ``ai_extract``/``ai_mask`` on 40 texts with entities, as before, and the expected calibration
+error of ``ai_extract``'s per-field confidence (``enableConfidenceScores``).
 Runs in DuckDB via ``ai_query.connect()`` (the private engine server, as users get it).
 
 The bundled chat model is SmolLM2-135M. ``--model DIR`` measures a bigger local chat model
@@ -169,15 +170,22 @@ def main() -> None:
 
     fields = ", ".join(f"'{f}'" for f in FIELDS)
     rows, secs = run(
-        con, f"SELECT person, location, organization, ai_extract(text, [{fields}]) FROM entities"
+        con,
+        f"SELECT person, location, organization, ai_extract(text, [{fields}], "
+        "MAP {'enableConfidenceScores': true}) FROM entities",
     )
     hits = [
-        [norm(gold) == norm(row[3][field]) for gold, field in zip(row[:3], FIELDS, strict=True)]
+        [
+            (norm(gold) == norm(row[3]["response"][field]), row[3]["confidence"][field])
+            for gold, field in zip(row[:3], FIELDS, strict=True)
+        ]
         for row in rows
     ]
-    field_acc = sum(map(sum, hits)) / (3 * len(rows))
+    field_acc = sum(hit for row in hits for hit, _ in row) / (3 * len(rows))
     results.append(("ai_extract", "field exact match", field_acc, len(rows), secs))
-    results.append(("ai_extract", "row exact match", sum(all(h) for h in hits) / len(rows), 0, 0))
+    row_acc = sum(all(hit for hit, _ in row) for row in hits) / len(rows)
+    results.append(("ai_extract", "row exact match", row_acc, 0, 0))
+    results.append(("ai_extract", "field conf. ECE", ece([p for row in hits for p in row]), 0, 0))
 
     rows, secs = run(
         con, f"SELECT person, location, organization, ai_mask(text, [{fields}]) FROM entities"

@@ -20,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 
 from ai_query.catalog import Catalog, Endpoint, ServedEntity
-from ai_query.engine.backends.backend import Backend, GenerationRequest, RowFailure
+from ai_query.engine.backends.backend import Backend, Completion, GenerationRequest, RowFailure
+from ai_query.engine.backends.field_confidence import field_confidences
 from ai_query.engine.backends.registry import BackendFactory, existing_backend, shared_backend
 from ai_query.engine.backends.structured import explain_unparsed
 from ai_query.engine.core.arrow_types import coerce, to_arrow
@@ -113,6 +114,7 @@ class LocalEngine:
                 json_object=output.json_object,
                 choice=output.choice,
                 answer_prefix=output.prefix,
+                token_logprobs=bool(output.confidence),
                 schema_hint=True,
                 default_max_tokens=(
                     DEFAULT_MAX_TOKENS_STRUCTURED if structured else DEFAULT_MAX_TOKENS
@@ -223,9 +225,7 @@ class LocalEngine:
                     completion_tokens=done.completion_tokens,
                 )
                 if plan.output.parse_json:
-                    outcome.value, outcome.error = _parse_structured(
-                        done.text, plan, done.finish_reason
-                    )
+                    outcome.value, outcome.error = _parse_structured(done, plan)
         except EngineError as exc:
             settle(fut, exc)
             return
@@ -309,16 +309,18 @@ class LocalEngine:
         """Nothing to release per engine: backends are shared by the process (see registry)."""
 
 
-def _parse_structured(
-    text: str, plan: CallPlan, finish_reason: str | None
-) -> tuple[Any, str | None]:
-    """The answer parsed and coerced to the call's SQL type, or (None, why not, in one line)."""
+def _parse_structured(done: Completion, plan: CallPlan) -> tuple[Any, str | None]:
+    """The answer parsed and coerced to the call's SQL type, or (None, why not, in one line);
+    with its fields' confidences where the call asks for them."""
     ddl = plan.output.sql_type.to_ddl("databricks")
     try:
-        data = json.loads(text)
+        data = json.loads(done.text)
     except ValueError as exc:
-        why = explain_unparsed(text, finish_reason, one_line(exc))
+        why = explain_unparsed(done.text, done.finish_reason, one_line(exc))
         return None, f"could not parse the model's answer as {ddl}: {why}"
+    if plan.output.confidence:
+        scores = field_confidences(done.text, plan.output.confidence, done.token_logprobs)
+        data = {"response": data, "confidence": scores}
     try:
         return coerce(data, plan.output.sql_type), None
     except (ValueError, TypeError) as exc:

@@ -53,6 +53,10 @@ class ResponseFormat:
     """The schema's name from an OpenAI-style ``json_schema`` object."""
     sql_type: SQLType | None = None
     """The STRUCT type when the format was given as DDL (the result then has that type)."""
+    confidence: bool = False
+    """For a typed ``json_schema`` (an ai_query extension, ``"confidence": true``): answer
+    ``STRUCT<response: T, confidence: STRUCT<field: DOUBLE, ...>>``, each top-level field's
+    probability (:mod:`ai_query.engine.backends.field_confidence`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +79,8 @@ class OutputSpec:
     """Words a scored choice follows: see :attr:`ResponseFormat.prefix`."""
     scores: bool = False
     """A choice answers with its scores: see :attr:`ResponseFormat.scores`."""
+    confidence: tuple[str, ...] = ()
+    """The fields whose confidence the answer carries: see :attr:`ResponseFormat.confidence`."""
 
 
 def parse_response_format(value: str | None) -> ResponseFormat:
@@ -179,11 +185,17 @@ def _from_openai_json(value: str) -> ResponseFormat:
             sql_type = parse_return_type(str(data["returnType"]), argument="responseFormat")
         except SQLParseError as exc:
             raise ConfigError(f"bad responseFormat {value!r}: {exc}") from exc
+    confidence = bool(data.get("confidence", False))
+    if confidence and (sql_type is None or sql_type.kind != "STRUCT"):
+        raise ConfigError(
+            f"bad responseFormat {value!r}: 'confidence' needs a 'returnType' STRUCT<...>"
+        )
     return ResponseFormat(
         kind="json_schema",
         schema=schema,
         name=name if isinstance(name, str) else None,
         sql_type=sql_type,
+        confidence=confidence,
     )
 
 
@@ -249,6 +261,13 @@ def resolve_output(return_type: str | None, response_format: str | None, task: s
             prefix=fmt.prefix,
             scores=fmt.scores,
         )
+    if fmt.sql_type is not None and fmt.confidence:
+        return OutputSpec(
+            sql_type=with_confidence(fmt.sql_type),
+            json_schema=fmt.schema,
+            parse_json=True,
+            confidence=tuple(name for name, _ in fmt.sql_type.fields),
+        )
     if fmt.sql_type is not None:
         return OutputSpec(sql_type=fmt.sql_type, json_schema=fmt.schema, parse_json=True)
     # OpenAI-style json_schema / json_object: the result stays a STRING holding the JSON text.
@@ -257,6 +276,13 @@ def resolve_output(return_type: str | None, response_format: str | None, task: s
         json_schema=fmt.schema,
         json_object=fmt.kind == "json_object",
     )
+
+
+def with_confidence(struct: SQLType) -> SQLType:
+    """``STRUCT<response: struct, confidence: STRUCT<field: DOUBLE, ...>>`` (see
+    :attr:`ResponseFormat.confidence`)."""
+    scores = SQLType.struct([(name, SQLType("DOUBLE")) for name, _ in struct.fields])
+    return SQLType.struct([("response", struct), ("confidence", scores)])
 
 
 def _resolve_embeddings(

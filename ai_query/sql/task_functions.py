@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from ai_query.errors import ConfigError, UnsupportedCallError
 from ai_query.sql.extract_schema import ExtractField, object_schema, parse_fields
+from ai_query.sql.response_format import with_confidence
 from ai_query.sql.types import SQLType
 from ai_query.tasks import Task
 
@@ -73,7 +74,7 @@ LABEL_OPTIONS: tuple[str, ...] = (
 )  # fmt: skip
 LABEL_SCORING: tuple[str, ...] = ("auto", "row", "generate")
 #: The options of ai_extract (Databricks' names).
-EXTRACT_OPTIONS: tuple[str, ...] = ("instructions", "version")
+EXTRACT_OPTIONS: tuple[str, ...] = ("enableConfidenceScores", "instructions", "version")
 #: In a multilabel answer: every label at least this share of the best label's probability.
 MULTILABEL_SHARE = 0.5
 MAX_EXTRACT_LABELS = 20
@@ -114,7 +115,8 @@ class TaskSpec:
     def result_type(self) -> SQLType:
         """The SQL type the function returns."""
         if self.function == "ai_extract":
-            return SQLType.struct([(f.name, f.sql_type()) for f in self.fields])
+            found = self.extracted_type()
+            return with_confidence(found) if self.confidence else found
         if self.function == "ai_similarity":
             return SQLType("FLOAT")
         if self.function == "ai_filter":
@@ -123,6 +125,21 @@ class TaskSpec:
         if self.confidence:
             label = SQLType.struct([("label", label), ("confidence", SQLType("DOUBLE"))])
         return SQLType.array(label) if self.multilabel else label
+
+    def _extracted(self, answer: Any) -> dict[str, Any] | None:
+        """ai_extract's fields from the model's JSON object (a string that says "none" is NULL)."""
+        if not isinstance(answer, Mapping):
+            return None
+        return {
+            f.name: _present(answer.get(f.name))
+            if f.kind in ("string", "enum")
+            else answer.get(f.name)
+            for f in self.fields
+        }
+
+    def extracted_type(self) -> SQLType:
+        """ai_extract's fields as a STRUCT (its result, less any confidence)."""
+        return SQLType.struct([(f.name, f.sql_type()) for f in self.fields])
 
     def choices(self) -> tuple[str, ...] | None:
         """The only answers guided decoding may produce, or None."""
@@ -169,7 +186,8 @@ class TaskSpec:
                 {
                     "type": "json_schema",
                     "json_schema": schema,
-                    "returnType": self.result_type().to_ddl("databricks"),
+                    "returnType": self.extracted_type().to_ddl("databricks"),
+                    "confidence": self.confidence,
                 },
                 separators=(",", ":"),
             )
@@ -251,12 +269,9 @@ class TaskSpec:
             ValueError: ai_mask's answer is not a JSON object (the caller makes it a row error).
         """
         if self.function == "ai_extract" and isinstance(answer, Mapping):
-            return {
-                f.name: _present(answer.get(f.name))
-                if f.kind in ("string", "enum")
-                else answer.get(f.name)
-                for f in self.fields
-            }
+            if self.confidence:
+                return {**answer, "response": self._extracted(answer.get("response"))}
+            return self._extracted(answer)
         if self.function == "ai_mask":
             return mask_entities(content, _json_object(answer))
         if self.function == "ai_filter":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ai_query.engine.backends.backend import GenerationRequest
@@ -124,15 +126,50 @@ def test_an_unparsed_answer_says_why_in_one_line(text: str, finish: str, expecte
 
 
 def test_the_row_error_names_the_field_and_keeps_the_standard_prefix(fake_engine) -> None:
+    from ai_query.engine.backends.backend import Completion
     from ai_query.engine.local import _parse_structured
 
     engine: LocalEngine = fake_engine
     plan = engine.plan(
         CallOptions(endpoint="databricks-meta-llama-3-3-70b-instruct", return_type=PAPER)
     )
-    value, error = _parse_structured(
-        '{"research_paper_extraction": {"title": "T", "abstract": "We', plan, "length"
-    )
+    cut = '{"research_paper_extraction": {"title": "T", "abstract": "We'
+    value, error = _parse_structured(Completion(cut, 10, 20, finish_reason="length"), plan)
     assert value is None and error is not None and "\n" not in error
     assert error.startswith("could not parse the model's answer as STRUCT<research_paper_")
     assert "stopped at max_tokens inside a string for field `abstract`" in error
+
+
+def test_a_fields_confidence_is_the_probability_of_its_value_tokens() -> None:
+    import math
+
+    from ai_query.engine.backends.field_confidence import field_confidences, value_spans
+
+    text = '{"person":"Jo Ann","n":3,"tags":["a"]}'
+    assert value_spans(text) == {"person": (10, 18), "n": (23, 24), "tags": (32, 37)}
+    tokens = [
+        ("{", -0.5), ('"', 0.0), ("person", -0.1), ('":', -0.1), ('"', -0.2), ("Jo", -0.3),
+        (" Ann", -0.4), ('",', -0.5), ('"n":', -0.1), ("3", -1.0), (',"tags":', 0.0),
+        ('["a"]', -0.7), ("}", 0.0), ("<|im_end|>", 0.0),
+    ]  # fmt: skip
+    found = field_confidences(text, ["person", "n", "tags", "missing"], tokens)
+    # The opening quote, the words, and the token that closes the string (with its comma).
+    assert found["person"] == pytest.approx(math.exp(-(0.2 + 0.3 + 0.4 + 0.5)))
+    assert found["n"] == pytest.approx(math.exp(-1.0))
+    assert found["tags"] == pytest.approx(math.exp(-0.7))
+    assert found["missing"] is None
+    # No probabilities, or tokens that spell another text: no confidence, never a wrong one.
+    assert field_confidences(text, ["n"], None) == {"n": None}
+    assert field_confidences(text, ["n"], [("{}", 0.0)]) == {"n": None}
+    assert value_spans("not json") == {} and value_spans('{"a":1,"b":') == {"a": (5, 6)}
+
+
+def test_confidence_needs_a_typed_struct_response_format() -> None:
+    from ai_query.errors import ConfigError
+    from ai_query.sql.response_format import parse_response_format
+
+    schema = {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}
+    with pytest.raises(ConfigError, match="'confidence' needs a 'returnType' STRUCT"):
+        parse_response_format(
+            json.dumps({"type": "json_schema", "json_schema": schema, "confidence": True})
+        )

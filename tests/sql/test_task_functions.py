@@ -247,5 +247,21 @@ def test_ai_extract_takes_databricks_typed_nested_described_fields() -> None:
 def test_bad_extract_schemas_fail_with_one_clear_error(schema: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         task_spec("ai_extract", [json.dumps(schema)])
-    with pytest.raises(ConfigError, match="unknown option 'enableConfidenceScores'"):
-        task_spec("ai_extract", [["a"], {"enableConfidenceScores": True}])
+    with pytest.raises(ConfigError, match="unknown option 'multilabel'"):
+        task_spec("ai_extract", [["a"], {"multilabel": True}])
+
+
+def test_ai_extract_with_confidence_answers_the_fields_and_their_probabilities() -> None:
+    spec = task_spec("ai_extract", [["person", "age"], {"enableConfidenceScores": "true"}])
+    assert spec.result_type().to_ddl("databricks") == (
+        "STRUCT<response: STRUCT<person: STRING, age: STRING>, "
+        "confidence: STRUCT<person: DOUBLE, age: DOUBLE>>"
+    )
+    fmt = json.loads(spec.response_format() or "")
+    assert fmt["confidence"] is True
+    assert fmt["returnType"] == "STRUCT<person: STRING, age: STRING>"
+    answer = {"response": {"person": " Ann ", "age": "none"}, "confidence": {"person": 0.5}}
+    assert spec.finish("Ann", answer) == {
+        "response": {"person": "Ann", "age": None},  # as without confidence: "none" is NULL
+        "confidence": {"person": 0.5},
+    }

@@ -53,6 +53,10 @@ def test_a_script_classifies_into_100_described_labels_with_confidence(tmp_path:
         "SELECT ai_analyze_sentiment(t, MAP {'enableConfidenceScores': true}) "
         "FROM tickets ORDER BY id"
     )
+    extract_sql = (
+        "SELECT ai_extract(t, ['order', 'problem'], MAP {'enableConfidenceScores': true}) "
+        "FROM tickets ORDER BY id"
+    )
     proc = run_script(
         tmp_path,
         f"""
@@ -63,12 +67,12 @@ def test_a_script_classifies_into_100_described_labels_with_confidence(tmp_path:
         con.executemany("INSERT INTO tickets VALUES (?, ?)",
                         [[i, t] for i, t in enumerate({TICKETS!r})])
         answers = [[r[0] for r in con.sql(q).fetchall()]
-                   for q in ({one_sql!r}, {many_sql!r}, {feeling_sql!r})]
+                   for q in ({one_sql!r}, {many_sql!r}, {feeling_sql!r}, {extract_sql!r})]
         print("answers", json.dumps(answers), flush=True)
     """,
     )
     try:
-        one, many, feeling = json.loads(read_line(proc, "answers "))
+        one, many, feeling, extracted = json.loads(read_line(proc, "answers "))
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
@@ -82,6 +86,10 @@ def test_a_script_classifies_into_100_described_labels_with_confidence(tmp_path:
     for answer in feeling[:2]:
         assert answer["label"] in ("positive", "negative", "neutral", "mixed")
         assert 0.25 <= answer["confidence"] <= 1.0
+    assert extracted[2] is None
+    for answer in extracted[:2]:  # each field with the model's probability of its value
+        assert set(answer["response"]) == set(answer["confidence"]) == {"order", "problem"}
+        assert all(0.0 < p <= 1.0 for p in answer["confidence"].values())
 
 
 def test_spark_sql_and_the_typed_functions_read_confidence(spark: Any, real_server: Any) -> None:
@@ -104,6 +112,19 @@ def test_spark_sql_and_the_typed_functions_read_confidence(spark: Any, real_serv
         ).alias("c"),
     ).orderBy("id")
     assert dict(typed.dtypes)["c"] == "struct<label:string,confidence:double>"
+    extracted = aq.sql(
+        "SELECT id, ai_extract(t, ARRAY('order'), map('enableConfidenceScores', 'true')) AS e "
+        "FROM tickets ORDER BY id"
+    )
+    typed_extract = frame.select(
+        "id", AF.ai_extract("t", ["order"], {"enableConfidenceScores": True}).alias("e")
+    ).orderBy("id")
+    for result in (extracted, typed_extract):
+        assert dict(result.dtypes)["e"] == (
+            "struct<response:struct<order:string>,confidence:struct<order:double>>"
+        )
+        found = [r["e"] for r in result.collect()]
+        assert found[2] is None and all(0.0 < e["confidence"]["order"] <= 1.0 for e in found[:2])
     for result in (sql.collect(), typed.collect()):
         assert result[2]["c"] is None
         for row in result[:2]:
@@ -160,7 +181,8 @@ def test_ai_query_sql_reads_databricks_options_and_confidence(tmp_path: Path) ->
         "SELECT t,\n"
         "  ai_classify(t, ARRAY('billing', 'shipping', 'login'),\n"
         "              map('enableConfidenceScores', 'true', 'multilabel', 'true')) AS topics,\n"
-        "  ai_analyze_sentiment(t) AS sentiment\n"
+        "  ai_analyze_sentiment(t) AS sentiment,\n"
+        "  ai_extract(t, ARRAY('item'), map('enableConfidenceScores', 'true')) AS item\n"
         "FROM VALUES ('I was charged twice.'), ('Where is my parcel?') AS tickets(t)\n"
     )
     out_file = tmp_path / "out.parquet"
@@ -170,7 +192,11 @@ def test_ai_query_sql_reads_databricks_options_and_confidence(tmp_path: Path) ->
     assert str(table.schema.field("topics").type) == (
         "list<element: struct<label: string, confidence: double>>"
     )
+    assert str(table.schema.field("item").type) == (
+        "struct<response: struct<item: string>, confidence: struct<item: double>>"
+    )
     for row in table.to_pylist():
+        assert 0 < row["item"]["confidence"]["item"] <= 1
         assert row["sentiment"] in ("positive", "negative", "neutral", "mixed")
         assert row["topics"] and all(
             t["label"] in ("billing", "shipping", "login") and 0 < t["confidence"] <= 1

@@ -47,6 +47,7 @@ def test_typed_columns(frame: Any) -> None:
         AF.ai_classify("review", ["a", "b"]).alias("cls"),
         AF.ai_classify("review", {"x": "first", "y": "second"}).alias("cls2"),
         AF.ai_extract("review", ["person", "place"]).alias("ext"),
+        AF.ai_extract("review", ["person"], {"enableConfidenceScores": True}).alias("ext2"),
         AF.ai_similarity("review", "other").alias("sim"),
         AF.ai_summarize("review", 2).alias("sum"),
         AF.ai_translate("review", "it").alias("tr"),
@@ -67,6 +68,7 @@ def test_typed_columns(frame: Any) -> None:
         "cls": "string",
         "cls2": "string",
         "ext": "struct<person:string,place:string>",
+        "ext2": "struct<response:struct<person:string>,confidence:struct<person:double>>",
         "sim": "float",
         "sum": "string",
         "tr": "string",
@@ -82,6 +84,8 @@ def test_typed_columns(frame: Any) -> None:
     assert first["safe"]["errorMessage"] is None
     assert first["cls"] in ("a", "b") and first["cls2"] in ("x", "y")
     assert set(first["ext"]) == {"person", "place"}
+    # The deterministic engine gives no token probabilities: the confidence is NULL.
+    assert first["ext2"]["confidence"] == {"person": None} and "person" in first["ext2"]["response"]
     assert -1.0 <= first["sim"] <= 1.0001 and len(first["sum"].split()) <= 2
     # Duplicated reviews get the same answers (``other`` differs, so the similarity may not).
     same = [k for k in first if k not in ("id", "sim")]

@@ -62,6 +62,8 @@ class GenerationRequest:
     """``none``, ``auto``, ``required`` or a named function
     (:mod:`ai_query.engine.backends.tool_calls`)."""
 
+    token_logprobs: bool = False
+    """Return each generated token's log-probability (:attr:`Completion.token_logprobs`)."""
     schema_hint: bool = False
     """With a JSON schema and no ``messages``: add a system turn stating the schema in words
     (:func:`~ai_query.engine.backends.structured.describe_schema`; SQL calls: the grammar forces
@@ -99,6 +101,9 @@ class Completion:
     """Why generation stopped (``stop``, ``length``, ``tool_calls``)."""
     tool_calls: list[dict[str, Any]] | None = None
     """OpenAI ``tool_calls`` when the model called tools, else None."""
+    token_logprobs: tuple[tuple[str, float], ...] | None = None
+    """Each generated token's text and log-probability, where the request asked for them
+    (:attr:`GenerationRequest.token_logprobs`) and the backend gives them; else None."""
 
     def as_chunk(self) -> CompletionChunk:
         """The whole answer as one streamed chunk (used when tool calls must come whole)."""

@@ -157,6 +157,8 @@ class VLLMBackend(VLLMModel):
             "structured_outputs": structured,
             "output_kind": getattr(RequestOutputKind, output_kind),
         }
+        if request.token_logprobs:
+            kwargs["logprobs"] = 0  # the sampled token's own log-probability
         for name in (
             "top_p", "top_k", "presence_penalty", "frequency_penalty", "repetition_penalty"
         ):
@@ -194,6 +196,7 @@ class VLLMBackend(VLLMModel):
             completion_tokens=len(choice.token_ids),
             finish_reason=finish,
             tool_calls=tool_calls,
+            token_logprobs=_token_logprobs(choice) if request.token_logprobs else None,
         )
 
     async def score_choices(self, text: str, request: GenerationRequest) -> ChoiceScores:
@@ -346,3 +349,14 @@ def _quiet_shutdown(engine: Any) -> None:
         engine.shutdown()
     except Exception as exc:  # noqa: BLE001 - what is left of a dead engine
         log.debug("shutting down a dead engine: %s", exc)
+
+
+def _token_logprobs(choice: Any) -> tuple[tuple[str, float], ...] | None:
+    """Each generated token's text and log-probability, from a vLLM ``CompletionOutput``."""
+    if not choice.logprobs:
+        return None
+    out = []
+    for token, found in zip(choice.token_ids, choice.logprobs, strict=False):
+        logprob = found[token]
+        out.append((logprob.decoded_token or "", float(logprob.logprob)))
+    return tuple(out)
