@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -176,3 +178,19 @@ def report(name: str, ours: float, baseline: float, unit: str, goal: float) -> N
     """Print both figures and the ratio (last line: the ratio)."""
     print(f"{name}: baseline {baseline:,.1f} {unit}, ai_query {ours:,.1f} {unit}")
     print(f"{name} ratio ai_query/baseline = {ours / baseline:.3f} (goal >= {goal})")
+
+
+def cpu_line() -> str:
+    """The CPU: model, cores usable, and the vector flags that decide vLLM's CPU kernels."""
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    shown = " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
+    return f"CPU: {model}, {len(os.sched_getaffinity(0))} cores usable, flags: {shown}"

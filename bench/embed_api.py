@@ -13,8 +13,6 @@ Trials alternate between the two; printed: the CPU, each trial, the medians and 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -25,23 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import add_model_args, embed_model_dir, offline_llm, texts, timed
-
-
-def cpu_line() -> str:
-    """The CPU: model, cores usable, and the vector flags that decide vLLM's CPU kernels."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    shown = " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
-    return f"CPU: {model}, {len(os.sched_getaffinity(0))} cores usable, flags: {shown}"
+from common import add_model_args, cpu_line, embed_model_dir, offline_llm, texts, timed
 
 
 def with_encode(llm: Any, batch: list[str]) -> list[np.ndarray]:

@@ -65,6 +65,10 @@ DEFAULT_MAX_WORDS = 50
 #: What ai_mask puts in place of each entity.
 MASK = "[MASKED]"
 MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS = 2, 500
+#: The longest list of labels ai_classify's prompt gives the model (about 1,000 tokens of
+#: English, so that the list, a text and the answer fit a 2,048-token model); longer lists are
+#: not told but still scored (see :meth:`TaskSpec._classify_ask`).
+PROMPT_LABEL_CHARS = 4000
 #: The options of the label functions: Databricks' ai_classify options, and ``scoring`` (an
 #: ai_query extension: ``auto``, the scorers of :mod:`ai_query.udf.label_scores` with the
 #: batch's refinement; ``row``, the same without it, so each row's label depends on that row
@@ -218,19 +222,7 @@ class TaskSpec:
             options = "\n".join(f"- {label}: {desc}" for label, desc in SENTIMENT_MEANINGS.items())
             return "Classify the sentiment of the following text as one of:\n" + options + text
         if f == "ai_classify":
-            if self.descriptions:
-                options = "\n".join(
-                    f"- {label}: {desc}"
-                    for label, desc in zip(self.labels, self.descriptions, strict=True)
-                )
-            else:
-                options = "\n".join(f"- {label}" for label in self.labels)
-            return (
-                "Classify the following text into exactly one of these labels:\n"
-                + options
-                + text
-                + "\n\nLabel:"
-            )
+            return self._classify_ask() + text + "\n\nLabel:"
         if f in ("ai_extract", "ai_mask"):
             return (
                 "Extract these entities from the following text: "
@@ -253,6 +245,21 @@ class TaskSpec:
                 + text
             )
         raise UnsupportedCallError(f"{f} has no prompt")  # ai_similarity embeds, no prompt
+
+    def _classify_ask(self) -> str:
+        """ai_classify's ask: the labels listed, with their descriptions, where the list fits
+        :data:`PROMPT_LABEL_CHARS`; else the bare labels; else none (every label is still
+        scored, and described to the embeddings scorer)."""
+        descriptions = self.descriptions or ("",) * len(self.labels)
+        described = "\n".join(
+            f"- {label}: {desc}" if desc else f"- {label}"
+            for label, desc in zip(self.labels, descriptions, strict=True)
+        )
+        bare = "\n".join(f"- {label}" for label in self.labels)
+        for listed in (described, bare):
+            if len(listed) <= PROMPT_LABEL_CHARS:
+                return "Classify the following text into exactly one of these labels:\n" + listed
+        return "Classify the following text into exactly one label."
 
     def filter_prompt(self, predicate: str, content: str | None = None) -> str:
         """ai_filter's chat prompt: the predicate, the content when given, a true/false ask."""

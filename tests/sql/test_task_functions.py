@@ -265,3 +265,20 @@ def test_ai_extract_with_confidence_answers_the_fields_and_their_probabilities()
         "response": {"person": "Ann", "age": None},  # as without confidence: "none" is NULL
         "confidence": {"person": 0.5},
     }
+
+
+def test_ai_classify_tells_the_model_as_many_labels_as_fit() -> None:
+    from ai_query.sql.task_functions import PROMPT_LABEL_CHARS
+
+    few = task_spec("ai_classify", [json.dumps({"a": "first", "b": ""})])
+    assert "- a: first\n- b\n" in few.prompt("hello")
+    # Long descriptions are left out of the prompt before the labels are.
+    described = {f"label {i}": "x" * 40 for i in range(100)}
+    spec = task_spec("ai_classify", [json.dumps(described)])
+    assert "- label 99\n" in spec.prompt("hello") and "x" * 40 not in spec.prompt("hello")
+    assert spec.label_texts()[0] == "label 0: " + "x" * 40  # the embeddings still see them
+    # 500 long labels: none listed (a 2,048-token model could not read them), all scored.
+    many = [f"a rather long label number {i}" for i in range(500)]
+    assert len("".join(many)) > PROMPT_LABEL_CHARS
+    spec = task_spec("ai_classify", [many])
+    assert "label number" not in spec.prompt("hello") and spec.choices() == tuple(many)
