@@ -29,7 +29,7 @@ from ai_query.sql.calls import (
 from ai_query.sql.catalog_protocol import EndpointCatalog
 from ai_query.sql.response_format import resolve_output
 from ai_query.sql.semantic_agg import check_aggregate_call, is_aggregate_call, spark_aggregate
-from ai_query.sql.task_functions import (
+from ai_query.sql.task_calls import (
     MAP_NODES,
     as_anonymous,
     bind_task_call,

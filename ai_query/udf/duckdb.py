@@ -39,7 +39,7 @@ from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql import transpile
 from ai_query.sql.calls import VECTOR_FUNCTION_NAME
 from ai_query.sql.semantic_agg import SUMMARIZE_INSTRUCTION, AggPlan
-from ai_query.sql.task_functions import mentions_ai_functions, row_input_count
+from ai_query.sql.task_calls import mentions_ai_functions, row_input_count
 from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import ProgressCallback, answer_rows, answer_vectors
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows

@@ -10,11 +10,10 @@ import sqlglot
 
 from ai_query.errors import ConfigError, UnsupportedCallError
 from ai_query.sql.response_format import parse_response_format, resolve_output
+from ai_query.sql.task_calls import bind_task_call, find_task_calls
 from ai_query.sql.task_functions import (
     SENTIMENTS,
     TASK_FUNCTIONS,
-    bind_task_call,
-    find_task_calls,
     mask_entities,
     parse_labels,
     task_spec,
@@ -201,7 +200,7 @@ def test_mask_asks_for_bounded_entities() -> None:
     ],
 )
 def test_mentions_ai_functions(sql: str, mentions: bool) -> None:
-    from ai_query.sql.task_functions import mentions_ai_functions
+    from ai_query.sql.task_calls import mentions_ai_functions
 
     assert mentions_ai_functions(sql) is mentions
 

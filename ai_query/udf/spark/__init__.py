@@ -52,7 +52,7 @@ from ai_query.errors import ConfigError
 from ai_query.sql import transpile
 from ai_query.sql.calls import VECTOR_FUNCTION_NAME
 from ai_query.sql.semantic_agg import SPARK_AGG_UDF
-from ai_query.sql.task_functions import mentions_ai_functions
+from ai_query.sql.task_calls import mentions_ai_functions
 from ai_query.sql.transpile import parse_sql
 from ai_query.sql.vector_search import VectorIndexInfo
 from ai_query.udf.agg_rows import answer_groups
