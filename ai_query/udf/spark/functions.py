@@ -121,7 +121,8 @@ def ai_extract(
     """A STRUCT with one field per label (NULL when absent): a list of names (STRING fields),
     or a mapping of names to descriptions or typed fields (``{"type": "integer",
     "description": ...}``, nested ``object``/``array``; :mod:`ai_query.sql.extract_schema`).
-    ``options``: ``instructions``."""
+    ``options``: ``instructions``; ``enableConfidenceScores`` answers ``STRUCT<response: ...,
+    confidence: STRUCT<field: DOUBLE, ...>>``, each field's probability."""
     return _task(session, "ai_extract", [content], [_labels(labels), *_options(options)])
 
 
