@@ -145,6 +145,18 @@ def _read(path: Path | None) -> str:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
 
 
+@app.command("spark-conf")
+def spark_conf() -> None:
+    """Print, on one line, the spark-submit / start-connect-server.sh flags that start Spark
+    with ai_query's extension (typed results in plain spark.sql), building its jar if needed:
+    `start-connect-server.sh $(ai-query spark-conf)`."""
+    import shlex
+
+    from ai_query.udf.spark.typed import spark_conf as flags
+
+    print(shlex.join(flags()))
+
+
 @endpoints_app.command("list")
 def endpoints_list(catalog: CatalogOption = None) -> None:
     """List the catalog's endpoints and aliases."""

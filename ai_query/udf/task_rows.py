@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,6 +294,8 @@ def _run(
 
 
 def _hashable(value: Any) -> Any:
+    if isinstance(value, Mapping):  # a MAP options argument (Spark): as its JSON text
+        return json.dumps({str(k): v for k, v in value.items()})
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, (list, tuple)):

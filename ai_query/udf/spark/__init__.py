@@ -3,15 +3,18 @@
 :func:`register` installs on a SparkSession::
 
     ai_query(endpoint, request [, returnType] [, failOnError] [, modelParameters]
-             [, responseFormat]) -> STRING
+             [, responseFormat])
 
-as one pandas UDF whose last four parameters have defaults, so Spark 4 accepts every Databricks
-call form: positional, and named arguments (``=>``, any order). ``modelParameters`` may be a
-``named_struct(...)`` or its JSON text. The UDF returns text: the answer for string results, JSON
-for typed ones (a Spark UDF's type is fixed). :meth:`SparkAIQuery.sql` runs Databricks SQL
-through :func:`ai_query.sql.transpile`, which wraps typed calls in ``from_json(...)``, so
-``returnType``, embeddings and ``failOnError => false`` come back as the declared Spark types,
-and a bad call (unknown endpoint, bad returnType) fails before Spark runs a task.
+and the task functions. ai_query is one pandas UDF whose last four parameters have defaults, so
+Spark 4 accepts every Databricks call form: positional, and named arguments (``=>``, any order).
+``modelParameters`` may be a ``named_struct(...)`` or its JSON text. The UDF returns text: the
+answer for string results, JSON for typed ones (a Spark UDF's type is fixed). Spark's analyzer
+then types the calls (:mod:`ai_query.udf.spark.typed`: a small JVM extension, installed on the
+session here or started with it), so plain ``spark.sql``, ``selectExpr`` and ``F.expr`` return
+``returnType``, embeddings and ``failOnError => false`` as the declared Spark types, and a bad
+call (unknown endpoint, bad returnType) fails at analysis. :meth:`SparkAIQuery.sql` runs
+Databricks SQL through :func:`ai_query.sql.transpile`, which checks every call first (and, on a
+session without the extension, wraps typed calls in ``from_json(...)`` itself).
 
 Each Spark Arrow batch (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows; ``batch_size``
 sets it) becomes one engine request batch per call, which the Flight client spreads over the
@@ -57,6 +60,14 @@ from ai_query.sql.transpile import parse_sql
 from ai_query.sql.vector_search import VectorIndexInfo
 from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import answer_rows, answer_vectors
+from ai_query.udf.spark.typed import FUNCTIONS as TYPED_FUNCTIONS
+from ai_query.udf.spark.typed import (
+    PLAN_FUNCTION,
+    hidden_name,
+    install_builders,
+    is_connect,
+    plan_udtf,
+)
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 
 #: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
@@ -94,6 +105,8 @@ class SparkAIQuery:
         self.udfs: dict[str, Any] = {}
         """The registered UDFs by SQL name (``ai_query`` under :attr:`name`, task functions),
         for :mod:`ai_query.udf.spark.functions`."""
+        self.native_types = False
+        """Whether Spark's analyzer types the calls (:mod:`ai_query.udf.spark.typed`)."""
 
     def transpile(self, query: str, read: str = "databricks") -> str:
         """The Spark SQL that runs ``query`` (one statement).
@@ -105,7 +118,7 @@ class SparkAIQuery:
             return query
         return transpile(
             query, read=read, write="spark", catalog=self.catalog,
-            vector_indexes=self.vector_indexes,
+            vector_indexes=self.vector_indexes, native_types=self.native_types,
         )
 
     def sql(self, query: str, read: str = "databricks") -> DataFrame:
@@ -170,7 +183,8 @@ def register(
         if not _is_local(spark):
             raise ConfigError(
                 "no engine server for Spark: pass engine_url='grpc://host:port' or set "
-                "AI_QUERY_ENGINE_URL (a server is only started automatically in local mode)"
+                "AI_QUERY_ENGINE_URL (a server is only started automatically in local mode, "
+                "on this machine)"
             )
         catalog = catalog or Catalog.default()
         server = embedded_server(catalog, embedded_engine)
@@ -192,8 +206,15 @@ def register(
         VECTOR_FUNCTION_NAME: _vector_udf(spec),
         **_task_udfs(spec, TaskEndpoints.from_catalog(catalog)),
     }
+    aq.native_types = install_builders(spark)
     for function, udf in aq.udfs.items():
-        spark.udf.register(name if function == "ai_query" else function, udf)
+        sql_name = name if function == "ai_query" else function
+        if function in TYPED_FUNCTIONS:
+            spark.udf.register(hidden_name(function), udf)  # what the typed builder calls
+            if aq.native_types and sql_name == function:
+                continue
+        spark.udf.register(sql_name, udf)
+    spark.udtf.register(PLAN_FUNCTION, plan_udtf(catalog.endpoint_tasks()))
     with _embedded_lock:
         _registered[_app_id(spark)] = aq
     return aq
@@ -211,7 +232,8 @@ def registered(spark: SparkSession | None = None) -> SparkAIQuery:
 
 
 def _app_id(spark: SparkSession) -> str:
-    return str(spark.sparkContext.applicationId)
+    # The session's settings, not its SparkContext: a Spark Connect client has none.
+    return str(spark.conf.get("spark.app.id"))
 
 
 def run_sql(
@@ -299,9 +321,13 @@ def stop_embedded_servers() -> None:
 
 
 def _is_local(spark: SparkSession) -> bool:
+    """Whether the session's driver runs on this machine in local mode (for Spark Connect: a
+    local-mode server reached at a loopback address)."""
     try:
         master = spark.conf.get("spark.master") or ""
     except Exception:  # noqa: BLE001 - e.g. Spark Connect without the setting
+        return False
+    if is_connect(spark) and spark.client.host not in ("localhost", "127.0.0.1", "[::1]"):
         return False
     return master.startswith("local")
 
