@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -180,6 +181,38 @@ def test_rate_limited_answers_are_retried_after_the_wait() -> None:
         assert time.monotonic() - started >= 0.3 and calls["n"] == 2
     finally:
         srv.shutdown()
+
+
+def test_one_outage_seen_by_calls_in_flight_together_backs_off_once() -> None:
+    """Calls in flight together when a server fails report one outage: its back-off starts at
+    ``retry_delay`` (not doubled per call), so it gets rows again soon after it recovers."""
+    broken = threading.Event()
+    broken.set()
+
+    class Flaky(EchoEngine):
+        def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+            if broken.is_set():
+                time.sleep(0.3)  # every call's exchange is in flight before the first fails
+                raise EngineUnavailableError("engine restarting")
+            return super().run(batch)
+
+    flaky, good = ServingFlightServer(Flaky()), ServingFlightServer(EchoEngine())
+    try:
+        client = FlightEngineClient([flaky.url, good.url], retry_delay=0.5, max_retry_delay=60)
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda i: run(client, [f"{i}a", f"{i}b"], endpoint=CHAT),
+                                 range(8)))
+        assert [o.column("result").to_pylist() for o in outs] == [
+            [f"{i}a", f"{i}b"] for i in range(8)
+        ]
+        assert flaky.health()["errors"] >= 3  # one outage, seen by several calls
+        broken.clear()
+        time.sleep(1.0)  # past retry_delay; 3 escalations would be 2 s
+        assert run(client, ["x", "y"], endpoint=CHAT).column("result").to_pylist() == ["x", "y"]
+        assert flaky.health()["rows"] == 1
+    finally:
+        flaky.shutdown()
+        good.shutdown()
 
 
 def test_shutdown_lets_in_flight_batches_finish() -> None:

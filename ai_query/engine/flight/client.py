@@ -7,6 +7,8 @@ server (and at most ``chunk_rows`` rows each); each server gets its chunks on on
 stream, all written before any answer is read, so they are in flight together. When a server
 fails mid-batch, its unanswered chunks go to the other servers (or to the same one after a
 reconnect with backoff), a bounded number of times; then the call fails naming the servers.
+The back-off doubles per outage, not per failed call: the calls that were in flight together
+when a server failed (a UDF sends a batch's slices concurrently) report the same outage once.
 A batch is returned whole or not at all: each chunk's answer is checked with
 :func:`~ai_query.engine.core.batch.align_results` before it is kept.
 """
@@ -61,6 +63,9 @@ class _Server:
     failures: int = 0
     down_until: float = 0.0
     last_error: str = ""
+    outages: int = 0
+    """How many times it was marked down: an exchange that began before the latest mark
+    reports that outage again, and neither doubles the back-off nor closes the new channel."""
 
 
 class FlightEngineClient:
@@ -145,15 +150,14 @@ class FlightEngineClient:
                 attempts[i] += 1
             todo = []
             last: AIQueryError | None = None
-            for server, indexes, answered, error in self._exchange_all(plan, chunks):
+            for indexes, answered, error in self._exchange_all(plan, chunks):
                 for i, result in answered.items():
                     results[i] = result
                 todo += [i for i in indexes if i not in answered]
                 if error is not None and not is_retryable(error):
                     raise error
                 if error is not None:
-                    self._mark_down(server, error)
-                    last = error
+                    last = error  # the server is already marked down (_exchange)
             todo.sort()
             if any(attempts[i] >= self.max_attempts for i in todo):
                 if len(self._servers) == 1 and isinstance(last, EngineDeadError):
@@ -251,25 +255,29 @@ class FlightEngineClient:
 
     def _exchange_all(
         self, plan: dict[int, list[int]], chunks: list[pa.RecordBatch]
-    ) -> list[tuple[_Server, list[int], dict[int, pa.RecordBatch], AIQueryError | None]]:
+    ) -> list[tuple[list[int], dict[int, pa.RecordBatch], AIQueryError | None]]:
         jobs = [(self._servers[pos], indexes) for pos, indexes in plan.items()]
         if len(jobs) == 1:
             server, indexes = jobs[0]
-            return [(server, indexes, *self._exchange(server, indexes, chunks))]
+            return [(indexes, *self._exchange(server, indexes, chunks))]
         pool = self._executor()
         futures = [pool.submit(self._exchange, s, idx, chunks) for s, idx in jobs[1:]]
         first = self._exchange(jobs[0][0], jobs[0][1], chunks)
         outs = [first] + [f.result() for f in futures]
-        return [(s, idx, *out) for (s, idx), out in zip(jobs, outs, strict=True)]
+        return [(idx, *out) for (_, idx), out in zip(jobs, outs, strict=True)]
 
     def _exchange(
         self, server: _Server, indexes: list[int], chunks: list[pa.RecordBatch]
     ) -> tuple[dict[int, pa.RecordBatch], AIQueryError | None]:
-        """Send ``indexes`` on one stream; the answered chunks, and the error that stopped it."""
+        """Send ``indexes`` on one stream; the answered chunks, and the error that stopped it
+        (a retryable one has marked the server down)."""
         rows = sum(chunks[i].num_rows for i in indexes)
         with self._lock:
             server.inflight_rows += rows
+            outages = server.outages
         answered: dict[int, pa.RecordBatch] = {}
+        client: flight.FlightClient | None = None
+        error: AIQueryError
         try:
             client = self._client(server)
             descriptor = flight.FlightDescriptor.for_command(EXCHANGE_COMMAND)
@@ -288,16 +296,19 @@ class FlightEngineClient:
                 server.failures = 0
             return answered, None
         except StopIteration:
-            return answered, EngineUnavailableError(
+            error = EngineUnavailableError(
                 f"{server.url} ended the stream after {len(answered)} of {len(indexes)} batches"
             )
         except AIQueryError as exc:  # e.g. a misaligned answer
-            return answered, exc
+            error = exc
         except Exception as exc:  # noqa: BLE001 - translated once, here
-            return answered, self._translate(server, exc)
+            error = self._translate(server, exc)
         finally:
             with self._lock:
                 server.inflight_rows -= rows
+        if is_retryable(error):
+            self._mark_down(server, error, outages, client)
+        return answered, error
 
     def _translate(self, server: _Server, exc: BaseException) -> AIQueryError:
         if isinstance(exc, (flight.FlightUnauthenticatedError, flight.FlightUnauthorizedError)):
@@ -312,15 +323,31 @@ class FlightEngineClient:
                 return sent
         return EngineUnavailableError(f"engine server {server.url} failed: {_short(exc)}")
 
-    def _mark_down(self, server: _Server, error: AIQueryError) -> None:
+    def _mark_down(
+        self, server: _Server, error: AIQueryError, outages: int,
+        client: flight.FlightClient | None,
+    ) -> None:
+        """Back off from ``server`` after ``error`` on an exchange that began when it had been
+        marked down ``outages`` times on channel ``client``."""
         with self._lock:
+            server.last_error = str(error).removeprefix(f"engine server {server.url} failed: ")
+            if server.outages != outages:
+                # An exchange that began before the server was last marked down: the same
+                # outage, already counted (or a newer one, counted by a newer exchange).
+                return
+            server.outages += 1
             server.failures += 1
             wait = getattr(error, "retry_after", None)
             if not isinstance(wait, (int, float)):
                 wait = min(self.retry_delay * 2 ** (server.failures - 1), self.max_retry_delay)
             server.down_until = time.monotonic() + float(wait)
-            server.last_error = str(error).removeprefix(f"engine server {server.url} failed: ")
-        _close(server)  # reconnect on next use: a restarted server gets a fresh channel
+            # Reconnect on next use (a restarted server gets a fresh channel); a channel opened
+            # since this exchange began is not this one's to close.
+            channel = server.client if server.client is client else None
+            if channel is not None:
+                server.client = None
+        if channel is not None:
+            _quiet_close(channel)
         log.warning("engine server %s failed (retry in %.1fs): %s", server.url, wait, error)
 
     def _client(self, server: _Server) -> flight.FlightClient:
