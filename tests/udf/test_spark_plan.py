@@ -109,3 +109,18 @@ def test_a_connect_session_without_the_extension_warns_once(monkeypatch: Any) ->
         warnings.simplefilter("always")
         assert typed.install_builders(session) is False
     assert again == []  # once per process
+
+
+@pytest.mark.parametrize(("host", "local"), [("127.0.0.1", True), ("spark-head.internal", False)])
+def test_an_embedded_server_only_for_a_local_mode_connect_server_on_this_machine(
+    monkeypatch: Any, host: str, local: bool
+) -> None:
+    import ai_query.udf.spark as spark_udf
+
+    class Conf:
+        def get(self, key: str, default: Any = None) -> Any:
+            return "local[2]" if key == "spark.master" else default
+
+    session = type("Session", (), {"conf": Conf(), "client": type("C", (), {"host": host})()})()
+    monkeypatch.setattr(spark_udf, "is_connect", lambda spark: True)
+    assert spark_udf._is_local(session) is local

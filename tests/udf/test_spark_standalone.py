@@ -71,11 +71,11 @@ def executor(ids: pd.Series) -> pd.Series:
     return pd.Series([os.getppid()] * len(ids))  # the PySpark daemon: one per executor
 
 spark.udf.register("executor", pandas_udf(executor, "long"))
-aq = register(spark, engine_url={urls!r}, batch_size=50)
+register(spark, engine_url={urls!r}, batch_size=50)
 prompts = json.load(open({prompts!r}))
 spark.createDataFrame(list(enumerate(prompts)), "id INT, p STRING") \\
     .repartition(4).createOrReplaceTempView("t")
-rows = aq.sql("SELECT id, ai_query('{chat}', p) AS a, executor(id) AS e FROM t").collect()
+rows = spark.sql("SELECT id, ai_query('{chat}', p) AS a, executor(id) AS e FROM t").collect()
 print("RESULT " + json.dumps({{
     "ids": [r.id for r in rows], "answers": [r.a for r in rows],
     "executors": sorted({{r.e for r in rows}}),

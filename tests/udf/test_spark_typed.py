@@ -68,7 +68,7 @@ QUERIES = f"""
             "id", f"ai_query('{CHAT}', review, 'ARRAY<STRING>', " + small + ") AS r"),
         "map": spark.table("reviews").select(
             "id", F.expr(f"ai_query('{CHAT}', review, returnType => 'MAP<STRING, INT>', "
-                         + small + ")").alias("r")),
+                         "failOnError => false, " + small + ")").alias("r")),
         "extract": spark.sql(
             "SELECT id, ai_extract(review, array('product', 'problem')) AS r FROM reviews"),
     }}
@@ -82,9 +82,12 @@ QUERIES = f"""
     spark.sql("CREATE TABLE IF NOT EXISTS out (id INT, r STRUCT<label: STRING>) USING parquet")
     spark.sql("INSERT INTO out SELECT id, r FROM labelled")
     frames["insert"] = spark.table("out")
+    def plain(value):
+        return value.asDict(recursive=True) if hasattr(value, "asDict") else value
+
     out = {{
         name: {{"type": frame.schema["r"].dataType.simpleString(),
-               "rows": {{row["id"]: row["r"] for row in frame.collect()}}}}
+               "rows": {{row["id"]: plain(row["r"]) for row in frame.collect()}}}}
         for name, frame in frames.items()
     }}
     try:
@@ -93,7 +96,7 @@ QUERIES = f"""
     except AnalysisException as exc:
         out["bad"] = str(exc)
     spark.sql("DROP TABLE out")
-    print("RESULT " + json.dumps(out, default=lambda v: v.asDict(recursive=True)))
+    print("RESULT " + json.dumps(out))
 """
 
 
@@ -117,7 +120,7 @@ def _check(out: dict[str, Any]) -> None:
         "vector": "array<float>",
         "safe": "struct<result:string,errorMessage:string>",
         "array": "array<string>",
-        "map": "map<string,int>",
+        "map": "struct<result:map<string,int>,errorMessage:string>",
         "extract": "struct<product:string,problem:string>",
         "view": "string",
         "cte": "int",
@@ -130,7 +133,9 @@ def _check(out: dict[str, Any]) -> None:
     assert [len(rows["vector"][i]) for i in ("1", "2")] == [384, 384]
     assert rows["cte"] == {"1": 384, "2": 384}
     assert all(rows["safe"][i]["errorMessage"] is None for i in ("1", "2"))
-    assert rows["insert"] == {k: {"label": v} for k, v in rows["view"].items()}
+    for i in ("1", "2"):  # a map, or the reason there is none (the small model may not stop)
+        assert (rows["map"][i]["result"] is None) != (rows["map"][i]["errorMessage"] is None)
+    assert rows["insert"] == {k: None if v is None else {"label": v} for k, v in rows["view"].items()}
     assert out["bad"].startswith("bad returnType 'STRUCT<x': ")
 
 
@@ -192,3 +197,48 @@ def test_spark_connect_returns_declared_types(
     tmp_path: Path, real_server: Any, connect_server: str
 ) -> None:
     _check(_run(tmp_path, "connect", {"ENGINE_URL": real_server.url, "CONNECT_URL": connect_server}))
+
+
+FALLBACK = f"""
+    import json, warnings
+    import ai_query.udf.spark.typed as typed
+    from ai_query.errors import ConfigError
+    from ai_query.udf.spark import local_session, register
+
+    def no_jdk():
+        raise ConfigError("no javac here")
+
+    typed.jar_path = no_jdk  # a machine without a JDK's javac
+    spark = local_session("local[2]")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aq = register(spark, embedded_engine="deterministic")
+    spark.createDataFrame([(1, "great")], "id INT, review STRING").createOrReplaceTempView("t")
+    query = "SELECT ai_query('{CHAT}', review, returnType => 'STRUCT<label: STRING>') AS r FROM t"
+    print("RESULT " + json.dumps({{
+        "warnings": [str(w.message) for w in caught],
+        "plain": spark.sql(query).schema["r"].dataType.simpleString(),
+        "aq": aq.sql(query).schema["r"].dataType.simpleString(),
+        "row": aq.sql(query).collect()[0]["r"]["label"],
+    }}))
+"""
+
+
+def test_without_the_extension_plain_sql_gets_text_and_aq_sql_still_types(tmp_path: Path) -> None:
+    script = tmp_path / "user.py"
+    script.write_text(textwrap.dedent(FALLBACK))
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": sys.executable},
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-4000:]
+    out = json.loads(lines[0][len("RESULT "):])
+    assert [w for w in out["warnings"] if "Spark extension" in w] == [
+        "ai_query's Spark extension could not be installed on this session (no javac here); "
+        "ai_query and the task functions return text in spark.sql (aq.sql still types them). "
+        "Start Spark with `$(ai-query spark-conf)` instead"
+    ]
+    assert (out["plain"], out["aq"]) == ("string", "struct<label:string>")
+    assert isinstance(out["row"], str)

@@ -1,8 +1,7 @@
 """Typed PySpark DataFrame functions: ``ai_query`` and the task functions as Columns.
 
-``spark.sql`` fixes a UDF's result type, so SQL gets typed results only through
-:meth:`~ai_query.udf.spark.SparkAIQuery.sql`. These functions give DataFrame users the same
-types directly::
+SQL gets typed results from Spark's analyzer (:mod:`ai_query.udf.spark.typed`). These
+functions give DataFrame users the same types as Python calls, without SQL text::
 
     from ai_query.udf.spark import functions as AF
 
