@@ -47,7 +47,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
-from common import CHAT_ENDPOINT, EMBED_ENDPOINT, chat_prompts, texts  # noqa: E402
+from common import CHAT_ENDPOINT, EMBED_ENDPOINT, chat_prompts, cpu_line, texts  # noqa: E402
 
 TASKS = {"chat": ("llm/v1/chat", CHAT_ENDPOINT), "embed": ("llm/v1/embeddings", EMBED_ENDPOINT)}
 
@@ -192,6 +192,7 @@ def main() -> None:
 
         server = start_server_process(Catalog.load(catalog) if catalog else None, preload=True)
         env["AI_QUERY_ENGINE_URL"] = server.url
+    print(cpu_line())
     print(f"load average before start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
           f"{args.task}, {args.rows} rows x {args.max_tokens} tokens; {args.server} server; "
           f"model {args.model or endpoint}", flush=True)
@@ -216,6 +217,8 @@ def main() -> None:
             for name, r in results.items():
                 totals[name][0] += r["units"]
                 totals[name][1] += r["seconds"]
+            if not s["native_types"]:
+                raise SystemExit("ai_query's Spark extension was not installed on the session")
             ratios.append((s["units"] / s["seconds"]) / (o["units"] / o["seconds"]))
             same += sum(a == b for a, b in zip(s["answers"], o["answers"], strict=True))
             print(f"trial {trial + 1}: spark {s['units']} {unit} in {s['seconds']:.2f}s "
