@@ -4,6 +4,7 @@ behind a proxy that answers 429 with Retry-After."""
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import time
 import urllib.request
@@ -38,11 +39,14 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 class _Throttle(http.server.ThreadingHTTPServer):
-    """Answers the first ``refusals`` POSTs with 429 + Retry-After, then forwards to vLLM."""
+    """Answers the first ``refusals`` POSTs with 429 + Retry-After, then forwards to vLLM; with
+    ``refuse_logprobs``, answers 400 to a request asking for log-probabilities (as providers
+    without them do)."""
 
-    def __init__(self, upstream: str, refusals: int) -> None:
+    def __init__(self, upstream: str, refusals: int, refuse_logprobs: bool = False) -> None:
         self.upstream = upstream
         self.refusals = refusals
+        self.refuse_logprobs = refuse_logprobs
         self.log: list[tuple[float, int]] = []
         super().__init__(("127.0.0.1", 0), _ThrottleHandler)
 
@@ -52,6 +56,15 @@ class _ThrottleHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.server.refuse_logprobs and b'"logprobs"' in body:
+            self.server.log.append((time.monotonic(), 400))
+            payload = b'{"error": {"message": "logprobs is not supported", "type": "invalid"}}'
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if len(self.server.log) < self.server.refusals:
             self.server.log.append((time.monotonic(), 429))
             payload = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
@@ -220,3 +233,43 @@ def test_a_provider_without_label_probabilities_generates_the_label(
     assert out.column("error").to_pylist() == [None, None]
     for answer in map(json.loads, out.column("result").to_pylist()):
         assert answer["label"] in labels and answer["logprobs"] is None
+
+
+FRUIT = json.dumps({
+    "type": "json_schema",
+    "json_schema": {"name": "fruit", "schema": {
+        "type": "object", "properties": {"fruit": {"type": "string"}}, "required": ["fruit"],
+    }},
+    "returnType": "STRUCT<fruit: STRING>",
+    "confidence": True,
+})
+
+
+@pytest.mark.parametrize("refuses", [False, True], ids=["gives-logprobs", "refuses-logprobs"])
+def test_field_confidence_from_a_providers_token_probabilities(
+    vllm_server: str, monkeypatch: pytest.MonkeyPatch, refuses: bool
+) -> None:
+    """A provider that returns the generated tokens' log-probabilities (vLLM's server, as
+    OpenAI's API does) gives each field its probability; one that refuses the parameter is
+    asked again without it: the same answer, a NULL confidence, no error."""
+    monkeypatch.setenv("AI_QUERY_SECRET_TEST_VLLM", "sk-test")
+    proxy = _Throttle(vllm_server, refusals=0, refuse_logprobs=refuses)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        engine = LocalEngine(_catalog(f"http://127.0.0.1:{proxy.server_port}/v1"), memo_entries=0)
+        out = _run(
+            engine, ["Name one fruit."], response_format=FRUIT,
+            model_parameters=ModelParameters(max_tokens=32, temperature=0.0),
+        )
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert out.column("error").to_pylist() == [None]
+    answer = out.column("result")[0].as_py()
+    assert isinstance(answer["response"]["fruit"], str)
+    confidence = answer["confidence"]["fruit"]
+    if refuses:
+        assert confidence is None
+        assert [status for _, status in proxy.log] == [400, 200]
+    else:
+        assert 0.0 < confidence <= 1.0

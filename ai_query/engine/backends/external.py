@@ -63,22 +63,25 @@ class ExternalBackend:
         return self._client
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
-        """One chat or completion call (tools and tool_choice are passed through)."""
+        """One chat or completion call (tools and tool_choice are passed through); with the
+        generated tokens' log-probabilities where the call asks for them and the provider
+        gives them (:attr:`GenerationRequest.token_logprobs`)."""
         client = self._ensure()
         kwargs = self._arguments(request)
-        if request.task == Task.CHAT:
-            answer = await self._call(
-                client.chat.completions.create, messages=request.conversation(text), **kwargs
-            )
-            choice = answer.choices[0]
+        chat = request.task == Task.CHAT
+        if chat:
+            method, kwargs["messages"] = client.chat.completions.create, request.conversation(text)
+        else:
+            method, kwargs["prompt"] = client.completions.create, text
+        answer = await self._call_with_logprobs(method, kwargs, request.token_logprobs, chat)
+        choice = answer.choices[0]
+        tool_calls = []
+        if chat:
             content = choice.message.content or ""
             calls = choice.message.tool_calls
             tool_calls = [c.model_dump(mode="json", exclude_none=True) for c in calls or ()]
         else:
-            answer = await self._call(client.completions.create, prompt=text, **kwargs)
-            choice = answer.choices[0]
             content = choice.text or ""
-            tool_calls = []
         usage = answer.usage
         return Completion(
             content,
@@ -86,7 +89,26 @@ class ExternalBackend:
             usage.completion_tokens if usage else 0,
             choice.finish_reason,
             tool_calls or None,
+            token_logprobs=_token_logprobs(choice, chat) if request.token_logprobs else None,
         )
+
+    async def _call_with_logprobs(
+        self, method: Any, kwargs: dict[str, Any], logprobs: bool, chat: bool
+    ) -> Any:
+        """``method(**kwargs)``, asking for the sampled tokens' log-probabilities when
+        ``logprobs``; a provider that refuses the parameter (HTTP 400) is asked again without
+        it, so its answer comes with no probabilities (a NULL confidence) rather than an error."""
+        import openai
+
+        if not logprobs:
+            return await self._call(method, **kwargs)
+        try:
+            return await self._call(method, **kwargs, logprobs=True if chat else 0)
+        except ProviderError as exc:
+            if not isinstance(exc.__cause__, openai.BadRequestError):
+                raise
+            log.info("external %s refuses logprobs; asking without", self.model.name)
+            return await self._call(method, **kwargs)
 
     async def score_choices(self, text: str, request: GenerationRequest) -> None:
         """None: a provider's API gives log-probabilities of the tokens it generated, not of
@@ -236,6 +258,20 @@ class ExternalBackend:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+
+def _token_logprobs(choice: Any, chat: bool) -> tuple[tuple[str, float], ...] | None:
+    """Each generated token's text and log-probability from a provider's choice, or None."""
+    found = getattr(choice, "logprobs", None)
+    if found is None:
+        return None
+    if chat:
+        tokens = [(t.token, t.logprob) for t in found.content or ()]
+    else:
+        tokens = list(zip(found.tokens or (), found.token_logprobs or (), strict=False))
+    if not tokens or any(logprob is None for _, logprob in tokens):
+        return None
+    return tuple((str(token), float(logprob)) for token, logprob in tokens)
 
 
 def _backoff(attempt: int, response: Any) -> float:
