@@ -104,6 +104,9 @@ class Completion:
     token_logprobs: tuple[tuple[str, float], ...] | None = None
     """Each generated token's text and log-probability, where the request asked for them
     (:attr:`GenerationRequest.token_logprobs`) and the backend gives them; else None."""
+    reasoning: str | None = None
+    """A reasoning model's reasoning, kept apart from :attr:`text` (the answer), where the
+    provider returns it; else None."""
 
     def as_chunk(self) -> CompletionChunk:
         """The whole answer as one streamed chunk (used when tool calls must come whole)."""

@@ -75,9 +75,9 @@ class ExternalBackend:
             method, kwargs["prompt"] = client.completions.create, text
         answer = await self._call_with_logprobs(method, kwargs, request.token_logprobs, chat)
         choice = answer.choices[0]
-        tool_calls = []
+        tool_calls, reasoning = [], None
         if chat:
-            content = choice.message.content or ""
+            content, reasoning = answer_and_reasoning(choice.message)
             calls = choice.message.tool_calls
             tool_calls = [c.model_dump(mode="json", exclude_none=True) for c in calls or ()]
         else:
@@ -90,6 +90,7 @@ class ExternalBackend:
             choice.finish_reason,
             tool_calls or None,
             token_logprobs=_token_logprobs(choice, chat) if request.token_logprobs else None,
+            reasoning=reasoning,
         )
 
     async def _call_with_logprobs(
@@ -144,7 +145,7 @@ class ExternalBackend:
                     continue
                 choice = event.choices[0]
                 piece = (
-                    choice.delta.content if request.task == Task.CHAT else choice.text
+                    _parts_text(choice.delta.content) if request.task == Task.CHAT else choice.text
                 ) or ""
                 finish = choice.finish_reason or finish
                 if piece:
@@ -258,6 +259,39 @@ class ExternalBackend:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+
+def answer_and_reasoning(message: Any) -> tuple[str, str | None]:
+    """A chat answer's text and, apart, a reasoning model's reasoning: Databricks' shape
+    (``content`` a list of a ``reasoning`` part with its ``summary`` texts, then ``text``
+    parts) or the OpenAI-compatible one (``reasoning_content``, vLLM's and DeepSeek's)."""
+    content = message.content
+    reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+    if isinstance(content, list):
+        thoughts = [
+            str(summary.get("text") or "")
+            for part in map(_as_dict, content) if part.get("type") == "reasoning"
+            for summary in map(_as_dict, part.get("summary") or ())
+        ]
+        reasoning = "\n".join(t for t in thoughts if t) or reasoning
+    return _parts_text(content), reasoning if isinstance(reasoning, str) and reasoning else None
+
+
+def _parts_text(content: Any) -> str:
+    """The answer text of a message's ``content``: a string, or the text of its ``text``
+    parts (a list, as reasoning models answer)."""
+    if not isinstance(content, list):
+        return content or ""
+    return "".join(
+        str(part.get("text") or "") for part in map(_as_dict, content) if part.get("type") == "text"
+    )
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else {}
 
 
 def _token_logprobs(choice: Any, chat: bool) -> tuple[tuple[str, float], ...] | None:

@@ -26,6 +26,8 @@ def _message(done: Completion) -> dict[str, Any]:
     if done.tool_calls:
         message["content"] = done.text or None
         message["tool_calls"] = done.tool_calls
+    if done.reasoning is not None:  # a reasoning model's, apart from the answer (vLLM's field)
+        message["reasoning_content"] = done.reasoning
     return message
 
 
