@@ -26,7 +26,10 @@ MODEL_PARAMETER_KEYS: dict[str, tuple[type, ...]] = {
     "presence_penalty": (int, float),
     "frequency_penalty": (int, float),
     "repetition_penalty": (int, float),
+    "reasoning_effort": (str,),
 }
+#: ``reasoning_effort`` values (OpenAI's and Databricks' reasoning models).
+REASONING_EFFORTS: tuple[str, ...] = ("minimal", "low", "medium", "high")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,10 @@ class ModelParameters:
     """vLLM/Hugging Face repetition penalty: above 1.0 makes tokens already in the prompt or the
     answer less likely (1.0: off). External providers get it as an extra field, as ``top_k``,
     except OpenAI itself (provider ``openai``), which refuses fields it does not know."""
+    reasoning_effort: str | None = None
+    """How hard a reasoning model thinks (:data:`REASONING_EFFORTS`): external providers get
+    it as OpenAI's ``reasoning_effort``; a local model's chat template reads it (as vLLM's
+    server passes it); models that do not reason ignore it."""
 
     @classmethod
     def from_value(cls, value: Any) -> ModelParameters:
@@ -118,6 +125,11 @@ def _check_value(key: str, raw: Any) -> Any:
     if key == "stop":
         stops = (raw,) if isinstance(raw, str) else tuple(str(s) for s in raw)
         return stops
+    if key == "reasoning_effort" and raw not in REASONING_EFFORTS:
+        raise ConfigError(
+            f"modelParameters.reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
+            f"got {raw!r}"
+        )
     if key == "max_tokens" and raw < 1:
         raise ConfigError(f"modelParameters.max_tokens must be >= 1, got {raw}")
     if key == "temperature" and not (0.0 <= float(raw) <= 2.0):

@@ -27,6 +27,9 @@ from ai_query.options import CallOptions, ModelParameters
         pytest.param(
             {"repetition_penalty": 1}, ModelParameters(repetition_penalty=1.0), id="repetition"
         ),
+        pytest.param(
+            {"reasoning_effort": "low"}, ModelParameters(reasoning_effort="low"), id="reasoning"
+        ),
     ],
 )
 def test_model_parameters_accepts(raw: object, expected: ModelParameters) -> None:
@@ -42,6 +45,11 @@ def test_model_parameters_accepts(raw: object, expected: ModelParameters) -> Non
         pytest.param({"top_p": 1.5}, "top_p must be in", id="top_p"),
         pytest.param({"repetition_penalty": 0}, "repetition_penalty must be in", id="repetition"),
         pytest.param({"max_tokens": True}, "max_tokens must be int", id="bool"),
+        pytest.param(
+            {"reasoning_effort": "extreme"},
+            "reasoning_effort must be one of minimal, low, medium, high, got 'extreme'",
+            id="reasoning",
+        ),
         pytest.param("[1]", "must be a struct", id="not-object"),
     ],
 )

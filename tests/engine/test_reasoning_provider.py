@@ -16,7 +16,7 @@ from ai_query.catalog import Catalog
 from ai_query.engine.backends.backend import Completion
 from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.engine.local import LocalEngine
-from ai_query.options import CallOptions
+from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.http import responses
 
 THOUGHT = "The user asks for a fruit; apples are common."
@@ -92,6 +92,11 @@ def test_ai_query_gets_the_answer_alone_typed_by_return_type(provider: _Provider
     )), 1)
     assert typed.column("error").to_pylist() == [None]
     assert typed.column("result").to_pylist() == [{"label": "apple"}]
+    assert "reasoning_effort" not in provider.bodies[-1]
+    align_results(engine.run(request_batch(["Name a fruit."], CallOptions(
+        endpoint="ext-reasoner", model_parameters=ModelParameters(reasoning_effort="low"),
+    ))), 1)
+    assert provider.bodies[-1]["reasoning_effort"] == "low"
 
 
 def test_http_answers_keep_the_reasoning_apart() -> None:
@@ -107,7 +112,6 @@ def test_the_backend_keeps_the_reasoning_apart_from_the_answer(provider: _Provid
 
     from ai_query.engine.backends.backend import GenerationRequest
     from ai_query.engine.backends.external import ExternalBackend
-    from ai_query.options import ModelParameters
     from ai_query.tasks import Task
 
     model = _engine(provider).catalog.get("ext-reasoner").config.served_entities[0].external_model

@@ -32,6 +32,12 @@ def test_chat_answers_are_text(real_engine) -> None:
     assert results[1] is None
     assert all(isinstance(r, str) and r.strip() for r in (results[0], results[2]))
     assert out.column("completion_tokens").to_pylist()[0] > 0
+    # A model that does not reason: its chat template ignores reasoning_effort.
+    effort = run(
+        real_engine, ["What is 2+2?"], endpoint=CHAT,
+        model_parameters=ModelParameters(max_tokens=16, reasoning_effort="low"),
+    )
+    assert effort.column("result").to_pylist() == results[:1]
 
 
 def test_completions_endpoint(real_engine) -> None:

@@ -207,3 +207,13 @@ def test_chat_routes_take_vllms_repetition_penalty_and_add_no_default() -> None:
     assert ChatRequest(messages=messages).parameters().repetition_penalty is None
     given = ChatRequest(messages=messages, repetition_penalty=1.1).parameters()
     assert given.repetition_penalty == 1.1
+
+
+def test_chat_routes_take_reasoning_effort_and_name_a_bad_one() -> None:
+    from ai_query.serving.http.problems import APIError
+    from ai_query.serving.http.schemas import ChatRequest
+
+    messages = [{"role": "user", "content": "hi"}]
+    assert ChatRequest(messages=messages, reasoning_effort="high").parameters().reasoning_effort == "high"
+    with pytest.raises(APIError, match="reasoning_effort must be one of minimal, low"):
+        ChatRequest(messages=messages, reasoning_effort="max").parameters()

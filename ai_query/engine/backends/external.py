@@ -163,7 +163,7 @@ class ExternalBackend:
             "max_tokens": p.max_tokens or request.default_max_tokens,
             "temperature": p.temperature,
         }
-        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
+        for name in ("top_p", "seed", "presence_penalty", "frequency_penalty", "reasoning_effort"):
             if getattr(p, name) is not None:
                 kwargs[name] = getattr(p, name)
         if p.stop:

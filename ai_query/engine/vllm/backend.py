@@ -175,6 +175,8 @@ class VLLMBackend(VLLMModel):
             messages = request.conversation(text)
             if request.tools and request.tool_choice != "none":
                 kwargs["tools"] = request.tools
+            if request.params.reasoning_effort is not None:  # as vLLM's server: the template's
+                kwargs["reasoning_effort"] = request.params.reasoning_effort
         return await compat.render_chat(self._engine, messages, kwargs)
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:

@@ -47,6 +47,8 @@ class _Sampling(_Body):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     """vLLM's extra sampling parameter (1.0: off); unset, the model samples without it."""
+    reasoning_effort: str | None = None
+    """OpenAI's, for reasoning models (:data:`ai_query.options.REASONING_EFFORTS`)."""
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     logprobs: bool | int | None = None
@@ -67,6 +69,7 @@ class _Sampling(_Body):
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,
             "repetition_penalty": self.repetition_penalty,
+            "reasoning_effort": self.reasoning_effort,
         }
         if self.logprobs:
             raise bad_request("logprobs are not supported by this server")
