@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -302,21 +301,6 @@ def local_endpoint(name: str, entity_name: str, task: str | None = None) -> Endp
     )
 
 
-@dataclass(frozen=True)
-class EndpointTasks:
-    """Each endpoint name's task and nothing else (no models, no secrets): what checking a
-    SQL call needs, small and picklable (Spark's analyzer-side planner carries it)."""
-
-    tasks: Mapping[str, Task]
-    """Endpoint or alias name -> task."""
-
-    def task_of(self, name: str) -> Task:
-        """The task of endpoint ``name``; raises UnknownEndpointError when unknown."""
-        if name not in self.tasks:
-            raise UnknownEndpointError(name, list(self.tasks))
-        return self.tasks[name]
-
-
 class Catalog:
     """Endpoints by name, plus aliases; immutable once built."""
 
@@ -428,10 +412,6 @@ class Catalog:
     def task_of(self, name: str) -> Task:
         """The task of endpoint ``name``; raises UnknownEndpointError when unknown."""
         return self.get(name).task
-
-    def endpoint_tasks(self) -> EndpointTasks:
-        """Each name's task, without the rest of the catalog."""
-        return EndpointTasks({name: self.task_of(name) for name in self.names()})
 
     def task_functions(self) -> dict[str, str]:
         """Task or function name -> the endpoint that answers task functions for it."""

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -109,3 +110,14 @@ def vllm_api_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen[b
         ],
         log,
     )
+
+
+def reply_json(handler: Any, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+    """Answer an ``http.server`` request with a JSON body (the tests' fake providers)."""
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)

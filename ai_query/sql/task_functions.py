@@ -17,6 +17,7 @@ from typing import Any
 
 from ai_query.errors import ConfigError, UnsupportedCallError
 from ai_query.sql.extract_schema import ExtractField, object_schema, parse_fields
+from ai_query.sql.mask import MASK_MAX_CHARS, mask_entities, mask_format
 from ai_query.sql.response_format import with_confidence
 from ai_query.sql.types import SQLType
 from ai_query.tasks import Task
@@ -59,8 +60,6 @@ LANGUAGES: dict[str, str] = {
 FILTER_ANSWERS: dict[str, bool] = {"true": True, "false": False}
 #: ai_summarize's word limit when none is given.
 DEFAULT_MAX_WORDS = 50
-#: What ai_mask puts in place of each entity.
-MASK = "[MASKED]"
 MIN_CLASSIFY_LABELS, MAX_CLASSIFY_LABELS = 2, 500
 #: The longest list of labels ai_classify's prompt gives the model (about 1,000 tokens of
 #: English, so that the list, a text and the answer fit a 2,048-token model); longer lists are
@@ -79,8 +78,6 @@ EXTRACT_OPTIONS: tuple[str, ...] = ("enableConfidenceScores", "instructions", "v
 #: In a multilabel answer: every label at least this share of the best label's probability.
 MULTILABEL_SHARE = 0.5
 MAX_EXTRACT_LABELS = 20
-#: The longest entity ai_mask asks for, in characters.
-MASK_MAX_CHARS = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,23 +284,6 @@ class TaskSpec:
         return answer
 
 
-def mask_format(labels: Sequence[str]) -> str:
-    """ai_mask's responseFormat: a JSON schema with the entity of each kind, as ai_extract asks
-    (a small model fills one string per kind far better than open lists; measured in
-    bench/task_quality.py), bounded so it cannot ramble past its token budget."""
-    entities = {"type": "string", "maxLength": MASK_MAX_CHARS}
-    schema = {
-        "type": "object",
-        "properties": {label: entities for label in labels},
-        "required": list(labels),
-        "additionalProperties": False,
-    }
-    return json.dumps(
-        {"type": "json_schema", "json_schema": {"name": "entities", "schema": schema}},
-        separators=(",", ":"),
-    )
-
-
 def _json_object(answer: Any) -> Mapping[str, Any]:
     if isinstance(answer, Mapping):
         return answer
@@ -339,19 +319,6 @@ def _present(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return None if text.lower() in ("", "null", "none", "n/a") else text
-
-
-def mask_entities(content: str, entities: Mapping[str, Any]) -> str:
-    """``content`` with every listed entity that occurs in it replaced by :data:`MASK`."""
-    found = {
-        str(item).strip()
-        for items in entities.values()
-        for item in (items if isinstance(items, list) else [items])
-        if item is not None
-    }
-    for entity in sorted((e for e in found if len(e) > 1), key=len, reverse=True):
-        content = content.replace(entity, MASK)
-    return content
 
 
 def task_spec(function: str, args: Sequence[Any] = ()) -> TaskSpec:

@@ -19,7 +19,7 @@ from ai_query.engine.backends.registry import shared_backend
 from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.engine.local import LocalEngine
 from ai_query.options import CallOptions, ModelParameters
-from tests.servers import free_port, stop, vllm_api_server, wait_http
+from tests.servers import free_port, reply_json, stop, vllm_api_server, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -59,21 +59,12 @@ class _ThrottleHandler(http.server.BaseHTTPRequestHandler):
         if self.server.refuse_logprobs and b'"logprobs"' in body:
             self.server.log.append((time.monotonic(), 400))
             payload = b'{"error": {"message": "logprobs is not supported", "type": "invalid"}}'
-            self.send_response(400)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            reply_json(self, 400, payload)
             return
         if len(self.server.log) < self.server.refusals:
             self.server.log.append((time.monotonic(), 429))
             payload = b'{"error": {"message": "slow down", "type": "rate_limit"}}'
-            self.send_response(429)
-            self.send_header("Retry-After", "1")
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            reply_json(self, 429, payload, {"Retry-After": "1"})
             return
         self.server.log.append((time.monotonic(), 200))
         req = urllib.request.Request(
@@ -84,11 +75,7 @@ class _ThrottleHandler(http.server.BaseHTTPRequestHandler):
         )
         with urllib.request.urlopen(req, timeout=120) as resp:
             payload = resp.read()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        reply_json(self, 200, payload)
 
     def log_message(self, *args: Any) -> None:
         pass

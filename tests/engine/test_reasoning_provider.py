@@ -18,6 +18,7 @@ from ai_query.engine.core.batch import align_results, request_batch
 from ai_query.engine.local import LocalEngine
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.http import responses
+from tests.servers import reply_json
 
 THOUGHT = "The user asks for a fruit; apples are common."
 
@@ -51,11 +52,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
         }).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        reply_json(self, 200, payload)
 
     def log_message(self, *args: Any) -> None:
         pass

@@ -9,12 +9,12 @@ import pytest
 import sqlglot
 
 from ai_query.errors import ConfigError, UnsupportedCallError
+from ai_query.sql.mask import mask_entities
 from ai_query.sql.response_format import parse_response_format, resolve_output
 from ai_query.sql.task_calls import bind_task_call, find_task_calls
 from ai_query.sql.task_functions import (
     SENTIMENTS,
     TASK_FUNCTIONS,
-    mask_entities,
     parse_labels,
     task_spec,
 )

@@ -17,7 +17,7 @@ from ai_query.sql import transpile
 from ai_query.udf.spark import typed
 
 CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
-TASKS = Catalog.default().endpoint_tasks()
+TASKS = typed.EndpointTasks.from_catalog(Catalog.default())
 
 
 @dataclass

@@ -55,6 +55,7 @@ from ai_query.sql.vector_search import VectorIndexInfo
 from ai_query.udf.spark.typed import FUNCTIONS as TYPED_FUNCTIONS
 from ai_query.udf.spark.typed import (
     PLAN_FUNCTION,
+    EndpointTasks,
     hidden_name,
     install_builders,
     is_connect,
@@ -205,7 +206,7 @@ def register(
             if aq.native_types and sql_name == function:
                 continue
         spark.udf.register(sql_name, udf)
-    spark.udtf.register(PLAN_FUNCTION, plan_udtf(catalog.endpoint_tasks()))
+    spark.udtf.register(PLAN_FUNCTION, plan_udtf(EndpointTasks.from_catalog(catalog)))
     with _embedded_lock:
         _registered[_app_id(spark)] = aq
     return aq

@@ -38,16 +38,18 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
 
-from ai_query.catalog import EndpointTasks
-from ai_query.errors import AIQueryError, ConfigError
+from ai_query.catalog import Catalog
+from ai_query.errors import AIQueryError, ConfigError, UnknownEndpointError
 from ai_query.sql.calls import FUNCTION_NAME, PARAMETERS, VECTOR_FUNCTION_NAME
 from ai_query.sql.transpile import spark_json_ddl, typed_result
+from ai_query.tasks import Task
 
 #: The functions whose result type depends on their constant arguments (the Java class's
 #: ``FUNCTIONS``; a test checks that the two agree).
@@ -58,6 +60,26 @@ PLAN_FUNCTION = "__ai_query_plan"
 EXTENSION_CLASS = "aiquery.spark.AiQueryExtension"
 _SOURCE_DIR = Path(__file__).parent / "java"
 _warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class EndpointTasks:
+    """Each endpoint name's task and nothing else (no models, no secrets): what checking a
+    call needs, small and picklable (the planning UDTF carries it to Spark's workers)."""
+
+    tasks: Mapping[str, Task]
+    """Endpoint or alias name -> task."""
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog) -> EndpointTasks:
+        """Each of ``catalog``'s names with its task."""
+        return cls({name: catalog.task_of(name) for name in catalog.names()})
+
+    def task_of(self, name: str) -> Task:
+        """The task of endpoint ``name``; raises UnknownEndpointError when unknown."""
+        if name not in self.tasks:
+            raise UnknownEndpointError(name, list(self.tasks))
+        return self.tasks[name]
 
 
 def hidden_name(function: str) -> str:
