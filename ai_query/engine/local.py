@@ -28,6 +28,7 @@ from ai_query.engine.core.arrow_types import coerce, to_arrow
 from ai_query.engine.core.batch import RowOutcome, read_request_batch, result_batch
 from ai_query.engine.core.loop import EngineLoop, settle, shared_loop, spawn
 from ai_query.engine.core.memo import ResultMemo
+from ai_query.engine.core.preview import estimate_tokens, preview_batch
 from ai_query.engine.process.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import EngineError
 from ai_query.options import CallOptions
@@ -132,6 +133,37 @@ class LocalEngine:
             redact_exception(exc)
             raise
         return result_batch(outcomes, plan.arrow_type)
+
+    def preview(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """What answering ``batch`` would take, with no model call (see
+        :mod:`~ai_query.engine.core.preview`): each row's prompt tokens from the model's own
+        tokenizer (estimated for a provider without one here), and whether the memo of recent
+        greedy answers holds it. A traffic split is counted on its first served entity."""
+        try:
+            requests, options = read_request_batch(batch)
+            plan = self.plan(options)
+            distinct = list(dict.fromkeys(r for r in requests if r is not None))
+            entity = plan.endpoint.config.served_entities[0]
+            counted, remembered = self.loop.run(self._preview_rows(distinct, plan, entity))
+        except Exception as exc:
+            redact_exception(exc)
+            raise
+        exact = counted is not None
+        tokens = dict(zip(distinct, counted or map(estimate_tokens, distinct), strict=True))
+        return preview_batch(
+            [None if r is None else tokens[r] for r in requests],
+            exact=exact,
+            cached=[r is not None and r in remembered for r in requests],
+        )
+
+    async def _preview_rows(
+        self, texts: list[str], plan: CallPlan, entity: ServedEntity
+    ) -> tuple[list[int] | None, set[str]]:
+        """Token counts of ``texts`` (None without a tokenizer), and those the memo holds."""
+        counted = await self._backend(entity).count_tokens(texts, plan.generation)
+        key = plan.coalesce_key
+        remembered = set() if key is None else {t for t in texts if self._memo.holds((key, t))}
+        return counted, remembered
 
     async def run_async(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """:meth:`run` for callers on another event loop (e.g. the HTTP server)."""

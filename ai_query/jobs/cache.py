@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ai_query.catalog import Catalog, Endpoint, ServedEntity
 from ai_query.engine.core.arrow_types import coerce, json_default, to_arrow
@@ -43,6 +44,7 @@ from ai_query.engine.core.batch import (
     result_batch,
     result_schema,
 )
+from ai_query.engine.core.preview import preview
 from ai_query.engine.core.protocol import Engine
 from ai_query.options import CallOptions
 from ai_query.sql.response_format import resolve_output
@@ -217,6 +219,18 @@ class CachingEngine:
         answered = align_results(self.inner.run(sub), len(missing))
         self._store(answered, [keys[i] for i in missing], range(len(missing)))
         return _stitch(answered_here, known, answered, missing)
+
+    def preview(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The inner engine's preview, with the rows this cache would answer marked cached."""
+        result = preview(self.inner, batch)
+        requests, options = read_request_batch(batch)
+        if not options.model_parameters.deterministic:
+            return result
+        identity = self._call(options)[0]
+        keys = [None if r is None else request_key(identity, r) for r in requests]
+        found = self.cache.get_many(k for k in keys if k is not None)
+        cached = pc.or_(result.column("cached"), pa.array([k in found for k in keys]))
+        return result.set_column(result.schema.get_field_index("cached"), "cached", cached)
 
     def _store(
         self, result: pa.RecordBatch, keys: Sequence[str | None], rows: Iterable[int]

@@ -90,12 +90,21 @@ class ServingFlightServer(EngineFlightServer):
         middleware = context.get_middleware(_AUTH)
         return middleware.identity if middleware is not None else ANONYMOUS_IDENTITY
 
-    def _run_batch(self, batch: pa.RecordBatch, caller: Identity) -> pa.RecordBatch:
-        endpoint = None
+    def _authorized(self, batch: pa.RecordBatch, caller: Identity) -> str | None:
+        """The endpoint ``batch`` names, once ``caller`` may query it (CAN_QUERY)."""
         meta = (batch.schema.metadata or {}).get(CALL_METADATA_KEY)
         name = CallOptions.from_json(meta).endpoint if meta is not None else None
         if name is not None and self.authorize is not None:
-            self.authorize(caller, name)  # CAN_QUERY, before any row runs
+            self.authorize(caller, name)
+        return name
+
+    def _preview_batch(self, batch: pa.RecordBatch, caller: Identity) -> pa.RecordBatch:
+        self._authorized(batch, caller)
+        return super()._preview_batch(batch, caller)
+
+    def _run_batch(self, batch: pa.RecordBatch, caller: Identity) -> pa.RecordBatch:
+        endpoint = None
+        name = self._authorized(batch, caller)  # before any row runs
         if self.limiter is not None and name is not None:
             endpoint = self.engine.catalog.get(name)
         if endpoint is None or not endpoint.rate_limits or self.limiter is None:

@@ -186,6 +186,14 @@ class Backend(Protocol):
         order, a :class:`RowFailure` in place of a text that cannot be embedded."""
         ...
 
+    async def count_tokens(
+        self, texts: Sequence[str], request: GenerationRequest | None
+    ) -> list[int] | None:
+        """The prompt tokens each of ``texts`` would take under ``request`` (None: an
+        embeddings call), counted as :meth:`complete`/:meth:`embed_many` would report them, with
+        no model call; None when this backend has no tokenizer (an external provider)."""
+        ...
+
     def health(self) -> EngineHealth:
         """Whether the model answers now (see :mod:`ai_query.engine.process.supervision`)."""
         ...

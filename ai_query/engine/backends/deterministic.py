@@ -121,6 +121,12 @@ class DeterministicBackend:
         """A unit vector seeded by each text."""
         return [self._embed(text) for text in texts]
 
+    async def count_tokens(
+        self, texts: Sequence[str], request: GenerationRequest | None
+    ) -> list[int]:
+        """Words, as :meth:`complete` and :meth:`embed_many` count them."""
+        return [len(text.split()) for text in texts]
+
     def _embed(self, text: str) -> EmbeddingResult:
         self.calls += 1
         try:

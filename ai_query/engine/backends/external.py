@@ -250,6 +250,12 @@ class ExternalBackend:
                     f"external model {self.model.name!r}: {_describe(exc)}"
                 ) from exc
 
+    async def count_tokens(
+        self, texts: Sequence[str], request: GenerationRequest | None
+    ) -> None:
+        """None: a provider's tokenizer is not at hand (the caller estimates)."""
+        return None
+
     def health(self) -> EngineHealth:
         """Always ready: nothing here can die (a failed call is that row's error)."""
         return EngineHealth(EngineState.READY)

@@ -31,6 +31,10 @@ class ResultMemo:
             self.hits += 1
         return found
 
+    def holds(self, key: tuple[str, str]) -> bool:
+        """Whether an answer for ``key`` is remembered (without counting a hit)."""
+        return key in self._items
+
     def put(self, key: tuple[str, str], outcome: RowOutcome) -> None:
         """Remember a successful answer (vectors are kept compactly as float32 arrays)."""
         if outcome.error is not None or self.max_entries <= 0:

@@ -36,6 +36,7 @@ from ai_query.engine.flight.wire import (
     ACTION_CATALOG,
     ACTION_HEALTH,
     EXCHANGE_COMMAND,
+    PREVIEW_COMMAND,
     bearer_header,
     error_from_flight,
     is_retryable,
@@ -169,6 +170,20 @@ class FlightEngineClient:
                 )
         return _combine(results, batch.num_rows)
 
+    def preview(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The preview of a request batch (:mod:`ai_query.engine.core.preview`) from the first
+        server that answers; calls no model."""
+        chunks = [batch]
+        last: AIQueryError | None = None
+        for pos in self._usable_servers() or range(len(self._servers)):
+            answered, error = self._exchange(self._servers[pos], [0], chunks, PREVIEW_COMMAND)
+            if error is None:
+                return align_results(answered[0], batch.num_rows)
+            if not is_retryable(error):
+                raise error
+            last = error
+        raise last or EngineUnavailableError("no engine server to preview the batch on")
+
     def close(self) -> None:
         """Close the connections."""
         with self._lock:
@@ -267,7 +282,11 @@ class FlightEngineClient:
         return [(idx, *out) for (_, idx), out in zip(jobs, outs, strict=True)]
 
     def _exchange(
-        self, server: _Server, indexes: list[int], chunks: list[pa.RecordBatch]
+        self,
+        server: _Server,
+        indexes: list[int],
+        chunks: list[pa.RecordBatch],
+        command: bytes = EXCHANGE_COMMAND,
     ) -> tuple[dict[int, pa.RecordBatch], AIQueryError | None]:
         """Send ``indexes`` on one stream; the answered chunks, and the error that stopped it
         (a retryable one has marked the server down)."""
@@ -280,7 +299,7 @@ class FlightEngineClient:
         error: AIQueryError
         try:
             client = self._client(server)
-            descriptor = flight.FlightDescriptor.for_command(EXCHANGE_COMMAND)
+            descriptor = flight.FlightDescriptor.for_command(command)
             writer, reader = client.do_exchange(descriptor, self._options(self.timeout))
             try:
                 writer.begin(chunks[indexes[0]].schema)

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -22,8 +23,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as flight
 
+from ai_query.engine.core.preview import preview
 from ai_query.engine.core.protocol import Engine, engine_health
-from ai_query.engine.flight.wire import ACTION_CATALOG, ACTION_HEALTH, ACTIONS, error_to_flight
+from ai_query.engine.flight.wire import (
+    ACTION_CATALOG,
+    ACTION_HEALTH,
+    ACTIONS,
+    PREVIEW_COMMAND,
+    error_to_flight,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +85,11 @@ class EngineFlightServer(flight.FlightServerBase):
         self._count(exchanges=1, active_exchanges=1)
         pending: queue.Queue[Future[pa.RecordBatch] | None] = queue.Queue()
         stop = threading.Event()
+        previewing = descriptor.command == PREVIEW_COMMAND
+        answer = self._preview_batch if previewing else self._run_batch
         reader_thread = threading.Thread(
-            target=self._read_requests, args=(reader, pending, stop, principal), daemon=True,
+            target=self._read_requests, args=(reader, pending, stop, principal, answer),
+            daemon=True,
             name="aiq-exchange-reader",
         )
         reader_thread.start()
@@ -91,6 +102,8 @@ class EngineFlightServer(flight.FlightServerBase):
                     writer.begin(result.schema)
                     begun = True
                 writer.write_batch(result)
+                if previewing:
+                    continue
                 batches += 1
                 rows += result.num_rows
                 prompt_tokens += result_total(result, "prompt_tokens")
@@ -122,11 +135,12 @@ class EngineFlightServer(flight.FlightServerBase):
         pending: queue.Queue[Future[pa.RecordBatch] | None],
         stop: threading.Event,
         principal: Any,
+        answer: Callable[[pa.RecordBatch, Any], pa.RecordBatch],
     ) -> None:
         try:
             for chunk in reader:
                 if chunk.data is not None and not stop.is_set():
-                    pending.put(self._pool.submit(self._run_batch, chunk.data, principal))
+                    pending.put(self._pool.submit(answer, chunk.data, principal))
         except Exception as exc:  # noqa: BLE001 - a client that went away ends the stream
             failed: Future[pa.RecordBatch] = Future()
             failed.set_exception(exc)
@@ -141,6 +155,10 @@ class EngineFlightServer(flight.FlightServerBase):
     def _run_batch(self, batch: pa.RecordBatch, caller: Any) -> pa.RecordBatch:
         """Answer one request batch for ``caller``."""
         return self.engine.run(batch)
+
+    def _preview_batch(self, batch: pa.RecordBatch, caller: Any) -> pa.RecordBatch:
+        """The preview of one request batch for ``caller`` (no model call)."""
+        return preview(self.engine, batch)
 
     # -- actions ---------------------------------------------------------------------------
     def list_actions(self, context: Any) -> list[tuple[str, str]]:

@@ -4,6 +4,9 @@
   (:func:`ai_query.engine.core.batch.request_batch`; the call options travel in the schema metadata,
   so one stream carries one call), then ends its side; the server answers each request batch
   with one result batch, in order. Several batches per stream are in flight together.
+- Preview: ``DoExchange`` with the command ``ai_query.preview/v1``: the same request batches,
+  each answered with its preview (:mod:`ai_query.engine.core.preview`: prompt tokens and
+  cache hits, no model call).
 - Actions: ``healthcheck`` (JSON status and counters) and ``catalog`` (the catalog as JSON,
   plaintext keys removed).
 - Auth: ``authorization: Bearer <token>`` on every call when the server has tokens.
@@ -30,6 +33,7 @@ from ai_query.errors import (
 from ai_query.redaction import redact, redact_exception
 
 EXCHANGE_COMMAND = b"ai_query.exchange/v1"
+PREVIEW_COMMAND = b"ai_query.preview/v1"
 ACTION_HEALTH = "healthcheck"
 ACTION_CATALOG = "catalog"
 ACTIONS: dict[str, str] = {

@@ -100,6 +100,11 @@ class EmbeddedEngine:
             self.supervisor.died(cause)
             raise EngineDeadError(f"{cause}; {self.supervisor.outlook()}") from exc
 
+    def preview(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The preview of a request batch (:mod:`ai_query.engine.core.preview`) on the private
+        server (started as needed; its models are not: counting needs their tokenizers only)."""
+        return self._ensure()[1].preview(batch)
+
     def start_in_background(self, warm: Sequence[str] = ()) -> None:
         """Start the server now, on a thread, and then the models of the endpoints ``warm``
         (cold start: they load while the caller plans its query). Returns at once; the first

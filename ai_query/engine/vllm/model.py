@@ -12,12 +12,16 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ai_query.engine.process.supervision import EngineHealth, EngineState, Supervisor
+from ai_query.engine.vllm.tokens import PromptTokens
 from ai_query.errors import EngineDeadError
+
+if TYPE_CHECKING:
+    from ai_query.engine.backends.backend import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +129,18 @@ class VLLMModel:
         )
         """Restarts after the engine died; the engine's health."""
         self._start_lock: asyncio.Lock | None = None
+        self.prompt_tokens = PromptTokens(model_dir)
+        """Counts prompt tokens as this engine will, without starting it."""
 
     def health(self) -> EngineHealth:
         """The engine's health."""
         return self.supervisor.health()
+
+    async def count_tokens(
+        self, texts: Sequence[str], request: GenerationRequest | None
+    ) -> list[int]:
+        """Prompt tokens of each text, as the engine will report them (no engine needed)."""
+        return await asyncio.to_thread(self.prompt_tokens.count, texts, request)
 
     async def start(self) -> None:
         """Start the engine: once, and again after it died.
