@@ -27,6 +27,7 @@ from pydantic import (
 
 from ai_query.datafile import read_data_file
 from ai_query.errors import ConfigError, UnknownEndpointError
+from ai_query.price import Price
 from ai_query.redaction import remember_secret
 from ai_query.tasks import TASKS, Task
 
@@ -276,6 +277,8 @@ class Endpoint(_Strict):
     """Free text."""
     route_optimized: bool | None = None
     """Accepted for Databricks compatibility (shown, no effect)."""
+    price: Price | None = None
+    """Price per 1M input and output tokens (ai_query's own field): EXPLAIN's cost estimate."""
 
     @property
     def task(self) -> Task:

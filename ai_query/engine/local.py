@@ -28,7 +28,7 @@ from ai_query.engine.core.arrow_types import coerce, to_arrow
 from ai_query.engine.core.batch import RowOutcome, read_request_batch, result_batch
 from ai_query.engine.core.loop import EngineLoop, settle, shared_loop, spawn
 from ai_query.engine.core.memo import ResultMemo
-from ai_query.engine.core.preview import estimate_tokens, preview_batch
+from ai_query.engine.core.preview import counts_tokens, estimate_tokens, preview_batch
 from ai_query.engine.process.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import EngineError
 from ai_query.options import CallOptions
@@ -144,12 +144,18 @@ class LocalEngine:
             plan = self.plan(options)
             distinct = list(dict.fromkeys(r for r in requests if r is not None))
             entity = plan.endpoint.config.served_entities[0]
-            counted, remembered = self.loop.run(self._preview_rows(distinct, plan, entity))
+            counting = counts_tokens(batch)
+            counted, remembered = self.loop.run(
+                self._preview_rows(distinct, plan, entity, counting)
+            )
         except Exception as exc:
             redact_exception(exc)
             raise
         exact = counted is not None
-        tokens = dict(zip(distinct, counted or map(estimate_tokens, distinct), strict=True))
+        if not counting:
+            tokens: dict[str, int | None] = dict.fromkeys(distinct)
+        else:
+            tokens = dict(zip(distinct, counted or map(estimate_tokens, distinct), strict=True))
         return preview_batch(
             [None if r is None else tokens[r] for r in requests],
             exact=exact,
@@ -157,10 +163,13 @@ class LocalEngine:
         )
 
     async def _preview_rows(
-        self, texts: list[str], plan: CallPlan, entity: ServedEntity
+        self, texts: list[str], plan: CallPlan, entity: ServedEntity, counting: bool
     ) -> tuple[list[int] | None, set[str]]:
-        """Token counts of ``texts`` (None without a tokenizer), and those the memo holds."""
-        counted = await self._backend(entity).count_tokens(texts, plan.generation)
+        """Token counts of ``texts`` (None without a tokenizer, or when not ``counting``), and
+        those the memo holds."""
+        counted = None
+        if counting:
+            counted = await self._backend(entity).count_tokens(texts, plan.generation)
         key = plan.coalesce_key
         remembered = set() if key is None else {t for t in texts if self._memo.holds((key, t))}
         return counted, remembered

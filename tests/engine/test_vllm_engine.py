@@ -200,3 +200,24 @@ def test_rows_behind_a_long_instruction_run_on_32_token_prefix_cache_blocks(real
     assert all(out.column("result").to_pylist())
     cache = backend._engine.vllm_config.cache_config
     assert cache.enable_prefix_caching and cache.block_size == 32
+
+
+def test_preview_counts_the_prompt_tokens_the_engine_then_reports(real_engine) -> None:
+    """Counted with the model's tokenizer and chat template (schema instruction included),
+    before any model call, equal to what the engine reports after answering."""
+    from ai_query.engine.core.preview import preview
+
+    texts = ["I love it, great quality", None, "It broke after a day. Never again!"]
+    for options in (
+        CallOptions(endpoint="smollm2-135m-instruct", return_type="STRUCT<label: STRING>",
+                    model_parameters=ModelParameters(max_tokens=8)),
+        CallOptions(endpoint="smollm2-135m-instruct", model_parameters=ModelParameters(max_tokens=4)),
+        CallOptions(endpoint="all-minilm-l6-v2"),
+    ):
+        counted = preview(real_engine, request_batch(texts, options))
+        assert counted.column("exact").to_pylist() == [True] * 3
+        answered = real_engine.run(request_batch(texts, options))
+        expected = [n if t is not None else None
+                    for n, t in zip(answered.column("prompt_tokens").to_pylist(), texts)]
+        assert counted.column("prompt_tokens").to_pylist() == expected
+        assert all(n > 5 for n in expected if n is not None)

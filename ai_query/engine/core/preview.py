@@ -16,7 +16,8 @@ cached         bool     True when the engine would answer the row without the mo
 =============  =======  ===================================================================
 
 An engine that can say more implements :class:`Previewing`; any other engine gets the
-estimate, with nothing cached.
+estimate, with nothing cached. A batch marked by :func:`cache_only` asks for the ``cached``
+column alone (``prompt_tokens`` NULL): the cheap question, for inputs too large to count whole.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ CHARS_PER_TOKEN = 4.0
 #: Tokens a chat template adds around one user message, in the estimate.
 TEMPLATE_TOKENS = 8
 
+_CACHE_ONLY_KEY = b"ai_query.preview.cache_only"
+
 PREVIEW_SCHEMA = pa.schema(
     [
         pa.field("row", pa.int64(), nullable=False),
@@ -58,6 +61,17 @@ class Previewing(Protocol):
         ...
 
 
+def cache_only(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` marked to ask its preview for cache hits alone (no token counts)."""
+    metadata = {**(batch.schema.metadata or {}), _CACHE_ONLY_KEY: b"1"}
+    return batch.replace_schema_metadata(metadata)
+
+
+def counts_tokens(batch: pa.RecordBatch) -> bool:
+    """Whether ``batch``'s preview should count tokens (not marked by :func:`cache_only`)."""
+    return _CACHE_ONLY_KEY not in (batch.schema.metadata or {})
+
+
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate of the prompt tokens of one chat message ``text``."""
     return TEMPLATE_TOKENS + math.ceil(len(text) / CHARS_PER_TOKEN)
@@ -70,8 +84,11 @@ def preview(engine: Engine, batch: pa.RecordBatch) -> pa.RecordBatch:
         return engine.preview(batch)
     requests, options = read_request_batch(batch)
     engine.catalog.get(options.endpoint)
+    counting = counts_tokens(batch)
     return preview_batch(
-        [None if r is None else estimate_tokens(r) for r in requests], exact=False, cached=False
+        [None if r is None or not counting else estimate_tokens(r) for r in requests],
+        exact=False,
+        cached=False,
     )
 
 
