@@ -41,7 +41,7 @@ from ai_query.sql.calls import VECTOR_FUNCTION_NAME
 from ai_query.sql.semantic_agg import SUMMARIZE_INSTRUCTION, AggPlan
 from ai_query.sql.task_calls import mentions_ai_functions, row_input_count
 from ai_query.udf.agg_rows import answer_groups
-from ai_query.udf.rows import ProgressCallback, answer_rows, answer_vectors
+from ai_query.udf.rows import ProgressCallback, answer_rows, answer_vectors, count_tokens
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 from ai_query.udf.vector_index import load_indexes
 
@@ -238,6 +238,7 @@ def register(
         "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
     )
     register_vector_function(con, engine, progress, errors=errors)
+    register_count_tokens(con, engine, errors=errors)
     register_task_functions(
         con, catalog or engine.catalog, engine, agg_plan=agg_plan, progress=progress,
         errors=errors,
@@ -267,6 +268,27 @@ def register_vector_function(
     con.execute(
         f"CREATE OR REPLACE TEMP MACRO {VECTOR_FUNCTION_NAME}(endpoint, request) AS "
         f"{udf_name}(endpoint, request)"
+    )
+
+
+def register_count_tokens(
+    con: duckdb.DuckDBPyConnection, engine: Engine, *, errors: UDFErrors | None = None
+) -> None:
+    """``ai_count_tokens(endpoint, text) -> BIGINT`` on ``con``: the prompt tokens
+    ``ai_query(endpoint, text)`` would read, counted with the endpoint's own tokenizer (and chat
+    template), with no model call (:func:`ai_query.udf.rows.count_tokens`)."""
+
+    def udf(endpoint: pa.Array, text: pa.Array) -> pa.Array:
+        return pa.array(count_tokens(engine, endpoint.to_pylist(), text.to_pylist()), pa.int64())
+
+    udf_name = f"__ai_count_tokens_udf_{next(_ids)}"
+    con.create_function(
+        udf_name, (errors or UDFErrors()).recorded(udf), ["VARCHAR", "VARCHAR"], "BIGINT",
+        type="arrow", null_handling="special", side_effects=True,
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP MACRO ai_count_tokens(endpoint, text) AS {udf_name}(endpoint, "
+        "CAST(text AS VARCHAR))"
     )
 
 

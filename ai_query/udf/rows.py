@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from ai_query.engine.core.arrow_types import json_default
 from ai_query.engine.core.batch import align_results, raise_first_error, request_batch
+from ai_query.engine.core.preview import preview
 from ai_query.engine.core.protocol import Engine
 from ai_query.errors import UnsupportedCallError
 from ai_query.options import CallOptions, ModelParameters
@@ -98,6 +99,27 @@ def answer_vectors(
     if len(parts) == 1:
         return vectors
     return vectors.take(pa.array(np.argsort(np.asarray(order))))
+
+
+def count_tokens(
+    engine: Engine, endpoints: Sequence[str | None], texts: Sequence[str | None]
+) -> list[int | None]:
+    """``ai_count_tokens`` over a chunk: each text's prompt tokens as ``ai_query(endpoint,
+    text)`` would read them (the endpoint's tokenizer and chat template; estimated for a
+    provider without a tokenizer here), from the engine's preview: no model call. NULL text:
+    NULL."""
+    groups: dict[str | None, list[int]] = {}
+    for i, endpoint in enumerate(endpoints):
+        groups.setdefault(endpoint, []).append(i)
+    out: list[int | None] = [None] * len(texts)
+    for endpoint, rows in groups.items():
+        if endpoint is None:
+            raise UnsupportedCallError("ai_count_tokens endpoint must not be NULL")
+        batch = request_batch([texts[i] for i in rows], CallOptions(endpoint=endpoint))
+        counted = align_results(preview(engine, batch), len(rows)).column("prompt_tokens")
+        for i, n in zip(rows, counted.to_pylist(), strict=True):
+            out[i] = n
+    return out
 
 
 #: What ``__ai_query_vector`` returns: DuckDB's FLOAT[], Spark's ARRAY<FLOAT>.
