@@ -84,8 +84,9 @@ def sql(
 ) -> None:
     """Run SQL with ai_query(...) calls and print or save the result."""
     from ai_query.catalog import load_catalog
-    from ai_query.display import arrow_table, row_progress, write_table
+    from ai_query.display import arrow_table, explain_table, row_progress, write_table
     from ai_query.errors import ConfigError
+    from ai_query.sql.task_calls import explained_statement
 
     if (query is None) == (file is None):
         raise typer.BadParameter("give the SQL as an argument or with --file, not both")
@@ -106,6 +107,8 @@ def sql(
     if output is not None:
         write_table(table, output)
         err_console.print(f"wrote {table.num_rows} rows to {output}")
+    elif engine == "duckdb" and explained_statement(text) is not None:
+        console.print(explain_table(table))
     else:
         console.print(arrow_table(table, max_rows=max_rows))
 
@@ -113,16 +116,21 @@ def sql(
 def _run_duckdb(text: str, read: str, cat: Any, database: str, engine_url: str | None) -> Any:
     from ai_query.engine.spec import EngineSpec, get_engine
     from ai_query.query_endpoints import start_early
+    from ai_query.sql.task_calls import explained_statement
     from ai_query.timings import mark
 
     engine = get_engine(EngineSpec.for_urls(cat, engine_url))
-    # The private server and the query's models start now, before DuckDB is even imported.
-    start_early(engine, [(text, read)])
+    explained = explained_statement(text)
+    if explained is None:  # EXPLAIN starts no model
+        # The private server and the query's models start now, before DuckDB is even imported.
+        start_early(engine, [(text, read)])
     from ai_query.display import row_progress
     from ai_query.udf.duckdb import connect
 
     con = connect(database, engine=engine)
     try:
+        if explained is not None:  # EXPLAIN of AI calls: what they would cost, no model call
+            return con.explain(explained, read=read)
         statement = con.rewrite(text, read=read)  # bad calls fail here, before any row runs
         mark("cli: query planned")
         with row_progress(err_console, "ai_query", None) as bar, con.errors():

@@ -5,9 +5,10 @@ they need) as arguments. :func:`settings` reads the environment each time it is 
 can change variables with ``monkeypatch.setenv``. It is called only by the modules in
 ``SETTINGS_READERS`` (``tests/test_layers.py`` holds the list to it): the entry points a user
 calls without passing settings (``register(spark)``, ``serve``, the Flight client,
-``load_catalog``; the CLI and ``connect`` reach the environment through them), and four places
+``load_catalog``; the CLI and ``connect`` reach the environment through them), and five places
 that read one value when it is used: a secret reference (secrets are looked up when needed, never
-held), the timings file, the zygote switch and the bundled model's cache directory.
+held), the timings file, the zygote switch, the bundled model's cache directory and the usage
+history file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ai_query.errors import ConfigError
 SETTINGS_READERS: frozenset[str] = frozenset({
     "ai_query.udf.spark", "ai_query.serving.serve",
     "ai_query.engine.flight.client", "ai_query.catalog", "ai_query.secrets", "ai_query.timings",
-    "ai_query.engine.vllm.zygote", "ai_query.engine.backends.bundled",
+    "ai_query.engine.vllm.zygote", "ai_query.engine.backends.bundled", "ai_query.udf.usage",
 })
 
 #: Environment that keeps vLLM small and fast on a CPU; applied with ``setdefault`` so a user's

@@ -20,6 +20,19 @@ MAX_CELL = 80
 VECTOR_PREVIEW = 3
 
 
+def explain_table(table: Any) -> Table:
+    """EXPLAIN's rows (one per AI call) as a rich table with one column per call, so that its
+    many figures stay readable on a narrow terminal."""
+    out = Table(title="AI calls (EXPLAIN: no model was called)", header_style="bold")
+    out.add_column("")
+    calls = table.to_pylist()
+    for call in calls:
+        out.add_column(f"call {call['call']}", overflow="fold")
+    for name in table.schema.names[1:]:
+        out.add_row(name, *(_cell(call[name]) for call in calls))
+    return out
+
+
 def arrow_table(
     table: Any, *, title: str | None = None, max_rows: int = 20, wrap: bool = True
 ) -> Table:

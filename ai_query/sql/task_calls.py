@@ -49,6 +49,38 @@ def mentions_ai_functions(sql: str) -> bool:
     return _CALLS.search(sql) is not None
 
 
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?!ANALY[SZ]E\b)(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def explained_statement(sql: str) -> str | None:
+    """The statement that ``EXPLAIN <statement>`` explains, when it may call ai_query or a task
+    function (``EXPLAIN ANALYZE`` runs the statement, so it is not one of these); else None."""
+    match = _EXPLAIN.match(sql)
+    if match is None or not mentions_ai_functions(match.group(1)):
+        return None
+    return match.group(1).strip().rstrip(";").strip()
+
+
+#: The functions whose answers come from a model (ai_query and the task functions).
+AI_FUNCTIONS: frozenset[str] = frozenset(("ai_query", *TASK_FUNCTIONS, *SEMANTIC_FUNCTIONS[:2]))
+
+
+def rows_depend_on_answers(tree: exp.Expression) -> bool:
+    """Whether some AI call's rows depend on another AI call's answers: an AI call in a
+    predicate (``WHERE``, ``HAVING``, ``QUALIFY``, a join's ``ON``) or inside another AI call."""
+    for node in tree.find_all(exp.Anonymous):
+        if str(node.this).lower() not in AI_FUNCTIONS:
+            continue
+        parent = node.parent
+        while parent is not None:
+            if isinstance(parent, (exp.Where, exp.Having, exp.Qualify, exp.Join)):
+                return True
+            if isinstance(parent, exp.Anonymous) and str(parent.this).lower() in AI_FUNCTIONS:
+                return True
+            parent = parent.parent
+    return False
+
+
 def row_input_count(function: str, n_args: int) -> int:
     """How many of a task function call's ``n_args`` arguments are per-row inputs (the rest
     are constants): both texts of ai_similarity, predicate and content of ai_filter."""

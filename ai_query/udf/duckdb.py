@@ -39,12 +39,21 @@ from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql import transpile
 from ai_query.sql.calls import VECTOR_FUNCTION_NAME
 from ai_query.sql.semantic_agg import SUMMARIZE_INSTRUCTION, AggPlan
-from ai_query.sql.task_calls import mentions_ai_functions, row_input_count
+from ai_query.sql.task_calls import (
+    explained_statement,
+    mentions_ai_functions,
+    row_input_count,
+    rows_depend_on_answers,
+)
+from ai_query.sql.transpile import parse_sql
 from ai_query.udf.agg_rows import answer_groups
+from ai_query.udf.explain import EngineSwitch, RecordingEngine, explain_calls
 from ai_query.udf.rows import ProgressCallback, answer_rows, answer_vectors, count_tokens
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
+from ai_query.udf.usage import MeteredEngine, UsageHistory
 from ai_query.udf.vector_index import load_indexes
 
+_EXPLAIN_VIEW = "__ai_query_explain"
 _ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"]
 _ids = itertools.count()
 F = TypeVar("F", bound=Callable[..., Any])
@@ -187,6 +196,7 @@ def register(
     progress: ProgressCallback | None = None,
     agg_plan: AggPlan | None = None,
     errors: UDFErrors | None = None,
+    answers: AnswerMemo | None = None,
 ) -> UDFErrors:
     """Make ``ai_query(...)`` callable in SQL on ``con``.
 
@@ -198,6 +208,7 @@ def register(
         progress: called with the number of rows answered after each chunk.
         agg_plan: chunk sizes of ``ai_agg``'s map-reduce (default :class:`AggPlan`).
         errors: where the UDFs record what they raise (default: a new one).
+        answers: the task functions' memo of answers given (default: a new one).
 
     Returns:
         The record of the UDFs' exceptions: run statements inside its
@@ -241,7 +252,7 @@ def register(
     register_count_tokens(con, engine, errors=errors)
     register_task_functions(
         con, catalog or engine.catalog, engine, agg_plan=agg_plan, progress=progress,
-        errors=errors,
+        errors=errors, memo=answers,
     )
     return errors
 
@@ -300,6 +311,7 @@ def register_task_functions(
     agg_plan: AggPlan | None = None,
     progress: ProgressCallback | None = None,
     errors: UDFErrors | None = None,
+    memo: AnswerMemo | None = None,
 ) -> None:
     """Make the task functions (``ai_classify``, ``ai_similarity``, ...) callable on ``con``.
 
@@ -310,7 +322,7 @@ def register_task_functions(
     """
     errors = errors or UDFErrors()
     endpoints = TaskEndpoints.from_catalog(catalog)
-    memo = AnswerMemo()
+    memo = memo if memo is not None else AnswerMemo()
     overloads: dict[str, list[str]] = {}
     for name, params, args, arg_types, result in TASK_MACROS:
         udf_name = f"__{name}_udf_{next(_ids)}"
@@ -411,13 +423,54 @@ class AIQueryConnection:
     ``execute``; ``sql`` returns DuckDB's lazy relation, so fetch it inside :meth:`errors`.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, catalog: Catalog, engine: Engine) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        catalog: Catalog,
+        engine: Engine,
+        history: UsageHistory | None = None,
+    ) -> None:
         self.raw = con
         self.catalog = catalog
         self.engine = engine
         self.progress = ProgressCounter()
-        self.udf_errors = register(con, catalog, engine, progress=self.progress)
+        self.history = history or UsageHistory()
+        """This machine's usage history: the connection's calls add to it, EXPLAIN reads it."""
+        self._metered = MeteredEngine(engine, self.history)
+        self._switch = EngineSwitch(self._metered)
+        self._answers = AnswerMemo()
+        self.udf_errors = register(
+            con, catalog, self._switch, progress=self.progress, answers=self._answers
+        )
         """What this connection's UDFs raised (see :meth:`errors`)."""
+
+    def explain(self, query: str, read: str = "duckdb") -> pa.Table:
+        """What the AI calls of ``query`` would send, read and cost, with no model call: one
+        row per call (see :mod:`ai_query.udf.explain`). The statement runs on its own plan
+        against stand-in answers, so predicates and limits act as they will."""
+        statement = self.rewrite(query, read=read)
+        depends = any(rows_depend_on_answers(tree) for tree in parse_sql(query, read))
+        recorder = RecordingEngine(self.catalog)
+        try:
+            with self._switch.using(recorder), self.errors():
+                relation = self.raw.sql(statement)
+                if relation is not None:
+                    relation.to_arrow_table()
+        finally:
+            self._answers.clear()  # stand-in answers must not answer a later statement
+        return explain_calls(
+            recorder.calls(), self._metered, self.catalog, self.history,
+            depends_on_answers=depends,
+        )
+
+    def _explained(self, query: str, read: str) -> str | None:
+        """The statement that runs for ``query`` when it is an EXPLAIN of AI calls: a select
+        of its explanation; None for any other statement."""
+        inner = explained_statement(query)
+        if inner is None:
+            return None
+        self.raw.register(_EXPLAIN_VIEW, self.explain(inner, read=read))
+        return f"SELECT * FROM {_EXPLAIN_VIEW}"
 
     def errors(self) -> AbstractContextManager[None]:
         """A context in which DuckDB's error for an ai_query function's failure is raised as
@@ -436,7 +489,7 @@ class AIQueryConnection:
     def sql(self, query: str, **kwargs: Any) -> Any:
         """Run ``query`` (DuckDB SQL) like ``DuckDBPyConnection.sql`` (a lazy relation for a
         query: fetch it inside :meth:`errors` to get ai_query's errors as raised)."""
-        statement = self.rewrite(query)
+        statement = self._explained(query, "duckdb") or self.rewrite(query)
         with self.errors():
             return self.raw.sql(statement, **kwargs)
 
@@ -444,14 +497,14 @@ class AIQueryConnection:
 
     def execute(self, query: str, parameters: Any = None) -> AIQueryConnection:
         """Run ``query`` like ``DuckDBPyConnection.execute``; returns this connection."""
-        statement = self.rewrite(query)
+        statement = self._explained(query, "duckdb") or self.rewrite(query)
         with self.errors():
             self.raw.execute(statement, parameters)
         return self
 
     def databricks_sql(self, query: str, **kwargs: Any) -> Any:
         """Run a query written in Databricks SQL (lazy, as :meth:`sql`)."""
-        statement = self.rewrite(query, read="databricks")
+        statement = self._explained(query, "databricks") or self.rewrite(query, read="databricks")
         with self.errors():
             return self.raw.sql(statement, **kwargs)
 

@@ -81,6 +81,11 @@ class AnswerMemo:
         with self._lock:
             return self._answers.get(key)
 
+    def clear(self) -> None:
+        """Forget every answer."""
+        with self._lock:
+            self._answers.clear()
+
     def put(self, key: tuple[str, str], value: Any) -> None:
         """Remember an answer."""
         with self._lock:

@@ -1,0 +1,261 @@
+"""EXPLAIN for AI calls: what a statement's AI calls would send, read and cost, with no model call.
+
+The statement runs on its own plan, so ``WHERE``, ``LIMIT`` and joins act exactly as they will,
+but against a :class:`RecordingEngine`: it records every request batch the AI functions send and
+answers with stand-ins of the right type (empty text for plain text results; the deterministic
+backend's answers for typed, choice and vector results), never a model. Then
+:func:`explain_calls` previews each recorded call's distinct requests on the real engine
+(:mod:`ai_query.engine.core.preview`: tokens from the endpoint's own tokenizer, cache hits) and
+estimates its output tokens and wall time from this machine's usage history
+(:mod:`ai_query.udf.usage`), and its cost from the endpoint's catalog ``price``.
+
+Rows that reach a call only through another AI answer (after an AI predicate, inside another AI
+call) depend on answers not known before the statement runs: their counts come from the
+stand-ins, and the call's ``note`` says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ai_query.catalog import Catalog
+from ai_query.engine.backends.deterministic import DeterministicBackend
+from ai_query.engine.core.batch import RowOutcome, read_request_batch, request_batch, result_batch
+from ai_query.engine.core.preview import cache_only, preview
+from ai_query.engine.core.protocol import Engine, engine_health
+from ai_query.engine.local import DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS_STRUCTURED, LocalEngine
+from ai_query.engine.process.supervision import EngineHealth
+from ai_query.options import CallOptions
+from ai_query.sql.response_format import resolve_output
+from ai_query.tasks import Task
+from ai_query.udf.usage import UsageHistory
+
+#: Distinct requests of one call counted in full; above this, a random sample of this many is
+#: counted and the rest estimated from their characters (with a 95% error bound).
+COUNT_IN_FULL = 20_000
+
+EXPLAIN_SCHEMA = pa.schema([
+    ("call", pa.int32()),
+    ("endpoint", pa.string()),
+    ("model", pa.string()),
+    ("rows", pa.int64()),
+    ("null_rows", pa.int64()),
+    ("distinct_requests", pa.int64()),
+    ("cached", pa.int64()),
+    ("to_send", pa.int64()),
+    ("prompt_tokens", pa.int64()),
+    ("prompt_tokens_error", pa.int64()),
+    ("counted", pa.string()),
+    ("max_output_tokens", pa.int64()),
+    ("expected_output_tokens", pa.int64()),
+    ("estimated_seconds", pa.float64()),
+    ("estimated_cost", pa.float64()),
+    ("currency", pa.string()),
+    ("note", pa.string()),
+])
+
+
+class EngineSwitch:
+    """An engine that forwards to another, which :meth:`using` swaps for a while (the SQL
+    functions of a connection are bound to this one)."""
+
+    def __init__(self, target: Engine) -> None:
+        self.target = target
+        self.catalog = target.catalog
+        self._lock = threading.Lock()
+
+    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Answer on the current target."""
+        return self.target.run(batch)
+
+    def preview(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The current target's preview."""
+        return preview(self.target, batch)
+
+    @contextmanager
+    def using(self, engine: Engine) -> Iterator[None]:
+        """Forward to ``engine`` inside (one statement at a time: the connection's)."""
+        with self._lock:
+            previous, self.target = self.target, engine
+            try:
+                yield
+            finally:
+                self.target = previous
+
+    def endpoint_health(self) -> dict[str, EngineHealth]:
+        """The target's health."""
+        return engine_health(self.target)
+
+    def close(self) -> None:
+        """Close the target."""
+        self.target.close()
+
+
+@dataclass
+class CallRecord:
+    """The requests one AI call (one set of call options) sent while a statement was explained."""
+
+    options: CallOptions
+    """The call's options."""
+    requests: list[str | None]
+    """Every request row, in the order sent."""
+
+
+class RecordingEngine:
+    """Records request batches and answers them with stand-ins; calls no model (thread-safe)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._lock = threading.Lock()
+        self._calls: dict[str, CallRecord] = {}
+        self._stand_in = LocalEngine(
+            catalog, backend_factory=lambda e: DeterministicBackend(e, max_context=1 << 30),
+            memo_entries=0,
+        )
+
+    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Record ``batch``; answer with stand-ins of the call's result type."""
+        requests, options = read_request_batch(batch)
+        key = options.to_json()
+        with self._lock:
+            record = self._calls.setdefault(key, CallRecord(options, []))
+            record.requests.extend(requests)
+        endpoint = self.catalog.get(options.endpoint)
+        output = resolve_output(options.return_type, options.response_format, endpoint.task)
+        if endpoint.task != Task.EMBEDDINGS and output.sql_type.is_string and not (
+            output.parse_json or output.choice
+        ):
+            stand_ins = [None if r is None else RowOutcome("") for r in requests]
+            return result_batch(stand_ins, pa.string())
+        return self._stand_in.run(batch)
+
+    def calls(self) -> list[CallRecord]:
+        """The calls recorded, in the order first seen."""
+        with self._lock:
+            return list(self._calls.values())
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def explain_calls(
+    calls: Sequence[CallRecord],
+    engine: Engine,
+    catalog: Catalog,
+    history: UsageHistory,
+    *,
+    depends_on_answers: bool = False,
+) -> pa.Table:
+    """One row per call (:data:`EXPLAIN_SCHEMA`): its rows, distinct requests, cache hits and
+    prompt tokens on ``engine`` (previews only), and its estimated output, time and cost."""
+    rows = [
+        _explain(i + 1, call, engine, catalog, history, depends_on_answers)
+        for i, call in enumerate(calls)
+    ]
+    return pa.Table.from_pylist(rows, schema=EXPLAIN_SCHEMA)
+
+
+def _explain(
+    number: int,
+    call: CallRecord,
+    engine: Engine,
+    catalog: Catalog,
+    history: UsageHistory,
+    depends_on_answers: bool,
+) -> dict[str, Any]:
+    options = call.options
+    endpoint = catalog.get(options.endpoint)
+    distinct = list(dict.fromkeys(r for r in call.requests if r is not None))
+    tokens, error, counted, to_send = _prompt_tokens(engine, options, distinct)
+    output = resolve_output(options.return_type, options.response_format, endpoint.task)
+    if endpoint.task == Task.EMBEDDINGS:
+        ceiling = 0
+    else:
+        structured = output.json_schema is not None or output.json_object
+        default = DEFAULT_MAX_TOKENS_STRUCTURED if structured else DEFAULT_MAX_TOKENS
+        ceiling = options.model_parameters.max_tokens or default
+    per_request = history.output_per_request(endpoint.name) if ceiling else 0.0
+    expected = None if per_request is None else min(per_request, ceiling) * to_send
+    seconds = history.seconds(
+        endpoint.name, to_send, tokens, expected if expected is not None else ceiling * to_send
+    )
+    notes = []
+    if depends_on_answers:
+        notes.append("rows after an AI predicate or inside an AI call depend on answers not known "
+                     "before it runs: counted with stand-in answers")
+    if expected is None and ceiling:
+        notes.append("no history for this endpoint: no expected output or time (cost at the "
+                     "max_tokens ceiling)")
+    price = endpoint.price
+    cost = None
+    if price is not None:
+        cost = price.cost(tokens, expected if expected is not None else ceiling * to_send)
+    entity = endpoint.config.served_entities[0]
+    model = entity.external_model.name if entity.external_model else str(entity.entity_name)
+    return {
+        "call": number,
+        "endpoint": endpoint.name,
+        "model": model,
+        "rows": len(call.requests),
+        "null_rows": sum(r is None for r in call.requests),
+        "distinct_requests": len(distinct),
+        "cached": len(distinct) - to_send,
+        "to_send": to_send,
+        "prompt_tokens": tokens,
+        "prompt_tokens_error": error,
+        "counted": counted,
+        "max_output_tokens": ceiling * to_send,
+        "expected_output_tokens": None if expected is None else round(expected),
+        "estimated_seconds": seconds,
+        "estimated_cost": cost,
+        "currency": price.currency if price is not None else None,
+        "note": "; ".join(notes) or None,
+    }
+
+
+def _prompt_tokens(
+    engine: Engine, options: CallOptions, distinct: list[str]
+) -> tuple[int, int, str, int]:
+    """(prompt tokens of the requests to send, their 95% error bound, how they were counted,
+    how many requests are sent: the distinct ones the engine would not answer from a cache)."""
+    if not distinct:
+        return 0, 0, "exact", 0
+    if len(distinct) <= COUNT_IN_FULL:
+        seen = preview(engine, request_batch(distinct, options)).to_pydict()
+        send = [i for i, hit in enumerate(seen["cached"]) if not hit]
+        exact = all(seen["exact"])
+        total = sum(seen["prompt_tokens"][i] for i in send)
+        return total, 0, "exact" if exact else "estimate (no tokenizer)", len(send)
+    hits = preview(engine, cache_only(request_batch(distinct, options))).column("cached")
+    send_texts = [t for t, hit in zip(distinct, hits.to_pylist(), strict=True) if not hit]
+    if not send_texts:
+        return 0, 0, "exact", 0
+    picked = np.random.default_rng(0).choice(len(send_texts), COUNT_IN_FULL, replace=False)
+    sample = [send_texts[i] for i in picked]
+    seen = preview(engine, request_batch(sample, options)).to_pydict()
+    total, error = _extrapolate(sample, seen["prompt_tokens"], send_texts)
+    how = f"sample of {len(sample)}" if all(seen["exact"]) else "estimate (no tokenizer)"
+    return total, error, how, len(send_texts)
+
+
+def _extrapolate(sample: list[str], counts: list[int], texts: list[str]) -> tuple[int, int]:
+    """Total tokens of ``texts`` from the counted ``sample``: tokens = a + b * characters,
+    fitted on the sample; with a 95% bound from the fit's residuals (the sample's own error and
+    the other texts' scatter)."""
+    x = np.array([len(t) for t in sample], dtype=np.float64)
+    y = np.array(counts, dtype=np.float64)
+    design = np.column_stack([np.ones_like(x), x])
+    (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+    chars = np.fromiter((len(t) for t in texts), np.float64, len(texts))
+    sigma = float(np.std(y - (a + b * x), ddof=2)) if len(sample) > 2 else float(np.std(y))
+    n, s = len(texts), len(sample)
+    total = float(a * n + b * chars.sum())
+    error = 1.96 * sigma * (n / np.sqrt(s) + np.sqrt(max(n - s, 0)))
+    return round(total), int(np.ceil(error))
