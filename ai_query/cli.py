@@ -15,6 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ai_query.jobs.cli import MaxCostOption, MaxTokensOption
+
 app = typer.Typer(
     name="ai-query",
     help="Call chat and embedding models from SQL over whole tables (Databricks ai_query).",
@@ -81,12 +83,21 @@ def sql(
         str | None, typer.Option(help="Engine server(s) grpc://host:port, comma separated.")
     ] = None,
     max_rows: Annotated[int, typer.Option(help="Rows to print.")] = 20,
+    max_tokens: MaxTokensOption = None,
+    max_cost: MaxCostOption = None,
 ) -> None:
-    """Run SQL with ai_query(...) calls and print or save the result."""
+    """Run SQL with ai_query(...) calls and print or save the result.
+
+    With a budget (--max-tokens, --max-cost), a query whose estimate is over it is refused
+    before it starts, and one that reaches it stops sending rows.
+    """
     from ai_query.catalog import load_catalog
     from ai_query.display import arrow_table, explain_table, row_progress, write_table
+    from ai_query.engine.core.budget import Budget
     from ai_query.errors import ConfigError
     from ai_query.sql.task_calls import explained_statement
+
+    budget = Budget(max_tokens=max_tokens, max_cost=max_cost)
 
     if (query is None) == (file is None):
         raise typer.BadParameter("give the SQL as an argument or with --file, not both")
@@ -94,8 +105,10 @@ def sql(
     # With engine servers and no --catalog, calls are checked against the servers' own catalog.
     cat = None if engine_url and not catalog else load_catalog(str(catalog) if catalog else None)
     if engine == "duckdb":
-        table = _run_duckdb(text, read_dialect, cat, database, engine_url)
+        table = _run_duckdb(text, read_dialect, cat, database, engine_url, budget)
     elif engine == "spark":
+        if budget.limited:
+            raise ConfigError("--max-tokens/--max-cost are for --engine duckdb")
         from ai_query.udf.spark import run_sql
 
         with row_progress(err_console, "ai_query", None):
@@ -113,7 +126,9 @@ def sql(
         console.print(arrow_table(table, max_rows=max_rows))
 
 
-def _run_duckdb(text: str, read: str, cat: Any, database: str, engine_url: str | None) -> Any:
+def _run_duckdb(
+    text: str, read: str, cat: Any, database: str, engine_url: str | None, budget: Any
+) -> Any:
     from ai_query.engine.spec import EngineSpec, get_engine
     from ai_query.query_endpoints import start_early
     from ai_query.sql.task_calls import explained_statement
@@ -121,19 +136,21 @@ def _run_duckdb(text: str, read: str, cat: Any, database: str, engine_url: str |
 
     engine = get_engine(EngineSpec.for_urls(cat, engine_url))
     explained = explained_statement(text)
-    if explained is None:  # EXPLAIN starts no model
+    if explained is None and not budget.limited:  # EXPLAIN, and a budget check, start no model
         # The private server and the query's models start now, before DuckDB is even imported.
         start_early(engine, [(text, read)])
     from ai_query.display import row_progress
     from ai_query.udf.duckdb import connect
 
-    con = connect(database, engine=engine)
+    con = connect(database, engine=engine, budget=budget)
     try:
         if explained is not None:  # EXPLAIN of AI calls: what they would cost, no model call
             return con.explain(explained, read=read)
-        statement = con.rewrite(text, read=read)  # bad calls fail here, before any row runs
+        # bad calls fail here, before any row runs; so does a query over its budget
+        statement = con.prepare(text, read=read)
         mark("cli: query planned")
-        with row_progress(err_console, "ai_query", None) as bar, con.errors():
+        with row_progress(err_console, "ai_query", None, spent=lambda: con.spent) as bar, \
+                con.errors():
             con.progress.listeners.append(bar)
             relation = con.raw.sql(statement)
             table = relation.to_arrow_table() if relation is not None else None

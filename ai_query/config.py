@@ -62,6 +62,9 @@ class Settings:
     zygote: bool = True
     """Start vLLM's first engine process from a zygote that imports vLLM beside the server
     (CPU build; ``AI_QUERY_ZYGOTE=0`` turns it off; see :mod:`ai_query.engine.vllm.zygote`)."""
+    usage_history: Path | None = None
+    """The usage history EXPLAIN estimates from (``AI_QUERY_USAGE_HISTORY``); None:
+    ``usage_history.json`` in :attr:`cache_dir`."""
     timings_file: Path | None = None
     """File to which each process appends its start-up timings (``AI_QUERY_TIMINGS``; see
     :mod:`ai_query.timings`); None: not recorded."""
@@ -80,6 +83,7 @@ def settings() -> Settings:
     catalog = env.get("AI_QUERY_CATALOG")
     secrets = env.get("AI_QUERY_SECRETS_FILE")
     timings = env.get("AI_QUERY_TIMINGS")
+    history = env.get("AI_QUERY_USAGE_HISTORY")
     return Settings(
         cache_dir=Path(cache).expanduser() if cache else Path.home() / ".cache" / "ai_query",
         catalog_path=Path(catalog).expanduser() if catalog else None,
@@ -87,6 +91,7 @@ def settings() -> Settings:
         secrets_file=Path(secrets).expanduser() if secrets else None,
         token=env.get("AI_QUERY_TOKEN") or None,
         timings_file=Path(timings).expanduser() if timings else None,
+        usage_history=Path(history).expanduser() if history else None,
         zygote=env.get("AI_QUERY_ZYGOTE", "1").strip().lower() not in ("0", "false", "no", "off"),
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -129,9 +129,12 @@ def _flatten_for_csv(table: Any) -> Any:
 class RowProgress:
     """A progress bar fed with (rows, prompt_tokens, completion_tokens) increments."""
 
-    def __init__(self, progress: Progress, task: Any) -> None:
+    def __init__(
+        self, progress: Progress, task: Any, spent: Callable[[], Any] | None = None
+    ) -> None:
         self._progress = progress
         self._task = task
+        self._spent = spent
         self.rows = 0
         """Rows answered."""
         self.prompt_tokens = 0
@@ -146,16 +149,21 @@ class RowProgress:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        self._progress.update(
-            self._task,
-            advance=rows,
-            rate=f"{self.rows / elapsed:.1f} rows/s, {self.completion_tokens / elapsed:.0f} tok/s",
-        )
+        rate = f"{self.rows / elapsed:.1f} rows/s, {self.completion_tokens / elapsed:.0f} tok/s"
+        rate += f", {self.prompt_tokens + self.completion_tokens:,} tokens"
+        spent = self._spent() if self._spent is not None else None
+        if spent is not None and spent.cost:
+            rate += f", cost {spent.cost:.4g}"
+        self._progress.update(self._task, advance=rows, rate=rate)
 
 
 @contextmanager
-def row_progress(console: Console, label: str, total: int | None) -> Iterator[RowProgress]:
-    """Show a progress bar for rows answered while the block runs."""
+def row_progress(
+    console: Console, label: str, total: int | None, spent: Callable[[], Any] | None = None
+) -> Iterator[RowProgress]:
+    """Show a progress bar for rows answered while the block runs: rows, rate, tokens so far,
+    and the cost so far where ``spent()`` (an :class:`~ai_query.engine.core.budget.Allowance`
+    or None) has one."""
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -168,4 +176,4 @@ def row_progress(console: Console, label: str, total: int | None) -> Iterator[Ro
     )
     with progress:
         task = progress.add_task(label, total=total, rate="")
-        yield RowProgress(progress, task)
+        yield RowProgress(progress, task, spent)

@@ -21,6 +21,7 @@ Every error the package raises on purpose is an :class:`AIQueryError`::
     ├─ ResourceNotFoundError                a serving endpoint (or its id) does not exist
     ├─ ResourceConflictError(code)          the name is taken, or an update is running
     ├─ RateLimitExceededError(retry_after)  an endpoint's rate limit is used up for now
+    ├─ BudgetExceededError                  a query's estimate is over its budget
     ├─ JobError                             a batch job file or run failed
     │  └─ JobLockedError                    another run of the same job holds its lock
     ├─ WorkspaceError                       the SQL editor's locked workspace refused something
@@ -144,6 +145,11 @@ class RateLimitExceededError(AIQueryError):
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class BudgetExceededError(AIQueryError):
+    """A query's estimate is over its budget (refused before any row is sent), or the budget
+    ran out while it ran and it asked to fail on error."""
 
 
 class JobError(AIQueryError):

@@ -20,9 +20,9 @@ import pyarrow as pa
 
 from ai_query.catalog import Catalog
 from ai_query.engine.core.batch import REQUEST_COLUMN, read_request_batch, result_schema
-from ai_query.engine.core.protocol import Engine, engine_health
+from ai_query.engine.core.forwarding import ForwardingEngine
+from ai_query.engine.core.protocol import Engine
 from ai_query.engine.kinds import EngineKind
-from ai_query.engine.process.supervision import EngineHealth
 from ai_query.engine.spec import in_process_engine
 
 
@@ -53,26 +53,17 @@ class EchoEngine:
         """Nothing to release."""
 
 
-class DelayedEngine:
+class DelayedEngine(ForwardingEngine):
     """Runs ``engine`` after holding each batch for ``delay`` seconds."""
 
     def __init__(self, engine: Engine, delay: float) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.delay = delay
-        self.catalog = engine.catalog
 
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Wait, then answer."""
         time.sleep(self.delay)
-        return self.engine.run(batch)
-
-    def endpoint_health(self) -> dict[str, EngineHealth]:
-        """The wrapped engine's health."""
-        return engine_health(self.engine)
-
-    def close(self) -> None:
-        """Close the wrapped engine."""
-        self.engine.close()
+        return self.inner.run(batch)
 
 
 def echo_engine(catalog: Catalog) -> EchoEngine:

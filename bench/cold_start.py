@@ -116,7 +116,7 @@ def ours(args: argparse.Namespace, workdir: Path, trial: int) -> dict[str, Any]:
 
 def bare(args: argparse.Namespace, workdir: Path, trial: int) -> dict[str, Any]:
     """One run of the bare vLLM script; seconds to the answer, to exit, and its steps."""
-    from ai_query.engine.local import DEFAULT_MAX_TOKENS  # what ai_query(..., 'hi') gets
+    from ai_query.engine.core.ceiling import DEFAULT_MAX_TOKENS  # what ai_query(..., 'hi') gets
 
     env_vllm, engine_args = engine_settings("chat")
     script = workdir / "bare_vllm.py"

@@ -26,6 +26,7 @@ from ai_query.engine.backends.registry import BackendFactory, existing_backend, 
 from ai_query.engine.backends.structured import explain_unparsed
 from ai_query.engine.core.arrow_types import coerce, to_arrow
 from ai_query.engine.core.batch import RowOutcome, read_request_batch, result_batch
+from ai_query.engine.core.ceiling import default_max_tokens
 from ai_query.engine.core.loop import EngineLoop, settle, shared_loop, spawn
 from ai_query.engine.core.memo import ResultMemo
 from ai_query.engine.core.preview import counts_tokens, estimate_tokens, preview_batch
@@ -36,10 +37,6 @@ from ai_query.redaction import redact_exception
 from ai_query.sql.response_format import OutputSpec, resolve_output
 from ai_query.tasks import Task
 from ai_query.text import one_line
-
-#: max_tokens when a call sets none: plain text answers, and structured (JSON) answers.
-DEFAULT_MAX_TOKENS = 256
-DEFAULT_MAX_TOKENS_STRUCTURED = 512
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,6 @@ class LocalEngine:
         output = resolve_output(options.return_type, options.response_format, endpoint.task)
         generation = None
         if endpoint.task != Task.EMBEDDINGS:
-            structured = output.json_schema is not None or output.json_object
             generation = GenerationRequest(
                 task=endpoint.task,
                 params=options.model_parameters,
@@ -117,9 +113,7 @@ class LocalEngine:
                 answer_prefix=output.prefix,
                 token_logprobs=bool(output.confidence),
                 schema_hint=True,
-                default_max_tokens=(
-                    DEFAULT_MAX_TOKENS_STRUCTURED if structured else DEFAULT_MAX_TOKENS
-                ),
+                default_max_tokens=default_max_tokens(output),
             )
         return CallPlan(options, endpoint, output, to_arrow(output.sql_type), generation)
 

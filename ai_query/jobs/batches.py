@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ai_query.errors import JobError
+from ai_query.errors import BudgetExceededError, JobError
 from ai_query.jobs.failures import batch_errors_sql, column_endpoints, error_struct_columns
 from ai_query.jobs.incremental import FP, RowPlanner
 from ai_query.jobs.observer import RunObserver
@@ -44,6 +44,19 @@ class BatchRunner:
         self.endpoints = column_endpoints(job.query, job.dialect)
         self.key_types = planner.key_types()
 
+    def _stop_at_budget(self) -> None:
+        """Stop the run, this batch uncommitted, when its budget held rows back."""
+        spent = self.con.spent
+        if spent is None or not spent.refused:
+            return
+        kept = len(self.staging.batches())
+        raise BudgetExceededError(
+            f"job {self.job.name} stopped at its budget ({spent.budget.describe()}; used "
+            f"{spent.tokens:,} tokens, cost {spent.cost:.6g}): {kept} committed batch(es) are "
+            "kept and the answers given are in the result cache; raise max_tokens/max_cost "
+            "and run the job again to resume"
+        )
+
     def run(self) -> int:
         """Run and commit the batch now under the driving input's name; returns its rows."""
         job, raw = self.job, self.raw
@@ -59,11 +72,13 @@ class BatchRunner:
                         f"CREATE OR REPLACE TEMP TABLE __aiq_batch_out AS {self.statement}"
                     )
         except Exception as exc:
+            self._stop_at_budget()
             kept = len(self.staging.batches())
             raise JobError(
                 f"job {job.name}: a batch failed: {one_line(exc)} "
                 f"({kept} committed batch(es) are kept; run the job again to resume)"
             ) from exc
+        self._stop_at_budget()
         schema = raw.sql("SELECT * FROM __aiq_batch_out LIMIT 0").to_arrow_table().schema
         self._check_keys(schema.names)
         match = " AND ".join(f"o.{sql_ident(k)} = b.{sql_ident(k)}" for k in job.key)

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ai_query.catalog import Catalog, Endpoint, ServedEntity
+from ai_query.catalog import Endpoint, ServedEntity
 from ai_query.engine.core.arrow_types import coerce, json_default, to_arrow
 from ai_query.engine.core.batch import (
     RowOutcome,
@@ -42,9 +42,9 @@ from ai_query.engine.core.batch import (
     read_request_batch,
     request_batch,
     result_batch,
-    result_schema,
+    stitch_results,
 )
-from ai_query.engine.core.preview import preview
+from ai_query.engine.core.forwarding import ForwardingEngine
 from ai_query.engine.core.protocol import Engine
 from ai_query.options import CallOptions
 from ai_query.sql.response_format import resolve_output
@@ -151,7 +151,7 @@ def request_key(identity: str, text: str) -> str:
     return hashlib.sha256(f"{identity}\n{text}".encode()).hexdigest()
 
 
-class CachingEngine:
+class CachingEngine(ForwardingEngine):
     """An :class:`Engine` that answers repeated deterministic requests from a cache.
 
     Thread-safe like the engine it wraps. ``hits``/``misses`` count request rows answered
@@ -159,9 +159,8 @@ class CachingEngine:
     """
 
     def __init__(self, inner: Engine, cache: ResultCache) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cache = cache
-        self.catalog: Catalog = inner.catalog
         self._lock = threading.Lock()
         self._identities: dict[str, tuple[str, SQLType]] = {}
         self.hits = 0
@@ -218,11 +217,11 @@ class CachingEngine:
         sub = request_batch([requests[i] for i in missing], options)
         answered = align_results(self.inner.run(sub), len(missing))
         self._store(answered, [keys[i] for i in missing], range(len(missing)))
-        return _stitch(answered_here, known, answered, missing)
+        return stitch_results([(answered_here, known), (answered, missing)])
 
     def preview(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The inner engine's preview, with the rows this cache would answer marked cached."""
-        result = preview(self.inner, batch)
+        result = super().preview(batch)
         requests, options = read_request_batch(batch)
         if not options.model_parameters.deterministic:
             return result
@@ -248,26 +247,6 @@ class CachingEngine:
                 for i, (kind, value) in zip(ok, encoded, strict=True)
             ]
         )
-
-    def close(self) -> None:
-        """Close the inner engine (the cache is closed by its owner)."""
-        self.inner.close()
-
-
-def _stitch(
-    first: pa.RecordBatch, first_rows: list[int], second: pa.RecordBatch, second_rows: list[int]
-) -> pa.RecordBatch:
-    """One result batch from two partial ones, each row put back at its original index."""
-    total = len(first_rows) + len(second_rows)
-    schema = result_schema(second.schema.field("result").type)
-    table = pa.Table.from_batches([first.cast(schema), second.cast(schema)], schema)
-    source_of = np.empty(total, dtype=np.int64)
-    source_of[first_rows] = np.arange(len(first_rows))
-    source_of[second_rows] = len(first_rows) + np.arange(len(second_rows))
-    ordered = table.take(pa.array(source_of)).combine_chunks()
-    columns = [pa.array(np.arange(total, dtype=np.int64))]
-    columns += [ordered.column(i).chunk(0) for i in range(1, ordered.num_columns)]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 def encode_answers(column: pa.Array, rows: Sequence[int]) -> list[tuple[str, bytes | None]]:

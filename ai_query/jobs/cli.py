@@ -31,6 +31,14 @@ EngineUrlOption = Annotated[
     str | None, typer.Option(help="Engine server(s) grpc://host:port, comma separated.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+MaxTokensOption = Annotated[
+    int | None,
+    typer.Option(min=0, help="Budget: the most tokens (prompt + output) it may spend."),
+]
+MaxCostOption = Annotated[
+    float | None,
+    typer.Option(min=0, help="Budget: the most it may cost (the endpoints' catalog prices)."),
+]
 
 
 @jobs_app.command("run")
@@ -42,15 +50,18 @@ def run(
     ] = False,
     engine_url: EngineUrlOption = None,
     quiet: QuietOption = False,
+    max_tokens: MaxTokensOption = None,
+    max_cost: MaxCostOption = None,
 ) -> None:
-    """Run a job now: resume an interrupted run, else start one; publish the output."""
+    """Run a job now: resume an interrupted run (or one stopped by its budget), else start
+    one; publish the output. --max-tokens/--max-cost override the job file's budget."""
     from ai_query.jobs.runner import RunRequest
 
-    _run(
-        job_file,
-        RunRequest(use_cache=False if no_cache else None, full=full, engine_url=engine_url),
-        quiet,
+    request = RunRequest(
+        use_cache=False if no_cache else None, full=full, engine_url=engine_url,
+        max_tokens=max_tokens, max_cost=max_cost,
     )
+    _run(job_file, request, quiet)
 
 
 @jobs_app.command("retry-failed")

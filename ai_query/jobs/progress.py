@@ -93,7 +93,8 @@ class JobProgress:
             self._task,
             completed=done,
             rows=f"{done:.0f}/{total} rows",
-            rate=f"{done / elapsed:.1f} rows/s, {self._tokens / elapsed:.0f} tok/s",
+            rate=f"{done / elapsed:.1f} rows/s, {self._tokens / elapsed:.0f} tok/s, "
+            f"{self._tokens:,} tokens",
         )
 
 
@@ -113,6 +114,7 @@ def summary_table(record: RunRecord, label: str) -> Table:
         ("output rows", record.output_rows),
         ("cache", f"{record.cache_hits} hits, {record.cache_misses} misses"),
         ("tokens in/out", f"{record.prompt_tokens} / {record.completion_tokens}"),
+        *([("cost", f"{record.cost:.6g}")] if record.cost else []),
         ("wall time", f"{record.wall_seconds:.1f} s"),
     ]
     for what, value in rows:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ai_query.engine.core.budget import Budget
 from ai_query.errors import AIQueryError, JobError
 from ai_query.jobs.batches import BatchRunner
 from ai_query.jobs.failures import count_failed
@@ -62,6 +63,17 @@ class RunRequest:
     """Ignore the incremental state and run every row."""
     engine_url: str | None = None
     """Engine server(s) ``grpc://host:port`` (comma list) instead of an in-process engine."""
+    max_tokens: int | None = None
+    """This run's token budget instead of the job file's."""
+    max_cost: float | None = None
+    """This run's cost budget instead of the job file's."""
+
+    def budget(self, job: JobSpec) -> Budget:
+        """The run's budget: these flags where given, else the job file's."""
+        return Budget(
+            max_tokens=self.max_tokens if self.max_tokens is not None else job.max_tokens,
+            max_cost=self.max_cost if self.max_cost is not None else job.max_cost,
+        )
 
 
 def run_job(
@@ -166,6 +178,11 @@ class _Run:
         con = connect(self.job.database or ":memory:", engine.catalog, engine=engine)
         if self.observer is not None:
             con.progress.listeners.append(self.observer.answered)
+        budget = self.request.budget(self.job)
+        if budget.limited and self.job.engine == "spark":
+            raise JobError(f"job {self.job.name}: budgets (max_tokens, max_cost) are for "
+                           "engine = duckdb jobs")
+        spent = con.limit(budget, f"the run of job {self.job.name}")
         spark = None
         try:
             if self.job.engine == "spark":
@@ -181,6 +198,7 @@ class _Run:
                 tokens = spark.tokens
                 spark.close()
             self.record.prompt_tokens, self.record.completion_tokens = tokens
+            self.record.cost = round(spent.cost, 9)
             if isinstance(engine, CachingEngine):
                 self.record.cache_hits, self.record.cache_misses = engine.hits, engine.misses
             else:

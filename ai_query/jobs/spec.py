@@ -11,6 +11,7 @@ A job file is TOML (``.toml``) or YAML (``.yaml``/``.yml``)::
     mode = "incremental"              # overwrite (default) | append | incremental
     schedule = "0 2 * * *"            # optional cron expression
     max_rows_per_batch = 1024
+    max_tokens = 2_000_000            # optional budget of one run (also max_cost)
 
     [inputs]
     reviews = "data/reviews.parquet"  # Parquet/CSV/JSON path or glob, or {table = "..."}
@@ -24,6 +25,12 @@ runs, the driving input's name holds just that batch's rows; every other input i
 (lookup tables). Each driving row is identified by its ``key`` columns (unique, not NULL), and
 the SQL must select those key columns unchanged, one output row per driving row at most
 (a WHERE clause may drop rows). Relative paths are relative to the job file's directory.
+
+**Budgets.** ``max_tokens`` / ``max_cost`` (or ``ai-query jobs run --max-tokens``) limit one
+run. A run that reaches its budget stops sending rows and fails with the budget error; its
+committed batches stay staged, and the answers it got are in the result cache. Run it again
+with a higher budget: it resumes where it stopped, and nothing is answered twice. Budgets are
+not part of the job's fingerprint, so raising one keeps what was done.
 """
 
 from __future__ import annotations
@@ -161,6 +168,11 @@ class JobSpec(_Strict):
     """Rows per committed batch: bigger keeps the engine busier, smaller loses less on a kill."""
     cache: bool = True
     """Answer repeated deterministic requests from the result cache."""
+    max_tokens: int | None = Field(default=None, ge=0)
+    """Budget of one run: the most tokens (prompt + output) it may spend; a run that reaches it
+    stops, keeping its committed batches, and the next run resumes (see ``budget``)."""
+    max_cost: float | None = Field(default=None, ge=0)
+    """Budget of one run in money, at the endpoints' catalog prices."""
     cache_path: str | None = None
     """Result cache file; default: ``cache.sqlite`` in ``state_dir`` (share one across jobs)."""
     state_dir: str | None = None

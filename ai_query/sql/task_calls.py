@@ -81,6 +81,11 @@ def rows_depend_on_answers(tree: exp.Expression) -> bool:
     return False
 
 
+def reads_only(tree: exp.Expression) -> bool:
+    """Whether a statement only reads (a query: ``SELECT``, ``WITH``, ``VALUES``, set ops)."""
+    return isinstance(tree, exp.Query)
+
+
 def row_input_count(function: str, n_args: int) -> int:
     """How many of a task function call's ``n_args`` arguments are per-row inputs (the rest
     are constants): both texts of ai_similarity, predicate and content of ai_filter."""

@@ -28,10 +28,11 @@ import pyarrow as pa
 from ai_query.catalog import Catalog
 from ai_query.engine.backends.deterministic import DeterministicBackend
 from ai_query.engine.core.batch import RowOutcome, read_request_batch, request_batch, result_batch
+from ai_query.engine.core.ceiling import output_ceiling
+from ai_query.engine.core.forwarding import ForwardingEngine
 from ai_query.engine.core.preview import cache_only, preview
-from ai_query.engine.core.protocol import Engine, engine_health
-from ai_query.engine.local import DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS_STRUCTURED, LocalEngine
-from ai_query.engine.process.supervision import EngineHealth
+from ai_query.engine.core.protocol import Engine
+from ai_query.engine.local import LocalEngine
 from ai_query.options import CallOptions
 from ai_query.sql.response_format import resolve_output
 from ai_query.tasks import Task
@@ -62,40 +63,23 @@ EXPLAIN_SCHEMA = pa.schema([
 ])
 
 
-class EngineSwitch:
+class EngineSwitch(ForwardingEngine):
     """An engine that forwards to another, which :meth:`using` swaps for a while (the SQL
     functions of a connection are bound to this one)."""
 
-    def __init__(self, target: Engine) -> None:
-        self.target = target
-        self.catalog = target.catalog
+    def __init__(self, inner: Engine) -> None:
+        super().__init__(inner)
         self._lock = threading.Lock()
-
-    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Answer on the current target."""
-        return self.target.run(batch)
-
-    def preview(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The current target's preview."""
-        return preview(self.target, batch)
 
     @contextmanager
     def using(self, engine: Engine) -> Iterator[None]:
         """Forward to ``engine`` inside (one statement at a time: the connection's)."""
         with self._lock:
-            previous, self.target = self.target, engine
+            previous, self.inner = self.inner, engine
             try:
                 yield
             finally:
-                self.target = previous
-
-    def endpoint_health(self) -> dict[str, EngineHealth]:
-        """The target's health."""
-        return engine_health(self.target)
-
-    def close(self) -> None:
-        """Close the target."""
-        self.target.close()
+                self.inner = previous
 
 
 @dataclass
@@ -174,13 +158,7 @@ def _explain(
     endpoint = catalog.get(options.endpoint)
     distinct = list(dict.fromkeys(r for r in call.requests if r is not None))
     tokens, error, counted, to_send = _prompt_tokens(engine, options, distinct)
-    output = resolve_output(options.return_type, options.response_format, endpoint.task)
-    if endpoint.task == Task.EMBEDDINGS:
-        ceiling = 0
-    else:
-        structured = output.json_schema is not None or output.json_object
-        default = DEFAULT_MAX_TOKENS_STRUCTURED if structured else DEFAULT_MAX_TOKENS
-        ceiling = options.model_parameters.max_tokens or default
+    ceiling = output_ceiling(endpoint, options)
     per_request = history.output_per_request(endpoint.name) if ceiling else 0.0
     expected = None if per_request is None else min(per_request, ceiling) * to_send
     seconds = history.seconds(
@@ -218,6 +196,26 @@ def _explain(
         "currency": price.currency if price is not None else None,
         "note": "; ".join(notes) or None,
     }
+
+
+def estimated_spend(explained: pa.Table) -> tuple[int, float | None, str]:
+    """What a statement is expected to spend, from its EXPLAIN (:func:`explain_calls`): tokens
+    (prompt plus expected output; the max_tokens ceiling where there is no history), cost
+    (None when no endpoint has a price), and how the estimate was made, in words."""
+    calls = explained.to_pylist()
+    prompt = sum(c["prompt_tokens"] for c in calls)
+    known = [c["expected_output_tokens"] for c in calls if c["expected_output_tokens"] is not None]
+    ceilings = sum(c["max_output_tokens"] for c in calls if c["expected_output_tokens"] is None)
+    priced = [c for c in calls if c["estimated_cost"] is not None]
+    what = f"{prompt:,} prompt tokens"
+    if known:
+        what += f" + {sum(known):,} output tokens expected from this machine's history"
+    if ceilings:
+        what += f" + {ceilings:,} output tokens at the max_tokens ceiling (no history yet)"
+    cost = sum(c["estimated_cost"] for c in priced) if priced else None
+    if cost is not None:
+        what += f", cost {cost:.6g} {priced[0]['currency']}"
+    return prompt + sum(known) + ceilings, cost, what
 
 
 def _prompt_tokens(

@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from ai_query.config import settings
-from ai_query.engine.core.batch import REQUEST_COLUMN, read_request_batch
-from ai_query.engine.core.preview import preview
-from ai_query.engine.core.protocol import Engine, engine_health
-from ai_query.engine.process.supervision import EngineHealth
+from ai_query.engine.core.batch import read_request_batch
+from ai_query.engine.core.budget import paid_rows, shares_answers, spent_tokens
+from ai_query.engine.core.forwarding import ForwardingEngine
+from ai_query.engine.core.protocol import Engine
 
 #: Spells kept per endpoint.
 KEEP = 64
@@ -47,8 +47,10 @@ class Spell:
 
 
 def default_history_path() -> Path:
-    """Where this machine's usage history lives: ``<cache dir>/usage_history.json``."""
-    return settings().cache_dir / "usage_history.json"
+    """Where this machine's usage history lives: ``AI_QUERY_USAGE_HISTORY``, else
+    ``<cache dir>/usage_history.json``."""
+    found = settings()
+    return found.usage_history or found.cache_dir / "usage_history.json"
 
 
 class UsageHistory:
@@ -116,19 +118,18 @@ class UsageHistory:
         return per_request * requests
 
 
-class MeteredEngine:
+class MeteredEngine(ForwardingEngine):
     """An engine that records each endpoint's busy spells in a :class:`UsageHistory`."""
 
     def __init__(self, inner: Engine, history: UsageHistory) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.history = history
-        self.catalog = inner.catalog
         self._lock = threading.Lock()
         self._open: dict[str, dict[str, Any]] = {}
 
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Answer ``batch`` on the inner engine, measuring it."""
-        _, options = read_request_batch(batch.slice(0, 0))
+        requests, options = read_request_batch(batch)
         name = options.endpoint
         with self._lock:
             spell = self._open.setdefault(
@@ -141,16 +142,21 @@ class MeteredEngine:
             result = self.inner.run(batch)
             return result
         finally:
-            self._close(name, batch, result)
+            endpoint = self.catalog.get(name)
+            paid = paid_rows(requests, shares_answers(options, endpoint))
+            self._close(name, paid, result)
 
-    def _close(self, name: str, batch: pa.RecordBatch, result: pa.RecordBatch | None) -> None:
+    def _close(self, name: str, paid: np.ndarray, result: pa.RecordBatch | None) -> None:
+        """Count a batch into its endpoint's spell (its paid rows: one per distinct request
+        of a call that does not sample); the spell ends when no batch is in flight."""
+        counted = None if result is None else spent_tokens(result, paid)
         with self._lock:
             spell = self._open[name]
             spell["active"] -= 1
-            if result is not None:
-                spell["requests"] += batch.num_rows - batch.column(REQUEST_COLUMN).null_count
-                spell["prompt"] += _total(result, "prompt_tokens")
-                spell["completion"] += _total(result, "completion_tokens")
+            if counted is not None:
+                spell["requests"] += int(paid.sum())
+                spell["prompt"] += counted[0]
+                spell["completion"] += counted[1]
             if spell["active"]:
                 return
             del self._open[name]
@@ -159,20 +165,3 @@ class MeteredEngine:
                 spell["requests"], spell["prompt"], spell["completion"],
                 time.monotonic() - spell["start"],
             ))
-
-    def preview(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The inner engine's preview."""
-        return preview(self.inner, batch)
-
-    def endpoint_health(self) -> dict[str, EngineHealth]:
-        """The inner engine's health."""
-        return engine_health(self.inner)
-
-    def close(self) -> None:
-        """Close the inner engine."""
-        self.inner.close()
-
-
-def _total(result: pa.RecordBatch, column: str) -> int:
-    values = result.column(column).to_numpy(zero_copy_only=False)
-    return int(values.sum()) if len(values) else 0

@@ -65,7 +65,7 @@ def test_an_engine_factory_by_name() -> None:
     assert isinstance(echo, EchoEngine) and echo.catalog is catalog
     delayed = load_engine_factory("ai_query.testing:delayed_engine(delay=0.25)")(catalog)
     assert isinstance(delayed, DelayedEngine) and delayed.delay == 0.25
-    assert isinstance(delayed.engine, LocalEngine)
+    assert isinstance(delayed.inner, LocalEngine)
     delayed.close()
 
 

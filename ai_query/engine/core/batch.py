@@ -160,6 +160,23 @@ def align_results(result: pa.RecordBatch, num_rows: int) -> pa.RecordBatch:
     return result.take(pc.sort_indices(result.column("row")))
 
 
+def stitch_results(parts: Sequence[tuple[pa.RecordBatch, Sequence[int]]]) -> pa.RecordBatch:
+    """One result batch from partial ones: part ``(batch, rows)`` answered request rows
+    ``rows`` (its row i is request row ``rows[i]``); together they answer each row once."""
+    total = sum(len(rows) for _, rows in parts)
+    schema = result_schema(parts[-1][0].schema.field("result").type)
+    table = pa.Table.from_batches([batch.cast(schema) for batch, _ in parts], schema)
+    source_of = np.empty(total, dtype=np.int64)
+    start = 0
+    for _, rows in parts:
+        source_of[np.asarray(rows, dtype=np.int64)] = start + np.arange(len(rows))
+        start += len(rows)
+    ordered = table.take(pa.array(source_of)).combine_chunks()
+    columns = [pa.array(np.arange(total, dtype=np.int64))]
+    columns += [ordered.column(i).chunk(0) for i in range(1, ordered.num_columns)]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
 def raise_first_error(result: pa.RecordBatch, endpoint: str, row_offset: int = 0) -> None:
     """Raise :class:`RowError` for the first failed row of an aligned result batch, if any."""
     errors = result.column("error")

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from ai_query.errors import (
     AIQueryError,
     AuthenticationError,
+    BudgetExceededError,
     ConfigError,
     EngineDeadError,
     EngineError,
@@ -57,7 +58,9 @@ _CODES = {
 }
 
 #: Domain errors that are the request's own mistake (a 400).
-_CLIENT_ERRORS = (ConfigError, ModelNotAvailableError, SQLError, WorkspaceError)
+_CLIENT_ERRORS = (
+    BudgetExceededError, ConfigError, ModelNotAvailableError, SQLError, WorkspaceError
+)
 
 
 #: OpenAI error ``type`` by HTTP status.

@@ -1,4 +1,4 @@
-"""``ai_query`` in DuckDB: an Arrow UDF behind a SQL macro, and a connection that rewrites.
+"""The SQL functions of ai_query on a DuckDB connection: Arrow UDFs behind SQL macros.
 
 :func:`register` installs, on any DuckDB connection::
 
@@ -7,16 +7,11 @@
 
 as a macro (DuckDB Python UDFs take no named arguments; macros do, with ``=>`` or ``:=`` and
 any case) over an Arrow UDF that returns VARCHAR: the answer for string results, JSON for typed
-ones. :class:`AIQueryConnection` (what :func:`connect` returns) also rewrites each statement
-through :func:`ai_query.sql.transpile`, so typed calls come back as real DuckDB types
-(``FLOAT[]`` for embeddings, ``STRUCT(...)`` for ``returnType`` and ``failOnError => false``),
-and bad calls fail before any row runs.
+ones; with it the task functions, ``ai_agg``, ``ai_count_tokens`` and the vector function.
 
 DuckDB reports an exception raised in a UDF as its own ``InvalidInputException``, keeping only
-the text. This module, which owns DuckDB, turns it back into what the UDF raised (a
-:class:`~ai_query.errors.RowError` for a failed row, say): :class:`UDFErrors` records each UDF's
-exception, and :meth:`AIQueryConnection.errors` (used by ``sql``/``execute`` and by every
-caller that fetches) raises the recorded one instead of DuckDB's wrapper.
+the text: :class:`UDFErrors` records each UDF's exception so that the connection
+(:class:`ai_query.udf.duckdb.AIQueryConnection`) can raise the recorded one instead.
 """
 
 from __future__ import annotations
@@ -26,8 +21,7 @@ import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import duckdb
@@ -36,22 +30,14 @@ import pyarrow as pa
 from ai_query.catalog import Catalog
 from ai_query.engine.core.protocol import Engine
 from ai_query.engine.spec import EngineSpec, get_engine
-from ai_query.sql import transpile
 from ai_query.sql.calls import VECTOR_FUNCTION_NAME
 from ai_query.sql.semantic_agg import SUMMARIZE_INSTRUCTION, AggPlan
 from ai_query.sql.task_calls import (
-    explained_statement,
-    mentions_ai_functions,
     row_input_count,
-    rows_depend_on_answers,
 )
-from ai_query.sql.transpile import parse_sql
 from ai_query.udf.agg_rows import answer_groups
-from ai_query.udf.explain import EngineSwitch, RecordingEngine, explain_calls
 from ai_query.udf.rows import ProgressCallback, answer_rows, answer_vectors, count_tokens
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
-from ai_query.udf.usage import MeteredEngine, UsageHistory
-from ai_query.udf.vector_index import load_indexes
 
 _EXPLAIN_VIEW = "__ai_query_explain"
 _ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"]
@@ -412,128 +398,3 @@ def _report(progress: ProgressCallback | None, answers: list[Any]) -> None:
 
 def _json_or_none(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-class AIQueryConnection:
-    """A DuckDB connection whose ``sql``/``execute``/``query`` understand every ai_query form.
-
-    Everything else is the DuckDB connection's own (attribute access is forwarded); ``raw`` is
-    the underlying ``duckdb.DuckDBPyConnection``. An ai_query function's failure comes out as
-    its own error (a :class:`~ai_query.errors.RowError`, say), not DuckDB's wrapper, from
-    ``execute``; ``sql`` returns DuckDB's lazy relation, so fetch it inside :meth:`errors`.
-    """
-
-    def __init__(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        catalog: Catalog,
-        engine: Engine,
-        history: UsageHistory | None = None,
-    ) -> None:
-        self.raw = con
-        self.catalog = catalog
-        self.engine = engine
-        self.progress = ProgressCounter()
-        self.history = history or UsageHistory()
-        """This machine's usage history: the connection's calls add to it, EXPLAIN reads it."""
-        self._metered = MeteredEngine(engine, self.history)
-        self._switch = EngineSwitch(self._metered)
-        self._answers = AnswerMemo()
-        self.udf_errors = register(
-            con, catalog, self._switch, progress=self.progress, answers=self._answers
-        )
-        """What this connection's UDFs raised (see :meth:`errors`)."""
-
-    def explain(self, query: str, read: str = "duckdb") -> pa.Table:
-        """What the AI calls of ``query`` would send, read and cost, with no model call: one
-        row per call (see :mod:`ai_query.udf.explain`). The statement runs on its own plan
-        against stand-in answers, so predicates and limits act as they will."""
-        statement = self.rewrite(query, read=read)
-        depends = any(rows_depend_on_answers(tree) for tree in parse_sql(query, read))
-        recorder = RecordingEngine(self.catalog)
-        try:
-            with self._switch.using(recorder), self.errors():
-                relation = self.raw.sql(statement)
-                if relation is not None:
-                    relation.to_arrow_table()
-        finally:
-            self._answers.clear()  # stand-in answers must not answer a later statement
-        return explain_calls(
-            recorder.calls(), self._metered, self.catalog, self.history,
-            depends_on_answers=depends,
-        )
-
-    def _explained(self, query: str, read: str) -> str | None:
-        """The statement that runs for ``query`` when it is an EXPLAIN of AI calls: a select
-        of its explanation; None for any other statement."""
-        inner = explained_statement(query)
-        if inner is None:
-            return None
-        self.raw.register(_EXPLAIN_VIEW, self.explain(inner, read=read))
-        return f"SELECT * FROM {_EXPLAIN_VIEW}"
-
-    def errors(self) -> AbstractContextManager[None]:
-        """A context in which DuckDB's error for an ai_query function's failure is raised as
-        that failure (``with con.errors(): con.sql(q).fetchall()``); other errors unchanged."""
-        return self.udf_errors.translated()
-
-    def rewrite(self, query: str, read: str = "duckdb") -> str:
-        """The statement DuckDB runs for ``query`` (unchanged when it has no ai_query call)."""
-        if read == "duckdb" and not mentions_ai_functions(query):
-            return query
-        indexes = load_indexes(self.raw) if "vector_search" in query.lower() else {}
-        return transpile(
-            query, read=read, write="duckdb", catalog=self.catalog, vector_indexes=indexes
-        )
-
-    def sql(self, query: str, **kwargs: Any) -> Any:
-        """Run ``query`` (DuckDB SQL) like ``DuckDBPyConnection.sql`` (a lazy relation for a
-        query: fetch it inside :meth:`errors` to get ai_query's errors as raised)."""
-        statement = self._explained(query, "duckdb") or self.rewrite(query)
-        with self.errors():
-            return self.raw.sql(statement, **kwargs)
-
-    query = sql
-
-    def execute(self, query: str, parameters: Any = None) -> AIQueryConnection:
-        """Run ``query`` like ``DuckDBPyConnection.execute``; returns this connection."""
-        statement = self._explained(query, "duckdb") or self.rewrite(query)
-        with self.errors():
-            self.raw.execute(statement, parameters)
-        return self
-
-    def databricks_sql(self, query: str, **kwargs: Any) -> Any:
-        """Run a query written in Databricks SQL (lazy, as :meth:`sql`)."""
-        statement = self._explained(query, "databricks") or self.rewrite(query, read="databricks")
-        with self.errors():
-            return self.raw.sql(statement, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
-
-    def __enter__(self) -> AIQueryConnection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.raw.close()
-
-    def close(self) -> None:
-        """Close the DuckDB connection (the shared engine stays up for other callers)."""
-        self.raw.close()
-
-
-def connect(
-    database: str = ":memory:",
-    catalog: Catalog | str | Path | None = None,
-    *,
-    engine: Engine | None = None,
-    **config: Any,
-) -> AIQueryConnection:
-    """A DuckDB connection with ``ai_query`` ready; see :func:`ai_query.connect`."""
-    if isinstance(catalog, (str, Path)):
-        catalog = Catalog.load(catalog)
-    if engine is not None:
-        catalog = engine.catalog
-    catalog = catalog or Catalog.default()
-    engine = engine or get_engine(EngineSpec.for_catalog(catalog))
-    return AIQueryConnection(duckdb.connect(database, config=config or {}), catalog, engine)
