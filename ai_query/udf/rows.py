@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from ai_query.engine.core.arrow_types import json_default
 from ai_query.engine.core.batch import align_results, raise_first_error, request_batch
 from ai_query.engine.core.preview import preview
-from ai_query.engine.core.protocol import Engine
+from ai_query.engine.core.protocol import Engine, wants_slices
 from ai_query.errors import UnsupportedCallError
 from ai_query.options import CallOptions, ModelParameters
 
@@ -135,7 +135,8 @@ def _answer_in_slices(
 ) -> list[str | None]:
     """Answer a group as concurrent slices: all rows are in flight together (the engine batches
     across calls), and progress moves as slices finish rather than once per chunk."""
-    size = max(MIN_SLICE_ROWS, -(-len(requests) // SLICES_PER_CHUNK))
+    slices = SLICES_PER_CHUNK if wants_slices(engine) else 1
+    size = max(MIN_SLICE_ROWS, -(-len(requests) // slices))
     starts = list(range(0, len(requests), size))
 
     def one(start: int) -> CallAnswer:

@@ -111,7 +111,31 @@ def test_history_fits_prompt_and_output_costs(tmp_path) -> None:
     for p, c in ((1000, 100), (2000, 100), (1000, 300), (3000, 200)):
         history.add(CHAT, Spell(10, p, c, 0.001 * p + 0.05 * c))
     assert history.seconds(CHAT, 10, 1500, 150) == pytest.approx(1.5 + 7.5)
-    assert UsageHistory(tmp_path / "h.json").output_per_request(CHAT) == pytest.approx(17.5)
+    assert UsageHistory(tmp_path / "h.json").output_per_request(CHAT, 100) == pytest.approx(17.5)
+
+
+def test_history_scales_output_to_the_ceiling_and_fits_the_decoding_tail(tmp_path) -> None:
+    history = UsageHistory(tmp_path / "h.json")
+    # requests used 75% of their ceiling; time = 1 ms/prompt token + 20 ms/output token + the
+    # tail: 50 ms per token of ceiling
+    for n, p, ceiling in ((10, 1000, 8), (40, 2000, 32), (20, 3000, 16), (30, 1500, 24),
+                          (5, 800, 64)):
+        c = int(0.75 * ceiling * n)
+        history.add(CHAT, Spell(n, p, c, 0.001 * p + 0.02 * c + 0.05 * ceiling, ceiling))
+    assert history.output_per_request(CHAT, 40) == pytest.approx(30.0)
+    assert history.seconds(CHAT, 10, 2500, 300, 40) == pytest.approx(2.5 + 6.0 + 2.0)
+
+
+def test_computed_tokens_credit_whole_blocks_of_a_shared_prefix() -> None:
+    from ai_query.udf.usage import PREFIX_BLOCK, computed_tokens
+
+    instruction = "x" * 400  # 100 tokens at 4 characters a token: 3 whole blocks
+    texts = [instruction + f" row {i:03d}" for i in range(10)]
+    tokens = [102] * 10
+    reused = 100 * 0 + 9 * (102 * 400 // 408 // PREFIX_BLOCK * PREFIX_BLOCK)
+    assert computed_tokens(texts, tokens) == pytest.approx(10 * 102 - reused)
+    # a short shared prefix (under a block) saves nothing
+    assert computed_tokens(["Write about a", "Write about b"], [20, 20]) == 40
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,7 @@ from ai_query.engine.core.batch import (
 )
 from ai_query.engine.core.ceiling import output_ceiling
 from ai_query.engine.core.forwarding import ForwardingEngine
-from ai_query.engine.core.preview import preview
+from ai_query.engine.core.preview import cache_only, preview
 from ai_query.engine.core.protocol import Engine
 from ai_query.errors import BudgetExceededError
 from ai_query.options import CallOptions
@@ -50,9 +51,9 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0)
     """Prompt plus generated tokens, over all the query's AI calls."""
-    max_cost: float | None = Field(None, ge=0)
+    max_cost: float | None = Field(default=None, ge=0)
     """Cost at the endpoints' catalog prices (endpoints without a price cost nothing)."""
 
     @property
@@ -70,6 +71,15 @@ class Budget(BaseModel):
         return ", ".join(parts) or "no limit"
 
 
+@dataclass(frozen=True)
+class Spend:
+    """What some rows used."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+
+
 class Allowance:
     """What one query has spent, and holds reserved for rows in flight, under its budget
     (thread-safe: DuckDB and Spark answer chunks on several threads)."""
@@ -77,8 +87,10 @@ class Allowance:
     def __init__(self, budget: Budget, scope: str = "the query") -> None:
         self.budget = budget
         self.scope = scope
-        self.tokens = 0
-        """Tokens spent (rows answered)."""
+        self.prompt_tokens = 0
+        """Tokens read by the rows answered."""
+        self.completion_tokens = 0
+        """Tokens they generated."""
         self.cost = 0.0
         """Cost spent."""
         self.refused = 0
@@ -143,21 +155,26 @@ class Allowance:
             fits = min(fits, int(np.searchsorted(np.cumsum(costs), room_cost, side="right")))
         return fits
 
-    def settle(self, held_tokens: int, held_cost: float, tokens: int, cost: float) -> None:
+    @property
+    def tokens(self) -> int:
+        """Tokens spent: read and generated."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def settle(self, held_tokens: int, held_cost: float, used: Spend) -> None:
         """Replace a reservation (:meth:`admit` that admitted rows) by what its rows used."""
         with self._changed:
             self._held_tokens -= held_tokens
             self._held_cost -= held_cost
             self._in_flight -= 1
-            self.tokens += tokens
-            self.cost += cost
+            self.count(used)
             self._changed.notify_all()
 
-    def count(self, tokens: int, cost: float) -> None:
-        """Add what rows sent without a reservation used (a budget that limits nothing)."""
+    def count(self, used: Spend) -> None:
+        """Add what rows used."""
         with self._changed:
-            self.tokens += tokens
-            self.cost += cost
+            self.prompt_tokens += used.prompt_tokens
+            self.completion_tokens += used.completion_tokens
+            self.cost += used.cost
 
     def refuse(self, rows: int) -> None:
         """Count rows not sent."""
@@ -194,9 +211,9 @@ class BudgetedEngine(ForwardingEngine):
         call = options.to_json() if shares_answers(options, endpoint) else None
         paid = paid_rows(requests, call is not None)
         if not allowance.budget.limited:  # spend is counted, nothing held back
-            paid &= allowance.mark_sent(call, requests)
+            paid &= allowance.mark_sent(call, requests) & ~cached_rows(self.inner, batch)
             result = self.inner.run(batch)
-            allowance.count(*_used(result, paid, endpoint))
+            allowance.count(_used(result, paid, endpoint))
             return result
         paid &= allowance.unsent(call, requests)
         ceiling = output_ceiling(endpoint, options)
@@ -212,12 +229,12 @@ class BudgetedEngine(ForwardingEngine):
                 break
             held_tokens = int(sum(tokens[start : start + fits]))
             held_cost = float(sum(costs[start : start + fits]))
-            used_tokens, used_cost = held_tokens, held_cost
+            used = Spend(held_tokens, 0, held_cost)  # if it fails: as if all was used
             try:
                 answered = align_results(self.inner.run(batch.slice(start, fits)), fits)
-                used_tokens, used_cost = _used(answered, paid[start : start + fits], endpoint)
+                used = _used(answered, paid[start : start + fits], endpoint)
             finally:
-                allowance.settle(held_tokens, held_cost, used_tokens, used_cost)
+                allowance.settle(held_tokens, held_cost, used)
             parts.append((answered, range(start, start + fits)))
             start += fits
         if start < n:
@@ -249,6 +266,13 @@ def paid_rows(requests: Sequence[str | None], shares: bool) -> np.ndarray:
     return paid
 
 
+def cached_rows(engine: Engine, batch: pa.RecordBatch) -> np.ndarray:
+    """Which rows ``engine`` would answer without the model (its preview's cache hits alone:
+    no tokens counted)."""
+    hits = preview(engine, cache_only(batch)).column("cached").fill_null(False)
+    return np.asarray(hits.to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def _reservations(
     engine: Engine, batch: pa.RecordBatch, paid: np.ndarray, endpoint: Endpoint, ceiling: int
 ) -> tuple[list[int], list[float]]:
@@ -265,11 +289,11 @@ def _reservations(
     return tokens, [0.0 if not t else price.cost(t - ceiling, ceiling) for t in tokens]
 
 
-def _used(result: pa.RecordBatch, paid: np.ndarray, endpoint: Endpoint) -> tuple[int, float]:
-    """Tokens and cost an answered result batch used (its ``paid`` rows' tokens)."""
+def _used(result: pa.RecordBatch, paid: np.ndarray, endpoint: Endpoint) -> Spend:
+    """What an answered result batch used (its ``paid`` rows' tokens)."""
     prompt, completion = spent_tokens(result, paid)
     cost = endpoint.price.cost(prompt, completion) if endpoint.price is not None else 0.0
-    return prompt + completion, cost
+    return Spend(prompt, completion, cost)
 
 
 def spent_tokens(result: pa.RecordBatch, paid: np.ndarray) -> tuple[int, int]:

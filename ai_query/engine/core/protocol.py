@@ -44,3 +44,10 @@ def engine_health(engine: Engine) -> dict[str, EngineHealth]:
     if isinstance(engine, SupervisedEngine):
         return engine.endpoint_health()
     return {}
+
+
+def wants_slices(engine: Engine) -> bool:
+    """Whether callers should send ``engine`` a chunk as concurrent slices, so that rows are in
+    flight together and progress moves (True, the default); an engine that answers at once
+    with no model (EXPLAIN's recorder) says False with ``wants_slices = False``."""
+    return bool(getattr(engine, "wants_slices", True))
