@@ -27,7 +27,7 @@ from pydantic import (
 
 from ai_query.datafile import read_data_file
 from ai_query.errors import ConfigError, UnknownEndpointError
-from ai_query.price import Price
+from ai_query.price import EndpointBudget, Price
 from ai_query.redaction import remember_secret
 from ai_query.tasks import TASKS, Task
 
@@ -279,6 +279,8 @@ class Endpoint(_Strict):
     """Accepted for Databricks compatibility (shown, no effect)."""
     price: Price | None = None
     """Price per 1M input and output tokens (ai_query's own field): EXPLAIN's cost estimate."""
+    budget: EndpointBudget | None = None
+    """What callers may spend through a server per period (ai_query's own field)."""
 
     @property
     def task(self) -> Task:

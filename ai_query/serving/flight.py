@@ -12,12 +12,14 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ai_query.engine.core.batch import CALL_METADATA_KEY, REQUEST_COLUMN
+from ai_query.engine.core.budget import BudgetedEngine
 from ai_query.engine.core.protocol import Engine
 from ai_query.engine.flight.server import EngineFlightServer, result_total
 from ai_query.engine.flight.wire import AUTH_HEADER
 from ai_query.errors import AuthenticationError
 from ai_query.options import CallOptions
 from ai_query.serving.auth import ANONYMOUS_IDENTITY, TokenAuth
+from ai_query.serving.budgets import EndpointBudgets
 from ai_query.serving.permissions import Identity
 from ai_query.serving.ratelimit import RateLimiter
 
@@ -63,6 +65,7 @@ class ServingFlightServer(EngineFlightServer):
         auth: bearer tokens; every call must present one that one of them accepts. None or
             empty: auth off.
         limiter: endpoint rate limits: a batch waits until its rows are admitted. None: none.
+        budgets: endpoint budgets: rows that do not fit carry the budget error. None: none.
         **kwargs: see :class:`~ai_query.engine.flight.server.EngineFlightServer`.
     """
 
@@ -73,12 +76,15 @@ class ServingFlightServer(EngineFlightServer):
         *,
         auth: Sequence[TokenAuth] | None = None,
         limiter: RateLimiter | None = None,
+        budgets: EndpointBudgets | None = None,
         **kwargs: Any,
     ) -> None:
         auths = [a for a in auth or () if a.enabled]
         middleware = {_AUTH: TokenAuthMiddlewareFactory(auths)} if auths else None
         super().__init__(engine, location, middleware=middleware, **kwargs)
         self.limiter = limiter
+        self.budgets = budgets
+        """The endpoints' budgets (shared with the HTTP side); None: none held."""
         self.auth_required = bool(auths)
         self.authorize: Callable[[Identity, str], None] | None = None
         """Raises PermissionDeniedError unless the caller may query the endpoint named (set
@@ -105,14 +111,19 @@ class ServingFlightServer(EngineFlightServer):
     def _run_batch(self, batch: pa.RecordBatch, caller: Identity) -> pa.RecordBatch:
         endpoint = None
         name = self._authorized(batch, caller)  # before any row runs
-        if self.limiter is not None and name is not None:
+        if name is not None and (self.limiter is not None or self.budgets is not None):
             endpoint = self.engine.catalog.get(name)
+        engine: Engine = self.engine
+        if endpoint is not None and self.budgets is not None:
+            allowance = self.budgets.allowance(endpoint, caller.name)
+            if allowance is not None:  # the server's budget holds whatever the client sets
+                engine = BudgetedEngine(self.engine, allowance)
         if endpoint is None or not endpoint.rate_limits or self.limiter is None:
-            return self.engine.run(batch)
+            return engine.run(batch)
         # Throttle rather than fail: the rows wait until the endpoint's limits admit them.
         rows = batch.num_rows - batch.column(REQUEST_COLUMN).null_count
         self.limiter.wait(endpoint, caller.name, rows)
-        result = self.engine.run(batch)
+        result = engine.run(batch)
         used = result_total(result, "prompt_tokens") + result_total(result, "completion_tokens")
         self.limiter.record_tokens(endpoint, caller.name, used)
         return result

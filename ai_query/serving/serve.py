@@ -33,6 +33,7 @@ from ai_query.engine.spec import in_process_engine, load_engine_factory
 from ai_query.errors import ConfigError, UnknownEndpointError
 from ai_query.options import CallOptions, ModelParameters
 from ai_query.serving.auth import TokenAuth
+from ai_query.serving.budgets import EndpointBudgets
 from ai_query.serving.flight import ServingFlightServer
 from ai_query.serving.logs import configure_logging
 from ai_query.serving.options import ServeOptions
@@ -198,6 +199,7 @@ def start_server(
     if options.token:
         auths.append(TokenAuth({options.token: {"principal": "admin", "groups": [ADMINS]}}))
     limiter = RateLimiter(period_scale=options.rate_limit_period_scale)
+    budgets = EndpointBudgets(period_scale=options.rate_limit_period_scale)
     if engine is None:
         cat = Catalog.load(options.catalog) if options.catalog is not None else Catalog.default()
         engine = build_server_engine(options, cat)
@@ -205,11 +207,11 @@ def start_server(
         warm_up(engine, list(options.preload) if isinstance(options.preload, tuple) else None)
     server = ServingFlightServer(
         engine, f"grpc://{options.host}:{options.port}", auth=auths, limiter=limiter,
-        description=options.engine_factory or options.engine,
+        budgets=budgets, description=options.engine_factory or options.engine,
     )
     running = RunningServer(server, engine)
     if options.http_port is not None:
-        running.stop_http = _start_http(engine, options, auths, limiter, server, ui)
+        running.stop_http = _start_http(engine, options, auths, (limiter, budgets), server, ui)
     log.info(
         "ai_query engine server (%s) listening on %s; endpoints: %s; auth: %s",
         options.engine_factory or options.engine, server.url, ", ".join(engine.catalog.names()),
@@ -287,12 +289,12 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
 
 # --- HTTP ------------------------------------------------------------------------------------
 # The HTTP API (OpenAI-compatible and Databricks routes) runs in this process beside Flight,
-# sharing the engine, the bearer tokens and the rate limiter.
+# sharing the engine, the bearer tokens, the rate limiter and the endpoint budgets.
 def _start_http(
     engine: Engine,
     options: ServeOptions,
     auth: Sequence[TokenAuth],
-    limiter: RateLimiter,
+    limits: tuple[RateLimiter, EndpointBudgets],
     flight_server: ServingFlightServer,
     ui: UIServices | None = None,
 ) -> Callable[[], None]:
@@ -306,8 +308,8 @@ def _start_http(
     ui = ui or UIServices()
     workspace = ui.sql_workspace(flight_server.url) if ui.sql_workspace is not None else None
     app = create_app(
-        replace(options, database=database), engine=engine, auth=auth, limiter=limiter,
-        sql_workspace=workspace, job_runs=ui.job_runs,
+        replace(options, database=database), engine=engine, auth=auth, limiter=limits[0],
+        budgets=limits[1], sql_workspace=workspace, job_runs=ui.job_runs,
     )
     # Flight checks CAN_QUERY against the same endpoint permissions as HTTP.
     flight_server.authorize = app.state.ctx.serving.check_query

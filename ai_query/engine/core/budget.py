@@ -176,6 +176,14 @@ class Allowance:
             self.completion_tokens += used.completion_tokens
             self.cost += used.cost
 
+    def spent_out(self) -> bool:
+        """Whether nothing is left (a limit reached)."""
+        with self._changed:
+            tokens = self.budget.max_tokens
+            cost = self.budget.max_cost
+            return (tokens is not None and self.tokens >= tokens) or (
+                cost is not None and self.cost >= cost)
+
     def refuse(self, rows: int) -> None:
         """Count rows not sent."""
         with self._changed:

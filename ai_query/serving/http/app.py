@@ -29,6 +29,7 @@ from ai_query.engine.spec import backend_factory_for
 from ai_query.errors import AIQueryError, ConfigError
 from ai_query.redaction import redact
 from ai_query.serving.auth import TokenAuth
+from ai_query.serving.budgets import EndpointBudgets
 from ai_query.serving.http import databricks_routes, management, openai_routes, permissions_routes
 from ai_query.serving.http.context import Ctx, Principal, ServerContext
 from ai_query.serving.http.guard import RequestGuard
@@ -66,6 +67,7 @@ def create_app(
     engine: Engine | None = None,
     auth: TokenAuth | Sequence[TokenAuth] | None = None,
     limiter: RateLimiter | None = None,
+    budgets: EndpointBudgets | None = None,
     backend_factory: BackendFactory | None = None,
     sql_workspace: SQLWorkspace | None = None,
     job_runs: Callable[[], list[dict[str, Any]]] | None = None,
@@ -83,6 +85,7 @@ def create_app(
         auth: bearer tokens to share with Flight; a token any of them accepts is valid
             (default: from ``options.tokens_file``).
         limiter: rate limiter to share with Flight (default: a new one).
+        budgets: endpoint budgets to share with Flight (default: new ones).
         backend_factory: builds model backends (default: the engine's, else by
             ``options.engine``).
         sql_workspace: runs the web UI's SQL editor (default: none, the editor is off).
@@ -130,6 +133,7 @@ def create_app(
         serving=serving,
         auth=auths,
         limiter=limiter or RateLimiter(period_scale=options.rate_limit_period_scale),
+        budgets=budgets or EndpointBudgets(period_scale=options.rate_limit_period_scale),
         metrics=metrics,
         table=table,
         sql=SQLSessions(sql_workspace) if sql_workspace is not None else None,

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from ai_query.errors import AuthenticationError
 from ai_query.serving.auth import ANONYMOUS_IDENTITY, TokenAuth
+from ai_query.serving.budgets import EndpointBudgets
 from ai_query.serving.http.problems import APIError
 from ai_query.serving.inference_table import InferenceTable
 from ai_query.serving.metrics import ServerMetrics
@@ -35,6 +36,8 @@ class ServerContext:
     """Bearer tokens (shared with the Flight server); a token any of them accepts is valid."""
     limiter: RateLimiter
     """Rate limits (shared with the Flight server)."""
+    budgets: EndpointBudgets
+    """Endpoint budgets (shared with the Flight server)."""
     metrics: ServerMetrics
     """Prometheus metrics."""
     table: InferenceTable | None = None

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ai_query.catalog import Endpoint, ServedEntity
 from ai_query.engine.backends.backend import Embedding, RowFailure
+from ai_query.engine.core.budget import Allowance
 from ai_query.redaction import redact
 from ai_query.serving.http import responses
 from ai_query.serving.http.context import ServerContext
@@ -69,6 +70,7 @@ class Call:
     entity: ServedEntity | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    allowance: Allowance | None = None
 
     @property
     def external(self) -> bool:
@@ -93,6 +95,9 @@ class Call:
         if self.endpoint is not None:
             ctx.limiter.record_tokens(
                 self.endpoint, self.principal, self.prompt_tokens + self.completion_tokens
+            )
+            ctx.budgets.count(
+                self.allowance, self.endpoint, self.prompt_tokens, self.completion_tokens
             )
         entity = self.entity.served_name if self.entity is not None else None
         access_log.info(
@@ -180,6 +185,7 @@ async def invoke(
         if wait > 0:
             ctx.metrics.rate_limited.labels(call.endpoint.name).inc()
             raise rate_limited(wait, f"rate limit of endpoint {call.endpoint.name!r} exceeded")
+        call.allowance = ctx.budgets.check(call.endpoint, principal)
         call.entity = call.endpoint.choose_entity(ctx.rng)
         gauge = ctx.metrics.in_flight.labels(call.endpoint.name)
         gauge.inc()

@@ -58,9 +58,7 @@ _CODES = {
 }
 
 #: Domain errors that are the request's own mistake (a 400).
-_CLIENT_ERRORS = (
-    BudgetExceededError, ConfigError, ModelNotAvailableError, SQLError, WorkspaceError
-)
+_CLIENT_ERRORS = (ConfigError, ModelNotAvailableError, SQLError, WorkspaceError)
 
 
 #: OpenAI error ``type`` by HTTP status.
@@ -120,7 +118,7 @@ def from_exception(
     """The API error for an exception raised while serving a request.
 
     Domain errors map to their status by type, here and only here: the caller's mistakes
-    (config, SQL, a refused upload) and refusals (auth, permission, rate limit, not found,
+    (config, SQL, a refused upload) and refusals (auth, permission, rate limit, budget, not found,
     conflict) are 4xx; a request's own failure (:class:`~ai_query.errors.RowFailure`) is a 400,
     or a 502 when the external provider failed it (:class:`~ai_query.errors.ProviderError`, or
     any row failure of an ``external`` call); an engine that is down is a 503; the server's own
@@ -140,6 +138,8 @@ def from_exception(
         return rate_limited(exc.retry_after, str(exc))
     if isinstance(exc, PermissionDeniedError):
         return APIError(403, str(exc), code="PERMISSION_DENIED")
+    if isinstance(exc, BudgetExceededError):  # OpenAI's insufficient_quota is a 429 as well
+        return APIError(429, str(exc), code="RESOURCE_EXHAUSTED")
     if isinstance(exc, (UnknownEndpointError, ResourceNotFoundError)):
         return APIError(404, str(exc))
     if isinstance(exc, ResourceConflictError):
