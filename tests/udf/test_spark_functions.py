@@ -105,3 +105,23 @@ def test_bad_arguments_fail_when_the_column_is_built(frame: Any) -> None:
         AF.ai_query("nope", "review")
     with pytest.raises(ConfigError, match="not both"):
         AF.ai_query(CHAT, "review", returnType="STRUCT<a: INT>", responseFormat="json_object")
+
+
+def test_ai_count_tokens_in_spark_sql_and_as_a_typed_column(frame: Any, spark: Any) -> None:
+    """The prompt tokens ai_query would read (the deterministic engine counts words), with no
+    model call, as a BIGINT in plain spark.sql and from the DataFrame function."""
+    from ai_query.udf.spark import functions as AF
+
+    frame.createOrReplaceTempView("counted")
+    rows = spark.sql(f"SELECT id, ai_count_tokens('{CHAT}', review) AS n FROM counted "
+                     "ORDER BY id").collect()
+    assert [(r.id, r.n) for r in rows] == [(1, 2), (2, None), (3, 2)]
+    from ai_query.udf.spark import registered
+
+    databricks = registered(spark).sql(f"SELECT ai_count_tokens('{CHAT}', 'a b c') AS n")
+    assert databricks.collect()[0].n == 3  # Databricks SQL through aq.sql too
+    out = frame.select("id", AF.ai_count_tokens(CHAT, "other").alias("n")).orderBy("id")
+    assert out.schema["n"].dataType.simpleString() == "bigint"
+    assert [r.n for r in out.collect()] == [2, 1, 2]
+    with pytest.raises(UnknownEndpointError):
+        AF.ai_count_tokens("nope", "review")

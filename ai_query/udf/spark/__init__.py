@@ -61,7 +61,7 @@ from ai_query.udf.spark.typed import (
     is_connect,
     plan_udtf,
 )
-from ai_query.udf.spark.udfs import task_udfs, text_udf, vector_udf
+from ai_query.udf.spark.udfs import count_tokens_udf, task_udfs, text_udf, vector_udf
 from ai_query.udf.task_rows import TaskEndpoints
 
 #: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
@@ -196,6 +196,7 @@ def register(
     aq.udfs = {
         "ai_query": text_udf(spec),
         VECTOR_FUNCTION_NAME: vector_udf(spec),
+        "ai_count_tokens": count_tokens_udf(spec),
         **task_udfs(spec, TaskEndpoints.from_catalog(catalog)),
     }
     aq.native_types = install_builders(spark)

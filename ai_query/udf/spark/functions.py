@@ -38,6 +38,7 @@ ColumnOrName = Column | str
 __all__ = [
     "ai_analyze_sentiment",
     "ai_classify",
+    "ai_count_tokens",
     "ai_extract",
     "ai_filter",
     "ai_fix_grammar",
@@ -81,6 +82,21 @@ def ai_query(
         F.lit(responseFormat).cast("string"),
     )
     return _typed(text, typ)
+
+
+def ai_count_tokens(
+    endpoint: str, text: ColumnOrName, *, session: SparkAIQuery | None = None
+) -> Column:
+    """``ai_count_tokens(endpoint, text)``: a BIGINT Column of the prompt tokens
+    ``ai_query(endpoint, text)`` would read (the endpoint's own tokenizer and chat template),
+    with no model call; NULL for a NULL text.
+
+    Raises:
+        UnknownEndpointError: an endpoint the catalog does not hold.
+    """
+    aq = session or registered()
+    aq.catalog.get(endpoint)
+    return aq.udfs["ai_count_tokens"](F.lit(endpoint), _col(text).cast("string"))
 
 
 def ai_analyze_sentiment(

@@ -19,7 +19,7 @@ from pyspark.sql.functions import arrow_udf, pandas_udf
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.sql.semantic_agg import SPARK_AGG_UDF
 from ai_query.udf.agg_rows import answer_groups
-from ai_query.udf.rows import answer_rows, answer_vectors
+from ai_query.udf.rows import answer_rows, answer_vectors, count_tokens
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 
 #: ai_filter's remembered answers in this (worker) process, per engine.
@@ -53,6 +53,17 @@ def vector_udf(spec: EngineSpec) -> Any:
         return answer_vectors(get_engine(spec), endpoint.to_pylist(), request.to_pylist())
 
     return arrow_udf(ai_query_vector, "array<float>")  # type: ignore[call-overload]
+
+
+def count_tokens_udf(spec: EngineSpec) -> Any:
+    """``ai_count_tokens(endpoint, text) -> BIGINT``: the prompt tokens ``ai_query(endpoint,
+    text)`` would read, from the engine's preview (the endpoint's tokenizer), no model call."""
+
+    def ai_count_tokens(endpoint: pa.Array, text: pa.Array) -> pa.Array:
+        counted = count_tokens(get_engine(spec), endpoint.to_pylist(), text.to_pylist())
+        return pa.array(counted, pa.int64())
+
+    return arrow_udf(ai_count_tokens, "bigint")  # type: ignore[call-overload]
 
 
 def answer_series(
