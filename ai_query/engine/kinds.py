@@ -24,6 +24,9 @@ class EngineKind(StrEnum):
     external models are still called for real."""
     FLIGHT = "flight"
     """Engine servers elsewhere, over Arrow Flight (a client; never what a server hosts)."""
+    RECORDING = "recording"
+    """No model: EXPLAIN's recorder, writing the requests into the directory in the spec's
+    ``urls`` and answering with stand-ins (:mod:`ai_query.engine.recording`)."""
 
     @classmethod
     def _missing_(cls, value: object) -> EngineKind | None:

@@ -15,6 +15,7 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ai_query.catalog import Catalog
@@ -97,6 +98,10 @@ def build_engine(spec: EngineSpec) -> Engine:
         # No catalog in the spec: the client asks the servers for theirs when it needs one.
         catalog = spec.catalog() if spec.catalog_json is not None else None
         return FlightEngineClient(spec.urls, catalog=catalog, token=spec.token)
+    if kind is EngineKind.RECORDING:
+        from ai_query.engine.recording import RecordingEngine
+
+        return RecordingEngine(spec.catalog(), sink=Path(spec.urls[0]))
     if spec.private_server:
         from ai_query.engine.process.embedded import EmbeddedEngine
 

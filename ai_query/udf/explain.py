@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,21 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ai_query.catalog import Catalog
-from ai_query.engine.backends.deterministic import DeterministicBackend
 from ai_query.engine.core.batch import (
-    REQUEST_COLUMN,
-    read_request_batch,
     request_batch,
-    result_schema,
 )
 from ai_query.engine.core.ceiling import output_ceiling
 from ai_query.engine.core.forwarding import ForwardingEngine
 from ai_query.engine.core.preview import cache_only, preview
 from ai_query.engine.core.protocol import Engine, wants_slices
-from ai_query.engine.local import LocalEngine
+from ai_query.engine.recording import CallRecord
 from ai_query.options import CallOptions
-from ai_query.sql.response_format import resolve_output
-from ai_query.tasks import Task
 from ai_query.udf.usage import UsageHistory, computed_tokens
 
 #: Distinct requests of one call counted in full; above this, a random sample of this many is
@@ -91,76 +84,6 @@ class EngineSwitch(ForwardingEngine):
                 yield
             finally:
                 self.inner = previous
-
-
-@dataclass
-class CallRecord:
-    """The requests one AI call (one set of call options) sent while a statement was explained."""
-
-    options: CallOptions
-    """The call's options."""
-    chunks: list[pa.Array]
-    """Every request row, in the batches sent."""
-
-    @property
-    def requests(self) -> pa.Array:
-        """Every request row (string, NULL allowed)."""
-        return pa.concat_arrays(self.chunks) if self.chunks else pa.array([], pa.string())
-
-
-class RecordingEngine:
-    """Records request batches and answers them with stand-ins; calls no model (thread-safe)."""
-
-    wants_slices = False
-    """It answers at once: chunks need not be cut into concurrent slices."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self._lock = threading.Lock()
-        self._calls: dict[str, CallRecord] = {}
-        self._plain: dict[str, bool] = {}
-        self._stand_in = LocalEngine(
-            catalog, backend_factory=lambda e: DeterministicBackend(e, max_context=1 << 30),
-            memo_entries=0,
-        )
-
-    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Record ``batch``; answer with stand-ins of the call's result type."""
-        _, options = read_request_batch(batch.slice(0, 0))
-        key = options.to_json()
-        requests = batch.column(REQUEST_COLUMN).cast(pa.string())
-        with self._lock:
-            self._calls.setdefault(key, CallRecord(options, [])).chunks.append(requests)
-            plain = self._plain.get(key)
-        if plain is None:
-            endpoint = self.catalog.get(options.endpoint)
-            output = resolve_output(options.return_type, options.response_format, endpoint.task)
-            plain = endpoint.task != Task.EMBEDDINGS and output.sql_type.is_string and not (
-                output.parse_json or output.choice
-            )
-            with self._lock:
-                self._plain[key] = plain
-        if not plain:
-            return self._stand_in.run(batch)
-        n = len(requests)
-        return pa.RecordBatch.from_arrays(
-            [
-                pa.array(np.arange(n, dtype=np.int64)),
-                pc.if_else(pc.is_null(requests), pa.scalar(None, pa.string()), ""),
-                pa.nulls(n, pa.string()),
-                pa.array(np.zeros(n, dtype=np.int32)),
-                pa.array(np.zeros(n, dtype=np.int32)),
-            ],
-            schema=result_schema(pa.string()),
-        )
-
-    def calls(self) -> list[CallRecord]:
-        """The calls recorded, in the order first seen."""
-        with self._lock:
-            return list(self._calls.values())
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 def explain_calls(

@@ -125,3 +125,27 @@ def test_ai_count_tokens_in_spark_sql_and_as_a_typed_column(frame: Any, spark: A
     assert [r.n for r in out.collect()] == [2, 1, 2]
     with pytest.raises(UnknownEndpointError):
         AF.ai_count_tokens("nope", "review")
+
+
+def test_explain_in_spark_counts_the_rows_the_plan_sends_with_no_model_call(
+    frame: Any, spark: Any
+) -> None:
+    """``aq.sql("EXPLAIN ...")`` / ``aq.explain``: Spark's own plan decides the rows (WHERE
+    applies), the counts are exact on a known table, and the engine answers nothing."""
+    from ai_query.udf.spark import registered
+
+    aq = registered(spark)
+    spark.range(50).selectExpr(
+        "id", "CASE WHEN id % 10 = 0 THEN NULL ELSE concat('text ', id % 20, ' words') END AS r"
+    ).createOrReplaceTempView("known")
+    before = spark.sql(f"SELECT ai_count_tokens('{CHAT}', 'x')").collect()  # warm the UDFs
+    assert before
+    [row] = aq.sql(f"EXPLAIN SELECT ai_query('{CHAT}', r) FROM known WHERE id < 30").collect()
+    # ids 0..29: 0, 10, 20 are NULL; the 27 others are 'text <id % 20> words': 18 distinct
+    assert (row.rows, row.null_rows, row.distinct_requests) == (30, 3, 18)
+    assert row.prompt_tokens == 18 * 3 and row.counted == "exact"
+    typed = aq.explain("SELECT ai_classify(r, ARRAY('a', 'b')) FROM known").collect()
+    assert typed[0].endpoint == CHAT and typed[0].rows >= 45  # its 45 texts (and its own)
+    # the real functions are back: the query answers
+    answers = aq.sql(f"SELECT ai_query('{CHAT}', r) AS a FROM known WHERE id = 1").collect()
+    assert answers[0].a.endswith("says: text 1 words")

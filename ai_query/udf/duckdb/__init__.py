@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from ai_query.catalog import Catalog
 from ai_query.engine.core.budget import Allowance, Budget, BudgetedEngine, check_estimate
 from ai_query.engine.core.protocol import Engine
+from ai_query.engine.recording import RecordingEngine
 from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError, SQLError
 from ai_query.sql import transpile
@@ -48,7 +49,7 @@ from ai_query.udf.duckdb.functions import (
     register,
     register_task_functions,
 )
-from ai_query.udf.explain import EngineSwitch, RecordingEngine, estimated_spend, explain_calls
+from ai_query.udf.explain import EngineSwitch, estimated_spend, explain_calls
 from ai_query.udf.task_rows import AnswerMemo
 from ai_query.udf.usage import MeteredEngine, UsageHistory
 from ai_query.udf.vector_index import load_indexes

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,13 +46,19 @@ from ai_query.config import parse_engine_urls, settings
 from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.engine.kinds import SERVER_ENGINE_KINDS, EngineKind
 from ai_query.engine.process.launcher import ServerProcess, start_server_process
-from ai_query.engine.spec import EngineSpec
-from ai_query.errors import ConfigError
+from ai_query.engine.recording import load_calls
+from ai_query.engine.spec import EngineSpec, get_engine
+from ai_query.errors import ConfigError, SQLError
 from ai_query.sql import transpile
-from ai_query.sql.calls import VECTOR_FUNCTION_NAME
-from ai_query.sql.task_calls import mentions_ai_functions
+from ai_query.sql.task_calls import (
+    explained_statement,
+    mentions_ai_functions,
+    reads_only,
+    rows_depend_on_answers,
+)
 from ai_query.sql.transpile import parse_sql
 from ai_query.sql.vector_search import VectorIndexInfo
+from ai_query.udf.explain import explain_calls
 from ai_query.udf.spark.typed import FUNCTIONS as TYPED_FUNCTIONS
 from ai_query.udf.spark.typed import (
     PLAN_FUNCTION,
@@ -61,8 +68,8 @@ from ai_query.udf.spark.typed import (
     is_connect,
     plan_udtf,
 )
-from ai_query.udf.spark.udfs import count_tokens_udf, task_udfs, text_udf, vector_udf
-from ai_query.udf.task_rows import TaskEndpoints
+from ai_query.udf.spark.udfs import spark_udfs
+from ai_query.udf.usage import UsageHistory
 
 #: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -113,13 +120,61 @@ class SparkAIQuery:
             vector_indexes=self.vector_indexes, native_types=self.native_types,
         )
 
+    def register_udfs(self, udfs: Mapping[str, Any]) -> None:
+        """Register ``udfs`` (by function name) as the session's SQL functions."""
+        for function, udf in udfs.items():
+            sql_name = self.name if function == "ai_query" else function
+            if function in TYPED_FUNCTIONS:
+                self.spark.udf.register(hidden_name(function), udf)  # the typed builder's
+                if self.native_types and sql_name == function:
+                    continue
+            self.spark.udf.register(sql_name, udf)
+
+    def explain(self, query: str, read: str = "databricks") -> DataFrame:
+        """What the AI calls of ``query`` would send, read and cost, with no model call: one
+        row per call (:data:`ai_query.udf.explain.EXPLAIN_SCHEMA`).
+
+        The query runs once on Spark's own plan, so predicates, limits and joins act as they
+        will, with the session's functions swapped for recorders. They run in Spark's Python
+        workers, so they write each request batch into a local directory
+        (:attr:`~ai_query.engine.kinds.EngineKind.RECORDING`: the driver and the workers share
+        it on one machine) that the driver reads back, the real functions put back, and the
+        calls are explained as DuckDB's are (:func:`ai_query.udf.explain.explain_calls`).
+
+        Raises:
+            SQLError: for anything but one query (a statement that writes would write).
+        """
+        trees = parse_sql(query, read)
+        if len(trees) != 1 or not reads_only(trees[0]):
+            raise SQLError("EXPLAIN in Spark takes one query (SELECT, WITH, VALUES)")
+        statement = self.transpile(query, read)
+        with tempfile.TemporaryDirectory(prefix="ai-query-explain-") as sink:
+            spec = EngineSpec.for_catalog(
+                self.catalog, kind=EngineKind.RECORDING, urls=(sink,), private_server=False
+            )
+            self.register_udfs(spark_udfs(spec, self.catalog))
+            try:
+                self.spark.sql(statement).write.format("noop").mode("overwrite").save()
+            finally:
+                self.register_udfs(self.udfs)
+            calls = load_calls(Path(sink))
+        table = explain_calls(
+            calls, get_engine(self.spec), self.catalog, UsageHistory(),
+            depends_on_answers=rows_depend_on_answers(trees[0]),
+        )
+        return self.spark.createDataFrame(table)
+
     def sql(self, query: str, read: str = "databricks") -> DataFrame:
         """Run ``query`` (Databricks SQL by default); the last statement's DataFrame.
+        ``EXPLAIN <query>`` with AI calls is :meth:`explain`'s table.
 
         Raises:
             ConfigError, SQLParseError, UnsupportedCallError: a bad ai_query call, before
                 any Spark job starts.
         """
+        explained = explained_statement(query)
+        if explained is not None:
+            return self.explain(explained, read)
         trees = parse_sql(query, read)
         statements = [query] if len(trees) <= 1 else [t.sql(dialect=read) for t in trees]
         spark_sql = [self.transpile(s, read) for s in statements]  # check every call first
@@ -193,20 +248,9 @@ def register(
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         spark.conf.set(ARROW_BATCH_CONF, str(batch_size))
     aq = SparkAIQuery(spark, spec, catalog, name, server)
-    aq.udfs = {
-        "ai_query": text_udf(spec),
-        VECTOR_FUNCTION_NAME: vector_udf(spec),
-        "ai_count_tokens": count_tokens_udf(spec),
-        **task_udfs(spec, TaskEndpoints.from_catalog(catalog)),
-    }
+    aq.udfs = spark_udfs(spec, catalog)
     aq.native_types = install_builders(spark)
-    for function, udf in aq.udfs.items():
-        sql_name = name if function == "ai_query" else function
-        if function in TYPED_FUNCTIONS:
-            spark.udf.register(hidden_name(function), udf)  # what the typed builder calls
-            if aq.native_types and sql_name == function:
-                continue
-        spark.udf.register(sql_name, udf)
+    aq.register_udfs(aq.udfs)
     spark.udtf.register(PLAN_FUNCTION, plan_udtf(EndpointTasks.from_catalog(catalog)))
     with _embedded_lock:
         _registered[_app_id(spark)] = aq

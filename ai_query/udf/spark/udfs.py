@@ -16,7 +16,9 @@ import pandas as pd
 import pyarrow as pa
 from pyspark.sql.functions import arrow_udf, pandas_udf
 
+from ai_query.catalog import Catalog
 from ai_query.engine.spec import EngineSpec, get_engine
+from ai_query.sql.calls import VECTOR_FUNCTION_NAME
 from ai_query.sql.semantic_agg import SPARK_AGG_UDF
 from ai_query.udf.agg_rows import answer_groups
 from ai_query.udf.rows import answer_rows, answer_vectors, count_tokens
@@ -64,6 +66,16 @@ def count_tokens_udf(spec: EngineSpec) -> Any:
         return pa.array(counted, pa.int64())
 
     return arrow_udf(ai_count_tokens, "bigint")  # type: ignore[call-overload]
+
+
+def spark_udfs(spec: EngineSpec, catalog: Catalog) -> dict[str, Any]:
+    """Every UDF of the SQL functions, by function name, bound to ``spec``."""
+    return {
+        "ai_query": text_udf(spec),
+        VECTOR_FUNCTION_NAME: vector_udf(spec),
+        "ai_count_tokens": count_tokens_udf(spec),
+        **task_udfs(spec, TaskEndpoints.from_catalog(catalog)),
+    }
 
 
 def answer_series(

@@ -1,0 +1,122 @@
+"""EXPLAIN's recording engine: it records every request batch the AI functions send and answers
+with stand-ins of the right type (empty text for plain text results; the deterministic
+backend's answers for typed, choice and vector results), never a model.
+
+In the process that explains (DuckDB), the records stay in memory. Where the functions run in
+other processes (Spark's Python workers), each worker's recorder also writes its batches as Arrow
+files into a directory (:attr:`EngineKind.RECORDING`, the directory in the spec's ``urls``), and
+the driver reads them back with :func:`load_calls`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ai_query.catalog import Catalog
+from ai_query.engine.backends.deterministic import DeterministicBackend
+from ai_query.engine.core.batch import REQUEST_COLUMN, read_request_batch, result_schema
+from ai_query.engine.local import LocalEngine
+from ai_query.options import CallOptions
+from ai_query.sql.response_format import resolve_output
+from ai_query.tasks import Task
+
+_files = itertools.count()
+
+
+@dataclass
+class CallRecord:
+    """The requests one AI call (one set of call options) sent while a statement was explained."""
+
+    options: CallOptions
+    """The call's options."""
+    chunks: list[pa.Array]
+    """Every request row, in the batches sent."""
+
+    @property
+    def requests(self) -> pa.Array:
+        """Every request row (string, NULL allowed)."""
+        return pa.concat_arrays(self.chunks) if self.chunks else pa.array([], pa.string())
+
+
+class RecordingEngine:
+    """Records request batches and answers them with stand-ins; calls no model (thread-safe).
+    With a ``sink`` directory, each batch is also written there (see the module docstring)."""
+
+    wants_slices = False
+    """It answers at once: chunks need not be cut into concurrent slices."""
+
+    def __init__(self, catalog: Catalog, sink: Path | None = None) -> None:
+        self.catalog = catalog
+        self.sink = sink
+        self._lock = threading.Lock()
+        self._calls: dict[str, CallRecord] = {}
+        self._plain: dict[str, bool] = {}
+        self._stand_in = LocalEngine(
+            catalog, backend_factory=lambda e: DeterministicBackend(e, max_context=1 << 30),
+            memo_entries=0,
+        )
+
+    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Record ``batch``; answer with stand-ins of the call's result type."""
+        _, options = read_request_batch(batch.slice(0, 0))
+        key = options.to_json()
+        requests = batch.column(REQUEST_COLUMN).cast(pa.string())
+        with self._lock:
+            self._calls.setdefault(key, CallRecord(options, [])).chunks.append(requests)
+            plain = self._plain.get(key)
+        if self.sink is not None:
+            name = f"{os.getpid()}-{next(_files):08d}-{uuid.uuid4().hex[:8]}.arrow"
+            with pa.OSFile(str(self.sink / name), "wb") as f, pa.ipc.new_file(
+                f, batch.schema
+            ) as writer:
+                writer.write_batch(batch)
+        if plain is None:
+            endpoint = self.catalog.get(options.endpoint)
+            output = resolve_output(options.return_type, options.response_format, endpoint.task)
+            plain = endpoint.task != Task.EMBEDDINGS and output.sql_type.is_string and not (
+                output.parse_json or output.choice
+            )
+            with self._lock:
+                self._plain[key] = plain
+        if not plain:
+            return self._stand_in.run(batch)
+        n = len(requests)
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.arange(n, dtype=np.int64)),
+                pc.if_else(pc.is_null(requests), pa.scalar(None, pa.string()), ""),
+                pa.nulls(n, pa.string()),
+                pa.array(np.zeros(n, dtype=np.int32)),
+                pa.array(np.zeros(n, dtype=np.int32)),
+            ],
+            schema=result_schema(pa.string()),
+        )
+
+    def calls(self) -> list[CallRecord]:
+        """The calls recorded, in the order first seen."""
+        with self._lock:
+            return list(self._calls.values())
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def load_calls(directory: Path) -> list[CallRecord]:
+    """The calls recorded into ``directory`` by recorders with that sink."""
+    calls: dict[str, CallRecord] = {}
+    for path in sorted(directory.glob("*.arrow")):
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        _, options = read_request_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
+        requests = table.column(REQUEST_COLUMN).combine_chunks().cast(pa.string())
+        calls.setdefault(options.to_json(), CallRecord(options, [])).chunks.append(requests)
+    return list(calls.values())
