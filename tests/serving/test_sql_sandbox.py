@@ -341,3 +341,15 @@ def _upload_roots() -> list[Path]:
 
     parent = Path(tempfile.gettempdir()) / f"ai-query-sql-{os.getuid()}"
     return list(parent.iterdir()) if parent.exists() else []
+
+
+def test_explain_shows_the_ai_work_in_the_editor_with_no_model_call(editor: HTTPServer) -> None:
+    assert _upload(editor, "notes", b"id,body\n1,a b c\n2,a b c\n3,\n4,d e\n").status_code == 200
+    answer = _query(editor, "EXPLAIN SELECT ai_query('my-chat', body) FROM notes WHERE id < 4")
+    [row] = [dict(zip(answer["columns"], r, strict=True)) for r in answer["rows"]]
+    assert (row["rows"], row["null_rows"], row["distinct_requests"]) == (3, 1, 1)
+    assert row["prompt_tokens"] == 3 and row["endpoint"] == "smollm2-135m-instruct"
+    assert answer["rows_answered"] == 0  # nothing was answered
+    made = _query(editor, "EXPLAIN CREATE TABLE out AS SELECT ai_query('my-chat', body) FROM notes")
+    assert "error" not in made, made
+    assert "error" in _query(editor, "SELECT * FROM out")  # EXPLAIN wrote nothing

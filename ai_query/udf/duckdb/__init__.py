@@ -104,7 +104,8 @@ class AIQueryConnection:
         depends = any(rows_depend_on_answers(tree) for tree in parse_sql(query, read))
         recorder = RecordingEngine(self.catalog)
         try:
-            with self._switch.using(recorder), self.errors(), self._undone(query, read):
+            with self._switch.using(recorder), self.progress.muted(), self.errors(), \
+                    self._undone(query, read):
                 relation = self.raw.sql(statement)
                 if relation is not None:
                     relation.to_arrow_table()

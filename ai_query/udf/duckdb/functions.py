@@ -163,8 +163,22 @@ class ProgressCounter:
         """Tokens generated."""
         self.listeners: list[ProgressCallback] = []
         """Called with each increment (e.g. a progress bar's advance)."""
+        self._muted = 0
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Count nothing inside (EXPLAIN's stand-in answers are not answers)."""
+        with self._lock:
+            self._muted += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._muted -= 1
 
     def __call__(self, rows: int, prompt_tokens: int, completion_tokens: int) -> None:
+        if self._muted:
+            return
         with self._lock:
             self.rows += rows
             self.prompt_tokens += prompt_tokens
