@@ -71,3 +71,51 @@ def test_the_run_record_keeps_the_cost_at_catalog_prices(
     assert record.cost == pytest.approx(10 * (8 * 0.001 + 10 * 0.002))
     assert RunLog(Path(str(tmp_path / "out" / "scored.ai_query")) / "runs.sqlite").recent()[
         0].cost == pytest.approx(record.cost)
+
+
+CLI_JOB = '''
+name = "budgeted"
+sql = """
+SELECT id, ai_query('smollm2-135m-instruct', concat('One word for this review: ', review),
+                    modelParameters => named_struct('max_tokens', 4), failOnError => false) AS v
+FROM reviews"""
+key = ["id"]
+max_rows_per_batch = 8
+max_tokens = 600
+inputs = {reviews = "data/reviews.parquet"}
+output = "out/budgeted"
+'''
+
+
+@pytest.mark.slow
+def test_ai_query_jobs_run_stops_at_its_budget_and_resumes_when_raised(tmp_path: Path) -> None:
+    """``ai-query jobs run`` with the real model: the job file's budget (about 1.5 batches of
+    8 rows) stops the run; run again with ``--max-tokens`` raised, it resumes after the
+    committed batch, the rows answered before the stop come from the result cache, and every
+    row is answered once in all."""
+    import shutil
+    import subprocess
+    import sys
+
+    write_reviews(tmp_path / "data" / "reviews.parquet",
+                  [(i, f"Item {i}: it was fine.") for i in range(24)])
+    (tmp_path / "job.toml").write_text(CLI_JOB)
+    exe = shutil.which("ai-query", path=str(Path(sys.executable).parent)) or "ai-query"
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, "jobs", "run", "job.toml", "--quiet", *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+
+    first = run()
+    assert first.returncode != 0 and "stopped at its budget (max_tokens 600" in first.stderr
+    second = run("--max-tokens", "100000")
+    assert second.returncode == 0, second.stderr
+    [done, stopped] = RunLog(tmp_path / "out" / "budgeted.ai_query" / "runs.sqlite").recent()[:2]
+    assert (stopped.status, done.status) == ("failed", "succeeded")
+    assert stopped.prompt_tokens + stopped.completion_tokens <= 600
+    assert done.rows_skipped == 8  # the committed batch is kept
+    assert done.cache_hits >= 1  # answers given before the stop are not asked again
+    assert stopped.cache_misses + done.cache_misses == 24  # each row to the model once
+    rows = read_rows(tmp_path / "out" / "budgeted")
+    assert [r["id"] for r in rows] == list(range(24))
+    assert all(r["v"]["result"] and r["v"]["errorMessage"] is None for r in rows)
