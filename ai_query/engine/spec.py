@@ -48,6 +48,9 @@ class EngineSpec:
     """Engine server addresses, for :attr:`EngineKind.FLIGHT` (empty: ``AI_QUERY_ENGINE_URL``)."""
     token: str | None = None
     """Bearer token for the servers."""
+    budget_tag: str | None = None
+    """For :attr:`EngineKind.FLIGHT`: a query's budget, sent with every batch for the servers
+    to hold it to (:func:`ai_query.engine.core.budget.tag_budget`)."""
 
     @classmethod
     def for_catalog(cls, catalog: Catalog | None, **kwargs: Any) -> EngineSpec:
@@ -97,7 +100,12 @@ def build_engine(spec: EngineSpec) -> Engine:
 
         # No catalog in the spec: the client asks the servers for theirs when it needs one.
         catalog = spec.catalog() if spec.catalog_json is not None else None
-        return FlightEngineClient(spec.urls, catalog=catalog, token=spec.token)
+        client = FlightEngineClient(spec.urls, catalog=catalog, token=spec.token)
+        if spec.budget_tag is None:
+            return client
+        from ai_query.engine.core.budget import BudgetTagging
+
+        return BudgetTagging(client, spec.budget_tag)
     if kind is EngineKind.RECORDING:
         from ai_query.engine.recording import RecordingEngine
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from ai_query.catalog import Endpoint
@@ -75,3 +76,27 @@ class EndpointBudgets:
             price = endpoint.price
             cost = price.cost(prompt, completion) if price is not None else 0.0
             allowance.count(Spend(prompt, completion, cost))
+
+
+class QueryBudgets:
+    """The allowances of queries that carry their own budget (a budget tag on their batches:
+    Spark queries, whose rows come from many worker processes), by caller and query id; the
+    oldest are forgotten past :attr:`KEEP`. Thread-safe."""
+
+    KEEP = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: OrderedDict[tuple[str, str], Allowance] = OrderedDict()
+
+    def allowance(self, principal: str, query: str, budget: Budget) -> Allowance:
+        """The allowance of ``principal``'s query ``query`` (made on its first batch)."""
+        with self._lock:
+            found = self._open.get((principal, query))
+            if found is None:
+                found = Allowance(budget, "the query")
+                self._open[(principal, query)] = found
+                while len(self._open) > self.KEEP:
+                    self._open.popitem(last=False)
+            self._open.move_to_end((principal, query))
+            return found

@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ai_query.engine.core.batch import CALL_METADATA_KEY, REQUEST_COLUMN
-from ai_query.engine.core.budget import BudgetedEngine
+from ai_query.engine.core.budget import BudgetedEngine, read_budget_tag
 from ai_query.engine.core.protocol import Engine
 from ai_query.engine.flight.server import EngineFlightServer, result_total
 from ai_query.engine.flight.wire import AUTH_HEADER
 from ai_query.errors import AuthenticationError
 from ai_query.options import CallOptions
 from ai_query.serving.auth import ANONYMOUS_IDENTITY, TokenAuth
-from ai_query.serving.budgets import EndpointBudgets
+from ai_query.serving.budgets import EndpointBudgets, QueryBudgets
 from ai_query.serving.permissions import Identity
 from ai_query.serving.ratelimit import RateLimiter
 
@@ -85,6 +85,8 @@ class ServingFlightServer(EngineFlightServer):
         self.limiter = limiter
         self.budgets = budgets
         """The endpoints' budgets (shared with the HTTP side); None: none held."""
+        self.query_budgets = QueryBudgets()
+        """The budgets that queries carry on their batches."""
         self.auth_required = bool(auths)
         self.authorize: Callable[[Identity, str], None] | None = None
         """Raises PermissionDeniedError unless the caller may query the endpoint named (set
@@ -118,6 +120,9 @@ class ServingFlightServer(EngineFlightServer):
             allowance = self.budgets.allowance(endpoint, caller.name)
             if allowance is not None:  # the server's budget holds whatever the client sets
                 engine = BudgetedEngine(self.engine, allowance)
+        tagged = read_budget_tag(batch)
+        if tagged is not None:  # the query's own budget, over all the processes sending it
+            engine = BudgetedEngine(engine, self.query_budgets.allowance(caller.name, *tagged))
         if endpoint is None or not endpoint.rate_limits or self.limiter is None:
             return engine.run(batch)
         # Throttle rather than fail: the rows wait until the endpoint's limits admit them.

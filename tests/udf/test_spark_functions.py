@@ -149,3 +149,37 @@ def test_explain_in_spark_counts_the_rows_the_plan_sends_with_no_model_call(
     # the real functions are back: the query answers
     answers = aq.sql(f"SELECT ai_query('{CHAT}', r) AS a FROM known WHERE id = 1").collect()
     assert answers[0].a.endswith("says: text 1 words")
+
+
+def test_a_session_budget_holds_a_spark_query_across_its_workers(
+    frame: Any, spark: Any, tmp_path: Any, monkeypatch: Any
+) -> None:
+    """``SET ai_query.max_tokens``: over its estimate a query is refused before Spark runs it;
+    under it, the engine server holds the query's rows (from every worker) to the budget."""
+    from ai_query.errors import BudgetExceededError
+    from ai_query.udf.spark import registered
+    from ai_query.udf.usage import Spell, UsageHistory
+
+    history = tmp_path / "history.json"
+    monkeypatch.setenv("AI_QUERY_USAGE_HISTORY", str(history))
+    UsageHistory(history).add(CHAT, Spell(100, 400, 100, 1.0, 10))  # answers: 10% of max_tokens
+    aq = registered(spark)
+    query = (f"SELECT id, ai_query('{CHAT}', concat('budget row ', id, ' of it'), "
+             "failOnError => false, modelParameters => named_struct('max_tokens', 10)) AS a "
+             "FROM range(40) ORDER BY id")
+    try:
+        aq.sql("SET ai_query.max_tokens = 100")
+        # 40 distinct texts x (5 words + 1 expected output token) = 240 > 100
+        with pytest.raises(BudgetExceededError, match=r"240 tokens > max_tokens 100"):
+            aq.sql(query)
+        aq.sql("SET ai_query.max_tokens = 300")
+        rows = [r.a for r in aq.sql(query).collect()]
+        answered = [a for a in rows if a.errorMessage is None]
+        refused = [a for a in rows if a.errorMessage is not None]
+        assert answered and refused  # each answered row cost 5 + 7 = 12 tokens
+        assert all(a.errorMessage.startswith("budget reached: the query allows max_tokens 300")
+                   for a in refused)
+        assert 12 * len(answered) <= 300 < 12 * len(answered) + 15
+    finally:
+        spark.conf.unset("ai_query.max_tokens")
+    assert all(r.a.errorMessage is None for r in aq.sql(query).collect())  # no budget: all

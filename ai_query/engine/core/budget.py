@@ -16,13 +16,16 @@ budget is spent on answers, not on ceilings.
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ai_query.catalog import Endpoint
 from ai_query.engine.core.arrow_types import to_arrow
@@ -37,13 +40,15 @@ from ai_query.engine.core.ceiling import output_ceiling
 from ai_query.engine.core.forwarding import ForwardingEngine
 from ai_query.engine.core.preview import cache_only, preview
 from ai_query.engine.core.protocol import Engine
-from ai_query.errors import BudgetExceededError
+from ai_query.errors import BudgetExceededError, ConfigError
 from ai_query.options import CallOptions
 from ai_query.sql.response_format import resolve_output
 from ai_query.tasks import Task
 
 BUDGET_ERROR = "budget reached"
 """How every budget row error begins."""
+BUDGET_METADATA_KEY = b"ai_query.budget"
+"""Where a request batch carries its query's budget for the engine servers (:func:`tag_budget`)."""
 
 
 class Budget(BaseModel):
@@ -78,6 +83,23 @@ class Spend:
     prompt_tokens: int
     completion_tokens: int
     cost: float
+
+
+def parse_budget(given: Mapping[str, Any], names: Mapping[str, str]) -> Budget:
+    """A budget from settings' values (``given``: by :class:`Budget` field; ``names``: each
+    field's setting name, for the error).
+
+    Raises:
+        ConfigError: naming the settings when a value is not a number >= 0.
+    """
+    try:
+        return Budget.model_validate(dict(given))
+    except ValidationError as exc:
+        shown = ", ".join(f"{names[k]} = {v!r}" for k, v in given.items())
+        raise ConfigError(
+            f"invalid budget ({shown}): {names['max_tokens']} takes a whole number of tokens "
+            f">= 0, {names['max_cost']} a cost >= 0"
+        ) from exc
 
 
 class Allowance:
@@ -309,6 +331,47 @@ def spent_tokens(result: pa.RecordBatch, paid: np.ndarray) -> tuple[int, int]:
     prompt = result.column("prompt_tokens").fill_null(0).to_numpy(zero_copy_only=False)
     completion = result.column("completion_tokens").fill_null(0).to_numpy(zero_copy_only=False)
     return int(prompt[paid].sum()), int(completion[paid].sum())
+
+
+def budget_tag(budget: Budget) -> str:
+    """A new query's budget tag: the limits and an id that names the query on the servers."""
+    return json.dumps({"id": uuid.uuid4().hex, **budget.model_dump()})
+
+
+def tag_budget(batch: pa.RecordBatch, tag: str) -> pa.RecordBatch:
+    """``batch`` carrying a query's budget tag (:func:`budget_tag`), for the engine servers to
+    hold the query to, across all the processes that send its rows (Spark's workers)."""
+    return batch.replace_schema_metadata(
+        {**(batch.schema.metadata or {}), BUDGET_METADATA_KEY: tag.encode()}
+    )
+
+
+def read_budget_tag(batch: pa.RecordBatch) -> tuple[str, Budget] | None:
+    """The query id and budget a request batch carries, or None.
+
+    Raises:
+        ConfigError: for a malformed tag.
+    """
+    raw = (batch.schema.metadata or {}).get(BUDGET_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        return str(data.pop("id")), Budget.model_validate(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"malformed query budget on a request batch: {exc}") from None
+
+
+class BudgetTagging(ForwardingEngine):
+    """Marks every request batch with a query's budget tag (:func:`tag_budget`)."""
+
+    def __init__(self, inner: Engine, tag: str) -> None:
+        super().__init__(inner)
+        self.tag = tag
+
+    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The inner engine's answer to the tagged batch."""
+        return self.inner.run(tag_budget(batch, self.tag))
 
 
 def check_estimate(budget: Budget, tokens: int, cost: float | None, what: str) -> None:

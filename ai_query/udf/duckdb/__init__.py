@@ -27,14 +27,19 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from pydantic import ValidationError
 
 from ai_query.catalog import Catalog
-from ai_query.engine.core.budget import Allowance, Budget, BudgetedEngine, check_estimate
+from ai_query.engine.core.budget import (
+    Allowance,
+    Budget,
+    BudgetedEngine,
+    check_estimate,
+    parse_budget,
+)
 from ai_query.engine.core.protocol import Engine
 from ai_query.engine.recording import RecordingEngine
 from ai_query.engine.spec import EngineSpec, get_engine
-from ai_query.errors import ConfigError, SQLError
+from ai_query.errors import SQLError
 from ai_query.sql import transpile
 from ai_query.sql.task_calls import (
     explained_statement,
@@ -151,16 +156,8 @@ class AIQueryConnection:
             for (field, name), value in zip(BUDGET_VARIABLES.items(), values, strict=True)
             if value is not None
         }
-        if not given:
-            return self.budget
-        try:
-            return self.budget.model_copy(update=dict(Budget.model_validate(given)))
-        except ValidationError as exc:
-            shown = ", ".join(f"{BUDGET_VARIABLES[k]} = {v!r}" for k, v in given.items())
-            raise ConfigError(
-                f"invalid budget ({shown}): {BUDGET_VARIABLES['max_tokens']} takes a whole "
-                f"number of tokens >= 0, {BUDGET_VARIABLES['max_cost']} a cost >= 0"
-            ) from exc
+        parsed = parse_budget(given, BUDGET_VARIABLES)
+        return self.budget.model_copy(update={k: getattr(parsed, k) for k in given})
 
     def prepare(self, query: str, read: str = "duckdb") -> str:
         """The statement DuckDB runs for ``query``: a select of its explanation for an EXPLAIN

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from ai_query.catalog import Catalog
 from ai_query.config import parse_engine_urls, settings
+from ai_query.engine.core.budget import Budget, budget_tag, check_estimate, parse_budget
 from ai_query.engine.flight.client import FlightEngineClient
 from ai_query.engine.kinds import SERVER_ENGINE_KINDS, EngineKind
 from ai_query.engine.process.launcher import ServerProcess, start_server_process
@@ -58,7 +60,7 @@ from ai_query.sql.task_calls import (
 )
 from ai_query.sql.transpile import parse_sql
 from ai_query.sql.vector_search import VectorIndexInfo
-from ai_query.udf.explain import explain_calls
+from ai_query.udf.explain import estimated_spend, explain_calls
 from ai_query.udf.spark.typed import FUNCTIONS as TYPED_FUNCTIONS
 from ai_query.udf.spark.typed import (
     PLAN_FUNCTION,
@@ -71,6 +73,8 @@ from ai_query.udf.spark.typed import (
 from ai_query.udf.spark.udfs import spark_udfs
 from ai_query.udf.usage import UsageHistory
 
+#: The session settings of a query's budget (see :meth:`SparkAIQuery.session_budget`).
+BUDGET_CONF = {"max_tokens": "ai_query.max_tokens", "max_cost": "ai_query.max_cost"}
 #: Spark's setting for the rows per Arrow batch, i.e. per UDF call and engine request batch.
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
@@ -132,7 +136,11 @@ class SparkAIQuery:
 
     def explain(self, query: str, read: str = "databricks") -> DataFrame:
         """What the AI calls of ``query`` would send, read and cost, with no model call: one
-        row per call (:data:`ai_query.udf.explain.EXPLAIN_SCHEMA`).
+        row per call (:data:`ai_query.udf.explain.EXPLAIN_SCHEMA`; :meth:`explain_table`)."""
+        return self.spark.createDataFrame(self.explain_table(query, read))
+
+    def explain_table(self, query: str, read: str = "databricks") -> pa.Table:
+        """:meth:`explain`'s rows as an Arrow table.
 
         The query runs once on Spark's own plan, so predicates, limits and joins act as they
         will, with the session's functions swapped for recorders. They run in Spark's Python
@@ -158,11 +166,37 @@ class SparkAIQuery:
             finally:
                 self.register_udfs(self.udfs)
             calls = load_calls(Path(sink))
-        table = explain_calls(
+        return explain_calls(
             calls, get_engine(self.spec), self.catalog, UsageHistory(),
             depends_on_answers=rows_depend_on_answers(trees[0]),
         )
-        return self.spark.createDataFrame(table)
+
+    def session_budget(self) -> Budget:
+        """The budget of each query with AI calls: the session's ``ai_query.max_tokens`` /
+        ``ai_query.max_cost`` (``SET ai_query.max_tokens = 50000``, or ``spark.conf.set``).
+
+        Raises:
+            ConfigError: for a value that is not a number >= 0.
+        """
+        given = {
+            field: value for field, value in (
+                (field, self.spark.conf.get(key, None)) for field, key in BUDGET_CONF.items()
+            ) if value not in (None, "")
+        }
+        return parse_budget(given, BUDGET_CONF)
+
+    def _budgeted(self, query: str, statement: str, read: str, budget: Budget) -> DataFrame:
+        """``statement``'s DataFrame under ``budget``: refused when EXPLAIN's estimate of
+        ``query`` is over it; else its functions tag their batches with the budget, which the
+        engine servers hold (rows past it carry the budget error)."""
+        tokens, cost, what = estimated_spend(self.explain_table(query, read))
+        check_estimate(budget, tokens, cost, what)
+        spec = replace(self.spec, budget_tag=budget_tag(budget))
+        self.register_udfs(spark_udfs(spec, self.catalog))
+        try:
+            return self.spark.sql(statement)  # analysed now: it keeps these functions
+        finally:
+            self.register_udfs(self.udfs)
 
     def sql(self, query: str, read: str = "databricks") -> DataFrame:
         """Run ``query`` (Databricks SQL by default); the last statement's DataFrame.
@@ -179,8 +213,12 @@ class SparkAIQuery:
         statements = [query] if len(trees) <= 1 else [t.sql(dialect=read) for t in trees]
         spark_sql = [self.transpile(s, read) for s in statements]  # check every call first
         frame = None
-        for statement in spark_sql:
-            frame = self.spark.sql(statement)
+        for source, statement in zip(statements, spark_sql, strict=True):
+            budget = self.session_budget() if mentions_ai_functions(source) else Budget()
+            if budget.limited:
+                frame = self._budgeted(source, statement, read, budget)
+            else:
+                frame = self.spark.sql(statement)
         if frame is None:
             raise ConfigError("no SQL statement to run")
         return frame
