@@ -59,7 +59,7 @@ class RecordingEngine:
         self.sink = sink
         self._lock = threading.Lock()
         self._calls: dict[str, CallRecord] = {}
-        self._plain: dict[str, bool] = {}
+        self._fixed: dict[str, str | None] = {}
         self._stand_in = LocalEngine(
             catalog, backend_factory=lambda e: DeterministicBackend(e, max_context=1 << 30),
             memo_entries=0,
@@ -72,34 +72,44 @@ class RecordingEngine:
         requests = batch.column(REQUEST_COLUMN).cast(pa.string())
         with self._lock:
             self._calls.setdefault(key, CallRecord(options, [])).chunks.append(requests)
-            plain = self._plain.get(key)
+            known = key in self._fixed
+            fixed = self._fixed.get(key)
         if self.sink is not None:
             name = f"{os.getpid()}-{next(_files):08d}-{uuid.uuid4().hex[:8]}.arrow"
             with pa.OSFile(str(self.sink / name), "wb") as f, pa.ipc.new_file(
                 f, batch.schema
             ) as writer:
                 writer.write_batch(batch)
-        if plain is None:
-            endpoint = self.catalog.get(options.endpoint)
-            output = resolve_output(options.return_type, options.response_format, endpoint.task)
-            plain = endpoint.task != Task.EMBEDDINGS and output.sql_type.is_string and not (
-                output.parse_json or output.choice
-            )
+        if not known:
+            fixed = self._fixed_answer(options)
             with self._lock:
-                self._plain[key] = plain
-        if not plain:
+                self._fixed[key] = fixed
+        if fixed is None:
             return self._stand_in.run(batch)
         n = len(requests)
         return pa.RecordBatch.from_arrays(
             [
                 pa.array(np.arange(n, dtype=np.int64)),
-                pc.if_else(pc.is_null(requests), pa.scalar(None, pa.string()), ""),
+                pc.if_else(pc.is_null(requests), pa.scalar(None, pa.string()), fixed),
                 pa.nulls(n, pa.string()),
                 pa.array(np.zeros(n, dtype=np.int32)),
                 pa.array(np.zeros(n, dtype=np.int32)),
             ],
             schema=result_schema(pa.string()),
         )
+
+    def _fixed_answer(self, options: CallOptions) -> str | None:
+        """The one stand-in text of a call's rows: empty for plain text, the first choice of
+        a guided choice (``ai_filter``'s "true": every row passes, so the counts behind it
+        are upper bounds); None where the deterministic backend answers (typed, vectors,
+        a choice answered with its scores)."""
+        endpoint = self.catalog.get(options.endpoint)
+        output = resolve_output(options.return_type, options.response_format, endpoint.task)
+        if endpoint.task == Task.EMBEDDINGS or not output.sql_type.is_string:
+            return None
+        if output.choice:  # a choice with its scores answers JSON: the deterministic one's
+            return None if output.scores else str(output.choice[0])
+        return None if output.parse_json else ""
 
     def calls(self) -> list[CallRecord]:
         """The calls recorded, in the order first seen."""

@@ -65,20 +65,24 @@ def explained_statement(sql: str) -> str | None:
 AI_FUNCTIONS: frozenset[str] = frozenset(("ai_query", *TASK_FUNCTIONS, *SEMANTIC_FUNCTIONS[:2]))
 
 
-def rows_depend_on_answers(tree: exp.Expression) -> bool:
-    """Whether some AI call's rows depend on another AI call's answers: an AI call in a
-    predicate (``WHERE``, ``HAVING``, ``QUALIFY``, a join's ``ON``) or inside another AI call."""
+def answers_deciding_rows(tree: exp.Expression) -> set[str]:
+    """The AI functions whose answers decide which rows reach another AI call: those called in
+    a predicate (``WHERE``, ``HAVING``, ``QUALIFY``, a join's ``ON``) or inside another AI call
+    (empty: every AI call's rows are known before it runs)."""
+    found: set[str] = set()
     for node in tree.find_all(exp.Anonymous):
-        if str(node.this).lower() not in AI_FUNCTIONS:
+        name = str(node.this).lower()
+        if name not in AI_FUNCTIONS:
             continue
         parent = node.parent
         while parent is not None:
-            if isinstance(parent, (exp.Where, exp.Having, exp.Qualify, exp.Join)):
-                return True
-            if isinstance(parent, exp.Anonymous) and str(parent.this).lower() in AI_FUNCTIONS:
-                return True
+            if isinstance(parent, (exp.Where, exp.Having, exp.Qualify, exp.Join)) or (
+                isinstance(parent, exp.Anonymous) and str(parent.this).lower() in AI_FUNCTIONS
+            ):
+                found.add(name)
+                break
             parent = parent.parent
-    return False
+    return found
 
 
 def reads_only(tree: exp.Expression) -> bool:

@@ -11,7 +11,8 @@ estimates its output tokens and wall time from this machine's usage history
 
 Rows that reach a call only through another AI answer (after an AI predicate, inside another AI
 call) depend on answers not known before the statement runs: their counts come from the
-stand-ins, and the call's ``note`` says so.
+stand-ins, and the call's ``note`` says so. ``ai_filter``'s stand-in lets every row pass, so
+behind ``ai_filter`` alone the figures are upper bounds (the note says that too).
 """
 
 from __future__ import annotations
@@ -92,12 +93,12 @@ def explain_calls(
     catalog: Catalog,
     history: UsageHistory,
     *,
-    depends_on_answers: bool = False,
+    deciding: set[str] | frozenset[str] = frozenset(),
 ) -> pa.Table:
     """One row per call (:data:`EXPLAIN_SCHEMA`): its rows, distinct requests, cache hits and
     prompt tokens on ``engine`` (previews only), and its estimated output, time and cost."""
     rows = [
-        _explain(i + 1, call, engine, catalog, history, depends_on_answers)
+        _explain(i + 1, call, engine, catalog, history, _dependence_note(deciding))
         for i, call in enumerate(calls)
     ]
     return pa.Table.from_pylist(rows, schema=EXPLAIN_SCHEMA)
@@ -109,7 +110,7 @@ def _explain(
     engine: Engine,
     catalog: Catalog,
     history: UsageHistory,
-    depends_on_answers: bool,
+    dependence: str | None,
 ) -> dict[str, Any]:
     options = call.options
     endpoint = catalog.get(options.endpoint)
@@ -124,9 +125,8 @@ def _explain(
         expected if expected is not None else ceiling * to_send, ceiling,
     )
     notes = []
-    if depends_on_answers:
-        notes.append("rows after an AI predicate or inside an AI call depend on answers not known "
-                     "before it runs: counted with stand-in answers")
+    if dependence is not None:
+        notes.append(dependence)
     if expected is None and ceiling:
         notes.append("no history for this endpoint: no expected output or time (cost at the "
                      "max_tokens ceiling)")
@@ -155,6 +155,17 @@ def _explain(
         "currency": price.currency if price is not None else None,
         "note": "; ".join(notes) or None,
     }
+
+
+def _dependence_note(deciding: set[str] | frozenset[str]) -> str | None:
+    """What the figures are when AI answers decide rows (``deciding``: those functions)."""
+    if not deciding:
+        return None
+    if deciding == {"ai_filter"}:
+        return ("rows behind ai_filter depend on its answers: an upper bound (every row "
+                "counted as passing it)")
+    return ("rows after an AI predicate or inside an AI call depend on answers not known "
+            "before it runs: counted with stand-in answers")
 
 
 def estimated_spend(explained: pa.Table) -> tuple[int, float | None, str]:

@@ -67,7 +67,12 @@ def test_calls_behind_an_ai_predicate_say_so_and_stand_ins_are_forgotten(con, fa
     query = (f"SELECT ai_query('{CHAT}', r) FROM t "
              "WHERE ai_filter('is it about text 3?', r)")
     found = _explain(con, query)
-    assert len(found) == 2 and all("depend on answers" in r["note"] for r in found)
+    assert len(found) == 2 and all("upper bound" in r["note"] for r in found)
+    # ai_filter asks its 36 distinct prompts; its stand-in lets every row pass, so the call
+    # behind it counts all 90 rows with a text (a NULL text never passes a filter)
+    assert [r["rows"] for r in found] == [36, 90]
+    other = _explain(con, f"SELECT ai_query('{CHAT}', r) FROM t WHERE ai_query('{CHAT}', r) = 'x'")
+    assert "depend on answers not known" in other[0]["note"]
     assert fake_engine.model_calls == 0
     # the filter's stand-in answers are not kept: the real statement asks the model
     before = con.sql(query).fetchall()

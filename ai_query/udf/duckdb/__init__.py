@@ -42,10 +42,10 @@ from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import SQLError
 from ai_query.sql import transpile
 from ai_query.sql.task_calls import (
+    answers_deciding_rows,
     explained_statement,
     mentions_ai_functions,
     reads_only,
-    rows_depend_on_answers,
 )
 from ai_query.sql.transpile import parse_sql
 from ai_query.udf.duckdb.functions import (
@@ -106,7 +106,7 @@ class AIQueryConnection:
         row per call (see :mod:`ai_query.udf.explain`). The statement runs on its own plan
         against stand-in answers, so predicates and limits act as they will."""
         statement = self.rewrite(query, read=read)
-        depends = any(rows_depend_on_answers(tree) for tree in parse_sql(query, read))
+        deciding = set().union(*(answers_deciding_rows(t) for t in parse_sql(query, read)))
         recorder = RecordingEngine(self.catalog)
         try:
             with self._switch.using(recorder), self.progress.muted(), self.errors(), \
@@ -118,7 +118,7 @@ class AIQueryConnection:
             self._answers.clear()  # stand-in answers must not answer a later statement
         return explain_calls(
             recorder.calls(), self._metered, self.catalog, self.history,
-            depends_on_answers=depends,
+            deciding=deciding,
         )
 
     @contextmanager

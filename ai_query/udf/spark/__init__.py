@@ -53,10 +53,10 @@ from ai_query.engine.spec import EngineSpec, get_engine
 from ai_query.errors import ConfigError, SQLError
 from ai_query.sql import transpile
 from ai_query.sql.task_calls import (
+    answers_deciding_rows,
     explained_statement,
     mentions_ai_functions,
     reads_only,
-    rows_depend_on_answers,
 )
 from ai_query.sql.transpile import parse_sql
 from ai_query.sql.vector_search import VectorIndexInfo
@@ -168,7 +168,7 @@ class SparkAIQuery:
             calls = load_calls(Path(sink))
         return explain_calls(
             calls, get_engine(self.spec), self.catalog, UsageHistory(),
-            depends_on_answers=rows_depend_on_answers(trees[0]),
+            deciding=answers_deciding_rows(trees[0]),
         )
 
     def session_budget(self) -> Budget:
