@@ -10,7 +10,8 @@ under a temporary name and renamed, so readers never see half a file. Read it fr
 Columns follow Databricks' inference (payload) tables, plus token counts:
 ``databricks_request_id, client_request_id, request_date, request_time, status_code,
 execution_duration_ms, request, response, served_entity_id, requester, input_token_count,
-output_token_count`` (and ``endpoint_name`` from the directory). An endpoint whose config has
+output_token_count``, and ``cost`` at the endpoint's catalog ``price`` (NULL without one), and
+``endpoint_name`` from the directory. An endpoint whose config has
 ``auto_capture_config: {"enabled": false}`` is not recorded.
 """
 
@@ -49,6 +50,7 @@ SCHEMA = pa.schema(
         pa.field("requester", pa.string()),
         pa.field("input_token_count", pa.int64()),
         pa.field("output_token_count", pa.int64()),
+        pa.field("cost", pa.float64()),
     ]
 )
 
@@ -80,6 +82,8 @@ class InferenceRecord:
     input_token_count: int = 0
     """Prompt tokens."""
     output_token_count: int = 0
+    cost: float | None = None
+    """What the tokens cost at the endpoint's ``price`` (None without a price)."""
     """Generated tokens."""
 
 

@@ -303,3 +303,24 @@ def test_flight_engine_sees_endpoints_made_over_http(tmp_path: Path) -> None:
         assert engine.catalog.get("for-sql").rate_limits[0].calls == 5
         c.delete("/api/2.0/serving-endpoints/for-sql")
         assert "for-sql" not in engine.catalog.names()
+
+
+def test_the_inference_table_keeps_the_cost_at_the_catalog_price(tmp_path: Path) -> None:
+    from ai_query.catalog import Catalog
+
+    catalog = Catalog.from_data({"endpoints": [{
+        "name": "paid", "price": {"input_per_million": 1000.0, "output_per_million": 2000.0},
+        "config": {"served_entities": [{"entity_name": CHAT}]}}]})
+    options = ServeOptions(engine="deterministic", database=tmp_path / "endpoints.sqlite",
+                           inference_table=tmp_path / "inference", inference_flush_seconds=0.05)
+    with TestClient(create_app(options, catalog=catalog)) as c:
+        answer = _chat(c, "paid").json()
+        _chat(c)  # the bundled endpoint has no price
+    time.sleep(0.3)
+    rows = dict(duckdb.sql(
+        "SELECT endpoint_name, cost FROM read_parquet("
+        f"'{tmp_path}/inference/*/*.parquet', hive_partitioning = true)").fetchall())
+    usage = answer["usage"]
+    assert rows["paid"] == pytest.approx(
+        usage["prompt_tokens"] * 0.001 + usage["completion_tokens"] * 0.002)
+    assert rows[CHAT] is None

@@ -141,6 +141,8 @@ class Call:
                 requester=self.principal,
                 input_token_count=self.prompt_tokens,
                 output_token_count=self.completion_tokens,
+                cost=price.cost(self.prompt_tokens, self.completion_tokens)
+                if (price := self.endpoint.price) is not None else None,
             )
         )
 
