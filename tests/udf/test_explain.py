@@ -110,6 +110,19 @@ def test_large_inputs_are_counted_on_a_sample_within_the_stated_bound(con, monke
     assert abs(row["prompt_tokens"] - exact) / exact < 0.02
 
 
+def test_a_100k_row_table_is_counted_on_a_sample_within_its_bound(con, fake_engine) -> None:
+    """The default sample (20,000 of 100,000 distinct texts): the estimate is within its
+    stated 95% bound and 2% of the exact count (the deterministic tokenizer counts words)."""
+    con.sql("CREATE TABLE big AS SELECT 'Row ' || i || ': ' || repeat('word ', (i % 53)::INT) "
+            "|| repeat('longer-word ', (i % 7)::INT) AS r FROM range(100000) x(i)")
+    [row] = _explain(con, f"SELECT ai_query('{CHAT}', r) FROM big")
+    exact = sum(2 + i % 53 + i % 7 for i in range(100_000))
+    assert row["counted"] == f"sample of {explain.COUNT_IN_FULL}" and row["to_send"] == 100_000
+    assert abs(row["prompt_tokens"] - exact) <= row["prompt_tokens_error"]
+    assert abs(row["prompt_tokens"] - exact) / exact < 0.02
+    assert fake_engine.model_calls == 0
+
+
 def test_history_fits_prompt_and_output_costs(tmp_path) -> None:
     history = UsageHistory(tmp_path / "h.json")
     assert history.seconds(CHAT, 10, 100, 100) is None
