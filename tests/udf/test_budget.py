@@ -161,10 +161,12 @@ def test_budgets_through_a_script_and_the_cli_with_the_real_model(tmp_path) -> N
         os.environ["AI_QUERY_USAGE_HISTORY"] = "history.json"  # this script's history only
         import ai_query
         from ai_query.errors import BudgetExceededError
+        from pathlib import Path
+        from ai_query.udf.usage import Spell, UsageHistory
+        # a history in which answers used 4% of their max_tokens: EXPLAIN expects about 1
+        # token an answer, far fewer than the model will write
+        UsageHistory(Path("history.json")).add('{CHAT}', Spell(100, 4000, 100, 5.0, 24))
         con = ai_query.connect()
-        # history: answers 1 token long, so EXPLAIN expects short answers
-        con.sql("SELECT ai_query('{CHAT}', 'Say yes ' || i, modelParameters => "
-                "named_struct('max_tokens', 1)) FROM range(4) x(i)").fetchall()
         q = ("SELECT i, ai_query('{CHAT}', 'Write a story about the number ' || i, "
              "failOnError => false, modelParameters => named_struct('max_tokens', 24)) AS a "
              "FROM range(24) x(i) ORDER BY i")
