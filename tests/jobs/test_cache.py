@@ -127,3 +127,15 @@ def test_unknown_endpoint_fails_like_the_engine(caching: Any) -> None:
 
     with pytest.raises(UnknownEndpointError):
         caching.run(request_batch(["x"], _opts("nope")))
+
+
+def test_preview_marks_the_rows_the_cache_would_answer(caching: Any, det_engine: Any) -> None:
+    from ai_query.engine.core.preview import preview
+
+    caching.run(request_batch(["a b", "c"], _opts()))
+    seen = preview(caching, request_batch(["a b", "d e f", None, "c"], _opts())).to_pydict()
+    assert seen["cached"][:2] == [True, False] and seen["cached"][3] is True
+    assert seen["prompt_tokens"][:2] == [2, 3]  # counted either way
+    sampled = preview(caching, request_batch(["a b"], _opts(params={"temperature": 0.9})))
+    assert sampled.column("cached").to_pylist() == [False]  # sampling calls are never cached
+    assert det_engine.model_calls == 2
