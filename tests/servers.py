@@ -12,12 +12,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+_GIVEN: set[int] = set()
+"""Ports this process has handed out: a server may not have bound one yet when the next is
+asked for, and the OS can offer the same free port again."""
+
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free on 127.0.0.1 right now and not handed out before by this
+    process."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1 that was not handed out already")
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
