@@ -62,9 +62,7 @@ class EndpointBudgets:
         """
         allowance = self.allowance(endpoint, principal)
         if allowance is not None and allowance.spent_out():
-            raise BudgetExceededError(allowance.exhausted().replace(
-                "this row was not sent (its prompt plus max_tokens would not fit)",
-                "the request was not sent"))
+            raise BudgetExceededError(allowance.exhausted("the request was not sent"))
         return allowance
 
     @staticmethod

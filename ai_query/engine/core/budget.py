@@ -211,14 +211,16 @@ class Allowance:
         with self._changed:
             self.refused += rows
 
-    def exhausted(self) -> str:
-        """The row error of a row not sent."""
+    def exhausted(
+        self, what: str = "this row was not sent (its prompt plus max_tokens would not fit)"
+    ) -> str:
+        """The error of what was not sent: a row by default, ``what`` says otherwise."""
         spent = f"{self.tokens:,} tokens" + (
             f", cost {self.cost:.6g}" if self.budget.max_cost is not None else ""
         )
         return (
             f"{BUDGET_ERROR}: {self.scope} allows {self.budget.describe()} and has used "
-            f"{spent}; this row was not sent (its prompt plus max_tokens would not fit)"
+            f"{spent}; {what}"
         )
 
 
