@@ -5,6 +5,7 @@ a chat model without probabilities gives. Through real vLLM: test_label_scoring_
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from ai_query.engine.vllm.scoring import LabelTrie
 from ai_query.errors import ConfigError
 from ai_query.options import CallOptions
 from ai_query.sql.task_functions import task_spec
-from ai_query.udf.label_scores import CONTENT_FREE, choose_labels
+from ai_query.udf.label_scores import CALIBRATION_TEMPERATURE, CONTENT_FREE, choose_labels
 
 END = 0
 
@@ -63,6 +64,19 @@ def test_calibration_removes_the_models_prior_over_the_labels() -> None:
     assert chosen[0].confidence == pytest.approx(0.5)  # no evidence beyond the prior
     assert chosen[1].confidence > 0.5
     assert sum(chosen[1].probabilities) == pytest.approx(1.0)
+
+
+def test_confidence_is_the_tempered_probability_of_the_summed_scores() -> None:
+    # Calibrated, row 1 leads by 1.0 nat: its confidence is softened by the temperature.
+    blank = [-1.0, -1.0]
+    scores = {"p1": [-0.5, -1.5], **{f"cf{t}": blank for t in CONTENT_FREE}}
+    run, _ = _fake_run(scores, {})
+    (chosen,) = choose_labels(
+        run, ["a", "b"], ["p1"], [f"cf{t}" for t in CONTENT_FREE], CallOptions(endpoint="chat")
+    )
+    assert chosen.label == "a"
+    assert chosen.confidence == pytest.approx(1 / (1 + math.exp(-1.0 / CALIBRATION_TEMPERATURE)))
+    assert CALIBRATION_TEMPERATURE > 1  # softer than the raw sum
 
 
 def test_the_embeddings_scorer_joins_the_chat_scorer() -> None:
