@@ -182,6 +182,34 @@ def spark_conf() -> None:
     print(shlex.join(flags()))
 
 
+@app.command()
+def machine(catalog: CatalogOption = None) -> None:
+    """Print this machine (CPU flags, cores, memory, GPU) and the engine settings chosen from
+    it for each local model of the catalog (its own engine_args included)."""
+    import os
+
+    from ai_query.catalog import load_catalog
+    from ai_query.config import vllm_environment
+    from ai_query.engine.vllm.model import engine_defaults
+    from ai_query.machine import this_machine
+    from ai_query.tasks import Task
+
+    print(f"machine: {this_machine().describe()}")
+    env = {k: os.environ.get(k, v) for k, v in vllm_environment().items()}  # yours win
+    print("vLLM environment: " + ", ".join(
+        f"{k}={env[k]}" for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")
+    ))  # fmt: skip
+    for ep in load_catalog(str(catalog) if catalog else None).endpoints():
+        for entity in ep.config.served_entities:
+            if entity.external_model is not None:
+                continue
+            kind = "pooling" if entity.resolved_task == Task.EMBEDDINGS else "generate"
+            args = {**engine_defaults(kind), **entity.engine_args}
+            args.pop("structured_outputs_config", None)
+            shown = ", ".join(f"{k}={v}" for k, v in args.items() if k != "disable_log_stats")
+            print(f"{ep.name} ({entity.entity_name}): {shown}")
+
+
 @endpoints_app.command("list")
 def endpoints_list(catalog: CatalogOption = None) -> None:
     """List the catalog's endpoints and aliases."""

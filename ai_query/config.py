@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ai_query.errors import ConfigError
+from ai_query.machine import Machine, kv_cache_gib, this_machine
 
 #: The modules that call :func:`settings` (see the module's docstring); any other takes values.
 SETTINGS_READERS: frozenset[str] = frozenset({
@@ -28,12 +29,12 @@ SETTINGS_READERS: frozenset[str] = frozenset({
     "ai_query.engine.vllm.zygote", "ai_query.engine.backends.bundled", "ai_query.udf.usage",
 })
 
-#: Environment that keeps vLLM small and fast on a CPU; applied with ``setdefault`` so a user's
-#: own values win. Must be in place before ``vllm`` is first imported.
+#: Environment that keeps vLLM small and fast on a CPU (with :func:`vllm_environment`'s values
+#: from the machine); applied with ``setdefault`` so a user's own values win. Must be in place
+#: before ``vllm`` is first imported.
 VLLM_CPU_ENVIRONMENT: dict[str, str] = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -127,8 +128,18 @@ def secret_from_environment(scope: str, key: str) -> str | None:
     return os.environ.get(name)
 
 
+def vllm_environment(machine: Machine | None = None) -> dict[str, str]:
+    """The environment vLLM gets on ``machine`` (this one by default): :data:`VLLM_CPU_ENVIRONMENT`,
+    a thread per usable core and the KV cache's size (:func:`ai_query.machine.kv_cache_gib`)."""
+    machine = machine or this_machine()
+    return {
+        **VLLM_CPU_ENVIRONMENT,
+        "OMP_NUM_THREADS": str(machine.cores),
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib(machine)),
+    }
+
+
 def apply_vllm_environment() -> None:
-    """Put the CPU-friendly vLLM defaults into the environment (user values win)."""
-    for key, value in VLLM_CPU_ENVIRONMENT.items():
+    """Put :func:`vllm_environment` into the environment (user values win)."""
+    for key, value in vllm_environment().items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,15 +126,12 @@ def write_catalog(catalog: Any, path: Path) -> Path:
 def engine_settings(kind: str) -> tuple[dict[str, str], dict[str, Any]]:
     """(environment, ``LLM`` keyword arguments) our engine server gives vLLM for ``kind``
     (``chat`` or ``embed``): what a fair baseline runs with."""
-    import os
 
-    from ai_query.config import VLLM_CPU_ENVIRONMENT
-    from ai_query.engine.vllm.model import DEFAULT_ENGINE_ARGS
+    from ai_query.config import vllm_environment
+    from ai_query.engine.vllm.model import engine_defaults
 
-    env = {**VLLM_CPU_ENVIRONMENT, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
-    env = {k: os.environ.get(k, v) for k, v in env.items()}  # as apply_vllm_environment does
-    args = dict(DEFAULT_ENGINE_ARGS["generate" if kind == "chat" else "pooling"])
-    return env, args
+    env = {k: os.environ.get(k, v) for k, v in vllm_environment().items()}  # as applied
+    return env, engine_defaults("generate" if kind == "chat" else "pooling")
 
 
 def offline_llm(kind: str, model: str | Path | None = None, **overrides: Any) -> Any:
@@ -148,14 +144,14 @@ def offline_llm(kind: str, model: str | Path | None = None, **overrides: Any) ->
     from vllm import LLM
 
     from ai_query.engine.backends.bundled import minilm_dir, smollm2_dir
-    from ai_query.engine.vllm.model import DEFAULT_ENGINE_ARGS
+    from ai_query.engine.vllm.model import engine_defaults
 
     if kind == "chat":
-        args = dict(DEFAULT_ENGINE_ARGS["generate"])
+        args = engine_defaults("generate")
         args.pop("structured_outputs_config")
         model = model or smollm2_dir()
     else:
-        args = dict(DEFAULT_ENGINE_ARGS["pooling"])
+        args = engine_defaults("pooling")
         model = model or minilm_dir()
     args.update(overrides)
     args = {k: v for k, v in args.items() if v is not None}
@@ -181,16 +177,15 @@ def report(name: str, ours: float, baseline: float, unit: str, goal: float) -> N
 
 
 def cpu_line() -> str:
-    """The CPU: model, cores usable, and the vector flags that decide vLLM's CPU kernels."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    shown = " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
-    return f"CPU: {model}, {len(os.sched_getaffinity(0))} cores usable, flags: {shown}"
+    """The machine (CPU, the flags that decide vLLM's CPU kernels, cores, memory, GPU) and the
+    chat engine's settings chosen from it: printed beside every figure."""
+    from ai_query.engine.vllm.model import engine_defaults
+    from ai_query.machine import this_machine
+
+    args = engine_defaults("generate")
+    chosen = ", ".join(
+        f"{k} {args[k]}"
+        for k in ("dtype", "block_size", "max_num_seqs", "max_num_batched_tokens", "enforce_eager")
+        if k in args
+    )
+    return f"machine: {this_machine().describe()}; chat engine: {chosen}"

@@ -92,7 +92,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 def vllm_api_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """vLLM's own OpenAI-compatible server for ``model_dir`` (eager, our default dtype, small KV
     cache)."""
-    from ai_query.engine.vllm.model import DEFAULT_ENGINE_ARGS
+    from ai_query.engine.vllm.model import engine_defaults
 
     return start(
         [
@@ -108,7 +108,7 @@ def vllm_api_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen[b
             "--port",
             str(port),
             "--dtype",
-            DEFAULT_ENGINE_ARGS["generate"]["dtype"],
+            engine_defaults("generate")["dtype"],
             "--enforce-eager",
             "--max-model-len",
             "2048",

@@ -25,7 +25,8 @@ def cli(
 
 
 def test_help_everywhere() -> None:
-    for args in ([], ["sql"], ["endpoints"], ["endpoints", "list"], ["serve"], ["demo"]):
+    for args in ([], ["sql"], ["endpoints"], ["endpoints", "list"], ["serve"], ["demo"],
+                 ["machine"]):
         out = cli(*args, "--help")
         assert out.returncode == 0, (args, out.stderr)
         assert "Usage" in out.stdout
@@ -45,6 +46,24 @@ def test_endpoints_list_shows_catalog(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stderr.strip().startswith("error:") and "served_entities[0].task" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_machine_shows_the_machine_and_each_local_models_settings(tmp_path: Path) -> None:
+    catalog = tmp_path / "c.json"
+    catalog.write_text(json.dumps([
+        {"name": "mine", "config": {"served_entities": [
+            {"entity_name": "smollm2-135m-instruct", "engine_args": {"block_size": 64}}]}},
+        {"name": "vectors", "config": {"served_entities": [{"entity_name": "all-minilm-l6-v2"}]}},
+    ]))
+    out = cli("machine", "--catalog", str(catalog), env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    assert lines[0].startswith("machine: ") and ("avx2" in lines[0]) == (" avx2 " in flags + " ")
+    assert "OMP_NUM_THREADS=1" in lines[1], "the user's environment wins"
+    mine = next(x for x in lines if x.startswith("mine "))
+    assert "block_size=64" in mine and "max_num_seqs=256" in mine and "dtype=" in mine
+    assert any(x.startswith("vectors ") and "runner=pooling" in x for x in lines)
 
 
 @pytest.mark.parametrize(

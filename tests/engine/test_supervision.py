@@ -117,26 +117,3 @@ def test_worst_health_of_an_endpoint_is_its_least_ready_entity() -> None:
     assert worst_health([ready, dead]) == EngineHealth(EngineState.DEAD, 3, "EngineDeadError: gone")
     assert worst_health([]).state is EngineState.NOT_STARTED
     assert worst_health([ready, EngineHealth(EngineState.NOT_STARTED)]).state.ready
-
-
-def test_default_dtype_is_float32_only_on_a_cpu_without_native_bf16(tmp_path) -> None:
-    from ai_query.engine.vllm.model import default_dtype
-
-    def cpu(flags: str):  # type: ignore[no-untyped-def]
-        path = tmp_path / f"cpuinfo-{len(flags)}"
-        path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
-        return path
-
-    nothing = tmp_path / "no-gpu"
-    assert default_dtype(cpu("avx avx2 fma"), nothing) == "float32"
-    assert default_dtype(cpu("avx2 avx512f avx512_bf16"), nothing) == "bfloat16"
-    assert default_dtype(cpu("avx2 amx_bf16 amx_tile"), nothing) == "bfloat16"
-    assert default_dtype(cpu("avx2"), tmp_path) == "bfloat16", "a GPU computes bf16 natively"
-    assert default_dtype(tmp_path / "missing", nothing) == "bfloat16"
-
-
-def test_generative_models_use_32_token_kv_blocks_on_a_cpu_only(tmp_path) -> None:
-    from ai_query.engine.vllm.model import default_block_size
-
-    assert default_block_size(tmp_path / "no-gpu") == {"block_size": 32}
-    assert default_block_size(tmp_path) == {}, "on a GPU vLLM keeps its own block size"

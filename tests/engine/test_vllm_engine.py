@@ -189,7 +189,11 @@ def test_an_embeddings_batch_is_one_engine_call_and_a_bad_text_fails_alone(real_
     assert np.allclose(alone[0], vectors[2], atol=1e-5), "a neighbour's failure shifts nothing"
 
 
-def test_rows_behind_a_long_instruction_run_on_32_token_prefix_cache_blocks(real_engine) -> None:
+def test_rows_behind_a_long_instruction_run_on_the_settings_chosen_for_this_machine(
+    real_engine,
+) -> None:
+    from ai_query.engine.vllm.model import engine_defaults
+
     backend = _backend(real_engine, CHAT)
     instruction = " ".join(
         f"Rule {i}: answer in one short sentence and mention the topic." for i in range(40)
@@ -198,8 +202,13 @@ def test_rows_behind_a_long_instruction_run_on_32_token_prefix_cache_blocks(real
     out = run(real_engine, prompts, endpoint=CHAT, model_parameters=ModelParameters(max_tokens=4))
     assert out.column("error").null_count == len(prompts)
     assert all(out.column("result").to_pylist())
-    cache = backend._engine.vllm_config.cache_config
-    assert cache.enable_prefix_caching and cache.block_size == 32
+    config = backend._engine.vllm_config
+    chosen = engine_defaults("generate")  # this machine's settings are what vLLM runs with
+    assert config.cache_config.enable_prefix_caching
+    assert config.cache_config.block_size == chosen["block_size"] == 32
+    assert config.scheduler_config.max_num_seqs == chosen["max_num_seqs"]
+    assert config.scheduler_config.max_num_batched_tokens == chosen["max_num_batched_tokens"]
+    assert str(config.model_config.dtype) == f"torch.{chosen['dtype']}"
 
 
 def test_preview_counts_the_prompt_tokens_the_engine_then_reports(real_engine) -> None:

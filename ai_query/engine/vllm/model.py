@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ai_query.engine.process.supervision import EngineHealth, EngineState, Supervisor
 from ai_query.engine.vllm.tokens import PromptTokens
 from ai_query.errors import EngineDeadError
+from ai_query.machine import Machine, this_machine
 
 if TYPE_CHECKING:
     from ai_query.engine.backends.backend import GenerationRequest
@@ -30,70 +31,51 @@ log = logging.getLogger(__name__)
 ROW_ERROR_LIMIT = 500
 
 
-#: Where an NVIDIA driver is, vLLM runs on the GPU.
-NVIDIA_DEVICE = Path("/dev/nvidiactl")
+def engine_defaults(kind: str, machine: Machine | None = None) -> dict[str, Any]:
+    """The engine arguments a ``generate`` or ``pooling`` model gets on ``machine`` (this one by
+    default) unless its served entity's ``engine_args`` say otherwise. The rule:
 
+    - dtype: ``bfloat16`` where the machine computes it natively (:attr:`Machine.native_bf16`),
+      else ``float32``; embedding models always ``float32`` (small, and exact vectors);
+    - on a CPU: eager mode (compiled mode recompiles at every start: 50-130 s), 32-token KV
+      blocks and the scheduler limits ``LLM`` gets on a CPU (256 sequences, 4,096 tokens a
+      step, 8,192 for embeddings);
+    - on a GPU: vLLM's own block size, scheduler limits and CUDA graphs.
 
-def default_dtype(cpuinfo: Path = Path("/proc/cpuinfo"), gpu: Path = NVIDIA_DEVICE) -> str:
-    """The generative models' default dtype: ``bfloat16`` where the hardware computes it natively
-    (an NVIDIA GPU; a CPU with AVX512-BF16 or AMX; anything we cannot inspect), else ``float32``.
-
-    On an x86 CPU without native bf16 (AVX2 only) vLLM's CPU kernels emulate bf16: measured on
-    this project's 2-core AVX2 machine, 32 chats x 16 tokens took 72.7 s in bf16 and 26.8 s in
-    float32, with the same answers.
+    Block size and scheduler limits were measured on both kinds of CPU these machines have
+    (``bench/prefix_blocks.py``, ``bench/README.md``): vLLM's CPU build defaults to 128-token
+    blocks, and a prompt's prefix cache hits whole blocks only, so rows behind one shared
+    instruction each recompute up to 127 tokens of it and short prompts pay for whole blocks
+    in the CPU attention kernels. 64 rows behind one 1,332-token instruction (8 tokens each):
+    2-core AVX2 36 s with 128-token blocks, 16 s with 32; 2-core AVX512-BF16 5.1 s with 128,
+    2.6 s with 64, 3.0 s with 32; 64 short unique prompts there 1.45 s, 1.37 s, 0.73 s. 32 is
+    the smallest size vLLM's CPU attention takes. On the AVX512-BF16 CPU, 256 rows behind one
+    instruction took 6.2-9.9 s with these settings, 6.5-10.3 s with 2,048 tokens a step,
+    7.1-11.8 s with 8,192, 6.8-11.0 s with 128 sequences; vLLM's defaults (compiled, 128-token
+    blocks) 16.6-17.5 s.
     """
-    if gpu.exists():
-        return "bfloat16"
-    try:
-        flags = next(
-            (line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), ""
-        ).split()
-    except OSError:
-        return "bfloat16"
-    if "avx2" in flags and not {"avx512_bf16", "amx_bf16"} & set(flags):
-        return "float32"
-    return "bfloat16"
-
-
-def default_block_size(gpu: Path = NVIDIA_DEVICE) -> dict[str, int]:
-    """The generative models' KV-cache block size: ``{"block_size": 32}`` on a CPU, nothing on a
-    GPU (vLLM's own choice, 16 tokens, stays).
-
-    vLLM's CPU build defaults to 128-token blocks. A prompt's prefix cache hits whole blocks
-    only, so rows behind one shared instruction each recompute up to 127 tokens of it; and short
-    prompts pay for whole blocks in the CPU attention kernels. Measured with ``LLM.chat`` on
-    SmolLM2-135M (2-core AVX2, ``bench/prefix_blocks.py``): 64 rows behind one 1,332-token
-    instruction took 36 s with 128-token blocks and 16 s with 32; 128 short unique prompts
-    took 19-25 s and 9.5 s. 32 is the smallest size vLLM's CPU attention takes.
-    """
-    return {} if gpu.exists() else {"block_size": 32}
-
-
-#: Engine arguments used unless the served entity's ``engine_args`` say otherwise. They are
-#: the fast settings for a CPU (eager mode, :func:`default_dtype`, :func:`default_block_size`,
-#: scheduler limits that ``LLM`` gets on CPU); on a GPU override ``enforce_eager`` and add
-#: ``tensor_parallel_size`` as needed.
-DEFAULT_ENGINE_ARGS: dict[str, dict[str, Any]] = {
-    "generate": {
-        "dtype": default_dtype(),
-        **default_block_size(),
+    machine = machine or this_machine()
+    if kind == "pooling":
+        return {
+            "runner": "pooling",
+            "dtype": "float32",
+            "enforce_eager": True,
+            "max_num_seqs": 256,
+            "max_num_batched_tokens": 8192,
+            "disable_log_stats": True,
+        }
+    args: dict[str, Any] = {
+        "dtype": "bfloat16" if machine.native_bf16 else "float32",
         "max_model_len": 2048,
-        "enforce_eager": True,
-        "max_num_seqs": 256,
-        "max_num_batched_tokens": 4096,
         "disable_log_stats": True,
         # Compact JSON in structured output: small models otherwise spend tokens on whitespace.
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
-    },
-    "pooling": {
-        "runner": "pooling",
-        "dtype": "float32",
-        "enforce_eager": True,
-        "max_num_seqs": 256,
-        "max_num_batched_tokens": 8192,
-        "disable_log_stats": True,
-    },
-}
+    }
+    if machine.gpu is None:
+        args.update(
+            block_size=32, enforce_eager=True, max_num_seqs=256, max_num_batched_tokens=4096
+        )
+    return args
 
 
 class VLLMModel:
@@ -105,7 +87,7 @@ class VLLMModel:
     """
 
     kind: ClassVar[str]
-    """``generate`` or ``pooling``: which :data:`DEFAULT_ENGINE_ARGS` apply."""
+    """``generate`` or ``pooling``: which :func:`engine_defaults` apply."""
 
     def __init__(
         self,
@@ -120,7 +102,7 @@ class VLLMModel:
         args = dict(engine_args or {})
         self.tool_call_parser: str | None = args.pop("tool_call_parser", None)
         """Name of the vLLM tool parser for ``tool_choice="auto"`` (not an engine argument)."""
-        self.engine_args = {**DEFAULT_ENGINE_ARGS[self.kind], **args}
+        self.engine_args = {**engine_defaults(self.kind), **args}
         # vLLM engines run only in `ai-query serve` (a private server, too, is that command),
         # which keeps each model's backend, and so a FAILED engine, as long as it runs.
         self.supervisor = Supervisor(

@@ -1,0 +1,82 @@
+"""The machine as read from /proc, /sys and /dev, and the engine settings its rule picks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ai_query.config import vllm_environment
+from ai_query.engine.vllm.model import engine_defaults
+from ai_query.machine import Machine, kv_cache_gib, this_machine
+
+
+def _root(tmp_path: Path, flags: str, mem_kib: int = 24 * 2**20, cgroup: str | None = None,
+          gpu_model: str | None = None) -> Path:
+    root = tmp_path / f"root-{abs(hash((flags, mem_kib, cgroup, gpu_model)))}"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc/cpuinfo").write_text(
+        f"processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 {flags}\n"
+        f"processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse2 {flags}\n"
+    )
+    (root / "proc/meminfo").write_text(f"MemTotal:       {mem_kib} kB\nMemFree: 1 kB\n")
+    if cgroup is not None:
+        (root / "sys/fs/cgroup").mkdir(parents=True)
+        (root / "sys/fs/cgroup/memory.max").write_text(cgroup + "\n")
+    if gpu_model is not None:
+        info = root / "proc/driver/nvidia/gpus/0000:01:00.0"
+        info.mkdir(parents=True)
+        (info / "information").write_text(f"Model: \t\t {gpu_model}\nIRQ: 1\n")
+    return root
+
+
+def test_the_machine_is_read_from_proc_sys_and_dev(tmp_path: Path) -> None:
+    no_gpu = tmp_path / "no-nvidiactl"
+    m = Machine.read(_root(tmp_path, "avx2 avx512f avx512_bf16"), no_gpu)
+    assert (m.cpu, m.gpu, m.memory_gib) == ("Test CPU 9000", None, 24.0)
+    assert {"avx2", "avx512_bf16"} <= m.flags and m.cores >= 1
+    assert m.describe().startswith("Test CPU 9000 (flags avx2 avx512f avx512_bf16), ")
+    assert m.describe().endswith("24.0 GiB, no GPU")
+    limited = Machine.read(_root(tmp_path, "avx2", cgroup=str(6 * 2**30)), no_gpu)
+    assert limited.memory_gib == 6.0, "a control group's lower limit is the memory"
+    assert Machine.read(_root(tmp_path, "avx2", cgroup="max"), no_gpu).memory_gib == 24.0
+    gpu_dev = tmp_path / "nvidiactl"
+    gpu_dev.touch()
+    gpu = Machine.read(_root(tmp_path, "avx2", gpu_model="NVIDIA H100 80GB HBM3"), gpu_dev)
+    assert gpu.gpu == "NVIDIA H100 80GB HBM3"
+    unread = Machine.read(tmp_path / "nothing-here", no_gpu)
+    assert (unread.cpu, unread.flags, unread.memory_gib) == ("unknown CPU", frozenset(), 0.0)
+
+
+def _machine(flags: str, memory_gib: float = 24.0, gpu: str | None = None) -> Machine:
+    return Machine("CPU", frozenset(flags.split()), 2, memory_gib, gpu)
+
+
+def test_bf16_only_where_the_machine_computes_it_natively() -> None:
+    def dtype(m: Machine) -> str:
+        return str(engine_defaults("generate", m)["dtype"])
+
+    assert dtype(_machine("avx avx2 fma")) == "float32", "AVX2 only emulates bf16"
+    assert dtype(_machine("avx2 avx512f avx512_bf16")) == "bfloat16"
+    assert dtype(_machine("avx2 amx_bf16 amx_tile")) == "bfloat16"
+    assert dtype(_machine("avx2", gpu="NVIDIA L4")) == "bfloat16", "a GPU computes bf16"
+    assert dtype(_machine("")) == "bfloat16", "flags unread or not x86 (ARM has its own)"
+    assert engine_defaults("pooling", _machine("avx512_bf16"))["dtype"] == "float32"
+
+
+def test_a_cpu_gets_small_kv_blocks_eager_mode_and_cpu_scheduler_limits_a_gpu_vllms_own() -> None:
+    cpu = engine_defaults("generate", _machine("avx2"))
+    assert (cpu["block_size"], cpu["enforce_eager"]) == (32, True)
+    assert (cpu["max_num_seqs"], cpu["max_num_batched_tokens"]) == (256, 4096)
+    gpu = engine_defaults("generate", _machine("avx2", gpu="NVIDIA H100"))
+    assert not {"block_size", "enforce_eager", "max_num_seqs", "max_num_batched_tokens"} & set(gpu)
+    assert gpu["max_model_len"] == cpu["max_model_len"] == 2048
+
+
+def test_the_kv_cache_and_threads_follow_the_machine() -> None:
+    assert [kv_cache_gib(_machine("", g)) for g in (4, 24, 64, 512)] == [1, 1, 4, 32]
+    env = vllm_environment(_machine("avx2", 64))
+    assert (env["VLLM_CPU_KVCACHE_SPACE"], env["OMP_NUM_THREADS"]) == ("4", "2")
+
+
+def test_this_machine_is_read_once() -> None:
+    assert this_machine() is this_machine()
+    assert this_machine().cores >= 1
