@@ -158,6 +158,66 @@ def offline_llm(kind: str, model: str | Path | None = None, **overrides: Any) ->
     return LLM(model=str(model), distributed_executor_backend="uni", **args)
 
 
+#: vLLM offline as a user first writes it: ``LLM(model, dtype="bfloat16")`` (compiled mode,
+#: vLLM's own KV block size and scheduler limits).
+DEFAULT_BASELINE: dict[str, Any] = {"dtype": "bfloat16"}
+
+
+class OfflineBaseline:
+    """vLLM's offline ``LLM`` in a process of its own, answering batches of chat prompts: a
+    benchmark's baseline, so that it and ai_query's engine server each run in their own process
+    and a run can hold several baselines at once. ``args`` None: ai_query's own settings."""
+
+    def __init__(self, model: str | Path, args: dict[str, Any] | None) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_baseline_worker, args=(child, str(model), args))
+        self._proc.start()
+        self.settings: str = self._conn.recv()
+        """What the engine runs with (block size, scheduler limits, eager or compiled)."""
+
+    def chat(self, prompts: list[str], max_tokens: int) -> tuple[float, list[str]]:
+        """(seconds, answers) of one ``LLM.chat`` over ``prompts`` (temperature 0)."""
+        self._conn.send((prompts, max_tokens))
+        result: tuple[float, list[str]] = self._conn.recv()
+        return result
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._proc.join(60)
+
+
+def _baseline_worker(conn: Any, model: str, args: dict[str, Any] | None) -> None:
+    from ai_query.config import apply_vllm_environment
+
+    apply_vllm_environment()
+    from vllm import LLM, SamplingParams
+
+    llm = (
+        offline_llm("chat", model) if args is None
+        else LLM(model=model, distributed_executor_backend="uni", **args)
+    )  # fmt: skip
+    config = llm.llm_engine.vllm_config
+    conn.send(
+        f"dtype {config.model_config.dtype}, block_size {config.cache_config.block_size}, "
+        f"max_num_seqs {config.scheduler_config.max_num_seqs}, max_num_batched_tokens "
+        f"{config.scheduler_config.max_num_batched_tokens}, enforce_eager "
+        f"{config.model_config.enforce_eager}"
+    )
+    offline_chat(llm, ["warm up"], 8)
+    while (job := conn.recv()) is not None:
+        prompts, max_tokens = job
+        start = time.perf_counter()
+        outs = llm.chat(
+            [[{"role": "user", "content": p}] for p in prompts],
+            SamplingParams(max_tokens=max_tokens, temperature=0.0),
+            use_tqdm=False,
+        )
+        conn.send((time.perf_counter() - start, [o.outputs[0].text for o in outs]))
+
+
 def offline_chat(llm: Any, prompts: list[str], max_tokens: int) -> int:
     """Generate with ``LLM.chat``; returns output tokens."""
     from vllm import SamplingParams
