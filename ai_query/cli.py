@@ -1,7 +1,8 @@
 """The ``ai-query`` command line.
 
-Commands: ``demo``, ``sql``, ``serve``, ``endpoints list``, ``jobs ...``, ``machine``. Errors print one line
-on stderr and exit non-zero (1: the work failed, 2: bad usage); ``--debug`` shows tracebacks.
+Commands: ``demo``, ``sql``, ``serve``, ``endpoints list``, ``jobs ...``, ``machine``. Errors
+print one line on stderr and exit non-zero (1: the work failed, 2: bad usage); ``--debug`` shows
+tracebacks.
 """
 
 from __future__ import annotations
