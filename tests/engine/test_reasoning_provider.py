@@ -50,7 +50,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = json.dumps({
             "id": "x", "object": "chat.completion", "created": 0, "model": "reasoner",
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
+            "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14,
+                      "completion_tokens_details": {"reasoning_tokens": 7}},
         }).encode()
         reply_json(self, 200, payload)
 
@@ -96,12 +97,21 @@ def test_ai_query_gets_the_answer_alone_typed_by_return_type(provider: _Provider
     assert provider.bodies[-1]["reasoning_effort"] == "low"
 
 
-def test_http_answers_keep_the_reasoning_apart() -> None:
-    done = Completion("An apple.", 5, 9, "stop", reasoning=THOUGHT)
-    message = responses.chat("r1", "ext-reasoner", [done])["choices"][0]["message"]
-    assert message == {"role": "assistant", "content": "An apple.", "reasoning_content": THOUGHT}
-    plain = responses.chat("r2", "m", [Completion("Hi", 1, 1, "stop")])["choices"][0]["message"]
-    assert "reasoning_content" not in plain
+def test_http_answers_keep_the_reasoning_apart_and_count_its_tokens() -> None:
+    done = Completion("An apple.", 5, 9, "stop", reasoning=THOUGHT, reasoning_tokens=7)
+    body = responses.chat("r1", "ext-reasoner", [done])
+    assert body["choices"][0]["message"] == {
+        "role": "assistant", "content": "An apple.", "reasoning_content": THOUGHT,
+    }
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 7}
+    databricks = responses.chat("r1", "ext-reasoner", [done], databricks=True)
+    assert databricks["choices"][0]["message"] == {"role": "assistant", "content": [
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": THOUGHT}]},
+        {"type": "text", "text": "An apple."},
+    ]}
+    plain = responses.chat("r2", "m", [Completion("Hi", 1, 1, "stop")], databricks=True)
+    assert plain["choices"][0]["message"] == {"role": "assistant", "content": "Hi"}
+    assert "completion_tokens_details" not in plain["usage"]
 
 
 def test_the_backend_keeps_the_reasoning_apart_from_the_answer(provider: _Provider) -> None:
@@ -123,3 +133,4 @@ def test_the_backend_keeps_the_reasoning_apart_from_the_answer(provider: _Provid
 
     done = asyncio.run(ask())
     assert (done.text, done.reasoning) == ("An apple.", THOUGHT)
+    assert (done.completion_tokens, done.reasoning_tokens) == (9, 7)

@@ -107,6 +107,9 @@ class Completion:
     reasoning: str | None = None
     """A reasoning model's reasoning, kept apart from :attr:`text` (the answer), where the
     provider returns it; else None."""
+    reasoning_tokens: int = 0
+    """Of :attr:`completion_tokens`, those spent reasoning (the provider's
+    ``completion_tokens_details.reasoning_tokens``); 0 where none or not reported."""
 
     def as_chunk(self) -> CompletionChunk:
         """The whole answer as one streamed chunk (used when tool calls must come whole)."""

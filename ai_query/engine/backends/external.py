@@ -91,6 +91,7 @@ class ExternalBackend:
             tool_calls or None,
             token_logprobs=_token_logprobs(choice, chat) if request.token_logprobs else None,
             reasoning=reasoning,
+            reasoning_tokens=_reasoning_tokens(usage),
         )
 
     async def _call_with_logprobs(
@@ -265,6 +266,13 @@ class ExternalBackend:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+
+def _reasoning_tokens(usage: Any) -> int:
+    """The reasoning tokens a provider's usage reports (OpenAI's
+    ``completion_tokens_details.reasoning_tokens``), else 0."""
+    details = getattr(usage, "completion_tokens_details", None)
+    return int(getattr(details, "reasoning_tokens", None) or 0)
 
 
 def answer_and_reasoning(message: Any) -> tuple[str, str | None]:

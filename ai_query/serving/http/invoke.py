@@ -224,7 +224,8 @@ async def _chat(call: Call, chat: ChatRequest) -> Response:
     done = await call.ctx.serving.run(_gather([backend.complete("", gen) for _ in range(chat.n)]))
     call.prompt_tokens = done[0].prompt_tokens
     call.completion_tokens = sum(d.completion_tokens for d in done)
-    body = responses.chat(call.request_id, _model(call), done)
+    databricks = call.route == "invocations"
+    body = responses.chat(call.request_id, _model(call), done, databricks=databricks)
     call.finish(200, body)
     return JSONResponse(body, headers=call.headers())
 

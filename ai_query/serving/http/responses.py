@@ -13,36 +13,50 @@ import numpy as np
 from ai_query.engine.backends.backend import Completion, CompletionChunk, Embedding
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
+def _usage(prompt: int, completion: int, reasoning: int = 0) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if reasoning:  # OpenAI's count of the completion tokens spent reasoning
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
-def _message(done: Completion) -> dict[str, Any]:
+def _message(done: Completion, databricks: bool) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": done.text}
     if done.tool_calls:
         message["content"] = done.text or None
         message["tool_calls"] = done.tool_calls
-    if done.reasoning is not None:  # a reasoning model's, apart from the answer (vLLM's field)
+    if done.reasoning is not None and databricks:  # Databricks' reasoning models' shape
+        message["content"] = [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": done.reasoning}]},
+            {"type": "text", "text": done.text},
+        ]
+    elif done.reasoning is not None:  # apart from the answer, as vLLM's OpenAI server does
         message["reasoning_content"] = done.reasoning
     return message
 
 
-def chat(request_id: str, model: str, done: Sequence[Completion]) -> dict[str, Any]:
-    """A ``chat.completion`` with one choice per completion."""
+def chat(
+    request_id: str, model: str, done: Sequence[Completion], databricks: bool = False
+) -> dict[str, Any]:
+    """A ``chat.completion`` with one choice per completion; a reasoning model's reasoning in
+    Databricks' shape (``content``: a ``reasoning`` part, then a ``text`` part) where
+    ``databricks`` (the invocations route), else as ``reasoning_content``."""
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": i, "message": _message(d), "finish_reason": d.finish_reason, "logprobs": None}
+            {"index": i, "message": _message(d, databricks), "finish_reason": d.finish_reason,
+             "logprobs": None}
             for i, d in enumerate(done)
         ],
-        "usage": _usage(done[0].prompt_tokens, sum(d.completion_tokens for d in done)),
+        "usage": _usage(done[0].prompt_tokens, sum(d.completion_tokens for d in done),
+                        sum(d.reasoning_tokens for d in done)),
     }
 
 
