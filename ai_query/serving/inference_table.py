@@ -51,6 +51,7 @@ SCHEMA = pa.schema(
         pa.field("input_token_count", pa.int64()),
         pa.field("output_token_count", pa.int64()),
         pa.field("cost", pa.float64()),
+        pa.field("reasoning_token_count", pa.int64()),
     ]
 )
 
@@ -82,9 +83,12 @@ class InferenceRecord:
     input_token_count: int = 0
     """Prompt tokens."""
     output_token_count: int = 0
+    """Generated tokens (a reasoning model's reasoning included)."""
     cost: float | None = None
     """What the tokens cost at the endpoint's ``price`` (None without a price)."""
-    """Generated tokens."""
+    reasoning_token_count: int = 0
+    """Of :attr:`output_token_count`, those a reasoning model spent reasoning (as its provider
+    reports them; 0 otherwise)."""
 
 
 class InferenceTable:

@@ -94,6 +94,9 @@ def test_the_inference_table_keeps_the_reasoning(served: tuple[HTTPServer, _Prov
         if not rows:
             time.sleep(0.5)
     assert rows, "no inference table rows"
-    logged = [json.loads(str(r["response"])) for r in rows if "reasoning" in str(r["response"])]
+    logged = [r for r in rows if "reasoning" in str(r["response"])]
     assert logged, rows
-    assert logged[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 7}
+    assert (logged[-1]["output_token_count"], logged[-1]["reasoning_token_count"]) == (9, 7)
+    response = json.loads(str(logged[-1]["response"]))
+    assert response["usage"]["completion_tokens_details"] == {"reasoning_tokens": 7}
+    assert response["choices"][0]["message"]["content"][0]["type"] == "reasoning"

@@ -70,6 +70,7 @@ class Call:
     entity: ServedEntity | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
     allowance: Allowance | None = None
 
     @property
@@ -143,6 +144,7 @@ class Call:
                 output_token_count=self.completion_tokens,
                 cost=price.cost(self.prompt_tokens, self.completion_tokens)
                 if (price := self.endpoint.price) is not None else None,
+                reasoning_token_count=self.reasoning_tokens,
             )
         )
 
@@ -224,6 +226,7 @@ async def _chat(call: Call, chat: ChatRequest) -> Response:
     done = await call.ctx.serving.run(_gather([backend.complete("", gen) for _ in range(chat.n)]))
     call.prompt_tokens = done[0].prompt_tokens
     call.completion_tokens = sum(d.completion_tokens for d in done)
+    call.reasoning_tokens = sum(d.reasoning_tokens for d in done)
     databricks = call.route == "invocations"
     body = responses.chat(call.request_id, _model(call), done, databricks=databricks)
     call.finish(200, body)
