@@ -187,16 +187,14 @@ def spark_conf() -> None:
 def machine(catalog: CatalogOption = None) -> None:
     """Print this machine (CPU flags, cores, memory, GPU) and the engine settings chosen from
     it for each local model of the catalog (its own engine_args included)."""
-    import os
-
     from ai_query.catalog import load_catalog
-    from ai_query.config import vllm_environment
+    from ai_query.config import effective_vllm_environment
     from ai_query.engine.vllm.model import engine_defaults
     from ai_query.machine import this_machine
     from ai_query.tasks import Task
 
     print(f"machine: {this_machine().describe()}")
-    env = {k: os.environ.get(k, v) for k, v in vllm_environment().items()}  # yours win
+    env = effective_vllm_environment()
     print("vLLM environment: " + ", ".join(
         f"{k}={env[k]}" for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")
     ))  # fmt: skip

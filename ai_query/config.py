@@ -139,7 +139,11 @@ def vllm_environment(machine: Machine | None = None) -> dict[str, str]:
     }
 
 
+def effective_vllm_environment() -> dict[str, str]:
+    """:func:`vllm_environment` as applied here: the user's own values win."""
+    return {k: os.environ.get(k, v) for k, v in vllm_environment().items()}
+
+
 def apply_vllm_environment() -> None:
     """Put :func:`vllm_environment` into the environment (user values win)."""
-    for key, value in vllm_environment().items():
-        os.environ.setdefault(key, value)
+    os.environ.update(effective_vllm_environment())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,12 +125,12 @@ def write_catalog(catalog: Any, path: Path) -> Path:
 def engine_settings(kind: str) -> tuple[dict[str, str], dict[str, Any]]:
     """(environment, ``LLM`` keyword arguments) our engine server gives vLLM for ``kind``
     (``chat`` or ``embed``): what a fair baseline runs with."""
-
-    from ai_query.config import vllm_environment
+    from ai_query.config import effective_vllm_environment
     from ai_query.engine.vllm.model import engine_defaults
 
-    env = {k: os.environ.get(k, v) for k, v in vllm_environment().items()}  # as applied
-    return env, engine_defaults("generate" if kind == "chat" else "pooling")
+    return effective_vllm_environment(), engine_defaults(
+        "generate" if kind == "chat" else "pooling"
+    )
 
 
 def offline_llm(kind: str, model: str | Path | None = None, **overrides: Any) -> Any:
@@ -193,7 +192,7 @@ def _baseline_worker(conn: Any, model: str, args: dict[str, Any] | None) -> None
     from ai_query.config import apply_vllm_environment
 
     apply_vllm_environment()
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     llm = (
         offline_llm("chat", model) if args is None
@@ -209,25 +208,24 @@ def _baseline_worker(conn: Any, model: str, args: dict[str, Any] | None) -> None
     offline_chat(llm, ["warm up"], 8)
     while (job := conn.recv()) is not None:
         prompts, max_tokens = job
-        start = time.perf_counter()
-        outs = llm.chat(
-            [[{"role": "user", "content": p}] for p in prompts],
-            SamplingParams(max_tokens=max_tokens, temperature=0.0),
-            use_tqdm=False,
-        )
-        conn.send((time.perf_counter() - start, [o.outputs[0].text for o in outs]))
+        outs, seconds = timed(lambda p=prompts, m=max_tokens: chat_outputs(llm, p, m))
+        conn.send((seconds, [o.outputs[0].text for o in outs]))
+
+
+def chat_outputs(llm: Any, prompts: list[str], max_tokens: int) -> list[Any]:
+    """``LLM.chat`` over ``prompts``, one user message each, temperature 0: its outputs."""
+    from vllm import SamplingParams
+
+    return list(llm.chat(
+        [[{"role": "user", "content": p}] for p in prompts],
+        SamplingParams(max_tokens=max_tokens, temperature=0.0),
+        use_tqdm=False,
+    ))  # fmt: skip
 
 
 def offline_chat(llm: Any, prompts: list[str], max_tokens: int) -> int:
     """Generate with ``LLM.chat``; returns output tokens."""
-    from vllm import SamplingParams
-
-    outs = llm.chat(
-        [[{"role": "user", "content": p}] for p in prompts],
-        SamplingParams(max_tokens=max_tokens, temperature=0.0),
-        use_tqdm=False,
-    )
-    return sum(len(o.outputs[0].token_ids) for o in outs)
+    return sum(len(o.outputs[0].token_ids) for o in chat_outputs(llm, prompts, max_tokens))
 
 
 def report(name: str, ours: float, baseline: float, unit: str, goal: float) -> None:
