@@ -86,16 +86,18 @@ def test_the_inference_table_keeps_the_reasoning(served: tuple[HTTPServer, _Prov
         assert http.post("/serving-endpoints/ext-reasoner/invocations", json={
             "messages": [{"role": "user", "content": "Name a fruit."}]}).status_code == 200
     folder = server.workdir / "inference"
-    deadline = time.monotonic() + 30
-    rows: list[dict[str, object]] = []
-    while time.monotonic() < deadline and not rows:
+    deadline = time.monotonic() + 60
+
+    def databricks_rows() -> list[dict[str, object]]:  # this request's: Databricks' shape
         files = sorted(Path(folder).rglob("*.parquet"))
         rows = [r for f in files for r in pq.read_table(f).to_pylist()]
-        if not rows:
-            time.sleep(0.5)
-    assert rows, "no inference table rows"
-    logged = [r for r in rows if "reasoning" in str(r["response"])]
-    assert logged, rows
+        return [r for r in rows if '"type": "reasoning"' in str(r["response"])]
+
+    logged = databricks_rows()
+    while time.monotonic() < deadline and not logged:  # written by the table's flush
+        time.sleep(0.5)
+        logged = databricks_rows()
+    assert logged, "no inference table row of the invocations request"
     assert (logged[-1]["output_token_count"], logged[-1]["reasoning_token_count"]) == (9, 7)
     response = json.loads(str(logged[-1]["response"]))
     assert response["usage"]["completion_tokens_details"] == {"reasoning_tokens": 7}
