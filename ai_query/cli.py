@@ -267,6 +267,14 @@ def serve(
             "own bases are always allowed.",
         ),
     ] = None,
+    allow_image_base: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-image-base",
+            help="A URL prefix chat requests' image_url parts may name (repeatable); other "
+            "images must come as data URLs.",
+        ),
+    ] = None,
     database: Annotated[
         Path | None,
         typer.Option(help="SQLite file for endpoints made over HTTP (default: in the cache dir)."),
@@ -342,6 +350,7 @@ def serve(
         token=token,
         tokens_file=tokens_file,
         allow_external_bases=tuple(allow_external_base or ()),
+        allow_image_bases=tuple(allow_image_base or ()),
         database=database,
         inference_table=inference_table,
         preload=chosen,

@@ -5,13 +5,15 @@ parameters and bad return types fail here, before any row runs), then submits ev
 batch to the backend at once on the process's engine loop (an embeddings call as one
 ``embed_many``). Identical greedy requests that are in flight together (within a batch or
 across concurrent batches) run once, and so do repeats of recent greedy requests (a bounded
-memo, :mod:`~ai_query.engine.core.memo`). A row that fails becomes a row error in place; nothing
-shifts.
+memo, :mod:`~ai_query.engine.core.memo`); a row with a file is identified by its text and the
+file's digest. A row's file is checked before any call (:mod:`~ai_query.engine.core.files`).
+A row that fails becomes a row error in place; nothing shifts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,10 +27,16 @@ from ai_query.engine.backends.field_confidence import field_confidences
 from ai_query.engine.backends.registry import BackendFactory, existing_backend, shared_backend
 from ai_query.engine.backends.structured import explain_unparsed
 from ai_query.engine.core.arrow_types import coerce, to_arrow
-from ai_query.engine.core.batch import RowOutcome, read_request_batch, result_batch
+from ai_query.engine.core.batch import (
+    RowOutcome,
+    read_request_batch,
+    read_request_files,
+    result_batch,
+)
 from ai_query.engine.core.ceiling import default_max_tokens
+from ai_query.engine.core.files import check_image
 from ai_query.engine.core.loop import EngineLoop, settle, shared_loop, spawn
-from ai_query.engine.core.memo import ResultMemo
+from ai_query.engine.core.memo import ResultMemo, RowKey, row_key, row_keys
 from ai_query.engine.core.preview import counts_tokens, estimate_tokens, preview_batch
 from ai_query.engine.process.supervision import EngineHealth, EngineState, worst_health
 from ai_query.errors import EngineError
@@ -81,7 +89,7 @@ class LocalEngine:
         self.catalog = catalog or Catalog.default()
         self._factory = backend_factory
         self._loop = loop
-        self._inflight: dict[tuple[str, str], asyncio.Future[RowOutcome]] = {}
+        self._inflight: dict[tuple[str, RowKey], asyncio.Future[RowOutcome]] = {}
         self._memo = ResultMemo(memo_entries)
         self.model_calls = 0
         """Rows that reached a backend (duplicates coalesced away are not counted)."""
@@ -122,7 +130,7 @@ class LocalEngine:
         try:
             requests, options = read_request_batch(batch)
             plan = self.plan(options)
-            outcomes = self.loop.run(self.run_rows(requests, plan))
+            outcomes = self.loop.run(self.run_rows(requests, plan, read_request_files(batch)))
         except Exception as exc:
             redact_exception(exc)
             raise
@@ -136,11 +144,12 @@ class LocalEngine:
         try:
             requests, options = read_request_batch(batch)
             plan = self.plan(options)
+            rows = row_keys(requests, read_request_files(batch))
             distinct = list(dict.fromkeys(r for r in requests if r is not None))
             entity = plan.endpoint.config.served_entities[0]
             counting = counts_tokens(batch)
             counted, remembered = self.loop.run(
-                self._preview_rows(distinct, plan, entity, counting)
+                self._preview_rows(distinct, rows, plan, entity, counting)
             )
         except Exception as exc:
             redact_exception(exc)
@@ -153,19 +162,25 @@ class LocalEngine:
         return preview_batch(
             [None if r is None else tokens[r] for r in requests],
             exact=exact,
-            cached=[r is not None and r in remembered for r in requests],
+            cached=[r is not None and r in remembered for r in rows],
         )
 
     async def _preview_rows(
-        self, texts: list[str], plan: CallPlan, entity: ServedEntity, counting: bool
-    ) -> tuple[list[int] | None, set[str]]:
-        """Token counts of ``texts`` (None without a tokenizer, or when not ``counting``), and
-        those the memo holds."""
+        self,
+        texts: list[str],
+        rows: list[RowKey | None],
+        plan: CallPlan,
+        entity: ServedEntity,
+        counting: bool,
+    ) -> tuple[list[int] | None, set[RowKey]]:
+        """Token counts of ``texts`` (None without a tokenizer, or when not ``counting``; a
+        row's image is not counted), and the ``rows`` the memo holds."""
         counted = None
         if counting:
             counted = await self._backend(entity).count_tokens(texts, plan.generation)
         key = plan.coalesce_key
-        remembered = set() if key is None else {t for t in texts if self._memo.holds((key, t))}
+        distinct = {r for r in rows if r is not None}
+        remembered = set() if key is None else {r for r in distinct if self._memo.holds((key, r))}
         return counted, remembered
 
     async def run_async(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -173,7 +188,7 @@ class LocalEngine:
         try:
             requests, options = read_request_batch(batch)
             plan = self.plan(options)
-            future = self.loop.submit(self.run_rows(requests, plan))
+            future = self.loop.submit(self.run_rows(requests, plan, read_request_files(batch)))
             outcomes = await asyncio.wrap_future(future)
         except Exception as exc:
             redact_exception(exc)
@@ -181,33 +196,43 @@ class LocalEngine:
         return result_batch(outcomes, plan.arrow_type)
 
     async def run_rows(
-        self, requests: Sequence[str | None], plan: CallPlan
+        self,
+        requests: Sequence[str | None],
+        plan: CallPlan,
+        files: Sequence[bytes | None] | None = None,
     ) -> list[RowOutcome | None]:
         """Answer every request at once (on the engine loop); None for a NULL request.
 
-        Chat rows go to the backend one request each (its scheduler batches them); the texts
-        of an embeddings call go in one ``embed_many`` call.
+        Chat rows go to the backend one request each (its scheduler batches them), with their
+        file where ``files`` gives one; the texts of an embeddings call go in one
+        ``embed_many`` call.
         """
         futures: list[asyncio.Future[RowOutcome] | None] = []
-        claimed: dict[str, asyncio.Future[RowOutcome]] = {}
-        to_run: list[tuple[str, asyncio.Future[RowOutcome]]] = []
-        for text in requests:
+        claimed: dict[RowKey, asyncio.Future[RowOutcome]] = {}
+        to_run: list[tuple[str, bytes | None, asyncio.Future[RowOutcome]]] = []
+        for i, text in enumerate(requests):
             if text is None:
                 futures.append(None)
                 continue
-            fut = claimed.get(text) if plan.coalesce_key is not None else None
+            data = files[i] if files is not None else None
+            refused = None if data is None else _refused_file(data, plan)
+            if refused is not None:
+                futures.append(_done(refused))
+                continue
+            row = row_key(text, data)
+            fut = claimed.get(row) if plan.coalesce_key is not None else None
             if fut is None:
-                fut, new = self._claim(text, plan)
-                claimed[text] = fut
+                fut, new = self._claim(row, plan)
+                claimed[row] = fut
                 if new:
-                    to_run.append((text, fut))
+                    to_run.append((text, data, fut))
             futures.append(fut)
         if plan.generation is None:
             if to_run:
-                spawn(self._embed(to_run, plan))
+                spawn(self._embed([(text, fut) for text, _, fut in to_run], plan))
         else:
-            for text, fut in to_run:
-                spawn(self._complete(text, plan, fut))
+            for text, data, fut in to_run:
+                spawn(self._complete(text, plan, fut, data))
         pending = {f for f in futures if f is not None}
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
@@ -217,43 +242,46 @@ class LocalEngine:
                 raise exc
         return [None if f is None else f.result() for f in futures]
 
-    def _claim(self, text: str, plan: CallPlan) -> tuple[asyncio.Future[RowOutcome], bool]:
-        """The future answer for ``text``: one in flight, remembered, or a new one (True) that
+    def _claim(self, row: RowKey, plan: CallPlan) -> tuple[asyncio.Future[RowOutcome], bool]:
+        """The future answer for ``row``: one in flight, remembered, or a new one (True) that
         the caller must run."""
         loop = asyncio.get_running_loop()
         key = plan.coalesce_key
         if key is not None:
-            found = self._inflight.get((key, text))
+            found = self._inflight.get((key, row))
             if found is not None:
                 return found, False
-            remembered = self._memo.get((key, text))
+            remembered = self._memo.get((key, row))
             if remembered is not None:
-                done: asyncio.Future[RowOutcome] = loop.create_future()
-                done.set_result(remembered)
-                return done, False
+                return _done(remembered), False
         fut: asyncio.Future[RowOutcome] = loop.create_future()
         if key is not None:
-            self._inflight[(key, text)] = fut
-            fut.add_done_callback(lambda f: self._finished(key, text, f))
+            self._inflight[(key, row)] = fut
+            fut.add_done_callback(lambda f: self._finished(key, row, f))
         return fut, True
 
-    def _finished(self, key: str, text: str, fut: asyncio.Future[RowOutcome]) -> None:
-        self._inflight.pop((key, text), None)
+    def _finished(self, key: str, row: RowKey, fut: asyncio.Future[RowOutcome]) -> None:
+        self._inflight.pop((key, row), None)
         if not fut.cancelled() and fut.exception() is None:
-            self._memo.put((key, text), fut.result())
+            self._memo.put((key, row), fut.result())
 
-    async def _complete(self, text: str, plan: CallPlan, fut: asyncio.Future[RowOutcome]) -> None:
-        """Generate for one row into ``fut``."""
+    async def _complete(
+        self, text: str, plan: CallPlan, fut: asyncio.Future[RowOutcome], data: bytes | None
+    ) -> None:
+        """Generate for one row (with its file, if any) into ``fut``."""
         assert plan.generation is not None
         backend = self._backend_or_fail(plan, [fut])
         if backend is None:
             return
         self.model_calls += 1
+        generation = plan.generation
+        if data is not None:
+            generation = dataclasses.replace(generation, files=(data,))
         try:
             if plan.output.choice is not None:
-                outcome = await self._choose(backend, text, plan)
+                outcome = await self._choose(backend, text, plan, generation)
             else:
-                done = await backend.complete(text, plan.generation)
+                done = await backend.complete(text, generation)
                 outcome = RowOutcome(
                     done.text,
                     prompt_tokens=done.prompt_tokens,
@@ -269,15 +297,18 @@ class LocalEngine:
             return
         settle(fut, outcome)
 
-    async def _choose(self, backend: Backend, text: str, plan: CallPlan) -> RowOutcome:
+    async def _choose(
+        self, backend: Backend, text: str, plan: CallPlan, generation: GenerationRequest
+    ) -> RowOutcome:
         """One of the call's choices: the most probable one where the backend scores them
-        (``scoring`` ``logprobs``), else the one generated under the choice."""
-        assert plan.generation is not None and plan.output.choice is not None
+        (``scoring`` ``logprobs``; not with images, which scoring does not read), else the
+        one generated under the choice."""
+        assert plan.output.choice is not None
         scored = None
-        if plan.output.scoring == "logprobs":
-            scored = await backend.score_choices(text, plan.generation)
+        if plan.output.scoring == "logprobs" and not generation.files:
+            scored = await backend.score_choices(text, generation)
         if scored is None:
-            done = await backend.complete(text, plan.generation)
+            done = await backend.complete(text, generation)
             label, logprobs = done.text, None
             tokens = (done.prompt_tokens, done.completion_tokens)
         else:
@@ -342,6 +373,27 @@ class LocalEngine:
 
     def close(self) -> None:
         """Nothing to release per engine: backends are shared by the process (see registry)."""
+
+
+def _refused_file(data: bytes, plan: CallPlan) -> RowOutcome | None:
+    """The row error for a file that cannot be sent under ``plan`` (checked before any call),
+    or None when it can."""
+    if plan.generation is None:
+        return RowOutcome(
+            error=f"endpoint {plan.endpoint.name!r} embeds text: it takes no files"
+        )
+    try:
+        check_image(data)
+    except RowFailure as exc:
+        return RowOutcome(error=str(exc))
+    return None
+
+
+def _done(outcome: RowOutcome) -> asyncio.Future[RowOutcome]:
+    """A future already holding ``outcome``."""
+    fut: asyncio.Future[RowOutcome] = asyncio.get_running_loop().create_future()
+    fut.set_result(outcome)
+    return fut
 
 
 def _parse_structured(done: Completion, plan: CallPlan) -> tuple[Any, str | None]:

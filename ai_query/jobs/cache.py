@@ -12,7 +12,7 @@ pass straight through. A key is the SHA-256 of:
   plus the model directory's ``config.json`` modification time, and the traffic routes;
 * the call's modelParameters, returnType and responseFormat (not failOnError: it does not
   change the answer);
-* the request text.
+* the request text, and the SHA-256 of the row's file where it has one (``files =>``).
 
 Answers are stored typed: text as text, vectors as float32/float64 bytes, structured results
 as JSON restored with :func:`ai_query.engine.core.arrow_types.coerce`. Failed rows are never stored.
@@ -40,11 +40,13 @@ from ai_query.engine.core.batch import (
     RowOutcome,
     align_results,
     read_request_batch,
+    read_request_files,
     request_batch,
     result_batch,
     stitch_results,
 )
 from ai_query.engine.core.forwarding import ForwardingEngine
+from ai_query.engine.core.memo import RowKey, row_keys
 from ai_query.engine.core.protocol import Engine
 from ai_query.options import CallOptions
 from ai_query.sql.response_format import resolve_output
@@ -146,9 +148,12 @@ def call_identity(endpoint: Endpoint, options: CallOptions) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def request_key(identity: str, text: str) -> str:
-    """The cache key of one request under a call identity."""
-    return hashlib.sha256(f"{identity}\n{text}".encode()).hexdigest()
+def request_key(identity: str, row: RowKey) -> str:
+    """The cache key of one request row (its text, and its file's digest) under a call
+    identity."""
+    text, digest = row
+    suffix = "" if digest is None else f"\nfile:{digest}"
+    return hashlib.sha256(f"{identity}\n{text}{suffix}".encode()).hexdigest()
 
 
 class CachingEngine(ForwardingEngine):
@@ -190,7 +195,9 @@ class CachingEngine(ForwardingEngine):
                 self.bypassed += sum(r is not None for r in requests)
             return self.inner.run(batch)
         identity, sql_type = self._call(options)
-        keys = [None if r is None else request_key(identity, r) for r in requests]
+        files = read_request_files(batch)
+        rows = row_keys(requests, files)
+        keys = [None if r is None else request_key(identity, r) for r in rows]
         found = self.cache.get_many(k for k in keys if k is not None)
         hits: dict[int, Any] = {}
         for i, key in enumerate(keys):
@@ -214,7 +221,11 @@ class CachingEngine(ForwardingEngine):
         )
         if not missing:
             return answered_here
-        sub = request_batch([requests[i] for i in missing], options)
+        sub = request_batch(
+            [requests[i] for i in missing],
+            options,
+            None if files is None else [files[i] for i in missing],
+        )
         answered = align_results(self.inner.run(sub), len(missing))
         self._store(answered, [keys[i] for i in missing], range(len(missing)))
         return stitch_results([(answered_here, known), (answered, missing)])
@@ -226,7 +237,8 @@ class CachingEngine(ForwardingEngine):
         if not options.model_parameters.deterministic:
             return result
         identity = self._call(options)[0]
-        keys = [None if r is None else request_key(identity, r) for r in requests]
+        rows = row_keys(requests, read_request_files(batch))
+        keys = [None if r is None else request_key(identity, r) for r in rows]
         found = self.cache.get_many(k for k in keys if k is not None)
         cached = pc.or_(result.column("cached"), pa.array([k in found for k in keys]))
         return result.set_column(result.schema.get_field_index("cached"), "cached", cached)

@@ -35,6 +35,15 @@ class ServeOptions:
     """API bases external models may use besides those of the catalog file's endpoints
     (``--allow-external-base``; administrators may use any, see
     :mod:`ai_query.serving.permissions`)."""
+    allow_image_bases: tuple[str, ...] = ()
+    """URL prefixes chat requests' ``image_url`` parts may point at (``--allow-image-base``);
+    every other image must come as a data URL
+    (:func:`ai_query.engine.core.files.check_image_parts`)."""
+
+    def image_url_allowed(self, url: str) -> bool:
+        """Whether an ``image_url`` part may name ``url`` (under an allowed prefix)."""
+        return any(url == base or url.startswith(base.rstrip("/") + "/")
+                   for base in self.allow_image_bases)
     database: Path | None = None
     """SQLite file of endpoints made over HTTP; None: ``<cache>/serving/endpoints.sqlite`` for
     ``ai-query serve``, in memory for an app made by ``create_app`` alone (tests)."""

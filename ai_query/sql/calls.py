@@ -32,7 +32,10 @@ PARAMETERS: tuple[str, ...] = (
     "modelParameters",
     "responseFormat",
 )
-_CANONICAL = {name.lower(): name for name in PARAMETERS}
+#: Parameters given by name only (``files => content``: a row's file, Databricks' multimodal
+#: form).
+NAMED_ONLY: tuple[str, ...] = ("files",)
+_CANONICAL = {name.lower(): name for name in (*PARAMETERS, *NAMED_ONLY)}
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class AIQueryCall:
         fail_on_error: the ``failOnError`` flag (default True).
         model_parameters: ``modelParameters`` as Python values, keys as written.
         response_format: the ``responseFormat`` string, or None.
+        files: the ``files`` expression (a row's file content, BLOB/BINARY), or None.
     """
 
     node: exp.Expression
@@ -56,6 +60,7 @@ class AIQueryCall:
     fail_on_error: bool = True
     model_parameters: dict[str, Any] = field(default_factory=dict)
     response_format: str | None = None
+    files: exp.Expression | None = None
 
     def options(self) -> CallOptions:
         """The call's constant arguments as validated :class:`CallOptions`.
@@ -104,7 +109,8 @@ def bind_named_args(call: exp.Anonymous) -> dict[str, exp.Expression]:
             name = _CANONICAL.get(raw.lower())
             if name is None:
                 raise UnsupportedCallError(
-                    f"ai_query: unknown argument {raw!r}; allowed: {', '.join(PARAMETERS)}"
+                    f"ai_query: unknown argument {raw!r}; allowed: "
+                    f"{', '.join((*PARAMETERS, *NAMED_ONLY))}"
                 )
             value = arg.expression
             named_seen = True
@@ -152,6 +158,7 @@ def bind_call(node: exp.Expr) -> AIQueryCall:
             f"ai_query: failOnError must be the literal true or false, got {fail.sql()!r}"
         )
     params = args.get("modelParameters")
+    files = args.get("files")
     return AIQueryCall(
         node=node,
         endpoint=_string(args["endpoint"], "endpoint"),
@@ -160,6 +167,7 @@ def bind_call(node: exp.Expr) -> AIQueryCall:
         fail_on_error=True if fail is None else bool(fail.this),
         model_parameters={} if params is None else model_parameters_of(params),
         response_format=_optional_string(args, "responseFormat"),
+        files=None if files is None or isinstance(files, exp.Null) else files,
     )
 
 

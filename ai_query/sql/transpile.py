@@ -27,6 +27,7 @@ from ai_query.sql.calls import (
     find_calls,
 )
 from ai_query.sql.catalog_protocol import EndpointCatalog
+from ai_query.sql.read_files import rewrite_read_files
 from ai_query.sql.response_format import resolve_output
 from ai_query.sql.semantic_agg import check_aggregate_call, is_aggregate_call, spark_aggregate
 from ai_query.sql.task_calls import (
@@ -87,6 +88,7 @@ def is_plain_embedding(call: AIQueryCall, catalog: EndpointCatalog | None) -> bo
         and call.return_type is None
         and call.response_format is None
         and not call.model_parameters
+        and call.files is None
         and task_of(call, catalog) == Task.EMBEDDINGS
     )
 
@@ -112,7 +114,8 @@ def canonicalize_call(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
     """Re-emit an ``ai_query(...)`` call in canonical form for ``ctx.write``.
 
     ``ai_query('<endpoint>', <request>, returnType => ..., failOnError => false,
-    modelParameters => <struct>, responseFormat => ...)`` with only the arguments given
+    modelParameters => <struct>, responseFormat => ..., files => <content>)`` with only the
+    arguments given
     (failOnError only when false), canonical names, and the target's struct syntax.
     """
     if not isinstance(node, exp.Anonymous) or node.name.lower() != FUNCTION_NAME:
@@ -128,6 +131,8 @@ def canonicalize_call(node: exp.Expression, ctx: RewriteContext) -> exp.Expressi
         args.append(_kwarg("modelParameters", _struct_literal(call.model_parameters, ctx.write)))
     if call.response_format is not None:
         args.append(_kwarg("responseFormat", exp.Literal.string(call.response_format)))
+    if call.files is not None:
+        args.append(_kwarg("files", call.files.transform(canonicalize_call, ctx)))
     return exp.Anonymous(this=FUNCTION_NAME, expressions=args)
 
 
@@ -220,9 +225,16 @@ def rewrite_vector_searches(node: exp.Expression, ctx: RewriteContext) -> exp.Ex
     return rewrite_vector_search(node, ctx.write, ctx.vector_indexes)
 
 
+def rewrite_binary_files(node: exp.Expression, ctx: RewriteContext) -> exp.Expression:
+    """``READ_FILES(path, format => 'binaryFile')`` as the target reads files
+    (:mod:`ai_query.sql.read_files`)."""
+    return rewrite_read_files(node, ctx.write)
+
+
 Rewrite = Callable[[exp.Expression, RewriteContext], exp.Expression]
 #: The rewrites, in order; each is applied to the whole tree with ``tree.transform``.
 REWRITES: tuple[Rewrite, ...] = (
+    rewrite_binary_files,
     rewrite_vector_searches,
     canonicalize_call,
     wrap_typed_result,

@@ -1,6 +1,7 @@
 """What a SQL UDF does with a chunk of rows, shared by DuckDB and Spark.
 
-Rows arrive as columns of the six ``ai_query`` arguments. Rows are grouped by their constant
+Rows arrive as columns of the ``ai_query`` arguments (``files``, each row's file bytes, where
+the call gives it). Rows are grouped by their constant
 arguments (one group per distinct call), each group goes to the engine as one request batch,
 and the answers come back as text in the original row order: the answer itself for string
 results, JSON for typed results (``{"result": ..., "errorMessage": ...}`` under
@@ -41,9 +42,13 @@ def answer_rows(
     model_parameters: Sequence[str | None],
     response_formats: Sequence[str | None],
     *,
+    files: Sequence[bytes | None] | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[str | None]:
-    """Answer a chunk of rows; returns one text (or None) per row, in order."""
+    """Answer a chunk of rows; returns one text (or None) per row, in order. ``files``: each
+    row's file (None where it has none; the argument None or all None: a text call)."""
+    if files is not None and all(f is None for f in files):
+        files = None
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, key in enumerate(
         zip(
@@ -63,7 +68,8 @@ def answer_rows(
             fail_on_error=True if fail is None else bool(fail),
         )
         group = [requests[i] for i in rows]
-        texts = _answer_in_slices(engine, group, options, rows, progress)
+        group_files = None if files is None else [files[i] for i in rows]
+        texts = _answer_in_slices(engine, group, options, rows, progress, group_files)
         for i, text in zip(rows, texts, strict=True):
             out[i] = text
     return out
@@ -132,6 +138,7 @@ def _answer_in_slices(
     options: CallOptions,
     rows: list[int],
     progress: ProgressCallback | None,
+    files: list[bytes | None] | None = None,
 ) -> list[str | None]:
     """Answer a group as concurrent slices: all rows are in flight together (the engine batches
     across calls), and progress moves as slices finish rather than once per chunk."""
@@ -141,7 +148,11 @@ def _answer_in_slices(
 
     def one(start: int) -> CallAnswer:
         answer = answer_call(
-            engine, requests[start : start + size], options, row_offset=rows[start]
+            engine,
+            requests[start : start + size],
+            options,
+            row_offset=rows[start],
+            files=None if files is None else files[start : start + size],
         )
         if progress is not None:
             progress(len(answer.texts), answer.prompt_tokens, answer.completion_tokens)
@@ -181,10 +192,17 @@ class CallAnswer:
 
 
 def answer_call(
-    engine: Engine, requests: Sequence[str | None], options: CallOptions, *, row_offset: int = 0
+    engine: Engine,
+    requests: Sequence[str | None],
+    options: CallOptions,
+    *,
+    row_offset: int = 0,
+    files: Sequence[bytes | None] | None = None,
 ) -> CallAnswer:
-    """Answer the rows of one call; text per row (see the module docstring)."""
-    result = align_results(engine.run(request_batch(list(requests), options)), len(requests))
+    """Answer the rows of one call (with each row's file, where ``files`` is given); text per
+    row (see the module docstring)."""
+    batch = request_batch(list(requests), options, None if files is None else list(files))
+    result = align_results(engine.run(batch), len(requests))
     if options.fail_on_error:
         raise_first_error(result, options.endpoint, row_offset)
     column = result.column("result")

@@ -24,10 +24,11 @@ import numpy as np
 import pyarrow as pa
 
 from ai_query.config import settings
-from ai_query.engine.core.batch import read_request_batch
+from ai_query.engine.core.batch import read_request_batch, read_request_files
 from ai_query.engine.core.budget import cached_rows, paid_rows, shares_answers, spent_tokens
 from ai_query.engine.core.ceiling import output_ceiling
 from ai_query.engine.core.forwarding import ForwardingEngine
+from ai_query.engine.core.memo import RowKey, row_keys
 from ai_query.engine.core.protocol import Engine
 
 #: Spells kept per endpoint.
@@ -190,6 +191,7 @@ class MeteredEngine(ForwardingEngine):
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Answer ``batch`` on the inner engine, measuring it."""
         requests, options = read_request_batch(batch)
+        keys = row_keys(requests, read_request_files(batch))
         name = options.endpoint
         hits = cached_rows(self.inner, batch)  # answered without the model: not measured
         with self._lock:
@@ -207,12 +209,12 @@ class MeteredEngine(ForwardingEngine):
         finally:
             endpoint = self.catalog.get(name)
             shares = shares_answers(options, endpoint)
-            paid = paid_rows(requests, shares) & ~hits
-            self._close(name, requests, paid if shares else None, result)
+            paid = paid_rows(keys, shares) & ~hits
+            self._close(name, requests, keys, paid if shares else None, result)
 
     def _close(
-        self, name: str, requests: list[str | None], paid: np.ndarray | None,
-        result: pa.RecordBatch | None,
+        self, name: str, requests: list[str | None], keys: list[RowKey | None],
+        paid: np.ndarray | None, result: pa.RecordBatch | None,
     ) -> None:
         """Count a batch into its endpoint's spell: its paid rows, one per distinct request of
         a call that does not sample (``paid``: None when it samples, every row is paid) in the
@@ -226,9 +228,9 @@ class MeteredEngine(ForwardingEngine):
                 else:
                     seen = spell["seen"]
                     for i in np.flatnonzero(paid):
-                        if requests[i] in seen:
+                        if keys[i] in seen:
                             paid[i] = False
-                        seen.add(requests[i])
+                        seen.add(keys[i])
                 prompt, completion = spent_tokens(result, paid)
                 rows = np.flatnonzero(paid)
                 tokens = result.column("prompt_tokens").fill_null(0).to_numpy(

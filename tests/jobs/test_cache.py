@@ -76,8 +76,8 @@ def test_different_call_options_are_different_entries(caching: Any, other: CallO
 def test_fail_on_error_does_not_split_entries() -> None:
     ep = Catalog.default().get(CHAT)
     assert call_identity(ep, _opts(fail_on_error=False)) == call_identity(ep, _opts())
-    assert request_key(call_identity(ep, _opts()), "a") != request_key(
-        call_identity(ep, _opts()), "b"
+    assert request_key(call_identity(ep, _opts()), ("a", None)) != request_key(
+        call_identity(ep, _opts()), ("b", None)
     )
 
 

@@ -122,7 +122,7 @@ CREATE MACRO ai_query_stub_value(endpoint, returnType, responseFormat) AS CASE
     WHEN responseFormat = 'json_object' THEN '{"any":"thing"}'
     ELSE NULL END;
 CREATE MACRO ai_query(endpoint, request, returnType := NULL, failOnError := true,
-                      modelParameters := NULL, responseFormat := NULL) AS CASE
+                      modelParameters := NULL, responseFormat := NULL, files := NULL) AS CASE
     WHEN request IS NULL THEN NULL
     WHEN failOnError THEN coalesce(ai_query_stub_value(endpoint, returnType, responseFormat),
                                    'match')

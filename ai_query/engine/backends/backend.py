@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ai_query.engine.backends.structured import describe_schema
+from ai_query.engine.core.files import image_part
 from ai_query.engine.process.supervision import EngineHealth
 from ai_query.errors import RowFailure
 from ai_query.options import ModelParameters
@@ -62,6 +63,11 @@ class GenerationRequest:
     """``none``, ``auto``, ``required`` or a named function
     (:mod:`ai_query.engine.backends.tool_calls`)."""
 
+    files: tuple[bytes, ...] = ()
+    """Images sent with the text (``ai_query(..., files => content)``), checked
+    (:func:`~ai_query.engine.core.files.check_image`); the user message then holds the text and
+    each image as an OpenAI ``image_url`` part (a data URL)."""
+
     token_logprobs: bool = False
     """Return each generated token's log-probability (:attr:`Completion.token_logprobs`)."""
     schema_hint: bool = False
@@ -80,7 +86,10 @@ class GenerationRequest:
         """The chat messages to send: :attr:`messages`, else ``text`` as one user message."""
         if self.messages is not None:
             return self.messages
-        messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+        content: str | list[dict[str, Any]] = text
+        if self.files:
+            content = [{"type": "text", "text": text}, *(image_part(f) for f in self.files)]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if self.schema_hint and self.json_schema is not None:
             instruction = describe_schema(self.json_schema)
             messages.insert(0, {"role": "system", "content": instruction})

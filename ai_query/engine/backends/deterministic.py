@@ -33,6 +33,7 @@ from ai_query.engine.backends.tool_calls import (
     tool_call_schema,
     tool_calls_from_output,
 )
+from ai_query.engine.core.files import file_digest, media_type
 from ai_query.engine.process.supervision import EngineHealth, EngineState
 
 
@@ -58,7 +59,8 @@ class DeterministicBackend:
         return tokens
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
-        """A deterministic answer: JSON fitting the schema, or words derived from the text.
+        """A deterministic answer: JSON fitting the schema, or words derived from the text (and
+        the type and digest of each image sent with it).
 
         With a conversation (``request.messages``) the text is the last message's content;
         a forced tool choice gets a tool call with arguments fitting the tool's schema.
@@ -66,6 +68,8 @@ class DeterministicBackend:
         self.calls += 1
         if request.messages:
             text = _content_text(request.messages[-1].get("content"))
+        for data in request.files:  # the answer names each image it saw
+            text = f"{text} [{media_type(data)} {file_digest(data)[:8]}]"
         tokens = self._check(text)
         await asyncio.sleep(0)
         limit = request.params.max_tokens or request.default_max_tokens

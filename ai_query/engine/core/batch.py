@@ -2,7 +2,9 @@
 
 A request batch has one column, ``request`` (string, NULL allowed), and the call's options
 (:class:`ai_query.options.CallOptions`) as JSON in the schema metadata under
-``ai_query.call``. A result batch has one row per request row, in the same order:
+``ai_query.call``; a call with ``files`` adds the binary column ``files``, one file's bytes (or
+NULL) per row (:mod:`ai_query.engine.core.files`). A result batch has one row per request
+row, in the same order:
 
 =================  ==========  =================================================
 column             type        meaning
@@ -28,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ai_query.engine.core.files import FILES_COLUMN
 from ai_query.errors import RowAlignmentError, RowError
 from ai_query.options import CallOptions
 from ai_query.redaction import redact
@@ -51,17 +54,36 @@ class RowOutcome:
 
 
 def request_batch(
-    requests: Sequence[str | None] | pa.Array, options: CallOptions
+    requests: Sequence[str | None] | pa.Array,
+    options: CallOptions,
+    files: Sequence[bytes | None] | pa.Array | None = None,
 ) -> pa.RecordBatch:
-    """A request batch for ``requests`` under one call's ``options``."""
+    """A request batch for ``requests`` under one call's ``options``, with each row's file
+    where ``files`` is given (no ``files`` column when it is None)."""
     array = requests if isinstance(requests, pa.Array) else pa.array(requests, pa.string())
     if not pa.types.is_string(array.type):
         array = array.cast(pa.string())
-    schema = pa.schema(
-        [pa.field(REQUEST_COLUMN, pa.string())],
-        metadata={CALL_METADATA_KEY: options.to_json().encode()},
-    )
-    return pa.RecordBatch.from_arrays([array], schema=schema)
+    fields = [pa.field(REQUEST_COLUMN, pa.string())]
+    columns = [array]
+    if files is not None:
+        blobs = files if isinstance(files, pa.Array) else pa.array(files, pa.binary())
+        if not pa.types.is_binary(blobs.type):
+            blobs = blobs.cast(pa.binary())
+        fields.append(pa.field(FILES_COLUMN, pa.binary()))
+        columns.append(blobs)
+    schema = pa.schema(fields, metadata={CALL_METADATA_KEY: options.to_json().encode()})
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def read_request_files(batch: pa.RecordBatch) -> list[bytes | None] | None:
+    """Each row's file bytes (None for a row without one); None when the batch has no
+    ``files`` column."""
+    if FILES_COLUMN not in batch.schema.names:
+        return None
+    column = batch.column(FILES_COLUMN)
+    if not pa.types.is_binary(column.type):
+        column = column.cast(pa.binary())
+    return column.to_pylist()
 
 
 def read_request_batch(batch: pa.RecordBatch) -> tuple[list[str | None], CallOptions]:

@@ -33,11 +33,13 @@ from ai_query.engine.core.batch import (
     RowOutcome,
     align_results,
     read_request_batch,
+    read_request_files,
     result_batch,
     stitch_results,
 )
 from ai_query.engine.core.ceiling import output_ceiling
 from ai_query.engine.core.forwarding import ForwardingEngine
+from ai_query.engine.core.memo import RowKey, row_keys
 from ai_query.engine.core.preview import cache_only, preview
 from ai_query.engine.core.protocol import Engine
 from ai_query.errors import BudgetExceededError, ConfigError
@@ -123,7 +125,7 @@ class Allowance:
         self._changed = threading.Condition()
         self._sent: set[int] = set()
 
-    def unsent(self, call: str | None, requests: Sequence[str | None]) -> np.ndarray:
+    def unsent(self, call: str | None, requests: Sequence[RowKey | None]) -> np.ndarray:
         """Which requests this query has not sent yet under ``call`` (a call whose answers do
         not sample; None: every row is its own request): the engine answers a repeat from
         its memo, so a query pays once per distinct request, as EXPLAIN counts."""
@@ -135,7 +137,7 @@ class Allowance:
                 dtype=bool,
             )
 
-    def mark_sent(self, call: str | None, requests: Sequence[str | None]) -> np.ndarray:
+    def mark_sent(self, call: str | None, requests: Sequence[RowKey | None]) -> np.ndarray:
         """Remember ``requests`` as sent under ``call``; which of them were not sent before."""
         with self._changed:
             unsent = self.unsent(call, requests)
@@ -144,7 +146,7 @@ class Allowance:
             return unsent
 
     def admit(
-        self, call: str | None, requests: Sequence[str | None], tokens: list[int],
+        self, call: str | None, requests: Sequence[RowKey | None], tokens: list[int],
         costs: list[float],
     ) -> int:
         """Reserve the longest run of rows, from the first, that fits in what is left, and mark
@@ -238,7 +240,8 @@ class BudgetedEngine(ForwardingEngine):
         allowance = self.allowance
         if allowance is None:
             return self.inner.run(batch)
-        requests, options = read_request_batch(batch)
+        texts, options = read_request_batch(batch)
+        requests = row_keys(texts, read_request_files(batch))  # a file is part of the request
         endpoint = self.catalog.get(options.endpoint)
         call = options.to_json() if shares_answers(options, endpoint) else None
         paid = paid_rows(requests, call is not None)
@@ -286,10 +289,10 @@ def shares_answers(options: CallOptions, endpoint: Endpoint) -> bool:
     return endpoint.task == Task.EMBEDDINGS or options.model_parameters.deterministic
 
 
-def paid_rows(requests: Sequence[str | None], shares: bool) -> np.ndarray:
+def paid_rows(requests: Sequence[RowKey | None], shares: bool) -> np.ndarray:
     """Which rows of a request batch cost a model call: not NULL, and where equal requests
-    share one answer (:func:`shares_answers`), the first row of each request text."""
-    seen: set[str] = set()
+    share one answer (:func:`shares_answers`), the first row of each request (text and file)."""
+    seen: set[RowKey] = set()
     paid = np.zeros(len(requests), dtype=bool)
     for i, text in enumerate(requests):
         if text is not None and not (shares and text in seen):

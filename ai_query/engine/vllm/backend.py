@@ -171,6 +171,8 @@ class VLLMBackend(VLLMModel):
             return await compat.render_completion(self._engine, text)
         kwargs: dict[str, Any] = {"add_generation_prompt": True}
         messages: list[Any] = [{"role": "user", "content": text}]
+        if request is not None and request.files and not self.takes_images:
+            raise RowFailure(f"{self.model_dir.name} is a text-only model: it takes no images")
         if request is not None:
             messages = request.conversation(text)
             if request.tools and request.tool_choice != "none":
@@ -178,6 +180,11 @@ class VLLMBackend(VLLMModel):
             if request.params.reasoning_effort is not None:  # as vLLM's server: the template's
                 kwargs["reasoning_effort"] = request.params.reasoning_effort
         return await compat.render_chat(self._engine, messages, kwargs)
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether the model reads images (a vision-language model); call once started."""
+        return bool(self._engine.model_config.is_multimodal_model)
 
     async def complete(self, text: str, request: GenerationRequest) -> Completion:
         """Generate for one chat message or completion prompt."""

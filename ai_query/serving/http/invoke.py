@@ -221,7 +221,9 @@ async def invoke(
 
 
 async def _chat(call: Call, chat: ChatRequest) -> Response:
-    gen = chat.generation(call.ctx.options.default_max_tokens)
+    gen = chat.generation(
+        call.ctx.options.default_max_tokens, call.ctx.options.image_url_allowed
+    )
     backend = call.ctx.serving.backend(call.entity)  # type: ignore[arg-type]
     done = await call.ctx.serving.run(_gather([backend.complete("", gen) for _ in range(chat.n)]))
     call.prompt_tokens = done[0].prompt_tokens
@@ -267,7 +269,9 @@ async def _embeddings(call: Call) -> Response:
 async def _chat_stream(call: Call, chat: ChatRequest) -> Response:
     if chat.n != 1:
         raise bad_request("n > 1 is not supported with stream")
-    gen = chat.generation(call.ctx.options.default_max_tokens)
+    gen = chat.generation(
+        call.ctx.options.default_max_tokens, call.ctx.options.image_url_allowed
+    )
     return await _stream(call, gen, "", chat.include_usage, chat=True)
 
 

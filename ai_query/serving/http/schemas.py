@@ -9,6 +9,7 @@ fields whose effect is not supported (``logprobs``, ``echo``, ``best_of``) are r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import Request
@@ -17,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ai_query.catalog import describe_validation_error
 from ai_query.engine.backends.backend import GenerationRequest
 from ai_query.engine.backends.tool_calls import tool_call_schema
-from ai_query.errors import ConfigError
+from ai_query.engine.core.files import check_image_parts
+from ai_query.errors import ConfigError, RowFailure
 from ai_query.options import ModelParameters
 from ai_query.serving.http.problems import APIError, bad_request
 from ai_query.tasks import Task
@@ -93,15 +95,22 @@ class ChatRequest(_Sampling):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
 
-    def generation(self, default_max_tokens: int) -> GenerationRequest:
-        """What to generate.
+    def generation(
+        self, default_max_tokens: int, image_url_allowed: Callable[[str], bool] = lambda _: False
+    ) -> GenerationRequest:
+        """What to generate; ``image_url_allowed``: which image URLs (not data URLs) messages
+        may name.
 
         Raises:
-            APIError: 400 on a bad message, response_format, tool or tool_choice.
+            APIError: 400 on a bad message (or image), response_format, tool or tool_choice.
         """
         for i, message in enumerate(self.messages):
             if not isinstance(message.get("role"), str):
                 raise bad_request(f"messages[{i}] has no role")
+        try:
+            check_image_parts(self.messages, image_url_allowed)
+        except RowFailure as exc:
+            raise bad_request(str(exc)) from None
         schema, json_object = _response_format(self.response_format)
         tool_choice = self.tool_choice
         if self.tools and tool_choice is None:

@@ -3,7 +3,7 @@
 :func:`register` installs, on any DuckDB connection::
 
     ai_query(endpoint, request, returnType := NULL, failOnError := true,
-             modelParameters := NULL, responseFormat := NULL)
+             modelParameters := NULL, responseFormat := NULL, files := NULL)
 
 as a macro (DuckDB Python UDFs take no named arguments; macros do, with ``=>`` or ``:=`` and
 any case) over an Arrow UDF that returns VARCHAR: the answer for string results, JSON for typed
@@ -40,7 +40,7 @@ from ai_query.udf.rows import ProgressCallback, answer_rows, answer_vectors, cou
 from ai_query.udf.task_rows import AnswerMemo, TaskEndpoints, answer_task_rows
 
 _EXPLAIN_VIEW = "__ai_query_explain"
-_ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR"]
+_ARGS = ["VARCHAR", "VARCHAR", "VARCHAR", "BOOLEAN", "VARCHAR", "VARCHAR", "BLOB"]
 _ids = itertools.count()
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -225,6 +225,7 @@ def register(
         fail_on_error: pa.Array,
         model_parameters: pa.Array,
         response_format: pa.Array,
+        files: pa.Array,
     ) -> pa.Array:
         texts = answer_rows(
             engine,
@@ -234,6 +235,7 @@ def register(
             fail_on_error.to_pylist(),
             model_parameters.to_pylist(),
             response_format.to_pylist(),
+            files=None if files.null_count == len(files) else files.to_pylist(),
             progress=progress,
         )
         return pa.array(texts, pa.string())
@@ -244,9 +246,9 @@ def register(
     )
     con.execute(
         f"CREATE OR REPLACE TEMP MACRO {name}(endpoint, request, returnType := NULL, "
-        "failOnError := true, modelParameters := NULL, responseFormat := NULL) AS "
+        "failOnError := true, modelParameters := NULL, responseFormat := NULL, files := NULL) AS "
         f"{udf_name}(endpoint, request, returnType, failOnError, "
-        "CAST(to_json(modelParameters) AS VARCHAR), responseFormat)"
+        "CAST(to_json(modelParameters) AS VARCHAR), responseFormat, CAST(files AS BLOB))"
     )
     register_vector_function(con, engine, progress, errors=errors)
     register_count_tokens(con, engine, errors=errors)

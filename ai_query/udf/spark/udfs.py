@@ -31,7 +31,7 @@ _memos: dict[EngineSpec, AnswerMemo] = {}
 def text_udf(spec: EngineSpec) -> Any:
     """The pandas UDF; it captures only ``spec`` (the client is built in each worker)."""
 
-    # Parameters default to None so that Spark accepts 2 to 6 arguments, positional or named.
+    # Parameters default to None so that Spark accepts 2 to 7 arguments, positional or named.
     def ai_query(
         endpoint: pd.Series,
         request: pd.Series,
@@ -39,9 +39,11 @@ def text_udf(spec: EngineSpec) -> Any:
         failOnError: pd.Series = None,  # type: ignore[assignment]
         modelParameters: pd.Series = None,  # type: ignore[assignment]
         responseFormat: pd.Series = None,  # type: ignore[assignment]
+        files: pd.Series = None,  # type: ignore[assignment]
     ) -> pd.Series:
         return answer_series(
-            spec, endpoint, request, returnType, failOnError, modelParameters, responseFormat
+            spec, endpoint, request, returnType, failOnError, modelParameters, responseFormat,
+            files,
         )
 
     return pandas_udf(ai_query, "string")  # type: ignore[call-overload]
@@ -86,6 +88,7 @@ def answer_series(
     fail_on_error: pd.Series | None = None,
     model_parameters: pd.Series | pd.DataFrame | None = None,
     response_format: pd.Series | None = None,
+    files: pd.Series | None = None,
 ) -> pd.Series:
     """Answer one Spark Arrow batch of ai_query rows (runs in a Python worker)."""
     n = len(request)
@@ -97,6 +100,7 @@ def answer_series(
         _values(fail_on_error, n),
         _params_json(model_parameters, n),
         _values(response_format, n),
+        files=None if files is None else _blobs(files, n),
     )
     return pd.Series(texts, dtype=object)
 
@@ -106,6 +110,11 @@ def _values(series: pd.Series | None, n: int) -> list[Any]:
     if series is None:
         return [None] * n
     return [None if _missing(v) else _plain(v) for v in series.tolist()]
+
+
+def _blobs(series: pd.Series, n: int) -> list[bytes | None]:
+    """A BINARY column's values as bytes (Spark gives bytearray), None where missing."""
+    return [None if v is None else bytes(v) for v in _values(series, n)]
 
 
 def _params_json(params: pd.Series | pd.DataFrame | None, n: int) -> list[str | None]:
