@@ -97,10 +97,10 @@ class Deployments:
                 if entity.external_model is not None:
                     self.learn_secrets(endpoint, strict=True)
                 elif self._check_models:
-                    from ai_query.catalog import BUNDLED_MODELS
+                    from ai_query.catalog import BUILT_MODELS, BUNDLED_MODELS
                     from ai_query.engine.backends.bundled import resolve_model_dir
 
-                    if str(entity.entity_name) not in BUNDLED_MODELS:
+                    if str(entity.entity_name) not in {*BUNDLED_MODELS, *BUILT_MODELS}:
                         resolve_model_dir(str(entity.entity_name))
             except AIQueryError as exc:
                 raise ConfigError(f"served entity {entity.served_name!r}: {exc}") from exc

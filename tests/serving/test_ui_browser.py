@@ -223,6 +223,30 @@ def test_playground_streams_answers_side_by_side(page: Any, det_server: HTTPServ
     _shot(page, "playground")
 
 
+def test_playground_attaches_an_image(page: Any, det_server: HTTPServer, tmp_path: Path) -> None:
+    from ai_query.engine.core.files import file_digest
+    from tests.images import image_bytes
+
+    data = image_bytes(9)
+    (tmp_path / "cat.png").write_bytes(data)
+    _sign_in(page, det_server, "tok-alice")
+    page.goto(f"{det_server.url}/#/playground")
+    page.wait_for_selector("#pg-model-1 option", state="attached")
+    page.select_option("#pg-model-1", CHAT)
+    page.fill("#pg-prompt", "what is this")
+    page.set_input_files("#pg-image", str(tmp_path / "cat.png"))
+    page.wait_for_selector("#pg-image-preview:not([hidden])")
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+        page.click("#pg-send")
+    text, image = sent.value.post_data_json["messages"][-1]["content"]
+    assert text == {"type": "text", "text": "what is this"}
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")
+    page.wait_for_selector("#pg-stats-1[data-done]")
+    assert page.inner_text("#pg-answer-1") == (
+        f"{CHAT} says: what is this [image/png {file_digest(data)[:8]}]"
+    )
+
+
 def test_query_only_user_sees_no_edit_controls_and_gets_403(
     page: Any, det_server: HTTPServer
 ) -> None:

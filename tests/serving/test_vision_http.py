@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -92,3 +93,28 @@ def test_remote_image_urls_need_the_allow_list(served: tuple[HTTPServer, VisionP
             model="ext-vision",
             messages=_image_message("https://images.example.com/public/cat.png"),  # type: ignore[arg-type]
         )
+
+
+def test_the_openai_client_sends_an_image_to_the_local_tiny_vlm(tmp_path: Path) -> None:
+    """``ai-query serve`` with a local vision-language model run by vLLM (the tiny VLM)."""
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps([{"name": "tiny-vlm", "config": {"served_entities": [
+        {"entity_name": "tiny-vlm-smollm2"}]}}]))
+    server = HTTPServer(tmp_path, "--catalog", str(catalog), "--database",
+                        str(tmp_path / "db.sqlite"))
+    server.start()
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=300)
+        with_image = client.chat.completions.create(
+            model="tiny-vlm", max_tokens=8, temperature=0,
+            messages=_image_message(_data_url(image_bytes(4))),  # type: ignore[arg-type]
+        )
+        text_only = client.chat.completions.create(
+            model="tiny-vlm", max_tokens=8, temperature=0,
+            messages=[{"role": "user", "content": "What is in the image?"}],
+        )
+    finally:
+        server.stop()
+    assert with_image.choices[0].message.content
+    assert with_image.usage is not None and text_only.usage is not None
+    assert with_image.usage.prompt_tokens > text_only.usage.prompt_tokens  # the image's tokens

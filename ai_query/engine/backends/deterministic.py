@@ -33,7 +33,7 @@ from ai_query.engine.backends.tool_calls import (
     tool_call_schema,
     tool_calls_from_output,
 )
-from ai_query.engine.core.files import file_digest, media_type
+from ai_query.engine.core.files import data_url_bytes, file_digest, media_type
 from ai_query.engine.process.supervision import EngineHealth, EngineState
 
 
@@ -66,9 +66,12 @@ class DeterministicBackend:
         a forced tool choice gets a tool call with arguments fitting the tool's schema.
         """
         self.calls += 1
+        images = list(request.files)
         if request.messages:
-            text = _content_text(request.messages[-1].get("content"))
-        for data in request.files:  # the answer names each image it saw
+            content = request.messages[-1].get("content")
+            text = _content_text(content)
+            images += _content_images(content)
+        for data in images:  # the answer names each image it saw
             text = f"{text} [{media_type(data)} {file_digest(data)[:8]}]"
         tokens = self._check(text)
         await asyncio.sleep(0)
@@ -154,6 +157,17 @@ def _content_text(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "" if content is None else str(content)
+
+
+def _content_images(content: Any) -> list[bytes]:
+    """The images of a chat message's content: its ``image_url`` parts' data URLs."""
+    parts = content if isinstance(content, list) else []
+    return [
+        data_url_bytes(p["image_url"]["url"])
+        for p in parts
+        if isinstance(p, dict) and p.get("type") == "image_url"
+        and str(p.get("image_url", {}).get("url", "")).startswith("data:")
+    ]
 
 
 def _seed(text: str) -> int:

@@ -108,7 +108,7 @@ def check_image_parts(messages: list[dict[str, Any]], allowed: Callable[[str], b
                 raise RowFailure(f"{where}: an image_url part needs a url")
             if url.startswith("data:"):
                 try:
-                    check_image(_data_url_bytes(url))
+                    check_image(data_url_bytes(url))
                 except RowFailure as exc:
                     raise RowFailure(f"{where}: {exc}") from None
             elif not allowed(url):
@@ -120,7 +120,12 @@ def check_image_parts(messages: list[dict[str, Any]], allowed: Callable[[str], b
                 )
 
 
-def _data_url_bytes(url: str) -> bytes:
+def data_url_bytes(url: str) -> bytes:
+    """The bytes a base64 ``data:`` URL holds.
+
+    Raises:
+        RowFailure: when it is not base64 or does not decode.
+    """
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):
         raise RowFailure("an image data URL must be base64 (data:image/png;base64,...)")

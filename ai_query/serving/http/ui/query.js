@@ -95,6 +95,14 @@ export async function playgroundView() {
   const penalty = h("input", { id: "pg-repetition-penalty", type: "number", step: "0.05", min: 0.05, max: 2, value: String(PLAYGROUND_DEFAULTS.repetition_penalty), title: "1.0 turns it off; above 1.0 makes repeating words less likely" });
   const maxTokens = h("input", { id: "pg-max-tokens", type: "number", min: 1, value: "256" });
   const prompt = h("textarea", { id: "pg-prompt", rows: 3, placeholder: "Ask something" });
+  // An image goes with the prompt as an OpenAI image_url part (a data URL), for vision models.
+  const image = h("input", { id: "pg-image", type: "file", accept: "image/png,image/jpeg,image/gif,image/webp" });
+  const preview = h("img", { id: "pg-image-preview", class: "thumb", alt: "", hidden: true });
+  image.addEventListener("change", async () => {
+    const file = image.files[0];
+    preview.hidden = !file;
+    preview.src = file ? await dataUrl(file) : "";
+  });
   const answers = h("div", { class: "row", id: "pg-answers" });
   add(h("div", { class: "card" },
     h("label", {}, "Endpoints (up to three, side by side)"), h("div", { class: "row" }, models),
@@ -103,10 +111,15 @@ export async function playgroundView() {
       h("div", {}, h("label", { for: "pg-max-tokens" }, "Max tokens"), maxTokens)),
     h("label", { for: "pg-system" }, "System prompt"), system,
     h("label", { for: "pg-prompt" }, "Prompt"), prompt,
-    h("button", { id: "pg-send", onclick: () => {
+    h("label", { for: "pg-image" }, "Image (optional, for vision models)"), h("div", { class: "row" }, image, preview),
+    h("button", { id: "pg-send", onclick: async () => {
       const messages = [];
       if (system.value.trim()) messages.push({ role: "system", content: system.value });
-      messages.push({ role: "user", content: prompt.value });
+      const file = image.files[0];
+      const content = file
+        ? [{ type: "text", text: prompt.value }, { type: "image_url", image_url: { url: await dataUrl(file) } }]
+        : prompt.value;
+      messages.push({ role: "user", content });
       answers.replaceChildren();
       models.map((m) => m.value).filter(Boolean).forEach((model, i) => {
         const text = h("div", { class: "answer", id: `pg-answer-${i + 1}` });
@@ -115,6 +128,16 @@ export async function playgroundView() {
         streamChat(model, { messages, temperature: Number(temperature.value), repetition_penalty: Number(penalty.value), max_tokens: Number(maxTokens.value) }, text, stats);
       });
     } }, "Send")), answers);
+}
+
+/** ``file``'s bytes as a data: URL. */
+function dataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
 }
 
 /** Stream one chat answer from /v1/chat/completions (server-sent events) into ``text``. */
