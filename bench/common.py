@@ -177,9 +177,12 @@ class OfflineBaseline:
         self.settings: str = self._conn.recv()
         """What the engine runs with (block size, scheduler limits, eager or compiled)."""
 
-    def chat(self, prompts: list[str], max_tokens: int) -> tuple[float, list[str]]:
-        """(seconds, answers) of one ``LLM.chat`` over ``prompts`` (temperature 0)."""
-        self._conn.send((prompts, max_tokens))
+    def chat(
+        self, prompts: list[str], max_tokens: int, images: list[bytes] | None = None
+    ) -> tuple[float, list[str]]:
+        """(seconds, answers) of one ``LLM.chat`` over ``prompts`` (temperature 0), each with
+        its image from ``images`` where given."""
+        self._conn.send((prompts, max_tokens, images))
         result: tuple[float, list[str]] = self._conn.recv()
         return result
 
@@ -207,17 +210,29 @@ def _baseline_worker(conn: Any, model: str, args: dict[str, Any] | None) -> None
     )
     offline_chat(llm, ["warm up"], 8)
     while (job := conn.recv()) is not None:
-        prompts, max_tokens = job
-        outs, seconds = timed(lambda p=prompts, m=max_tokens: chat_outputs(llm, p, m))
+        prompts, max_tokens, images = job
+        outs, seconds = timed(
+            lambda p=prompts, m=max_tokens, i=images: chat_outputs(llm, p, m, i)
+        )
         conn.send((seconds, [o.outputs[0].text for o in outs]))
 
 
-def chat_outputs(llm: Any, prompts: list[str], max_tokens: int) -> list[Any]:
-    """``LLM.chat`` over ``prompts``, one user message each, temperature 0: its outputs."""
+def chat_outputs(
+    llm: Any, prompts: list[str], max_tokens: int, images: list[bytes] | None = None
+) -> list[Any]:
+    """``LLM.chat`` over ``prompts``, one user message each (with its image from ``images``, as
+    an ``image_url`` data URL part, where given), temperature 0: its outputs."""
     from vllm import SamplingParams
 
+    from ai_query.engine.core.files import image_part
+
+    def content(i: int) -> Any:
+        if images is None:
+            return prompts[i]
+        return [{"type": "text", "text": prompts[i]}, image_part(images[i])]
+
     return list(llm.chat(
-        [[{"role": "user", "content": p}] for p in prompts],
+        [[{"role": "user", "content": content(i)}] for i in range(len(prompts))],
         SamplingParams(max_tokens=max_tokens, temperature=0.0),
         use_tqdm=False,
     ))  # fmt: skip

@@ -59,6 +59,7 @@ class VLLMBackend(VLLMModel):
         self._engine: Any = None
         self._ids = itertools.count()
         self._tries: dict[tuple[str, ...], LabelTrie] = {}
+        self._reasoning: Any = None
 
     @property
     def max_model_len(self) -> int:
@@ -198,7 +199,8 @@ class VLLMBackend(VLLMModel):
         if final is None or not final.outputs:
             raise RowFailure("the engine returned no output")
         choice = final.outputs[0]
-        content, tool_calls, finish = self._tool_calls(choice.text, request, choice.finish_reason)
+        reasoning, answer, reasoning_tokens = self._split_reasoning(choice.text, choice.token_ids)
+        content, tool_calls, finish = self._tool_calls(answer, request, choice.finish_reason)
         return Completion(
             text=content,
             prompt_tokens=len(final.prompt_token_ids or ()),
@@ -206,7 +208,19 @@ class VLLMBackend(VLLMModel):
             finish_reason=finish,
             tool_calls=tool_calls,
             token_logprobs=_token_logprobs(choice) if request.token_logprobs else None,
+            reasoning=reasoning,
+            reasoning_tokens=reasoning_tokens,
         )
+
+    def _split_reasoning(self, text: str, token_ids: Sequence[int]) -> tuple[str | None, str, int]:
+        """(reasoning, answer, reasoning tokens) where the entity names a ``reasoning_parser``;
+        else (None, text, 0)."""
+        if self.reasoning_parser is None:
+            return None, text, 0
+        if self._reasoning is None:
+            tokenizer = self._engine.renderer.get_tokenizer()
+            self._reasoning = compat.reasoning_parser(tokenizer, self.reasoning_parser)
+        return compat.split_reasoning(self._reasoning, self.model_dir.name, text, token_ids)
 
     async def score_choices(self, text: str, request: GenerationRequest) -> ChoiceScores:
         """Each choice's log-probability as the whole answer (:mod:`ai_query.engine.vllm.scoring`).

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from multiprocessing import popen_spawn_posix, reduction, resource_tracker, spawn, util
 from typing import Any
 
+from ai_query.errors import ConfigError
+
 #: The vLLM minor version this module was written and tested against.
 TESTED_VLLM = "0.32"
 
@@ -123,6 +125,13 @@ INTERNALS: tuple[Internal, ...] = (
              "the request a tool parser reads"),
     Internal("vllm.tool_parsers", "ToolParserManager.get_tool_parser",
              "the tool parser named by engine_args['tool_call_parser']"),
+    # vLLM: a reasoning model's reasoning split from its answer, as vLLM's server splits it.
+    Internal("vllm.reasoning", "ReasoningParserManager.get_reasoning_parser",
+             "the reasoning parser named by engine_args['reasoning_parser']"),
+    Internal("vllm.reasoning", "ReasoningParserManager.list_registered",
+             "names the parsers an unknown reasoning_parser could be"),
+    Internal("vllm.reasoning", "ReasoningParser.count_reasoning_tokens",
+             "the reasoning tokens of an answer, counted apart"),
     # vLLM: what AsyncLLM raises when its engine process is gone.
     Internal("vllm.v1.engine.exceptions", "EngineDeadError",
              "tells a dead engine from a failed request"),
@@ -237,6 +246,40 @@ def parse_tool_calls(
         return None
     calls = [tc.model_dump(mode="json", exclude_none=True) for tc in info.tool_calls]
     return info.content, calls
+
+
+def reasoning_parser(tokenizer: Any, parser_name: str) -> Any:
+    """vLLM's reasoning parser ``parser_name`` over ``tokenizer``.
+
+    Raises:
+        ConfigError: an unknown parser name, or a tokenizer without the parser's markers.
+    """
+    from vllm.reasoning import ReasoningParserManager
+
+    try:
+        parser_cls = ReasoningParserManager.get_reasoning_parser(parser_name)
+    except KeyError:
+        known = ", ".join(ReasoningParserManager.list_registered())
+        raise ConfigError(f"unknown reasoning_parser {parser_name!r}; vLLM has: {known}") from None
+    try:
+        return parser_cls(tokenizer)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"reasoning_parser {parser_name!r}: {exc}") from None
+
+
+def split_reasoning(
+    parser: Any, model: str, text: str, token_ids: Sequence[int]
+) -> tuple[str | None, str, int]:
+    """(reasoning, answer, reasoning tokens) of a reasoning model's whole output ``text``
+    (generated as ``token_ids``), as vLLM's server splits it with ``parser``
+    (:func:`reasoning_parser`); no reasoning: (None, text, 0)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    request = ChatCompletionRequest(model=model, messages=[{"role": "user", "content": ""}])
+    reasoning, content = parser.extract_reasoning(text, request)
+    if not reasoning:
+        return None, content or "", 0
+    return reasoning, content or "", int(parser.count_reasoning_tokens(list(token_ids)))
 
 
 def is_engine_dead(exc: BaseException) -> bool:

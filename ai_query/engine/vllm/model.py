@@ -102,7 +102,15 @@ class VLLMModel:
         args = dict(engine_args or {})
         self.tool_call_parser: str | None = args.pop("tool_call_parser", None)
         """Name of the vLLM tool parser for ``tool_choice="auto"`` (not an engine argument)."""
+        self.reasoning_parser: str | None = args.pop("reasoning_parser", None)
+        """Name of the vLLM reasoning parser that splits a reasoning model's reasoning from its
+        answer (``deepseek_r1``, ``qwen3``, ...); structured output then constrains the answer
+        alone (vLLM's ``structured_outputs_config.reasoning_parser``)."""
         self.engine_args = {**engine_defaults(self.kind), **args}
+        if self.reasoning_parser is not None:
+            structured = dict(self.engine_args.get("structured_outputs_config") or {})
+            structured.setdefault("reasoning_parser", self.reasoning_parser)
+            self.engine_args["structured_outputs_config"] = structured
         # vLLM engines run only in `ai-query serve` (a private server, too, is that command),
         # which keeps each model's backend, and so a FAILED engine, as long as it runs.
         self.supervisor = Supervisor(
