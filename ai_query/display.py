@@ -127,7 +127,8 @@ def _flatten_for_csv(table: Any) -> Any:
 
 
 class RowProgress:
-    """A progress bar fed with (rows, prompt_tokens, completion_tokens) increments."""
+    """A progress bar fed with (rows, prompt_tokens, completion_tokens, reasoning_tokens)
+    increments."""
 
     def __init__(
         self, progress: Progress, task: Any, spent: Callable[[], Any] | None = None
@@ -141,16 +142,23 @@ class RowProgress:
         """Tokens read."""
         self.completion_tokens = 0
         """Tokens generated."""
+        self.reasoning_tokens = 0
+        """Of the tokens generated, those reasoning models spent reasoning."""
         self.started = time.perf_counter()
         """When the bar started."""
 
-    def __call__(self, rows: int, prompt_tokens: int, completion_tokens: int) -> None:
+    def __call__(
+        self, rows: int, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0
+    ) -> None:
         self.rows += rows
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+        self.reasoning_tokens += reasoning_tokens
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rate = f"{self.rows / elapsed:.1f} rows/s, {self.completion_tokens / elapsed:.0f} tok/s"
         rate += f", {self.prompt_tokens + self.completion_tokens:,} tokens"
+        if self.reasoning_tokens:
+            rate += f" ({self.reasoning_tokens:,} reasoning)"
         spent = self._spent() if self._spent is not None else None
         if spent is not None and spent.cost:
             rate += f", cost {spent.cost:.4g}"

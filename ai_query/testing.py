@@ -45,6 +45,7 @@ class EchoEngine:
                 pa.nulls(n, pa.string()),
                 pa.array(np.zeros(n, dtype=np.int32)),
                 pa.array(np.zeros(n, dtype=np.int32)),
+                pa.array(np.zeros(n, dtype=np.int32)),
             ],
             schema=result_schema(pa.string()),
         )

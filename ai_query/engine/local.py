@@ -210,12 +210,17 @@ class LocalEngine:
         futures: list[asyncio.Future[RowOutcome] | None] = []
         claimed: dict[RowKey, asyncio.Future[RowOutcome]] = {}
         to_run: list[tuple[str, bytes | None, asyncio.Future[RowOutcome]]] = []
+        refusals: list[RowOutcome | None] = []
+        if files is not None:  # decoding images off the loop, which keeps feeding the model
+            refusals = await asyncio.to_thread(
+                lambda: [None if d is None else _refused_file(d, plan) for d in files]
+            )
         for i, text in enumerate(requests):
             if text is None:
                 futures.append(None)
                 continue
             data = files[i] if files is not None else None
-            refused = None if data is None else _refused_file(data, plan)
+            refused = refusals[i] if files is not None else None
             if refused is not None:
                 futures.append(_done(refused))
                 continue
@@ -286,6 +291,7 @@ class LocalEngine:
                     done.text,
                     prompt_tokens=done.prompt_tokens,
                     completion_tokens=done.completion_tokens,
+                    reasoning_tokens=done.reasoning_tokens,
                 )
                 if plan.output.parse_json:
                     outcome.value, outcome.error = _parse_structured(done, plan)

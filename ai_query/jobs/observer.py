@@ -14,7 +14,9 @@ class RunObserver(Protocol):
     def planned(self, plan: Plan) -> None:
         """The rows were chosen; ``plan.todo`` rows will run."""
 
-    def answered(self, rows: int, prompt_tokens: int, completion_tokens: int) -> None:
+    def answered(
+        self, rows: int, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0
+    ) -> None:
         """ai_query answered ``rows`` more rows (called from engine threads)."""
 
     def committed(self, rows: int) -> None:

@@ -70,7 +70,9 @@ class JobProgress:
         for note in notes:
             self.console.print(note, highlight=False)
 
-    def answered(self, rows: int, prompt_tokens: int, completion_tokens: int) -> None:
+    def answered(
+        self, rows: int, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0
+    ) -> None:
         """Advance by answered ai_query rows."""
         with self._lock:
             self._answered += rows

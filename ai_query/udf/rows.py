@@ -29,8 +29,9 @@ from ai_query.engine.core.protocol import Engine, wants_slices
 from ai_query.errors import UnsupportedCallError
 from ai_query.options import CallOptions, ModelParameters
 
-#: Called after each answered group of rows with (rows, prompt_tokens, completion_tokens).
-ProgressCallback = Callable[[int, int, int], None]
+#: Called after each answered group of rows with (rows, prompt_tokens, completion_tokens,
+#: reasoning_tokens): the last of the completion tokens a reasoning model spent reasoning.
+ProgressCallback = Callable[[int, int, int, int], None]
 
 
 def answer_rows(
@@ -100,7 +101,7 @@ def answer_vectors(
         parts.append(result.column("result"))
         order.extend(rows)
         if progress is not None:
-            progress(len(rows), int(pc.sum(result.column("prompt_tokens")).as_py() or 0), 0)
+            progress(len(rows), int(pc.sum(result.column("prompt_tokens")).as_py() or 0), 0, 0)
     vectors = pa.concat_arrays(parts).cast(VECTOR_TYPE)
     if len(parts) == 1:
         return vectors
@@ -155,7 +156,10 @@ def _answer_in_slices(
             files=None if files is None else files[start : start + size],
         )
         if progress is not None:
-            progress(len(answer.texts), answer.prompt_tokens, answer.completion_tokens)
+            progress(
+                len(answer.texts), answer.prompt_tokens, answer.completion_tokens,
+                answer.reasoning_tokens,
+            )
         return answer
 
     if len(starts) == 1:
@@ -189,6 +193,8 @@ class CallAnswer:
     """Tokens read, over all rows."""
     completion_tokens: int
     """Tokens generated, over all rows."""
+    reasoning_tokens: int = 0
+    """Of :attr:`completion_tokens`, those a reasoning model spent reasoning."""
 
 
 def answer_call(
@@ -218,6 +224,7 @@ def answer_call(
         values,
         int(pc.sum(result.column("prompt_tokens")).as_py() or 0),
         int(pc.sum(result.column("completion_tokens")).as_py() or 0),
+        int(pc.sum(result.column("reasoning_tokens")).as_py() or 0),
     )
 
 

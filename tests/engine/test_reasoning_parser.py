@@ -57,3 +57,20 @@ def test_the_answer_alone_is_constrained(tmp_path: Path) -> None:
     structured = backend.engine_args["structured_outputs_config"]
     assert structured["reasoning_parser"] == "deepseek_r1"
     assert structured["backend"] == "xgrammar"  # the defaults kept
+
+
+def test_a_stream_is_split_delta_by_delta(thinking_tokenizer: Any) -> None:
+    parser = compat.reasoning_parser(thinking_tokenizer, "deepseek_r1")
+    text = "<think>The user wants a fruit.</think>An apple."
+    ids = thinking_tokenizer.encode(text, add_special_tokens=False)
+    so_far: tuple[str, list[int]] = ("", [])
+    thoughts, answer = [], []
+    for token in ids:
+        piece = thinking_tokenizer.decode([token])
+        reasoning, content = compat.stream_reasoning(parser, so_far, (piece, [token]))
+        thoughts.append(reasoning)
+        answer.append(content)
+        so_far = (so_far[0] + piece, [*so_far[1], token])
+    assert "".join(thoughts) == "The user wants a fruit."
+    assert "".join(answer) == "An apple."
+    assert compat.count_reasoning_tokens(parser, ids) > 0

@@ -40,6 +40,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
         self.server.bodies.append(body)
         answer = '{"label": "apple"}' if "response_format" in body else "An apple."
+        if body.get("stream"):
+            self._stream(answer)
+            return
         if self.server.shape == "databricks":
             message: dict[str, Any] = {"role": "assistant", "content": [
                 {"type": "reasoning", "summary": [{"type": "summary_text", "text": THOUGHT}]},
@@ -54,6 +57,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                       "completion_tokens_details": {"reasoning_tokens": 7}},
         }).encode()
         reply_json(self, 200, payload)
+
+    def _stream(self, answer: str) -> None:
+        """Server-sent events: the reasoning in two deltas (``reasoning_content``), then the
+        answer, then the usage."""
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        deltas += [{"reasoning_content": THOUGHT[:20]}, {"reasoning_content": THOUGHT[20:]}]
+        deltas += [{"content": answer}]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "reasoner"}
+        for i, delta in enumerate(deltas):
+            finish = "stop" if i == len(deltas) - 1 else None
+            event = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        usage = {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14,
+                 "completion_tokens_details": {"reasoning_tokens": 7}}
+        self.wfile.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode()
+                         + b"\n\n")
+        self.wfile.write(b"data: [DONE]\n\n")
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -134,3 +157,20 @@ def test_the_backend_keeps_the_reasoning_apart_from_the_answer(provider: _Provid
     done = asyncio.run(ask())
     assert (done.text, done.reasoning) == ("An apple.", THOUGHT)
     assert (done.completion_tokens, done.reasoning_tokens) == (9, 7)
+
+
+def test_sql_counts_reasoning_tokens_apart(provider: _Provider) -> None:
+    import ai_query
+
+    engine = _engine(provider)
+    result = align_results(engine.run(request_batch(
+        ["Name a fruit.", None], CallOptions(endpoint="ext-reasoner"),
+    )), 2)
+    assert result.column("reasoning_tokens").to_pylist() == [7, 0]
+    assert result.column("completion_tokens").to_pylist() == [9, 0]
+    con = ai_query.connect(engine=engine)
+    rows = con.sql(
+        "SELECT ai_query('ext-reasoner', p) FROM (VALUES ('a'), ('b'), ('c')) t(p)"
+    ).fetchall()
+    assert rows == [("An apple.",)] * 3
+    assert (con.progress.completion_tokens, con.progress.reasoning_tokens) == (27, 21)

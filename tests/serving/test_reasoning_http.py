@@ -102,3 +102,25 @@ def test_the_inference_table_keeps_the_reasoning(served: tuple[HTTPServer, _Prov
     response = json.loads(str(logged[-1]["response"]))
     assert response["usage"]["completion_tokens_details"] == {"reasoning_tokens": 7}
     assert response["choices"][0]["message"]["content"][0]["type"] == "reasoning"
+
+
+def test_a_streamed_answer_keeps_the_reasoning_apart(
+    served: tuple[HTTPServer, _Provider],
+) -> None:
+    server, _ = served
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="ext-reasoner", messages=[{"role": "user", "content": "Name a fruit."}],
+        stream=True, stream_options={"include_usage": True},
+    )
+    content, thoughts, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            content.append(choice.delta.content or "")
+            thoughts.append((choice.delta.model_extra or {}).get("reasoning_content") or "")
+    assert "".join(content) == "An apple."
+    assert "".join(thoughts) == THOUGHT
+    assert usage is not None and usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 7

@@ -145,6 +145,11 @@ class CompletionChunk:
     """Set on the last chunk."""
     tool_calls: list[dict[str, Any]] | None = None
     """Tool calls, on the last chunk, when the model called tools."""
+    reasoning: str = ""
+    """A reasoning model's reasoning generated since the previous chunk (kept apart from
+    :attr:`text`, the answer)."""
+    reasoning_tokens: int = 0
+    """Of :attr:`completion_tokens`, those spent reasoning so far, where known."""
 
 
 @dataclass(frozen=True)

@@ -135,26 +135,31 @@ class ExternalBackend:
             method = client.completions.create
             kwargs["prompt"] = text
         events = await self._call(method, **kwargs)
-        prompt_tokens = generated = 0
+        prompt_tokens = generated = reasoning_tokens = 0
         finish: str | None = None
         try:
             async for event in events:
                 if event.usage is not None:
                     prompt_tokens = event.usage.prompt_tokens
                     generated = event.usage.completion_tokens
+                    reasoning_tokens = _reasoning_tokens(event.usage)
                 if not event.choices:
                     continue
                 choice = event.choices[0]
-                piece = (
-                    _parts_text(choice.delta.content) if request.task == Task.CHAT else choice.text
-                ) or ""
+                thought = None
+                if request.task == Task.CHAT:
+                    piece, thought = answer_and_reasoning(choice.delta)
+                else:
+                    piece = choice.text or ""
                 finish = choice.finish_reason or finish
-                if piece:
+                if piece or thought:
                     generated += 1
-                    yield CompletionChunk(piece, prompt_tokens, generated)
+                    yield CompletionChunk(piece, prompt_tokens, generated, reasoning=thought or "")
         except (openai.APIError, httpx.HTTPError) as exc:  # a broken stream: the provider's
             raise ProviderError(f"external model {self.model.name!r}: {_describe(exc)}") from exc
-        yield CompletionChunk("", prompt_tokens, generated, finish or "stop")
+        yield CompletionChunk(
+            "", prompt_tokens, generated, finish or "stop", reasoning_tokens=reasoning_tokens
+        )
 
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
         """The OpenAI API arguments of ``request`` (everything but the prompt/messages)."""

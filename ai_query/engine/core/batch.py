@@ -14,6 +14,7 @@ result             T           the answer, typed (NULL for a NULL request or err
 error              string      why the row failed, else NULL
 prompt_tokens      int32       tokens read
 completion_tokens  int32       tokens generated
+reasoning_tokens   int32       of those generated, the reasoning's (reasoning models)
 =================  ==========  =================================================
 
 :func:`align_results` is the one place that checks "output i is input row i": a result batch
@@ -51,6 +52,8 @@ class RowOutcome:
     """Tokens read."""
     completion_tokens: int = 0
     """Tokens generated."""
+    reasoning_tokens: int = 0
+    """Of :attr:`completion_tokens`, those a reasoning model spent reasoning."""
 
 
 def request_batch(
@@ -114,6 +117,7 @@ def result_schema(result_type: pa.DataType) -> pa.Schema:
             pa.field("error", pa.string()),
             pa.field("prompt_tokens", pa.int32()),
             pa.field("completion_tokens", pa.int32()),
+            pa.field("reasoning_tokens", pa.int32()),
         ]
     )
 
@@ -131,6 +135,7 @@ def result_batch(outcomes: Sequence[RowOutcome | None], result_type: pa.DataType
             pa.array([_error(o) for o in outcomes], pa.string()),
             pa.array([o.prompt_tokens if o is not None else 0 for o in outcomes], pa.int32()),
             pa.array([o.completion_tokens if o is not None else 0 for o in outcomes], pa.int32()),
+            pa.array([o.reasoning_tokens if o is not None else 0 for o in outcomes], pa.int32()),
         ],
         schema=result_schema(result_type),
     )

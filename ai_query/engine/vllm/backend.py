@@ -59,7 +59,6 @@ class VLLMBackend(VLLMModel):
         self._engine: Any = None
         self._ids = itertools.count()
         self._tries: dict[tuple[str, ...], LabelTrie] = {}
-        self._reasoning: Any = None
 
     @property
     def max_model_len(self) -> int:
@@ -217,10 +216,14 @@ class VLLMBackend(VLLMModel):
         else (None, text, 0)."""
         if self.reasoning_parser is None:
             return None, text, 0
-        if self._reasoning is None:
-            tokenizer = self._engine.renderer.get_tokenizer()
-            self._reasoning = compat.reasoning_parser(tokenizer, self.reasoning_parser)
-        return compat.split_reasoning(self._reasoning, self.model_dir.name, text, token_ids)
+        return compat.split_reasoning(self._parser(), self.model_dir.name, text, token_ids)
+
+    def _parser(self) -> Any:
+        """A new vLLM reasoning parser for the entity's ``reasoning_parser`` (streaming
+        parsers keep state: one per answer)."""
+        assert self.reasoning_parser is not None
+        tokenizer = self._engine.renderer.get_tokenizer()
+        return compat.reasoning_parser(tokenizer, self.reasoning_parser)
 
     async def score_choices(self, text: str, request: GenerationRequest) -> ChoiceScores:
         """Each choice's log-probability as the whole answer (:mod:`ai_query.engine.vllm.scoring`).
@@ -283,7 +286,8 @@ class VLLMBackend(VLLMModel):
             yield (await self.complete(text, request)).as_chunk()
             return
         await self.start()
-        generated = 0
+        so_far: tuple[str, list[int]] = ("", [])
+        parser = self._parser() if self.reasoning_parser is not None else None
         async with self._guard():
             prompt = await self._render(text, request.task == Task.CHAT, request)
             params = self._sampling_params(request, "DELTA")
@@ -291,12 +295,22 @@ class VLLMBackend(VLLMModel):
                 if not out.outputs:
                     continue
                 choice = out.outputs[0]
-                generated += len(choice.token_ids)
+                reasoning, answer = "", choice.text
+                if parser is not None:
+                    reasoning, answer = compat.stream_reasoning(
+                        parser, so_far, (choice.text, choice.token_ids)
+                    )
+                so_far = (so_far[0] + choice.text, [*so_far[1], *choice.token_ids])
                 yield CompletionChunk(
-                    choice.text,
+                    answer,
                     len(out.prompt_token_ids or ()),
-                    generated,
+                    len(so_far[1]),
                     choice.finish_reason if out.finished else None,
+                    reasoning=reasoning,
+                    reasoning_tokens=(
+                        compat.count_reasoning_tokens(parser, so_far[1])
+                        if parser is not None and out.finished else 0
+                    ),
                 )
 
     def _tool_calls(

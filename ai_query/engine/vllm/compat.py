@@ -132,6 +132,8 @@ INTERNALS: tuple[Internal, ...] = (
              "names the parsers an unknown reasoning_parser could be"),
     Internal("vllm.reasoning", "ReasoningParser.count_reasoning_tokens",
              "the reasoning tokens of an answer, counted apart"),
+    Internal("vllm.reasoning", "ReasoningParser.extract_reasoning_streaming",
+             "a streamed answer's reasoning kept apart, delta by delta"),
     # vLLM: what AsyncLLM raises when its engine process is gone.
     Internal("vllm.v1.engine.exceptions", "EngineDeadError",
              "tells a dead engine from a failed request"),
@@ -279,7 +281,29 @@ def split_reasoning(
     reasoning, content = parser.extract_reasoning(text, request)
     if not reasoning:
         return None, content or "", 0
-    return reasoning, content or "", int(parser.count_reasoning_tokens(list(token_ids)))
+    return reasoning, content or "", count_reasoning_tokens(parser, token_ids)
+
+
+def count_reasoning_tokens(parser: Any, token_ids: Sequence[int]) -> int:
+    """How many of an answer's ``token_ids`` are its reasoning, as ``parser`` counts them."""
+    return int(parser.count_reasoning_tokens(list(token_ids)))
+
+
+def stream_reasoning(
+    parser: Any,
+    previous: tuple[str, Sequence[int]],
+    delta: tuple[str, Sequence[int]],
+) -> tuple[str, str]:
+    """(reasoning, answer) text of one streamed ``delta`` (text, token ids) after ``previous``
+    (the text and token ids so far), as vLLM's server splits a stream with ``parser``."""
+    text, ids = previous
+    delta_text, delta_ids = delta
+    message = parser.extract_reasoning_streaming(
+        text, text + delta_text, delta_text, list(ids), [*ids, *delta_ids], list(delta_ids)
+    )
+    if message is None:
+        return "", ""
+    return message.reasoning or "", message.content or ""
 
 
 def is_engine_dead(exc: BaseException) -> bool:

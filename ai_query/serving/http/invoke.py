@@ -313,6 +313,7 @@ async def _stream(call: Call, gen: Any, text: str, usage: bool, *, chat: bool) -
             gauge.dec()
             call.prompt_tokens = assembler.prompt_tokens
             call.completion_tokens = assembler.completion_tokens
+            call.reasoning_tokens = assembler.reasoning_tokens
             call.finish(status, assembler.final())
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=call.headers())

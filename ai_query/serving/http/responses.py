@@ -112,6 +112,7 @@ class StreamAssembler:
         self._model = model
         self._created = int(time.time())
         self._parts: list[str] = []
+        self._thoughts: list[str] = []
         self._started = False
         self.finish_reason: str | None = None
         """Why generation stopped, once it has."""
@@ -121,6 +122,8 @@ class StreamAssembler:
         """Prompt tokens."""
         self.completion_tokens = 0
         """Generated tokens so far."""
+        self.reasoning_tokens = 0
+        """Of the generated tokens, those spent reasoning (where known)."""
 
     def _event(self, choice: dict[str, Any] | None, usage: dict[str, int] | None = None) -> bytes:
         data: dict[str, Any] = {
@@ -144,9 +147,13 @@ class StreamAssembler:
         """The events for one backend chunk."""
         self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
         self.completion_tokens = max(self.completion_tokens, chunk.completion_tokens)
+        self.reasoning_tokens = max(self.reasoning_tokens, chunk.reasoning_tokens)
         if self._chat and not self._started:
             self._started = True
             yield self._event(self._choice({"role": "assistant", "content": ""}, None))
+        if chunk.reasoning and self._chat:  # vLLM's OpenAI-compatible field, as non-streamed
+            self._thoughts.append(chunk.reasoning)
+            yield self._event(self._choice({"reasoning_content": chunk.reasoning}, None))
         if chunk.text:
             self._parts.append(chunk.text)
             yield self._event(self._choice({"content": chunk.text}, None))
@@ -161,7 +168,8 @@ class StreamAssembler:
     def close(self) -> Iterator[bytes]:
         """The closing events: usage (when asked for) and ``[DONE]``."""
         if self._usage:
-            yield self._event(None, _usage(self.prompt_tokens, self.completion_tokens))
+            usage = _usage(self.prompt_tokens, self.completion_tokens, self.reasoning_tokens)
+            yield self._event(None, usage)
         yield b"data: [DONE]\n\n"
 
     def final(self) -> dict[str, Any]:
@@ -172,6 +180,8 @@ class StreamAssembler:
             self.completion_tokens,
             self.finish_reason,
             self.tool_calls,
+            reasoning="".join(self._thoughts) or None,
+            reasoning_tokens=self.reasoning_tokens,
         )
         request_id = self._id.split("-", 1)[1]
         if self._chat:

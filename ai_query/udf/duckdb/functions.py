@@ -161,6 +161,8 @@ class ProgressCounter:
         """Tokens read."""
         self.completion_tokens = 0
         """Tokens generated."""
+        self.reasoning_tokens = 0
+        """Of the tokens generated, those reasoning models spent reasoning."""
         self.listeners: list[ProgressCallback] = []
         """Called with each increment (e.g. a progress bar's advance)."""
         self._muted = 0
@@ -176,15 +178,18 @@ class ProgressCounter:
             with self._lock:
                 self._muted -= 1
 
-    def __call__(self, rows: int, prompt_tokens: int, completion_tokens: int) -> None:
+    def __call__(
+        self, rows: int, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int
+    ) -> None:
         if self._muted:
             return
         with self._lock:
             self.rows += rows
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
+            self.reasoning_tokens += reasoning_tokens
         for listener in list(self.listeners):
-            listener(rows, prompt_tokens, completion_tokens)
+            listener(rows, prompt_tokens, completion_tokens, reasoning_tokens)
 
 
 def register(
@@ -409,7 +414,7 @@ def _task_udf(
 def _report(progress: ProgressCallback | None, answers: list[Any]) -> None:
     """Tell ``progress`` the rows a call went through (as ``ai_query`` counts them)."""
     if progress is not None:
-        progress(len(answers), 0, 0)
+        progress(len(answers), 0, 0, 0)
 
 
 def _json_or_none(text: str | None) -> Any:
