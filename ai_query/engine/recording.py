@@ -14,7 +14,7 @@ import itertools
 import os
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,13 @@ import pyarrow.compute as pc
 
 from ai_query.catalog import Catalog
 from ai_query.engine.backends.deterministic import DeterministicBackend
-from ai_query.engine.core.batch import REQUEST_COLUMN, read_request_batch, result_schema
+from ai_query.engine.core.batch import (
+    REQUEST_COLUMN,
+    read_request_batch,
+    read_request_files,
+    result_schema,
+)
+from ai_query.engine.core.files import file_digest
 from ai_query.engine.local import LocalEngine
 from ai_query.options import CallOptions
 from ai_query.sql.response_format import resolve_output
@@ -40,11 +46,30 @@ class CallRecord:
     """The call's options."""
     chunks: list[pa.Array]
     """Every request row, in the batches sent."""
+    file_chunks: list[pa.Array] = field(default_factory=list)
+    """Each request row's file digest (NULL: no file), in the batches sent."""
 
     @property
     def requests(self) -> pa.Array:
         """Every request row (string, NULL allowed)."""
         return pa.concat_arrays(self.chunks) if self.chunks else pa.array([], pa.string())
+
+    @property
+    def file_digests(self) -> pa.Array:
+        """Each request row's file digest (:func:`~ai_query.engine.core.files.file_digest`;
+        NULL where the row has no file)."""
+        if not self.file_chunks:
+            return pa.array([], pa.string())
+        return pa.concat_arrays(self.file_chunks)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Record the rows of a request batch of this call."""
+        self.chunks.append(batch.column(REQUEST_COLUMN).cast(pa.string()))
+        files = read_request_files(batch)
+        digests = [None] * batch.num_rows if files is None else [
+            None if f is None else file_digest(f) for f in files
+        ]
+        self.file_chunks.append(pa.array(digests, pa.string()))
 
 
 class RecordingEngine:
@@ -71,7 +96,7 @@ class RecordingEngine:
         key = options.to_json()
         requests = batch.column(REQUEST_COLUMN).cast(pa.string())
         with self._lock:
-            self._calls.setdefault(key, CallRecord(options, [])).chunks.append(requests)
+            self._calls.setdefault(key, CallRecord(options, [])).add(batch)
             known = key in self._fixed
             fixed = self._fixed.get(key)
         if self.sink is not None:
@@ -128,6 +153,7 @@ def load_calls(directory: Path) -> list[CallRecord]:
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_file(source).read_all()
         _, options = read_request_batch(pa.RecordBatch.from_pylist([], schema=table.schema))
-        requests = table.column(REQUEST_COLUMN).combine_chunks().cast(pa.string())
-        calls.setdefault(options.to_json(), CallRecord(options, [])).chunks.append(requests)
+        record = calls.setdefault(options.to_json(), CallRecord(options, []))
+        for batch in table.to_batches():
+            record.add(batch)
     return list(calls.values())

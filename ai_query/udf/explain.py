@@ -115,7 +115,7 @@ def _explain(
     options = call.options
     endpoint = catalog.get(options.endpoint)
     requests = call.requests
-    distinct = pc.unique(requests.drop_null())
+    distinct, images = _distinct_requests(requests, call.file_digests)
     tokens, error, counted, to_send, computed = _prompt_tokens(engine, options, distinct)
     ceiling = output_ceiling(endpoint, options)
     per_request = history.output_per_request(endpoint.name, ceiling) if ceiling else 0.0
@@ -127,6 +127,9 @@ def _explain(
     notes = []
     if dependence is not None:
         notes.append(dependence)
+    if images:
+        notes.append("prompt tokens count the text: each image adds the model's image tokens, "
+                     "and a request is its text and its image")
     if expected is None and ceiling:
         notes.append("no history for this endpoint: no expected output or time (cost at the "
                      "max_tokens ceiling)")
@@ -186,6 +189,16 @@ def estimated_spend(explained: pa.Table) -> tuple[int, float | None, str]:
     if cost is not None:
         what += f", cost {cost:.6g} {priced[0]['currency']}"
     return prompt + sum(known) + ceilings, cost, what
+
+
+def _distinct_requests(requests: pa.Array, digests: pa.Array) -> tuple[pa.Array, bool]:
+    """The texts of the distinct requests (text, and file digest where a row has a file: the
+    same text with two images is two requests), and whether any row has a file."""
+    if digests.null_count == len(digests):
+        return pc.unique(requests.drop_null()), False
+    rows = pa.table({"text": requests, "file": digests}).filter(pc.is_valid(requests))
+    pairs = rows.group_by(["text", "file"], use_threads=False).aggregate([])
+    return pairs.column("text").combine_chunks(), True
 
 
 def _prompt_tokens(

@@ -112,3 +112,18 @@ def test_the_same_text_with_other_images_is_not_one_request(
     ).fetchall()]
     digests = [hashlib.sha256(p.read_bytes()).hexdigest()[:8] for p in paths]
     assert [a.rsplit(" ", 1)[1] for a in answers] == digests
+
+
+def test_explain_counts_each_image_as_its_own_request(
+    provider: VisionProvider, tmp_path: Path
+) -> None:
+    paths = write_images(tmp_path / "imgs", 4)
+    (tmp_path / "imgs" / "img004.png").write_bytes(paths[1].read_bytes())  # a duplicate
+    con = _connection(provider)
+    [row] = con.explain(
+        "SELECT ai_query('ext-vision', 'Describe.', files => content) "
+        f"FROM read_blob('{tmp_path}/imgs/*')"
+    ).to_pylist()
+    assert (row["rows"], row["distinct_requests"], row["to_send"]) == (5, 4, 4)
+    assert "each image adds the model's image tokens" in row["note"]
+    assert provider.requests == 0  # EXPLAIN calls no model
