@@ -24,9 +24,11 @@ def seen(data: bytes) -> str:
 
 
 class VisionProvider(http.server.ThreadingHTTPServer):
-    """Serves ``/v1/chat/completions`` on 127.0.0.1 in a daemon thread; counts its images."""
+    """Serves ``/v1/chat/completions`` on 127.0.0.1 in a daemon thread; counts its images.
+    ``max_side``: larger images get the provider's 400, as a provider's own limits answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_side: int | None = None) -> None:
+        self.max_side = max_side
         self.images = 0
         """Images received."""
         self.requests = 0
@@ -67,7 +69,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     if part.get("type") == "text":
                         answers.append(part["text"])
                     elif part.get("type") == "image_url":
-                        answers.append(seen(_data_url_bytes(part["image_url"]["url"])))
+                        data = _data_url_bytes(part["image_url"]["url"])
+                        _check_side(data, self.server.max_side)
+                        answers.append(seen(data))
                         with self.server._lock:
                             self.server.images += 1
                 if isinstance(content, str):
@@ -91,6 +95,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+def _check_side(data: bytes, max_side: int | None) -> None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if max_side is not None and max(image.size) > max_side:
+            raise ValueError(f"image is {image.width}x{image.height}; the most is {max_side} px")
 
 
 def _data_url_bytes(url: str) -> bytes:

@@ -127,3 +127,20 @@ def test_explain_counts_each_image_as_its_own_request(
     assert (row["rows"], row["distinct_requests"], row["to_send"]) == (5, 4, 4)
     assert "each image adds the model's image tokens" in row["note"]
     assert provider.requests == 0  # EXPLAIN calls no model
+
+
+def test_the_providers_refusal_is_the_rows_error(tmp_path: Path) -> None:
+    provider = VisionProvider(max_side=30)
+    try:
+        write_images(tmp_path / "imgs", 16)  # sides 16 to 31 px wide
+        con = _connection(provider)
+        rows = con.sql(
+            "SELECT filename, ai_query('ext-vision', 'Describe.', files => content, "
+            f"failOnError => false) AS a FROM read_blob('{tmp_path}/imgs/*') ORDER BY filename"
+        ).fetchall()
+    finally:
+        provider.close()
+    refused = [Path(f).name for f, a in rows if a["errorMessage"] is not None]
+    assert refused == ["img015.png"]  # 31 px wide; img014.jpg is 30 px
+    [error] = [a["errorMessage"] for f, a in rows if f.endswith("img015.png")]
+    assert "HTTP 400" in error and "the most is 30 px" in error and "sk-vision-test" not in error
