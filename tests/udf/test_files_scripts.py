@@ -80,19 +80,20 @@ def test_duckdb_script(files: Path, provider: VisionProvider) -> None:
     assert provider.images == 50  # the duplicate once; the second run from the engine's memo
 
 
-def test_ai_query_sql_with_read_files(files: Path, provider: VisionProvider) -> None:
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_ai_query_sql_with_read_files(files: Path, provider: VisionProvider, engine: str) -> None:
     (files / "query.sql").write_text(
         "SELECT path, ai_query('ext-vision', 'Describe.', files => content, failOnError => false)"
         f" AS a FROM READ_FILES('{files}/imgs/*', format => 'binaryFile') ORDER BY path"
     )
     done = subprocess.run(
-        [str(BIN / "ai-query"), "sql", "-c", "catalog.json", "-f", "query.sql",
-         "--output", "out.json"],
+        [str(BIN / "ai-query"), "sql", "--engine", engine, "-c", "catalog.json", "-f",
+         "query.sql", "--output", "out.json"],
         cwd=files, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in (files / "out.json").read_text().splitlines()]
-    _check([{"path": r["path"], **r["a"]} for r in rows], files)
+    _check([{"path": r["path"].removeprefix("file:"), **r["a"]} for r in rows], files)
     assert provider.images == 50
 
 
