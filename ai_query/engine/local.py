@@ -388,6 +388,11 @@ def _refused_file(data: bytes, plan: CallPlan) -> RowOutcome | None:
         return RowOutcome(
             error=f"endpoint {plan.endpoint.name!r} embeds text: it takes no files"
         )
+    if plan.generation.task != Task.CHAT:
+        return RowOutcome(
+            error=f"endpoint {plan.endpoint.name!r} completes raw prompts: images go to chat "
+            "endpoints"
+        )
     try:
         check_image(data)
     except RowFailure as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from ai_query.catalog import Catalog
+from ai_query.catalog import Catalog, local_endpoint
 from ai_query.engine.backends.backend import ChoiceScores, GenerationRequest
 from ai_query.engine.backends.deterministic import DeterministicBackend
 from ai_query.engine.core.batch import align_results, read_request_files, request_batch
@@ -96,7 +96,7 @@ def test_rows_keep_their_own_image_and_duplicates_run_once() -> None:
     assert engine.model_calls == 3  # remembered by image digest
 
 
-def test_an_embeddings_endpoint_refuses_files_per_row() -> None:
+def test_embeddings_and_completions_endpoints_refuse_files_per_row() -> None:
     result = align_results(_engine().run(request_batch(
         ["x", "y"], CallOptions(endpoint="all-minilm-l6-v2", fail_on_error=False),
         [image_bytes(1), None],
@@ -105,6 +105,14 @@ def test_an_embeddings_endpoint_refuses_files_per_row() -> None:
         "endpoint 'all-minilm-l6-v2' embeds text: it takes no files"
     )
     assert result.column("error").to_pylist()[1] is None
+    catalog = Catalog([local_endpoint("complete", CHAT, "llm/v1/completions")])
+    engine = LocalEngine(catalog, backend_factory=DeterministicBackend)
+    result = align_results(engine.run(request_batch(
+        ["x", "y"], CallOptions(endpoint="complete", fail_on_error=False), [image_bytes(1), None],
+    )), 2)
+    assert result.column("error").to_pylist() == [
+        "endpoint 'complete' completes raw prompts: images go to chat endpoints", None,
+    ]
 
 
 class _NoScoring(DeterministicBackend):
