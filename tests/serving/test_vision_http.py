@@ -96,10 +96,14 @@ def test_remote_image_urls_need_the_allow_list(served: tuple[HTTPServer, VisionP
 
 
 def test_the_openai_client_sends_an_image_to_the_local_tiny_vlm(tmp_path: Path) -> None:
-    """``ai-query serve`` with a local vision-language model run by vLLM (the tiny VLM)."""
+    """``ai-query serve`` with a local vision-language model run by vLLM (the tiny VLM); a
+    text-only local model answers an image with a 400."""
     catalog = tmp_path / "catalog.json"
-    catalog.write_text(json.dumps([{"name": "tiny-vlm", "config": {"served_entities": [
-        {"entity_name": "tiny-vlm-smollm2"}]}}]))
+    catalog.write_text(json.dumps([
+        {"name": "tiny-vlm", "config": {"served_entities": [{"entity_name": "tiny-vlm-smollm2"}]}},
+        {"name": "text-only", "config": {"served_entities": [
+            {"entity_name": "smollm2-135m-instruct"}]}},
+    ]))
     server = HTTPServer(tmp_path, "--catalog", str(catalog), "--database",
                         str(tmp_path / "db.sqlite"))
     server.start()
@@ -113,6 +117,11 @@ def test_the_openai_client_sends_an_image_to_the_local_tiny_vlm(tmp_path: Path) 
             model="tiny-vlm", max_tokens=8, temperature=0,
             messages=[{"role": "user", "content": "What is in the image?"}],
         )
+        with pytest.raises(openai.BadRequestError, match="text-only model: it takes no images"):
+            client.chat.completions.create(
+                model="text-only", max_tokens=8,
+                messages=_image_message(_data_url(image_bytes(4))),  # type: ignore[arg-type]
+            )
     finally:
         server.stop()
     assert with_image.choices[0].message.content

@@ -87,6 +87,16 @@ def check_image(data: bytes, limit: int = MAX_FILE_BYTES) -> str:
     return kind
 
 
+def has_images(messages: list[dict[str, Any]]) -> bool:
+    """Whether any of OpenAI chat ``messages`` holds an ``image_url`` part."""
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+
+
 def check_image_parts(messages: list[dict[str, Any]], allowed: Callable[[str], bool]) -> None:
     """Check the ``image_url`` parts of OpenAI chat ``messages`` before any call: a data URL
     must hold an image :func:`check_image` accepts; any other URL must be one ``allowed``

@@ -33,6 +33,7 @@ from ai_query.engine.backends.backend import (
 )
 from ai_query.engine.backends.structured import bounded_schema
 from ai_query.engine.backends.tool_calls import tool_call_schema, tool_calls_from_output
+from ai_query.engine.core.files import has_images
 from ai_query.engine.process.supervision import EngineHealth, EngineState
 from ai_query.engine.vllm import compat
 from ai_query.engine.vllm.model import ROW_ERROR_LIMIT, VLLMModel
@@ -171,10 +172,10 @@ class VLLMBackend(VLLMModel):
             return await compat.render_completion(self._engine, text)
         kwargs: dict[str, Any] = {"add_generation_prompt": True}
         messages: list[Any] = [{"role": "user", "content": text}]
-        if request is not None and request.files and not self.takes_images:
-            raise RowFailure(f"{self.model_dir.name} is a text-only model: it takes no images")
         if request is not None:
             messages = request.conversation(text)
+            if not self.takes_images and has_images(messages):
+                raise RowFailure(f"{self.model_dir.name} is a text-only model: it takes no images")
             if request.tools and request.tool_choice != "none":
                 kwargs["tools"] = request.tools
             if request.params.reasoning_effort is not None:  # as vLLM's server: the template's
