@@ -230,3 +230,40 @@ def test_preview_counts_the_prompt_tokens_the_engine_then_reports(real_engine) -
                     for n, t in zip(answered.column("prompt_tokens").to_pylist(), texts)]
         assert counted.column("prompt_tokens").to_pylist() == expected
         assert all(n > 5 for n in expected if n is not None)
+
+
+def test_rows_rendered_together_enter_the_engine_together(real_engine, monkeypatch) -> None:
+    """Rows of concurrent batches are all rendered before the first of them is submitted
+    (``VLLMBackend._render_together``), as ``LLM.chat`` submits them."""
+    from ai_query.engine.backends.registry import existing_backend
+
+    real_engine.run(request_batch(["warm up"], CallOptions(endpoint=CHAT)))
+    backend = existing_backend(real_engine.catalog.get(CHAT).config.served_entities[0])
+    events: list[str] = []
+    render, generate = backend._render, backend._engine.generate
+
+    async def logged_render(*args, **kwargs):  # type: ignore[no-untyped-def]
+        prompt = await render(*args, **kwargs)
+        events.append("rendered")
+        return prompt
+
+    def logged_generate(*args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("submitted")
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "_render", logged_render)
+    monkeypatch.setattr(backend._engine, "generate", logged_generate)
+    texts = [f"Say the number {i}." for i in range(24)]
+    threads = [
+        threading.Thread(target=run, args=(real_engine, texts[i : i + 8]),
+                         kwargs={"endpoint": CHAT,
+                                 "model_parameters": ModelParameters(max_tokens=2)})
+        for i in (0, 8, 16)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert events.count("rendered") == events.count("submitted") == 24
+    assert events.index("submitted") >= 8  # the first batch's rows wait for one another
+    assert events[:8] == ["rendered"] * 8
