@@ -37,10 +37,9 @@ BUNDLED_MODELS: dict[str, Task] = {
     "all-minilm-l6-v2": Task.EMBEDDINGS,
 }
 
-#: Models ai_query builds from the bundled ones on first use, for a catalog entry to name (not
-#: endpoints of the default catalog): a tiny vision-language model whose text part is SmolLM2
-#: and whose vision encoder is random (:mod:`ai_query.engine.vllm.tiny_vlm`): it proves the
-#: image path, its answers about images mean nothing.
+#: Models built from the bundled ones on first use, for catalog entries to name (no default
+#: endpoint): the tiny VLM (:mod:`ai_query.engine.vllm.tiny_vlm`), whose random vision encoder
+#: proves the image path; its answers about images mean nothing.
 BUILT_MODELS: dict[str, Task] = {"tiny-vlm-smollm2": Task.CHAT}
 
 #: Databricks foundation-model endpoint names that point at the bundled models.

@@ -30,7 +30,8 @@ from ai_query.errors import UnsupportedCallError
 from ai_query.options import CallOptions, ModelParameters
 
 #: Called after each answered group of rows with (rows, prompt_tokens, completion_tokens,
-#: reasoning_tokens): the last of the completion tokens a reasoning model spent reasoning.
+#: reasoning_tokens); reasoning_tokens are those of the completion tokens a reasoning model
+#: spent reasoning.
 ProgressCallback = Callable[[int, int, int, int], None]
 
 

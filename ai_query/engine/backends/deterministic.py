@@ -33,7 +33,7 @@ from ai_query.engine.backends.tool_calls import (
     tool_call_schema,
     tool_calls_from_output,
 )
-from ai_query.engine.core.files import data_url_bytes, file_digest, media_type
+from ai_query.engine.core.files import data_url_bytes, file_digest, image_parts, media_type
 from ai_query.engine.process.supervision import EngineHealth, EngineState
 
 
@@ -161,13 +161,8 @@ def _content_text(content: Any) -> str:
 
 def _content_images(content: Any) -> list[bytes]:
     """The images of a chat message's content: its ``image_url`` parts' data URLs."""
-    parts = content if isinstance(content, list) else []
-    return [
-        data_url_bytes(p["image_url"]["url"])
-        for p in parts
-        if isinstance(p, dict) and p.get("type") == "image_url"
-        and str(p.get("image_url", {}).get("url", "")).startswith("data:")
-    ]
+    urls = (url for _, url in image_parts([{"content": content}]))
+    return [data_url_bytes(url) for url in urls if str(url).startswith("data:")]
 
 
 def _seed(text: str) -> int:

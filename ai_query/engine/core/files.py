@@ -16,7 +16,7 @@ import base64
 import hashlib
 import io
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ai_query.errors import RowFailure
@@ -87,14 +87,21 @@ def check_image(data: bytes, limit: int = MAX_FILE_BYTES) -> str:
     return kind
 
 
+def image_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """(where, url) of each ``image_url`` part of OpenAI chat ``messages``: where is
+    ``messages[i].content[j]``, url the part's URL as given (None when it has none)."""
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image = part.get("image_url")
+                url = image.get("url") if isinstance(image, dict) else image
+                yield f"messages[{i}].content[{j}]", url
+
+
 def has_images(messages: list[dict[str, Any]]) -> bool:
     """Whether any of OpenAI chat ``messages`` holds an ``image_url`` part."""
-    return any(
-        isinstance(part, dict) and part.get("type") == "image_url"
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-    )
+    return any(True for _ in image_parts(messages))
 
 
 def check_image_parts(messages: list[dict[str, Any]], allowed: Callable[[str], bool]) -> None:
@@ -106,28 +113,21 @@ def check_image_parts(messages: list[dict[str, Any]], allowed: Callable[[str], b
         RowFailure: naming the part (``messages[i].content[j]``) and what is wrong; a refused
             URL is named by its scheme and host only (its path may hold a signed token).
     """
-    for i, message in enumerate(messages):
-        content = message.get("content")
-        for j, part in enumerate(content if isinstance(content, list) else []):
-            if not isinstance(part, dict) or part.get("type") != "image_url":
-                continue
-            where = f"messages[{i}].content[{j}]"
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if not isinstance(url, str) or not url:
-                raise RowFailure(f"{where}: an image_url part needs a url")
-            if url.startswith("data:"):
-                try:
-                    check_image(data_url_bytes(url))
-                except RowFailure as exc:
-                    raise RowFailure(f"{where}: {exc}") from None
-            elif not allowed(url):
-                parts = urllib.parse.urlsplit(url)
-                raise RowFailure(
-                    f"{where}: image URLs from {parts.scheme}://{parts.hostname} are not allowed "
-                    "on this server; send the image as a data URL (data:image/png;base64,...) or "
-                    "start the server with --allow-image-base"
-                )
+    for where, url in image_parts(messages):
+        if not isinstance(url, str) or not url:
+            raise RowFailure(f"{where}: an image_url part needs a url")
+        if url.startswith("data:"):
+            try:
+                check_image(data_url_bytes(url))
+            except RowFailure as exc:
+                raise RowFailure(f"{where}: {exc}") from None
+        elif not allowed(url):
+            parts = urllib.parse.urlsplit(url)
+            raise RowFailure(
+                f"{where}: image URLs from {parts.scheme}://{parts.hostname} are not allowed "
+                "on this server; send the image as a data URL (data:image/png;base64,...) or "
+                "start the server with --allow-image-base"
+            )
 
 
 def data_url_bytes(url: str) -> bytes:

@@ -250,12 +250,13 @@ def parse_tool_calls(
     return info.content, calls
 
 
-def reasoning_parser(tokenizer: Any, parser_name: str) -> Any:
-    """vLLM's reasoning parser ``parser_name`` over ``tokenizer``.
+#: Generated output: its text and its token ids.
+Generated = tuple[str, Sequence[int]]
 
-    Raises:
-        ConfigError: an unknown parser name, or a tokenizer without the parser's markers.
-    """
+
+def reasoning_parser(tokenizer: Any, parser_name: str) -> Any:
+    """vLLM's reasoning parser ``parser_name`` over ``tokenizer``; a ConfigError for an
+    unknown name or a tokenizer without the parser's markers."""
     from vllm.reasoning import ReasoningParserManager
 
     try:
@@ -279,9 +280,8 @@ def split_reasoning(
 
     request = ChatCompletionRequest(model=model, messages=[{"role": "user", "content": ""}])
     reasoning, content = parser.extract_reasoning(text, request)
-    if not reasoning:
-        return None, content or "", 0
-    return reasoning, content or "", count_reasoning_tokens(parser, token_ids)
+    tokens = count_reasoning_tokens(parser, token_ids) if reasoning else 0
+    return reasoning or None, content or "", tokens
 
 
 def count_reasoning_tokens(parser: Any, token_ids: Sequence[int]) -> int:
@@ -289,21 +289,14 @@ def count_reasoning_tokens(parser: Any, token_ids: Sequence[int]) -> int:
     return int(parser.count_reasoning_tokens(list(token_ids)))
 
 
-def stream_reasoning(
-    parser: Any,
-    previous: tuple[str, Sequence[int]],
-    delta: tuple[str, Sequence[int]],
-) -> tuple[str, str]:
-    """(reasoning, answer) text of one streamed ``delta`` (text, token ids) after ``previous``
-    (the text and token ids so far), as vLLM's server splits a stream with ``parser``."""
-    text, ids = previous
-    delta_text, delta_ids = delta
+def stream_reasoning(parser: Any, previous: Generated, delta: Generated) -> tuple[str, str]:
+    """(reasoning, answer) text of one streamed ``delta`` after ``previous`` (the output so
+    far), as vLLM's server splits a stream with ``parser``."""
+    (text, ids), (delta_text, delta_ids) = previous, delta
     message = parser.extract_reasoning_streaming(
         text, text + delta_text, delta_text, list(ids), [*ids, *delta_ids], list(delta_ids)
     )
-    if message is None:
-        return "", ""
-    return message.reasoning or "", message.content or ""
+    return ("", "") if message is None else (message.reasoning or "", message.content or "")
 
 
 def is_engine_dead(exc: BaseException) -> bool:

@@ -240,7 +240,7 @@ def register(
             fail_on_error.to_pylist(),
             model_parameters.to_pylist(),
             response_format.to_pylist(),
-            files=None if files.null_count == len(files) else files.to_pylist(),
+            files=files.to_pylist(),
             progress=progress,
         )
         return pa.array(texts, pa.string())
