@@ -47,6 +47,15 @@ def import_vllm_in_background() -> None:
             _import_thread.start()
 
 
+def wait_for_background_import() -> None:
+    """Wait until a background import of vLLM (:func:`import_vllm_in_background`) is done:
+    importing torch or transformers from another thread meanwhile can meet their modules half
+    initialised (Python's import locks then give an ImportError)."""
+    thread = _import_thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()
+
+
 @contextmanager
 def building(model: str) -> Iterator[None]:
     """Hold this process's vLLM build slot while building ``model``'s engine.
@@ -55,9 +64,7 @@ def building(model: str) -> Iterator[None]:
     """
     apply_vllm_environment()
     start_reaper()
-    thread = _import_thread
-    if thread is not None and thread is not threading.current_thread():
-        thread.join()
+    wait_for_background_import()
     with _build_lock:
         mark("engine: build start", model=model)
         try:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ai_query.engine.vllm.setup import wait_for_background_import
 from ai_query.tasks import Task
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class PromptTokens:
         """The model's tokenizer (Hugging Face ``AutoTokenizer``, from the model directory)."""
         with self._lock:
             if self._tokenizer is None:
+                wait_for_background_import()  # never two threads importing transformers
                 from transformers import AutoTokenizer
 
                 self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
