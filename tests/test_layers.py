@@ -104,6 +104,9 @@ def test_heavy_packages_are_imported_in_one_place(package: str, allowed: set[str
     assert {m for m in users if not any(m == a or m.startswith(a + ".") for a in allowed)} == set()
 
 
+#: The one door to vLLM's and multiprocessing's internals (a package).
+COMPAT = "ai_query.engine.vllm.compat"
+
 #: vLLM's public API (``LLM``, ``AsyncLLM``, engine args, sampling, pooling and structured-output
 #: params), and the plain ``multiprocessing`` package: all that ``engine/vllm`` may import outside
 #: its compat module, the one door to vLLM's and multiprocessing's internals (STYLE.md).
@@ -134,11 +137,15 @@ def _modules_imported(path: Path, packages: set[str]) -> set[str]:
     return found
 
 
+def _in_compat(module: str) -> bool:
+    return module == COMPAT or module.startswith(COMPAT + ".")
+
+
 def test_vllm_internals_are_reached_only_through_compat() -> None:
     wrong = sorted(
         f"{_module_name(path)} imports {name}"
         for path in PACKAGE.rglob("*.py")
-        if _module_name(path) != "ai_query.engine.vllm.compat"
+        if not _in_compat(_module_name(path))
         for name in _modules_imported(path, {"vllm", "multiprocessing"})
         if name not in PUBLIC
     )
@@ -149,7 +156,7 @@ def test_no_private_attributes_of_vllm_or_multiprocessing_outside_compat() -> No
     """``module._private`` on an imported vllm or multiprocessing module (``util._args...``)."""
     wrong = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if _module_name(path) == "ai_query.engine.vllm.compat":
+        if _in_compat(_module_name(path)):
             continue
         tree = ast.parse(path.read_text())
         aliases = {

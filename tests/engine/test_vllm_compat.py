@@ -1,4 +1,4 @@
-"""Every vLLM (and multiprocessing) internal ai_query uses is where ``engine/vllm/compat.py``
+"""Every vLLM (and multiprocessing) internal ai_query uses is where ``engine/vllm/compat/``
 expects it, in the installed vLLM: a new vLLM that moved one fails here, naming it (imports the
 real vLLM; no engine starts)."""
 

@@ -36,7 +36,8 @@ from typing import Any
 
 from ai_query.config import settings
 from ai_query.engine.vllm import compat
-from ai_query.engine.vllm.compat import HandOff, Spawn
+from ai_query.engine.vllm.compat import spawning
+from ai_query.engine.vllm.compat.spawning import HandOff, Spawn
 from ai_query.timings import mark
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,13 @@ class Zygote:
         """This process's environment when the zygote started."""
         self.env = {**self.started_env, **extra}
         """Its environment, fixed when its interpreter started."""
-        tracker_fd = compat.resource_tracker_fd()
+        tracker_fd = spawning.resource_tracker_fd()
         if tracker_fd is None:
             raise OSError("multiprocessing's resource tracker did not start")
         self.tracker_fd = tracker_fd
         self.parent_r, child_w = os.pipe()
         child_r, self.parent_w = os.pipe()
-        self.executable = compat.spawn_executable()
+        self.executable = spawning.spawn_executable()
         want = {k: v for k, v in self.env.items() if os.environ.get(k) != v}
         prog = (
             "import os, sys, json\n"
@@ -85,10 +86,10 @@ class Zygote:
             "from ai_query.engine.vllm.zygote import zygote_main\n"
             f"zygote_main({self.tracker_fd}, {child_r}, {list(modules)!r})\n"
         )
-        args = [self.executable, *compat.interpreter_flags(), "-c", prog,
+        args = [self.executable, *spawning.interpreter_flags(), "-c", prog,
                 "--multiprocessing-fork"]
         try:
-            self.pid: int = compat.start_passing_fds(
+            self.pid: int = spawning.start_passing_fds(
                 self.executable, args, [self.tracker_fd, child_r, child_w]
             )
         finally:
@@ -170,7 +171,7 @@ def zygote_main(tracker_fd: int, pipe_fd: int, modules: list[str]) -> None:
     for key, value in env.items():
         if os.environ.get(key) != value:
             os.environ[key] = value
-    compat.become_spawned(pipe_fd, tracker_fd)
+    spawning.become_spawned(pipe_fd, tracker_fd)
 
 
 def _prepare_process_title() -> None:
@@ -316,9 +317,9 @@ def _hand_off(zygote: Zygote, spawn: Spawn) -> HandOff | None:
     return HandOff(zygote.pid, zygote.parent_r, [zygote.parent_r, zygote.parent_w], send)
 
 
-_CONTEXT = compat.handing_off_context(_claim)
+_CONTEXT = spawning.handing_off_context(_claim)
 
 
-def zygote_context() -> compat.SpawnContext:
+def zygote_context() -> spawning.SpawnContext:
     """The spawn context whose first process starts from the waiting zygote, if any."""
     return _CONTEXT
