@@ -136,7 +136,9 @@ def engine_settings(kind: str) -> tuple[dict[str, str], dict[str, Any]]:
 def offline_llm(kind: str, model: str | Path | None = None, **overrides: Any) -> Any:
     """vLLM's offline ``LLM`` with the same settings as our engine, for the bundled model of
     ``kind`` (``chat`` or ``embed``) or the model directory ``model``; ``overrides`` replace
-    engine arguments (a ``None`` value drops one, leaving vLLM's own default)."""
+    engine arguments (a ``None`` value drops one, leaving vLLM's own default). ai_query's own
+    KV connector (shared tails) is not a vLLM setting: the baseline runs without it unless
+    ``overrides`` give ``kv_transfer_config``."""
     from ai_query.config import apply_vllm_environment
 
     apply_vllm_environment()
@@ -148,6 +150,7 @@ def offline_llm(kind: str, model: str | Path | None = None, **overrides: Any) ->
     if kind == "chat":
         args = engine_defaults("generate")
         args.pop("structured_outputs_config")
+        args.pop("kv_transfer_config", None)  # ai_query's shared tails: not plain vLLM's
         model = model or smollm2_dir()
     else:
         args = engine_defaults("pooling")
@@ -261,4 +264,5 @@ def cpu_line() -> str:
         for k in ("dtype", "block_size", "max_num_seqs", "max_num_batched_tokens", "enforce_eager")
         if k in args
     )
-    return f"machine: {this_machine().describe()}; chat engine: {chosen}"
+    tails = "on" if args.get("kv_transfer_config") else "off"
+    return f"machine: {this_machine().describe()}; chat engine: {chosen}, shared tails {tails}"

@@ -62,12 +62,14 @@ def test_bf16_only_where_the_machine_computes_it_natively() -> None:
     assert engine_defaults("pooling", _machine("avx512_bf16"))["dtype"] == "float32"
 
 
-def test_a_cpu_gets_small_kv_blocks_eager_mode_and_cpu_scheduler_limits_a_gpu_vllms_own() -> None:
+def test_a_cpu_gets_small_kv_blocks_eager_mode_cpu_scheduler_limits_and_shared_tails_a_gpu_vllms_own() -> None:
     cpu = engine_defaults("generate", _machine("avx2"))
     assert (cpu["block_size"], cpu["enforce_eager"]) == (32, True)
     assert (cpu["max_num_seqs"], cpu["max_num_batched_tokens"]) == (256, 4096)
+    assert cpu["kv_transfer_config"]["kv_connector"] == "SharedTailConnector"
     gpu = engine_defaults("generate", _machine("avx2", gpu="NVIDIA H100"))
-    assert not {"block_size", "enforce_eager", "max_num_seqs", "max_num_batched_tokens"} & set(gpu)
+    assert not {"block_size", "enforce_eager", "max_num_seqs", "max_num_batched_tokens",
+                "kv_transfer_config"} & set(gpu)
     assert gpu["max_model_len"] == cpu["max_model_len"] == 2048
 
 

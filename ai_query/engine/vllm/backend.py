@@ -56,6 +56,10 @@ PROCESS_EXITED = "its EngineCore process exited"
 RENDER_WAIT_S = 0.5
 
 
+#: Engine arguments that vLLM takes as config objects, by the ``vllm.config`` class.
+CONFIG_ARGS = {"structured_outputs_config": "StructuredOutputsConfig",
+               "kv_transfer_config": "KVTransferConfig"}
+
 class VLLMBackend(VLLMModel):
     """Runs one local generative model with vLLM's async engine."""
 
@@ -117,13 +121,12 @@ class VLLMBackend(VLLMModel):
             from vllm.v1.engine.async_llm import AsyncLLM
 
             log.info("starting vLLM for %s (%s)", self.model_dir, self.engine_args)
-            kwargs = dict(self.engine_args)
-            if isinstance(kwargs.get("structured_outputs_config"), dict):
-                from vllm.config import StructuredOutputsConfig
+            import vllm.config
 
-                kwargs["structured_outputs_config"] = StructuredOutputsConfig(
-                    **kwargs["structured_outputs_config"]
-                )
+            kwargs = dict(self.engine_args)
+            for name, config in CONFIG_ARGS.items():  # as given in a catalog: a mapping
+                if isinstance(kwargs.get(name), dict):
+                    kwargs[name] = getattr(vllm.config, config)(**kwargs[name])
             try:
                 args = AsyncEngineArgs(model=str(self.model_dir), **kwargs)
                 return AsyncLLM.from_engine_args(args)

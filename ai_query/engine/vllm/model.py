@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ai_query.engine.process.supervision import EngineHealth, EngineState, Supervisor
+from ai_query.engine.vllm.compat.shared_tails import SHARED_TAILS
 from ai_query.engine.vllm.tokens import PromptTokens
 from ai_query.errors import EngineDeadError
 from ai_query.machine import Machine, this_machine
@@ -40,6 +41,9 @@ def engine_defaults(kind: str, machine: Machine | None = None) -> dict[str, Any]
     - on a CPU: eager mode (compiled mode recompiles at every start: 50-130 s), 32-token KV
       blocks and the scheduler limits ``LLM`` gets on a CPU (256 sequences, 4,096 tokens a
       step, 8,192 for embeddings);
+    - on a CPU, rows behind a shared instruction share its last, partial KV block
+      (:mod:`.compat.shared_tails`, a KV connector; ``kv_transfer_config: null`` turns it off,
+      another connector replaces it);
     - on a GPU: vLLM's own block size, scheduler limits and CUDA graphs.
 
     Block size and scheduler limits were measured on both kinds of CPU these machines have
@@ -73,7 +77,8 @@ def engine_defaults(kind: str, machine: Machine | None = None) -> dict[str, Any]
     }
     if machine.gpu is None:
         args.update(
-            block_size=32, enforce_eager=True, max_num_seqs=256, max_num_batched_tokens=4096
+            block_size=32, enforce_eager=True, max_num_seqs=256, max_num_batched_tokens=4096,
+            kv_transfer_config=dict(SHARED_TAILS),
         )
     return args
 

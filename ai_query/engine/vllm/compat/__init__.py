@@ -72,6 +72,8 @@ class Internal:
         return None
 
 
+_KV_BASE = "vllm.distributed.kv_transfer.kv_connector.v1.base"
+
 #: Environment variables vLLM's CPU platform sets for its engine processes
 #: (``CpuPlatform.check_and_update_config``), besides ``LD_PRELOAD``.
 _CPU_PLATFORM_ENV = (
@@ -143,6 +145,18 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("vllm.platforms.cpu", "CpuPlatform.check_and_update_config",
              "predicted_cpu_environment copies what it sets for engine processes",
              (*_CPU_PLATFORM_ENV, "LD_PRELOAD", "libgomp", "libtcmalloc")),
+    # vLLM: the shared-tails KV connector (shared_tails.py), loaded by module path.
+    *(Internal(_KV_BASE, f"KVConnectorBase_V1.{hook}", "a shared-tails connector hook")
+      for hook in ("get_num_new_matched_tokens", "update_state_after_alloc", "request_finished",
+                   "build_connector_meta", "bind_kv_cache_manager", "register_kv_caches",
+                   "start_load_kv", "_get_connector_metadata")),
+    Internal("vllm.v1.core.sched.scheduler", "Scheduler.schedule",
+             "a connector's None defers a row; sync loads run before the forward pass",
+             ("if ext_tokens is None:", "has_sync_kv_loads = True")),
+    Internal("vllm.v1.kv_cache_interface", "FullAttentionSpec", "models the connector takes"),
+    Internal("vllm.v1.core.kv_cache_manager", "KVCacheManager.get_block_ids",
+             "whether a running row still holds the block it computed"),
+    Internal("vllm.v1.request", "Request.is_finished", "whether a row still runs"),
     # multiprocessing: a spawn handed to the zygote, exactly as spawn would start it.
     Internal("multiprocessing.util", "_args_from_interpreter_flags",
              "the zygote's interpreter gets this one's flags, as a spawned one does"),

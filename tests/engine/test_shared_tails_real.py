@@ -1,0 +1,75 @@
+"""Shared tails through the real vLLM engine: a row behind an instruction gets the
+instruction's last, partial KV block from a row in flight (vLLM counts those tokens as cached),
+and the answers are the ones recomputing it gives (in float32, token for token)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.processes import run_script
+
+pytestmark = pytest.mark.slow
+
+CHAT = "smollm2-135m-instruct"
+#: 300 tokens: 9 full 32-token blocks and 12 tokens of a partial one.
+INSTRUCTION = [1000 + i for i in range(300)]
+
+
+def test_a_row_gets_the_instructions_partial_block_from_a_row_in_flight(real_engine) -> None:
+    from vllm import SamplingParams
+
+    from ai_query.engine.backends.registry import shared_backend
+
+    backend = shared_backend(real_engine.catalog.get(CHAT).config.served_entities[0])
+    assert backend.engine_args["kv_transfer_config"]["kv_connector"] == "SharedTailConnector"
+
+    async def cached(row: int) -> int:
+        prompt = {"prompt_token_ids": [*INSTRUCTION, 5000 + row, 6001, 6002, 6003]}
+        params = SamplingParams(max_tokens=2, temperature=0)
+        final = None
+        async for out in backend._engine.generate(prompt, params, f"tails-{row}"):
+            final = out
+        assert final is not None
+        return int(final.num_cached_tokens)
+
+    async def rows() -> list[int]:
+        await backend.start()
+        first = await cached(0)  # alone: the instruction's 9 full blocks enter the prefix cache
+        return [first, *await asyncio.gather(cached(1), cached(2))]
+
+    first, *together = real_engine.loop.run(rows())
+    assert first < 288
+    # Both hit the 9 full blocks; one computes block 9, the other gets its 12 shared tokens.
+    assert sorted(together) == [288, 300]
+
+
+def test_a_users_table_behind_one_instruction_answers_as_recomputing_does(tmp_path: Path) -> None:
+    """Float32 engines, so a copied block and a recomputed one are the same numbers."""
+    entity = {"entity_name": CHAT, "engine_args": {"dtype": "float32"}}
+    off = {**entity, "engine_args": {"dtype": "float32", "kv_transfer_config": None}}
+    catalog = [{"name": "tails", "config": {"served_entities": [entity]}},
+               {"name": "recompute", "config": {"served_entities": [off]}}]
+    (tmp_path / "catalog.json").write_text(json.dumps(catalog))
+    proc = run_script(tmp_path, """
+        import json
+        import ai_query
+
+        rules = " ".join(f"Rule {i}: answer in a few words about the topic." for i in range(30))
+        con = ai_query.connect(catalog="catalog.json")
+        con.sql(f"CREATE TABLE t AS SELECT i, '{rules}' || chr(10) || 'Topic: item ' || i AS p "
+                "FROM range(40) r(i)")
+        params = "modelParameters => {'max_tokens': 8}"
+        rows = con.sql(f"SELECT i, ai_query('tails', p, {params}) AS a, "
+                       f"ai_query('recompute', p, {params}) AS b FROM t ORDER BY i").fetchall()
+        print("ROWS", json.dumps(rows), flush=True)
+    """)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0
+    [line] = [line for line in out.splitlines() if line.startswith("ROWS ")]
+    rows = json.loads(line[5:])
+    assert len(rows) == 40 and all(a for _, a, _ in rows)
+    assert [a for _, a, _ in rows] == [b for _, _, b in rows]
