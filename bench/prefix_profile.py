@@ -16,7 +16,7 @@ same rows without it, ``LLM.chat`` with prefix caching (max_tokens 8, temperatur
   ops (Hydragen's prefix half, as cascade attention does on GPUs): what computing the prefix
   once for the batch gets without a new C++ kernel.
 
-    .venv/bin/python bench/prefix_profile.py [--rows 256] [--model DIR]
+    .venv/bin/python bench/prefix_profile.py [--rows 256] [--shared-tails] [--model DIR]
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from common import add_model_args, chat_model_dir, cpu_line, offline_chat, offli
 from shared_prefix import instruction
 
 MAX_TOKENS = 8
-COUNTERS = ("prompt_tokens", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens")
+COUNTERS = ("prompt_tokens", "prefix_cache_queries", "prefix_cache_hits", "generation_tokens",
+            "external_prefix_cache_hits")
 #: Profiled operators by part (their self time).
 PARTS = {"attention": ("cpu_attention",), "linear": ("onednn_mm", "aten::mm", "aten::addmm")}
 
@@ -97,16 +98,23 @@ def batched_prefix_rate(dtype_name: str, kv_heads: int, group: int, head_dim: in
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--shared-tails", action="store_true",
+                        help="with ai_query's KV connector (the rows share the instruction's "
+                        "last, partial block), as ai_query's engine runs")
     add_model_args(parser)
     args = parser.parse_args()
-    llm = offline_llm("chat", chat_model_dir(args), disable_log_stats=False)
+    from ai_query.engine.vllm.compat.shared_tails import SHARED_TAILS
+
+    tails = {"kv_transfer_config": dict(SHARED_TAILS)} if args.shared_tails else {}
+    llm = offline_llm("chat", chat_model_dir(args), disable_log_stats=False, **tails)
     config = llm.llm_engine.vllm_config.model_config.hf_config
     heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
     layers = config.num_hidden_layers
     offline_chat(llm, ["warm up"], MAX_TOKENS)
     shared = len(llm.get_tokenizer()(instruction(0))["input_ids"])
     print(cpu_line())
-    print(f"{args.rows} rows, instruction {shared} tokens, {MAX_TOKENS} output tokens each")
+    print(f"{args.rows} rows, instruction {shared} tokens, {MAX_TOKENS} output tokens each; "
+          f"shared tails {'on' if tails else 'off'}")
 
     def rows(k: int, trial: int, behind: bool = True) -> list[str]:
         head = f"{instruction(k)}\n\n" if behind else "Write one sentence about: "
@@ -122,11 +130,13 @@ def main() -> None:
         before = counters(llm)
         _, seconds[name] = timed(lambda p=prompts: offline_chat(llm, p, MAX_TOKENS))
         used = {k: v - before[k] for k, v in counters(llm).items()}
-        computed[name] = used["prompt_tokens"] - used["prefix_cache_hits"]
+        shared_tail = used["external_prefix_cache_hits"]
+        computed[name] = used["prompt_tokens"] - used["prefix_cache_hits"] - shared_tail
         print(
             f"{name}: {seconds[name]:.2f} s; prompt tokens {used['prompt_tokens']:,.0f}, "
             f"{used['prefix_cache_hits'] / max(used['prefix_cache_queries'], 1):.1%} from the "
-            f"prefix cache, computed {computed[name] / args.rows:.1f} per row"
+            f"prefix cache, {shared_tail / args.rows:.1f} a row from shared tails, computed "
+            f"{computed[name] / args.rows:.1f} per row"
         )
     print(f"rows behind the instruction (warm) / rows alone: "
           f"{seconds['instruction warm'] / seconds['rows alone']:.2f}x")

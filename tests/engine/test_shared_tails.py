@@ -117,6 +117,18 @@ def test_the_store_copies_every_layer_of_a_block_aside_and_into_another() -> Non
     assert store._blocks == {}
 
 
+def test_a_block_loaded_in_a_step_is_copied_aside_after_its_load() -> None:
+    layers = {"l0": torch.zeros(6, 2, BS, 4)}
+    store = TailStore()
+    store.register(layers)
+    layers["l0"][1] = 1.0
+    store.run(TailSteps(saves=[(0, 1)], loads=[(0, 4)]))
+    layers["l0"][2] = 0.0  # a resumed source's new block: it loads kept copy 0 in this step,
+    # and another row wants it in the same step (copied aside as 1)
+    store.run(TailSteps(saves=[(1, 2)], loads=[(0, 2), (1, 3)]))
+    assert torch.equal(layers["l0"][3], torch.ones(2, BS, 4))
+
+
 def test_importing_the_module_does_not_import_vllm_and_only_the_connector_is_built() -> None:
     import subprocess
     import sys

@@ -212,18 +212,25 @@ class TailStore:
                 self.layers.append(tensor)
 
     def run(self, steps: TailSteps) -> None:
-        """Before the forward pass: sources' blocks aside, then kept blocks into the rows' new
-        blocks (the row's own tokens then overwrite the rest of the block), then drops."""
+        """Before the forward pass: kept blocks into the rows' new blocks (the row's own tokens
+        then overwrite the rest of the block), sources' blocks copied aside in this step after
+        the others' loads (a source that resumed after a preemption may load its own block in
+        this step), then drops."""
         import torch
 
+        new = {store_id for store_id, _ in steps.saves}
+        self._load([load for load in steps.loads if load[0] not in new])
         for store_id, block_id in steps.saves:
             self._blocks[store_id] = torch.stack([layer[block_id] for layer in self.layers])
-        for store_id, block_id in steps.loads:
+        self._load([load for load in steps.loads if load[0] in new])
+        for store_id in steps.drops:
+            self._blocks.pop(store_id, None)
+
+    def _load(self, loads: Sequence[tuple[int, int]]) -> None:
+        for store_id, block_id in loads:
             kept = self._blocks[store_id]
             for i, layer in enumerate(self.layers):
                 layer[block_id].copy_(kept[i])
-        for store_id in steps.drops:
-            self._blocks.pop(store_id, None)
 
 
 def block_bytes(vllm_config: Any, kv_cache_config: Any) -> int:
