@@ -9,8 +9,9 @@ Batch prompts often share a long prefix (an instruction, then the row's text). F
 - ``dups``: short prompts, every one appearing twice (50% duplicate rows).
 
 Each runs as ``SELECT ai_query(...) FROM t`` in DuckDB (``ai_query.connect()``: the private
-engine server users get) and as one ``LLM.chat`` call over the same prompts in each of two
-baselines, each vLLM offline in a process of its own, in the same run:
+engine server users get, with ai_query's shared tails: rows in flight share an instruction's
+last, partial KV block) and as one ``LLM.chat`` call over the same prompts in each of two
+baselines, each plain vLLM offline in a process of its own, in the same run:
 
 - ``default``: ``LLM(model, dtype="bfloat16")`` as a user writes it first (compiled mode,
   vLLM's own KV block size and scheduler limits);
@@ -25,6 +26,8 @@ rows whose answer differs from a baseline's are counted (temperature 0). Goals: 
 
     .venv/bin/python bench/shared_prefix.py [--rows 256] [--trials 2] [--tables eight,one,...]
         [--model DIR]
+
+``PYTHONPATH=bench/emulate_avx2`` runs every side on AVX2 kernels (``emulate_avx2/``).
 """
 
 from __future__ import annotations

@@ -176,6 +176,8 @@ class TailPlanner:
         source counts from the next step if this one computes all its prompt tokens."""
         for key, sources in self._pending.items():
             done = [s for s in sources if scheduled.get(s.request_id, 0) >= len(s.tokens)]
+            if not done:
+                continue
             known = self._sources.setdefault(key, [])
             known.extend(done)
             for source in done:
