@@ -33,6 +33,8 @@ INTERNAL_RAISES: dict[tuple[str, str], str] = {
     "thread, or after the exit hook stopped the loop",
     ("engine/process/lifeline.py", "ValueError"): "a line that is not a report: the launcher "
     "makes it an EngineUnavailableError",
+    ("engine/vllm/compat/shared_tails.py", "AttributeError"): "a module __getattr__'s protocol "
+    "(the connector class is built on first access)",
     ("engine/vllm/model.py", "NotImplementedError"): "vLLM's model interface protocol",
     ("engine/vllm/zygote.py", "OSError"): "the OS failed to start a process helper: the "
     "zygote is not used",
