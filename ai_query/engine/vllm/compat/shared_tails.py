@@ -36,7 +36,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Fewest shared tokens worth a copy (a block copy costs about what computing 1-2 tokens does).
+#: Fewest shared tokens worth a copy (fewer are not worth a block copy and its bookkeeping).
 MIN_SHARED_TOKENS = 4
 #: Bytes of copied blocks kept per engine (least recently used dropped first), and the fewest
 #: blocks kept whatever their size.
@@ -235,7 +235,7 @@ class TailStore:
                 layer[block_id].copy_(kept[i])
 
 
-def block_bytes(vllm_config: Any, kv_cache_config: Any) -> int:
+def block_bytes(kv_cache_config: Any) -> int:
     """Bytes of one block across every layer."""
     group = kv_cache_config.kv_cache_groups[0]
     return int(group.kv_cache_spec.page_size_bytes) * len(group.layer_names)
@@ -254,7 +254,7 @@ def _connector_class() -> type:
             self.enabled = len(groups) == 1 and type(groups[0].kv_cache_spec) is FullAttentionSpec
             capacity = MIN_BLOCKS
             if self.enabled:
-                capacity = max(MIN_BLOCKS, STORE_BYTES // block_bytes(vllm_config, kv_cache_config))
+                capacity = max(MIN_BLOCKS, STORE_BYTES // block_bytes(kv_cache_config))
             self.planner = TailPlanner(vllm_config.cache_config.block_size, capacity,
                                        self._is_live)
             self.store = TailStore()
