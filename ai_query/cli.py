@@ -189,6 +189,7 @@ def machine(catalog: CatalogOption = None) -> None:
     it for each local model of the catalog (its own engine_args included)."""
     from ai_query.catalog import load_catalog
     from ai_query.config import effective_vllm_environment
+    from ai_query.engine.vllm.compat.shared_tails import SHARED_TAILS
     from ai_query.engine.vllm.model import engine_defaults
     from ai_query.machine import this_machine
     from ai_query.tasks import Task
@@ -205,7 +206,12 @@ def machine(catalog: CatalogOption = None) -> None:
             kind = "pooling" if entity.resolved_task == Task.EMBEDDINGS else "generate"
             args = {**engine_defaults(kind), **entity.engine_args}
             args.pop("structured_outputs_config", None)
+            connector = args.pop("kv_transfer_config", None)
+            if connector is not None and connector != SHARED_TAILS:
+                args["kv_transfer_config"] = connector
             shown = ", ".join(f"{k}={v}" for k, v in args.items() if k != "disable_log_stats")
+            if kind == "generate":  # ai_query's own KV connector (rows share partial blocks)
+                shown += f", shared tails {'on' if connector == SHARED_TAILS else 'off'}"
             print(f"{ep.name} ({entity.entity_name}): {shown}")
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from ai_query.engine.vllm.model import engine_defaults
+
 EXE = shutil.which("ai-query", path=str(Path(sys.executable).parent)) or "ai-query"
 
 
@@ -54,6 +56,8 @@ def test_machine_shows_the_machine_and_each_local_models_settings(tmp_path: Path
         {"name": "mine", "config": {"served_entities": [
             {"entity_name": "smollm2-135m-instruct", "engine_args": {"block_size": 64}}]}},
         {"name": "vectors", "config": {"served_entities": [{"entity_name": "all-minilm-l6-v2"}]}},
+        {"name": "plain", "config": {"served_entities": [
+            {"entity_name": "smollm2-135m-instruct", "engine_args": {"kv_transfer_config": None}}]}},
     ]))
     out = cli("machine", "--catalog", str(catalog), env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
@@ -63,6 +67,10 @@ def test_machine_shows_the_machine_and_each_local_models_settings(tmp_path: Path
     assert "OMP_NUM_THREADS=1" in lines[1], "the user's environment wins"
     mine = next(x for x in lines if x.startswith("mine "))
     assert "block_size=64" in mine and "max_num_seqs=256" in mine and "dtype=" in mine
+    tails = "on" if engine_defaults("generate").get("kv_transfer_config") else "off"  # CPU: on
+    assert mine.endswith(f", shared tails {tails}") and "kv_transfer_config" not in mine, mine
+    plain = next(x for x in lines if x.startswith("plain "))
+    assert plain.endswith(", shared tails off") and "kv_transfer_config" not in plain, plain
     assert any(x.startswith("vectors ") and "runner=pooling" in x for x in lines)
 
 
