@@ -46,6 +46,7 @@ class EchoEngine:
                 pa.array(np.zeros(n, dtype=np.int32)),
                 pa.array(np.zeros(n, dtype=np.int32)),
                 pa.array(np.zeros(n, dtype=np.int32)),
+                pa.array(np.zeros(n, dtype=bool)),
             ],
             schema=result_schema(pa.string()),
         )

@@ -258,7 +258,7 @@ class LocalEngine:
                 return found, False
             remembered = self._memo.get((key, row))
             if remembered is not None:
-                return _done(remembered), False
+                return _done(dataclasses.replace(remembered, cached=True)), False
         fut: asyncio.Future[RowOutcome] = loop.create_future()
         if key is not None:
             self._inflight[(key, row)] = fut

@@ -120,6 +120,7 @@ class RecordingEngine:
                 pa.array(np.zeros(n, dtype=np.int32)),
                 pa.array(np.zeros(n, dtype=np.int32)),
                 pa.array(np.zeros(n, dtype=np.int32)),
+                pa.array(np.zeros(n, dtype=bool)),
             ],
             schema=result_schema(pa.string()),
         )

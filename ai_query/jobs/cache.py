@@ -217,7 +217,8 @@ class CachingEngine(ForwardingEngine):
         missing_set = set(missing)
         known = [i for i in range(len(requests)) if i not in missing_set]
         answered_here = result_batch(
-            [RowOutcome(hits[i]) if i in hits else None for i in known], to_arrow(sql_type)
+            [RowOutcome(hits[i], cached=True) if i in hits else None for i in known],
+            to_arrow(sql_type),
         )
         if not missing:
             return answered_here

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from ai_query.config import settings
-from ai_query.engine.core.batch import read_request_batch, read_request_files
-from ai_query.engine.core.budget import cached_rows, paid_rows, shares_answers, spent_tokens
+from ai_query.engine.core.batch import answered_cached, read_request_batch, read_request_files
+from ai_query.engine.core.budget import paid_rows, shares_answers, spent_tokens
 from ai_query.engine.core.ceiling import output_ceiling
 from ai_query.engine.core.forwarding import ForwardingEngine
 from ai_query.engine.core.memo import RowKey, row_keys
@@ -193,7 +193,6 @@ class MeteredEngine(ForwardingEngine):
         requests, options = read_request_batch(batch)
         keys = row_keys(requests, read_request_files(batch))
         name = options.endpoint
-        hits = cached_rows(self.inner, batch)  # answered without the model: not measured
         with self._lock:
             spell = self._open.setdefault(
                 name, {"active": 0, "start": time.monotonic(), "requests": 0, "prompt": 0,
@@ -209,7 +208,9 @@ class MeteredEngine(ForwardingEngine):
         finally:
             endpoint = self.catalog.get(name)
             shares = shares_answers(options, endpoint)
-            paid = paid_rows(keys, shares) & ~hits
+            paid = paid_rows(keys, shares)
+            if result is not None:  # rows answered without the model are not measured
+                paid &= ~answered_cached(result)
             self._close(name, requests, keys, paid if shares else None, result)
 
     def _close(

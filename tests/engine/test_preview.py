@@ -53,6 +53,21 @@ def test_rows_the_memo_holds_are_cached_and_cache_only_counts_nothing() -> None:
     assert not any(preview(engine, sampled).column("cached").to_pylist())
 
 
+def test_answers_from_the_memo_come_back_cached_with_the_tokens_they_took(server) -> None:
+    client = FlightEngineClient(server.url)
+    batch = request_batch(TEXTS, CallOptions(endpoint=CHAT))
+    first = align_results(client.run(batch), 4)
+    assert first.column("cached").to_pylist() == [False] * 4  # the repeat is coalesced
+    again = align_results(client.run(batch), 4)
+    assert again.column("cached").to_pylist() == [True, False, True, True]  # NULL: not
+    assert again.column("prompt_tokens").equals(first.column("prompt_tokens"))
+    assert again.column("result").equals(first.column("result"))
+    sampled = request_batch(TEXTS, CallOptions(
+        endpoint=CHAT, model_parameters=ModelParameters(temperature=1)))
+    assert not any(align_results(client.run(sampled), 4).column("cached").to_pylist())
+    client.close()
+
+
 def test_an_engine_without_a_preview_gets_the_estimate_and_checks_the_endpoint() -> None:
     engine = EchoEngine()
     out = preview(engine, request_batch(["x" * 40, None], CallOptions(endpoint=CHAT)))

@@ -40,6 +40,8 @@ def test_second_batch_is_answered_without_the_model(caching: Any, det_engine: An
     assert second.column("result").to_pylist() == first.column("result").to_pylist()
     assert second.column("result")[2].as_py() is None
     assert second.column("prompt_tokens").to_pylist() == [0] * 5  # nothing paid for hits
+    assert first.column("cached").to_pylist() == [False] * 5
+    assert second.column("cached").to_pylist() == [True, True, False, True, True]
 
 
 def test_mixed_hits_and_misses_keep_row_order(caching: Any) -> None:

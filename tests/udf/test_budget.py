@@ -201,3 +201,37 @@ def test_budgets_through_a_script_and_the_cli_with_the_real_model(tmp_path) -> N
     assert cli.returncode != 0
     assert "refused before it started" in cli.stderr and "> max_tokens 50" in cli.stderr
     assert "VLLM" not in cli.stderr  # no model started for a refused query
+
+
+def test_rows_the_memo_answers_cost_nothing_counted_from_the_answers_alone(tmp_path) -> None:
+    """A query with no budget limit counts its spend from the result batches' ``cached``
+    column: no preview round trip before each slice is sent (the engine server sees only the
+    data exchanges), and rows the server's memo answers cost nothing, nor enter the usage
+    history's measured rows."""
+    from ai_query.engine.flight.client import FlightEngineClient
+    from ai_query.serving.flight import ServingFlightServer
+
+    server = ServingFlightServer(
+        LocalEngine(Catalog.default(), backend_factory=DeterministicBackend))
+    client = FlightEngineClient(server.url)
+    try:
+        con = _connect(client, tmp_path)
+        query = f"SELECT ai_query('{CHAT}', r, {LIMITED}) FROM t"
+        assert len(con.sql(query).fetchall()) == 60
+        assert con.spent.tokens == 36 * 10  # 36 distinct texts, 4 read + 6 generated each
+        first = server.health()
+        assert first["exchanges"] == first["batches"] > 0  # data exchanges only: no previews
+        spells = con.history.spells(CHAT)
+        assert spells[-1].requests == 36
+        assert len(con.sql(query).fetchall()) == 60
+        assert con.spent.tokens == 0  # every row from the server's memo
+        assert server.health()["exchanges"] == 2 * first["exchanges"]
+        assert con.history.spells(CHAT) == spells  # answered from the memo: nothing measured
+        # a query that samples is never answered from the memo: it is paid again
+        sampled = (f"SELECT ai_query('{CHAT}', r, modelParameters => "
+                   "named_struct('temperature', 1.0, 'max_tokens', 8)) FROM t")
+        con.sql(sampled).fetchall()
+        assert con.spent.tokens == 54 * 10  # every non-NULL row
+    finally:
+        client.close()
+        server.shutdown()

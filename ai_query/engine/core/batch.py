@@ -15,7 +15,11 @@ error              string      why the row failed, else NULL
 prompt_tokens      int32       tokens read
 completion_tokens  int32       tokens generated
 reasoning_tokens   int32       of those generated, the reasoning's (reasoning models)
+cached             bool        answered without the model (a memo or result cache)
 =================  ==========  =================================================
+
+``cached`` lets a client count what a query spent from its answers alone, with no preview
+round trip before the rows are sent (:func:`answered_cached`).
 
 :func:`align_results` is the one place that checks "output i is input row i": a result batch
 with a missing or repeated row raises :class:`ai_query.errors.RowAlignmentError`.
@@ -54,6 +58,9 @@ class RowOutcome:
     """Tokens generated."""
     reasoning_tokens: int = 0
     """Of :attr:`completion_tokens`, those a reasoning model spent reasoning."""
+    cached: bool = False
+    """Answered without the model: from a memo of recent answers or a result cache (its
+    token counts are those of the call that computed it)."""
 
 
 def request_batch(
@@ -118,6 +125,7 @@ def result_schema(result_type: pa.DataType) -> pa.Schema:
             pa.field("prompt_tokens", pa.int32()),
             pa.field("completion_tokens", pa.int32()),
             pa.field("reasoning_tokens", pa.int32()),
+            pa.field("cached", pa.bool_()),
         ]
     )
 
@@ -136,9 +144,16 @@ def result_batch(outcomes: Sequence[RowOutcome | None], result_type: pa.DataType
             pa.array([o.prompt_tokens if o is not None else 0 for o in outcomes], pa.int32()),
             pa.array([o.completion_tokens if o is not None else 0 for o in outcomes], pa.int32()),
             pa.array([o.reasoning_tokens if o is not None else 0 for o in outcomes], pa.int32()),
+            pa.array([o is not None and o.cached for o in outcomes], pa.bool_()),
         ],
         schema=result_schema(result_type),
     )
+
+
+def answered_cached(result: pa.RecordBatch) -> np.ndarray:
+    """Which rows of a result batch were answered without the model (``cached``)."""
+    cached = result.column("cached").fill_null(False)
+    return np.asarray(cached.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _error(outcome: RowOutcome | None) -> str | None:

@@ -32,6 +32,7 @@ from ai_query.engine.core.arrow_types import to_arrow
 from ai_query.engine.core.batch import (
     RowOutcome,
     align_results,
+    answered_cached,
     read_request_batch,
     read_request_files,
     result_batch,
@@ -40,7 +41,7 @@ from ai_query.engine.core.batch import (
 from ai_query.engine.core.ceiling import output_ceiling
 from ai_query.engine.core.forwarding import ForwardingEngine
 from ai_query.engine.core.memo import RowKey, row_keys
-from ai_query.engine.core.preview import cache_only, preview
+from ai_query.engine.core.preview import preview
 from ai_query.engine.core.protocol import Engine
 from ai_query.errors import BudgetExceededError, ConfigError
 from ai_query.options import CallOptions
@@ -245,9 +246,11 @@ class BudgetedEngine(ForwardingEngine):
         endpoint = self.catalog.get(options.endpoint)
         call = options.to_json() if shares_answers(options, endpoint) else None
         paid = paid_rows(requests, call is not None)
-        if not allowance.budget.limited:  # spend is counted, nothing held back
-            paid &= allowance.mark_sent(call, requests) & ~cached_rows(self.inner, batch)
-            result = self.inner.run(batch)
+        if not allowance.budget.limited:  # spend is counted from the answers, none held back
+            result = align_results(self.inner.run(batch), len(requests))
+            hits = answered_cached(result)  # a row another batch computed first is one of them
+            computed = [None if hit else r for r, hit in zip(requests, hits, strict=True)]
+            paid &= allowance.mark_sent(call, computed)
             allowance.count(_used(result, paid, endpoint))
             return result
         paid &= allowance.unsent(call, requests)
@@ -299,13 +302,6 @@ def paid_rows(requests: Sequence[RowKey | None], shares: bool) -> np.ndarray:
             paid[i] = True
             seen.add(text)
     return paid
-
-
-def cached_rows(engine: Engine, batch: pa.RecordBatch) -> np.ndarray:
-    """Which rows ``engine`` would answer without the model (its preview's cache hits alone:
-    no tokens counted)."""
-    hits = preview(engine, cache_only(batch)).column("cached").fill_null(False)
-    return np.asarray(hits.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _reservations(
