@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pyarrow as pa
 
 from ai_query.catalog import Catalog
-from ai_query.engine.core.batch import REQUEST_COLUMN, read_request_batch, result_schema
+from ai_query.engine.core.batch import REQUEST_COLUMN, read_request_batch, text_results
 from ai_query.engine.core.forwarding import ForwardingEngine
 from ai_query.engine.core.protocol import Engine
 from ai_query.engine.kinds import EngineKind
@@ -36,20 +35,7 @@ class EchoEngine:
         """Echo the ``request`` column back as ``result``."""
         _, options = read_request_batch(batch.slice(0, 0))  # checks the call options only
         self.catalog.get(options.endpoint)
-        requests = batch.column(REQUEST_COLUMN)
-        n = batch.num_rows
-        return pa.RecordBatch.from_arrays(
-            [
-                pa.array(np.arange(n, dtype=np.int64)),
-                requests.cast(pa.string()),
-                pa.nulls(n, pa.string()),
-                pa.array(np.zeros(n, dtype=np.int32)),
-                pa.array(np.zeros(n, dtype=np.int32)),
-                pa.array(np.zeros(n, dtype=np.int32)),
-                pa.array(np.zeros(n, dtype=bool)),
-            ],
-            schema=result_schema(pa.string()),
-        )
+        return text_results(batch.column(REQUEST_COLUMN))
 
     def close(self) -> None:
         """Nothing to release."""

@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -27,7 +26,7 @@ from ai_query.engine.core.batch import (
     REQUEST_COLUMN,
     read_request_batch,
     read_request_files,
-    result_schema,
+    text_results,
 )
 from ai_query.engine.core.files import file_digest
 from ai_query.engine.local import LocalEngine
@@ -111,19 +110,7 @@ class RecordingEngine:
                 self._fixed[key] = fixed
         if fixed is None:
             return self._stand_in.run(batch)
-        n = len(requests)
-        return pa.RecordBatch.from_arrays(
-            [
-                pa.array(np.arange(n, dtype=np.int64)),
-                pc.if_else(pc.is_null(requests), pa.scalar(None, pa.string()), fixed),
-                pa.nulls(n, pa.string()),
-                pa.array(np.zeros(n, dtype=np.int32)),
-                pa.array(np.zeros(n, dtype=np.int32)),
-                pa.array(np.zeros(n, dtype=np.int32)),
-                pa.array(np.zeros(n, dtype=bool)),
-            ],
-            schema=result_schema(pa.string()),
-        )
+        return text_results(pc.if_else(pc.is_null(requests), pa.scalar(None, pa.string()), fixed))
 
     def _fixed_answer(self, options: CallOptions) -> str | None:
         """The one stand-in text of a call's rows: empty for plain text, the first choice of

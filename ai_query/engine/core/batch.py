@@ -150,6 +150,18 @@ def result_batch(outcomes: Sequence[RowOutcome | None], result_type: pa.DataType
     )
 
 
+def text_results(texts: pa.Array) -> pa.RecordBatch:
+    """A result batch of ``texts`` (strings, NULL allowed), one per request row, with no error,
+    no tokens and nothing cached: what an engine without a model answers."""
+    n = len(texts)
+    zeros = pa.array(np.zeros(n, dtype=np.int32))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.arange(n, dtype=np.int64)), texts.cast(pa.string()), pa.nulls(n, pa.string()),
+         zeros, zeros, zeros, pa.array(np.zeros(n, dtype=bool))],
+        schema=result_schema(pa.string()),
+    )
+
+
 def answered_cached(result: pa.RecordBatch) -> np.ndarray:
     """Which rows of a result batch were answered without the model (``cached``)."""
     cached = result.column("cached").fill_null(False)

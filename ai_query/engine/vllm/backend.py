@@ -60,6 +60,7 @@ RENDER_WAIT_S = 0.5
 CONFIG_ARGS = {"structured_outputs_config": "StructuredOutputsConfig",
                "kv_transfer_config": "KVTransferConfig"}
 
+
 class VLLMBackend(VLLMModel):
     """Runs one local generative model with vLLM's async engine."""
 
