@@ -235,3 +235,27 @@ def test_rows_the_memo_answers_cost_nothing_counted_from_the_answers_alone(tmp_p
     finally:
         client.close()
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_a_scripts_second_run_of_a_statement_costs_nothing_with_the_real_model(tmp_path) -> None:
+    """A user's ``python file.py`` with no budget: the real engine server's memo answers the
+    statement's second run, and ``con.spent`` counts it as nothing, from the answers alone."""
+    proc = run_script(tmp_path, f"""
+        import json, os
+        os.environ["AI_QUERY_USAGE_HISTORY"] = "history.json"  # this script's history only
+        import ai_query
+        con = ai_query.connect()
+        q = ("SELECT i, ai_query('{CHAT}', 'Name a colour, number ' || (i % 6), "
+             "modelParameters => named_struct('max_tokens', 4)) AS a FROM range(12) x(i)")
+        first = sorted(con.sql(q).fetchall())
+        spent_first = con.spent.tokens
+        second = sorted(con.sql(q).fetchall())
+        print("RESULT", json.dumps([spent_first, con.spent.tokens, first == second]))
+    """)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0
+    spent_first, spent_second, same = json.loads(
+        next(x for x in out.splitlines() if x.startswith("RESULT"))[7:])
+    assert spent_first > 6 * 10  # 6 distinct prompts, each read (10+ tokens) once
+    assert spent_second == 0 and same
