@@ -5,6 +5,7 @@ restart limit (a stand-in engine that starts at once and a recorded sleep; no vL
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from pathlib import Path
@@ -89,6 +90,44 @@ def test_restarts_wait_1_2_4_s_from_the_request_then_the_engine_stays_failed(
             "killed) and is not restarted again; restart the engine server (ai-query serve, "
             f"pid {os.getpid()}) to bring it back"
         )
+
+
+def test_a_started_engine_leaves_the_heap_out_of_full_collections_until_it_restarts_or_closes(
+    tmp_path: Path, slept: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As vLLM's own server does after its start: what is alive once the engine has started is
+    frozen (over a started vLLM's heap each full collection paused the engine loop ~0.4 s);
+    a restart unfreezes before the dead engine goes, a close after the engine stopped."""
+    gc.unfreeze()
+    thawed: list[object | None] = []
+    real_unfreeze = gc.unfreeze
+
+    def unfreeze() -> None:
+        thawed.append(model.engine)
+        real_unfreeze()
+
+    monkeypatch.setattr(gc, "unfreeze", unfreeze)
+    model = QuickModel(tmp_path / "smollm2")
+    frozen: list[int] = []
+
+    async def scenario() -> None:
+        await model.start()
+        frozen.append(gc.get_freeze_count())
+        dead = model.engine
+        model.supervisor.died("killed")
+        await model.start()  # unfreezes while the dead engine is still held, then freezes
+        assert thawed == [dead] and model.engine is not dead
+        frozen.append(gc.get_freeze_count())
+        await model.close()
+        frozen.append(gc.get_freeze_count())
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        real_unfreeze()
+    assert frozen[0] > 10_000 and frozen[1] > 10_000  # the test process's whole heap
+    assert thawed[-1] is None  # closed: the engine is gone before the heap is unfrozen
+    assert frozen[2] == 0
 
 
 def test_rows_on_a_dead_engine_say_what_happens_next(tmp_path: Path) -> None:
