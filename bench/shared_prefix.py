@@ -27,6 +27,9 @@ rows whose answer differs from a baseline's are counted (temperature 0). Goals: 
     .venv/bin/python bench/shared_prefix.py [--rows 256] [--trials 2] [--tables eight,one,...]
         [--model DIR]
 
+A table may be given twice (``--tables unique,one,eight,unique``: is a table slower after
+others?); each place gets fresh rows and its own figures.
+
 ``PYTHONPATH=bench/emulate_avx2`` runs every side on AVX2 kernels (``emulate_avx2/``).
 """
 
@@ -69,8 +72,9 @@ def instruction(k: int) -> str:
     return f"You follow instruction set {k}.\n" + "\n".join(rules)
 
 
-def table_prompts(table: str, rows: int, trial: int) -> list[str]:
-    """The prompts of ``table`` for one trial (fresh row texts per trial)."""
+def table_prompts(table: str, rows: int, trial: int | str) -> list[str]:
+    """The prompts of ``table`` for one trial (fresh row texts per trial; a table given twice
+    is fresh at each place: ``trial`` then names the place too)."""
     def row_text(i: int) -> str:  # fresh per table too: the engine remembers greedy answers
         return f"Text {i} ({table}, trial {trial}): a short note about {TOPICS[i % len(TOPICS)]}."
 
@@ -84,6 +88,15 @@ def table_prompts(table: str, rows: int, trial: int) -> list[str]:
         half = [f"Write one sentence about: {row_text(i)}" for i in range(rows // 2)]
         return [half[(i * 7) % len(half)] if i % 2 else half[i // 2] for i in range(rows)]
     raise SystemExit(f"unknown table {table!r}")
+
+
+def label(tables: list[str], k: int) -> str:
+    """The name of the ``k``-th table in the run: a table given twice (``unique,one,unique``:
+    does a table cost more after another?) is told apart by its place (``unique (3rd)``)."""
+    table = tables[k]
+    if tables.count(table) == 1:
+        return table
+    return f"{table} ({k + 1}{'st' if k == 0 else 'nd' if k == 1 else 'rd' if k == 2 else 'th'})"
 
 
 class Ours:
@@ -119,6 +132,7 @@ def main() -> None:
     add_model_args(parser)
     args = parser.parse_args()
     tables = args.tables.split(",")
+    labels = [label(tables, k) for k in range(len(tables))]
     model = chat_model_dir(args)
     print(cpu_line(), flush=True)
     baselines = {"default": OfflineBaseline(model, DEFAULT_BASELINE),
@@ -126,11 +140,12 @@ def main() -> None:
     for name, baseline in baselines.items():
         print(f"baseline {name}: {baseline.settings}", flush=True)
     ours = Ours(bench_catalog(args, embeddings=False), CHAT_ENDPOINT)
-    ratios: dict[str, dict[str, list[float]]] = {t: {} for t in tables}
+    ratios: dict[str, dict[str, list[float]]] = {name: {} for name in labels}
     sides = ["default", "tuned", "ours"]
     for trial in range(args.trials):
         for k, table in enumerate(tables):
-            prompts = table_prompts(table, args.rows, trial)
+            place = trial if labels[k] == table else f"{trial}.{k}"
+            prompts = table_prompts(table, args.rows, place)
             seconds: dict[str, float] = {}
             answers: dict[str, list[str]] = {}
             for side in sides[(trial + k) % 3 :] + sides[: (trial + k) % 3]:
@@ -139,13 +154,13 @@ def main() -> None:
                 seconds[side], answers[side] = run(prompts)
             seconds["best"] = min(seconds["default"], seconds["tuned"])
             for base in ("default", "tuned", "best"):
-                ratios[table].setdefault(base, []).append(seconds[base] / seconds["ours"])
+                ratios[labels[k]].setdefault(base, []).append(seconds[base] / seconds["ours"])
             differ = {
                 b: sum(x != y for x, y in zip(answers["ours"], answers[b], strict=True))
                 for b in ("default", "tuned")
             }
             print(
-                f"trial {trial} {table}: default {seconds['default']:.2f} s, tuned "
+                f"trial {trial} {labels[k]}: default {seconds['default']:.2f} s, tuned "
                 f"{seconds['tuned']:.2f} s, ai_query {seconds['ours']:.2f} s; speed-up vs "
                 f"default {seconds['default'] / seconds['ours']:.2f}x, vs best "
                 f"{seconds['best'] / seconds['ours']:.2f}x; answers differing from default "
@@ -155,8 +170,8 @@ def main() -> None:
     for baseline in baselines.values():
         baseline.close()
     summary = "; ".join(
-        f"{t} {statistics.median(r['default']):.2f}x default (goal >= {GOALS[t][0]}), "
-        f"{statistics.median(r['best']):.2f}x best (goal >= {GOALS[t][1]}), "
+        f"{t} {statistics.median(r['default']):.2f}x default (goal >= {GOALS[t.split()[0]][0]}), "
+        f"{statistics.median(r['best']):.2f}x best (goal >= {GOALS[t.split()[0]][1]}), "
         f"{statistics.median(r['tuned']):.2f}x tuned"
         for t, r in ratios.items()
     )
