@@ -92,11 +92,9 @@ def table_prompts(table: str, rows: int, trial: int | str) -> list[str]:
 
 def label(tables: list[str], k: int) -> str:
     """The name of the ``k``-th table in the run: a table given twice (``unique,one,unique``:
-    does a table cost more after another?) is told apart by its place (``unique (3rd)``)."""
+    does a table cost more after another?) is told apart by its place (``unique (place 3)``)."""
     table = tables[k]
-    if tables.count(table) == 1:
-        return table
-    return f"{table} ({k + 1}{'st' if k == 0 else 'nd' if k == 1 else 'rd' if k == 2 else 'th'})"
+    return table if tables.count(table) == 1 else f"{table} (place {k + 1})"
 
 
 class Ours:
@@ -170,10 +168,10 @@ def main() -> None:
     for baseline in baselines.values():
         baseline.close()
     summary = "; ".join(
-        f"{t} {statistics.median(r['default']):.2f}x default (goal >= {GOALS[t.split()[0]][0]}), "
-        f"{statistics.median(r['best']):.2f}x best (goal >= {GOALS[t.split()[0]][1]}), "
-        f"{statistics.median(r['tuned']):.2f}x tuned"
-        for t, r in ratios.items()
+        f"{name} {statistics.median(ratios[name]['default']):.2f}x default (goal >= "
+        f"{GOALS[t][0]}), {statistics.median(ratios[name]['best']):.2f}x best (goal >= "
+        f"{GOALS[t][1]}), {statistics.median(ratios[name]['tuned']):.2f}x tuned"
+        for name, t in dict(zip(labels, tables, strict=True)).items()
     )
     print(f"shared_prefix speed-up of ai_query (median of trials): {summary}")
 
