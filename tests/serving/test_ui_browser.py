@@ -378,15 +378,22 @@ def test_auth_off_opens_on_the_endpoints_as_the_local_admin(
 def test_headers_reach_the_browser_on_page_assets_api_and_errors(
     page: Any, det_server: HTTPServer
 ) -> None:
-    seen: dict[tuple[str, int], dict[str, str]] = {}
-    page.on("response", lambda r: seen.setdefault(
-        (r.url.removeprefix(det_server.url), r.status), r.all_headers()))
+    # The listener only keeps each response: asking for its headers inside the listener is a
+    # round trip to the browser that can still be pending when the sign-in returns.
+    seen: dict[tuple[str, int], Any] = {}
+    page.on("response", lambda r: seen.setdefault((r.url.removeprefix(det_server.url), r.status), r))
     _sign_in(page, det_server, "tok-alice")
-    for key in [("/", 200), ("/ui/app.js", 200), ("/ui/app.css", 200),
-                ("/api/ui/me", 401), ("/api/ui/me", 200), ("/api/2.0/serving-endpoints", 200)]:
+    keys = [("/", 200), ("/ui/app.js", 200), ("/ui/app.css", 200),
+            ("/api/ui/me", 401), ("/api/ui/me", 200), ("/api/2.0/serving-endpoints", 200)]
+    for _ in range(100):  # events already sent are delivered while the page waits
+        if all(key in seen for key in keys):
+            break
+        page.wait_for_timeout(50)
+    for key in keys:
         assert key in seen, sorted(seen)
+        headers = seen[key].all_headers()
         for name, value in SECURITY_HEADERS.items():
-            assert seen[key].get(name.lower()) == value, (key, name)
+            assert headers.get(name.lower()) == value, (key, name)
 
 
 def test_the_page_cannot_be_framed_and_csp_violations_are_caught(
