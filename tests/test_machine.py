@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ai_query.config import vllm_environment
+import pytest
+
+from ai_query.config import effective_vllm_environment, vllm_environment
 from ai_query.engine.vllm.model import engine_defaults
 from ai_query.machine import Machine, kv_cache_gib, this_machine
 
@@ -34,7 +36,8 @@ def test_the_machine_is_read_from_proc_sys_and_dev(tmp_path: Path) -> None:
     assert (m.cpu, m.gpu, m.memory_gib) == ("Test CPU 9000", None, 24.0)
     assert {"avx2", "avx512_bf16"} <= m.flags and m.cores >= 1
     assert m.describe().startswith("Test CPU 9000 (flags avx2 avx512f avx512_bf16), ")
-    assert m.describe().endswith("24.0 GiB, no GPU")
+    assert m.describe().endswith("24.0 GiB, no GPU, no tcmalloc")
+    assert m.tcmalloc is None
     limited = Machine.read(_root(tmp_path, "avx2", cgroup=str(6 * 2**30)), no_gpu)
     assert limited.memory_gib == 6.0, "a control group's lower limit is the memory"
     assert Machine.read(_root(tmp_path, "avx2", cgroup="max"), no_gpu).memory_gib == 24.0
@@ -46,8 +49,52 @@ def test_the_machine_is_read_from_proc_sys_and_dev(tmp_path: Path) -> None:
     assert (unread.cpu, unread.flags, unread.memory_gib) == ("unknown CPU", frozenset(), 0.0)
 
 
-def _machine(flags: str, memory_gib: float = 24.0, gpu: str | None = None) -> Machine:
-    return Machine("CPU", frozenset(flags.split()), 2, memory_gib, gpu)
+def _machine(flags: str, memory_gib: float = 24.0, gpu: str | None = None,
+             tcmalloc: str | None = None) -> Machine:
+    return Machine("CPU", frozenset(flags.split()), 2, memory_gib, gpu, tcmalloc)
+
+
+def test_the_machines_tcmalloc_is_found_where_distributions_keep_libraries(tmp_path: Path) -> None:
+    root = _root(tmp_path, "avx2")
+    (root / "usr/lib64").mkdir(parents=True)
+    (root / "usr/lib64/libtcmalloc.so.4").write_bytes(b"")  # the full one, as Fedora has it
+    m = Machine.read(root, tmp_path / "no-nvidiactl")
+    assert m.tcmalloc == str(root / "usr/lib64/libtcmalloc.so.4")
+    (root / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    (root / "usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4").write_bytes(b"")  # Debian's
+    m = Machine.read(root, tmp_path / "no-nvidiactl")
+    assert m.tcmalloc == str(root / "usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert m.describe().endswith(", tcmalloc")
+
+
+def test_cpu_engines_get_tcmalloc_preloaded_a_gpu_or_a_machine_without_it_does_not() -> None:
+    lib = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+    assert vllm_environment(_machine("avx2", tcmalloc=lib))["LD_PRELOAD"] == lib
+    assert "LD_PRELOAD" not in vllm_environment(_machine("avx2"))
+    assert "LD_PRELOAD" not in vllm_environment(_machine("avx2", gpu="NVIDIA L4", tcmalloc=lib))
+
+
+def test_tcmalloc_goes_before_the_users_preload_unless_they_chose_an_allocator_or_turned_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ai_query.config as config
+
+    lib = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+    monkeypatch.setattr(config, "this_machine", lambda: _machine("avx2", tcmalloc=lib))
+    monkeypatch.delenv("AI_QUERY_TCMALLOC", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert effective_vllm_environment()["LD_PRELOAD"] == lib
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libmine.so")
+    assert effective_vllm_environment()["LD_PRELOAD"] == f"{lib}:/opt/libmine.so"
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert effective_vllm_environment()["LD_PRELOAD"] == "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    monkeypatch.setenv("LD_PRELOAD", f"{lib}:/opt/libmine.so")  # applied before: not twice
+    assert effective_vllm_environment()["LD_PRELOAD"] == f"{lib}:/opt/libmine.so"
+    monkeypatch.setenv("AI_QUERY_TCMALLOC", "0")
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libmine.so")
+    assert effective_vllm_environment()["LD_PRELOAD"] == "/opt/libmine.so"
+    monkeypatch.delenv("LD_PRELOAD")
+    assert "LD_PRELOAD" not in effective_vllm_environment()
 
 
 def test_bf16_only_where_the_machine_computes_it_natively() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from ai_query.engine.process.lifeline import descendants
+from ai_query.machine import this_machine
 from tests.processes import engine_cores, read_line, run_script, wait_gone
 from tests.servers import free_port, start, stop, wait_http
 
@@ -49,7 +50,17 @@ def test_a_plain_script_answers_then_leaves_nothing_behind_when_killed(tmp_path:
         assert dims == 384
         assert isinstance(typed, dict) and isinstance(typed["score"], int)
         tree = descendants(proc.pid)
-        assert engine_cores(proc.pid), "the script's engine processes should be running"
+        cores = engine_cores(proc.pid)
+        assert cores, "the script's engine processes should be running"
+        # The machine's tcmalloc (scripts/setup.sh installs it) is in the chat model's engine
+        # process and in the server, whose own thread runs the embeddings model; not in the
+        # user's process.
+        assert this_machine().tcmalloc, "no tcmalloc on this machine: run scripts/setup.sh"
+        servers = [pid for pid in tree if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(servers) == 1, servers
+        for pid in [*cores, *servers]:
+            assert "libtcmalloc" in Path(f"/proc/{pid}/maps").read_text(), pid
+        assert "libtcmalloc" not in Path(f"/proc/{proc.pid}/maps").read_text()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         assert wait_gone(tree) == [], "engine processes outlived the killed script"

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ai_query.catalog import Catalog
+from ai_query.config import effective_vllm_environment
 from ai_query.engine.kinds import EngineKind
 from ai_query.engine.process.lifeline import ReadyReader, ReadyReport
 from ai_query.errors import EngineUnavailableError
@@ -235,12 +236,17 @@ def start_server_process(
     args += ["--lifeline-fd", str(theirs.fileno())]
     if own_dir:
         args += ["--private-dir", str(workdir)]
+    server_env = {**os.environ, **dict(env or {})}
+    if str(engine) == EngineKind.VLLM:  # its in-process engines (embeddings) get tcmalloc too
+        preload = effective_vllm_environment().get("LD_PRELOAD")
+        if preload:
+            server_env["LD_PRELOAD"] = preload
     mark("launcher: server spawn")
     try:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **dict(env or {})}, start_new_session=True,
+                env=server_env, start_new_session=True,
                 pass_fds=(theirs.fileno(),),
             )
     except BaseException:
