@@ -170,13 +170,23 @@ class OfflineBaseline:
     benchmark's baseline, so that it and ai_query's engine server each run in their own process
     and a run can hold several baselines at once. ``args`` None: ai_query's own settings."""
 
-    def __init__(self, model: str | Path, args: dict[str, Any] | None) -> None:
+    def __init__(
+        self, model: str | Path, args: dict[str, Any] | None, preload: str | None = None
+    ) -> None:
         import multiprocessing
+        import os
 
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_baseline_worker, args=(child, str(model), args))
-        self._proc.start()
+        before = os.environ.get("LD_PRELOAD")
+        os.environ["LD_PRELOAD"] = preload or ""  # vLLM as users run it: what they preload
+        try:
+            self._proc.start()
+        finally:
+            os.environ.pop("LD_PRELOAD")
+            if before is not None:
+                os.environ["LD_PRELOAD"] = before
         self.settings: str = self._conn.recv()
         """What the engine runs with (block size, scheduler limits, eager or compiled)."""
 
@@ -209,7 +219,7 @@ def _baseline_worker(conn: Any, model: str, args: dict[str, Any] | None) -> None
         f"dtype {config.model_config.dtype}, block_size {config.cache_config.block_size}, "
         f"max_num_seqs {config.scheduler_config.max_num_seqs}, max_num_batched_tokens "
         f"{config.scheduler_config.max_num_batched_tokens}, enforce_eager "
-        f"{config.model_config.enforce_eager}"
+        f"{config.model_config.enforce_eager}, malloc {process_malloc()}"
     )
     offline_chat(llm, ["warm up"], 8)
     while (job := conn.recv()) is not None:
@@ -218,6 +228,11 @@ def _baseline_worker(conn: Any, model: str, args: dict[str, Any] | None) -> None
             lambda p=prompts, m=max_tokens, i=images: chat_outputs(llm, p, m, i)
         )
         conn.send((seconds, [o.outputs[0].text for o in outs]))
+
+
+def process_malloc(pid: int | str = "self") -> str:
+    """The allocator process ``pid`` runs on: ``tcmalloc`` where it is loaded, else ``glibc``."""
+    return "tcmalloc" if "libtcmalloc" in Path(f"/proc/{pid}/maps").read_text() else "glibc"
 
 
 def chat_outputs(

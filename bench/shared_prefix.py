@@ -25,7 +25,11 @@ rows whose answer differs from a baseline's are counted (temperature 0). Goals: 
 >= 1.3x best.
 
     .venv/bin/python bench/shared_prefix.py [--rows 256] [--trials 2] [--tables eight,one,...]
-        [--model DIR]
+        [--model DIR] [--tcmalloc-baseline]
+
+Every side prints its allocator: ai_query's engine server preloads the machine's tcmalloc,
+vLLM offline runs on glibc's malloc as users start it; ``--tcmalloc-baseline`` adds the tuned
+baseline with tcmalloc preloaded too (reported beside the others, not part of "best").
 
 A table may be given twice (``--tables unique,one,eight,unique``: is a table slower after
 others?); each place gets fresh rows and its own figures.
@@ -36,6 +40,7 @@ others?); each place gets fresh rows and its own figures.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -54,12 +59,18 @@ from common import (  # noqa: E402
     bench_catalog,
     chat_model_dir,
     cpu_line,
+    process_malloc,
     timed,
 )
+
+from ai_query.engine.process.lifeline import descendants  # noqa: E402
+from ai_query.machine import this_machine  # noqa: E402
 
 #: (against vLLM's defaults, against the best baseline) per table.
 GOALS = {"eight": (1.5, 1.3), "one": (1.5, 1.3), "unique": (1.0, 0.97), "dups": (1.0, 1.8)}
 MAX_TOKENS = 8
+#: The optional third baseline (``--tcmalloc-baseline``).
+TCMALLOC = "tuned+tcmalloc"
 
 
 def instruction(k: int) -> str:
@@ -106,6 +117,10 @@ class Ours:
         self.con = ai_query.connect(catalog=catalog)
         self.endpoint = endpoint
         self.con.sql(f"SELECT ai_query('{endpoint}', 'warm up')").fetchall()
+        self.server_pid = next(
+            pid for pid in descendants(os.getpid())
+            if b"ai_query\0serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )  # fmt: skip
 
     def run(self, prompts: list[str]) -> tuple[float, list[str]]:
         import pyarrow as pa
@@ -127,6 +142,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--tables", default="eight,one,unique,dups")
+    parser.add_argument("--tcmalloc-baseline", action="store_true",
+                        help="a third baseline: tuned, with the machine's tcmalloc preloaded "
+                        "(reported beside the others, not part of best)")
     add_model_args(parser)
     args = parser.parse_args()
     tables = args.tables.split(",")
@@ -135,24 +153,32 @@ def main() -> None:
     print(cpu_line(), flush=True)
     baselines = {"default": OfflineBaseline(model, DEFAULT_BASELINE),
                  "tuned": OfflineBaseline(model, None)}  # fmt: skip
+    if args.tcmalloc_baseline:
+        baselines[TCMALLOC] = OfflineBaseline(model, None, preload=this_machine().tcmalloc)
     for name, baseline in baselines.items():
         print(f"baseline {name}: {baseline.settings}", flush=True)
     ours = Ours(bench_catalog(args, embeddings=False), CHAT_ENDPOINT)
+    print(f"ai_query's engine server: malloc {process_malloc(ours.server_pid)}", flush=True)
     ratios: dict[str, dict[str, list[float]]] = {name: {} for name in labels}
-    sides = ["default", "tuned", "ours"]
+    sides = [*baselines, "ours"]
     for trial in range(args.trials):
         for k, table in enumerate(tables):
             place = trial if labels[k] == table else f"{trial}.{k}"
             prompts = table_prompts(table, args.rows, place)
             seconds: dict[str, float] = {}
             answers: dict[str, list[str]] = {}
-            for side in sides[(trial + k) % 3 :] + sides[: (trial + k) % 3]:
+            turn = (trial + k) % len(sides)
+            for side in sides[turn:] + sides[:turn]:
                 run = ours.run if side == "ours" else (
                     lambda p, b=baselines[side]: b.chat(p, MAX_TOKENS))  # fmt: skip
                 seconds[side], answers[side] = run(prompts)
             seconds["best"] = min(seconds["default"], seconds["tuned"])
-            for base in ("default", "tuned", "best"):
+            for base in (*baselines, "best"):
                 ratios[labels[k]].setdefault(base, []).append(seconds[base] / seconds["ours"])
+            extra = (
+                f" ({TCMALLOC} {seconds[TCMALLOC]:.2f} s: "
+                f"{seconds[TCMALLOC] / seconds['ours']:.2f}x)" if TCMALLOC in seconds else ""
+            )
             differ = {
                 b: sum(x != y for x, y in zip(answers["ours"], answers[b], strict=True))
                 for b in ("default", "tuned")
@@ -161,7 +187,7 @@ def main() -> None:
                 f"trial {trial} {labels[k]}: default {seconds['default']:.2f} s, tuned "
                 f"{seconds['tuned']:.2f} s, ai_query {seconds['ours']:.2f} s; speed-up vs "
                 f"default {seconds['default'] / seconds['ours']:.2f}x, vs best "
-                f"{seconds['best'] / seconds['ours']:.2f}x; answers differing from default "
+                f"{seconds['best'] / seconds['ours']:.2f}x{extra}; answers differing from default "
                 f"{differ['default']}, from tuned {differ['tuned']} of {len(prompts)}",
                 flush=True,
             )
@@ -171,6 +197,8 @@ def main() -> None:
         f"{name} {statistics.median(ratios[name]['default']):.2f}x default (goal >= "
         f"{GOALS[t][0]}), {statistics.median(ratios[name]['best']):.2f}x best (goal >= "
         f"{GOALS[t][1]}), {statistics.median(ratios[name]['tuned']):.2f}x tuned"
+        + (f", {statistics.median(ratios[name][TCMALLOC]):.2f}x {TCMALLOC}"
+           if TCMALLOC in ratios[name] else "")
         for name, t in dict(zip(labels, tables, strict=True)).items()
     )
     print(f"shared_prefix speed-up of ai_query (median of trials): {summary}")

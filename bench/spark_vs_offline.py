@@ -26,7 +26,10 @@ DIR).
 
     .venv/bin/python bench/spark_vs_offline.py [--task chat|embed] [--rows 512]
         [--max-tokens 16] [--trials 2] [--model DIR] [--server embedded|external]
-        [--keep-logs DIR]
+        [--keep-logs DIR] [--offline-tcmalloc]
+
+Each trial line says which allocator each side ran on (ai_query's engine server preloads the
+machine's tcmalloc; ``--offline-tcmalloc`` gives the offline side the same).
 """
 
 from __future__ import annotations
@@ -94,8 +97,10 @@ units = len(rows) if embed else output_tokens() - before
 if len(rows) != len(settings["prompts"]) or any(r["answer"] is None for r in rows):
     raise SystemExit("the Spark query lost rows")
 server = aq.server
+maps = open(f"/proc/{{server.pid}}/maps").read() if server is not None else ""
 print(json.dumps({{
     "side": "spark", "seconds": seconds, "units": units, "native_types": aq.native_types,
+    "malloc": "tcmalloc" if "libtcmalloc" in maps else "glibc",
     "answers": [len(r["answer"]) if embed else r["answer"] for r in sorted(rows, key=lambda r: r["id"])],
     "server_log": str(server.log_path) if server is not None else None,
 }}), flush=True)
@@ -131,8 +136,9 @@ else:
     seconds = time.perf_counter() - start
     units = sum(len(o.outputs[0].token_ids) for o in outs)
     answers = [o.outputs[0].text for o in outs]
-print(json.dumps({{"side": "offline", "seconds": seconds, "units": units, "answers": answers}}),
-      flush=True)
+malloc = "tcmalloc" if "libtcmalloc" in open("/proc/self/maps").read() else "glibc"
+print(json.dumps({{"side": "offline", "seconds": seconds, "units": units, "answers": answers,
+                  "malloc": malloc}}), flush=True)
 """
 
 
@@ -177,6 +183,8 @@ def main() -> None:
                         help="embedded: register(spark) starts its own (what users get); "
                         "external: a separately started ai-query serve in AI_QUERY_ENGINE_URL")
     parser.add_argument("--keep-logs", type=Path, help="copy the scripts' and servers' logs here")
+    parser.add_argument("--offline-tcmalloc", action="store_true",
+                        help="run the offline side with the machine's tcmalloc preloaded too")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
@@ -187,6 +195,12 @@ def main() -> None:
     offline_script.write_text(OFFLINE_SCRIPT.format(settings=str(settings_path), bench=str(BENCH)))
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     env.pop("AI_QUERY_ENGINE_URL", None)
+    env.pop("LD_PRELOAD", None)  # each side as it starts: ai_query preloads what it chooses
+    offline_env = dict(env)
+    if args.offline_tcmalloc:
+        from ai_query.machine import this_machine
+
+        offline_env["LD_PRELOAD"] = this_machine().tcmalloc or ""
     server = None
     if args.server == "external":
         from ai_query.catalog import Catalog
@@ -214,7 +228,7 @@ def main() -> None:
             results = {}
             for name, script in sides if trial % 2 == 0 else sides[::-1]:
                 log = work / f"{name}-{trial + 1}.log"
-                results[name] = run_side(script, env, log)
+                results[name] = run_side(script, offline_env if name == "offline" else env, log)
             s, o = results["spark"], results["offline"]
             for name, r in results.items():
                 totals[name][0] += r["units"]
@@ -226,7 +240,8 @@ def main() -> None:
             print(f"trial {trial + 1}: spark {s['units']} {unit} in {s['seconds']:.2f}s "
                   f"= {s['units'] / s['seconds']:.1f}/s; offline "
                   f"{o['units']} {unit} in {o['seconds']:.2f}s = "
-                  f"{o['units'] / o['seconds']:.1f}/s; ratio {ratios[-1]:.3f}; "
+                  f"{o['units'] / o['seconds']:.1f}/s; ratio {ratios[-1]:.3f}; malloc spark "
+                  f"server {s['malloc']}, offline {o['malloc']}; "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
             if args.keep_logs and s.get("server_log") and Path(s["server_log"]).exists():
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
