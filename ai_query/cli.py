@@ -197,7 +197,8 @@ def machine(catalog: CatalogOption = None) -> None:
     print(f"machine: {this_machine().describe()}")
     env = effective_vllm_environment()
     print("vLLM environment: " + ", ".join(
-        f"{k}={env[k]}" for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE")
+        f"{k}={env[k]}" for k in ("OMP_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE", "LD_PRELOAD")
+        if k in env
     ))  # fmt: skip
     for ep in load_catalog(str(catalog) if catalog else None).endpoints():
         for entity in ep.config.served_entities:

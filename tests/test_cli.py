@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ai_query.engine.vllm.model import engine_defaults
+from ai_query.machine import this_machine
 
 EXE = shutil.which("ai-query", path=str(Path(sys.executable).parent)) or "ai-query"
 
@@ -65,6 +66,8 @@ def test_machine_shows_the_machine_and_each_local_models_settings(tmp_path: Path
     flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
     assert lines[0].startswith("machine: ") and ("avx2" in lines[0]) == (" avx2 " in flags + " ")
     assert "OMP_NUM_THREADS=1" in lines[1], "the user's environment wins"
+    tcmalloc = this_machine().tcmalloc
+    assert (f"LD_PRELOAD={tcmalloc}" in lines[1]) == bool(tcmalloc), lines[1]
     mine = next(x for x in lines if x.startswith("mine "))
     assert "block_size=64" in mine and "max_num_seqs=256" in mine and "dtype=" in mine
     tails = "on" if engine_defaults("generate").get("kv_transfer_config") else "off"  # CPU: on
