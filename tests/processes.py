@@ -33,12 +33,15 @@ def wait_gone(tree: dict[int, int], timeout: float = 10.0) -> list[int]:
 
 
 def run_script(tmp_path: Path, body: str) -> subprocess.Popen[str]:
-    """A user's script file, run as ``python file.py`` (no ``__main__`` guard)."""
+    """A user's script file, run as ``python file.py`` (no ``__main__`` guard), from an
+    environment without the ``LD_PRELOAD`` this test process may have taken from an engine
+    built in it (vLLM's libgomp, ai_query's tcmalloc): as a user's shell starts it."""
     script = tmp_path / "user.py"
     script.write_text(textwrap.dedent(body))
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     return subprocess.Popen(
         [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**env, "PYTHONPATH": str(ROOT)},
     )
 
 
