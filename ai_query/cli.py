@@ -30,7 +30,7 @@ app.add_typer(endpoints_app, name="endpoints")
 
 console = Console()
 err_console = Console(stderr=True)
-_state = {"debug": False}
+_state = {"debug": False, "console_script": False}
 
 CatalogOption = Annotated[
     Path | None,
@@ -374,6 +374,7 @@ def serve(
         private_dir=private_dir,
     )
     if options.runs_vllm:
+        _preload_machine_allocator()
         from ai_query.engine.vllm.setup import import_vllm_in_background
 
         # Seconds of imports, overlapped with everything the server does before a model starts.
@@ -399,6 +400,24 @@ def serve(
             job_runs=partial(directory_runs, jobs_dir) if jobs_dir is not None else None,
         ),
     )
+
+
+def _preload_machine_allocator() -> None:
+    """Run this ``ai-query serve`` again in its own process (``exec``: the same PID) with the
+    machine's tcmalloc preloaded, where :func:`~ai_query.config.effective_vllm_environment` adds
+    it and the process was started without it: the server's own engines (embeddings, the chat
+    engine's front end) then run on it, as the engine processes it spawns do. Only when this
+    process is the ``ai-query`` command, never when the CLI is called inside another program."""
+    import os
+
+    from ai_query.config import effective_vllm_environment
+
+    preload = effective_vllm_environment().get("LD_PRELOAD")
+    if not _state["console_script"] or not preload or preload == os.environ.get("LD_PRELOAD"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, "LD_PRELOAD": preload})  # noqa: S606
 
 
 def _endpoint_choice(value: str) -> bool | tuple[str, ...]:
@@ -429,7 +448,7 @@ def main() -> None:
     from ai_query.timings import mark
 
     mark("cli: imported")
-
+    _state["console_script"] = True  # this process is the command (serve may exec itself)
     try:
         # Without standalone mode, click returns the code of a `typer.Exit` instead of exiting.
         code = app(standalone_mode=False)

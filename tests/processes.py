@@ -32,13 +32,18 @@ def wait_gone(tree: dict[int, int], timeout: float = 10.0) -> list[int]:
     return [pid for pid, start in tree.items() if alive(pid, start)]
 
 
+def shell_environment() -> dict[str, str]:
+    """This process's environment without the ``LD_PRELOAD`` it may have taken from an engine
+    built in it (vLLM's libgomp, ai_query's tcmalloc): what a user's shell starts commands with."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def run_script(tmp_path: Path, body: str) -> subprocess.Popen[str]:
-    """A user's script file, run as ``python file.py`` (no ``__main__`` guard), from an
-    environment without the ``LD_PRELOAD`` this test process may have taken from an engine
-    built in it (vLLM's libgomp, ai_query's tcmalloc): as a user's shell starts it."""
+    """A user's script file, run as ``python file.py`` (no ``__main__`` guard), from
+    :func:`shell_environment`."""
     script = tmp_path / "user.py"
     script.write_text(textwrap.dedent(body))
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env = shell_environment()
     return subprocess.Popen(
         [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
         env={**env, "PYTHONPATH": str(ROOT)},

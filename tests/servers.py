@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.processes import shell_environment
 
 _GIVEN: set[int] = set()
 """Ports this process has handed out: a server may not have bound one yet when the next is
@@ -64,9 +65,9 @@ def _log_tail(proc: subprocess.Popen[bytes], lines: int = 40) -> str:
 def start(
     args: Sequence[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a server process with its output in ``log``."""
+    """Start a server process with its output in ``log``, from a user's shell's environment."""
     full_env = {
-        **os.environ,
+        **shell_environment(),
         "HF_HUB_OFFLINE": "1",
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",

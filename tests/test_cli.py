@@ -200,3 +200,35 @@ def test_task_function_docs_examples_run_verbatim(tmp_path: Path, engine: str) -
     assert len(row["summary"].split()) <= 20
     for name in ("fixed", "title", "masked", "translated"):
         assert isinstance(row[name], str), name
+
+
+def test_serve_runs_itself_again_with_tcmalloc_only_as_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``serve`` execs itself (same PID, same argv) with the machine's tcmalloc preloaded when
+    started without it; never when the CLI runs inside another program, nor a second time."""
+    import ai_query.cli as cli_module
+    import ai_query.config as config
+    from ai_query.machine import Machine
+
+    lib = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+    machine = Machine("CPU", frozenset({"avx2"}), 2, 24.0, None, lib)
+    monkeypatch.setattr(config, "this_machine", lambda: machine)
+    monkeypatch.delenv("AI_QUERY_TCMALLOC", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    execs: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(os, "execve", lambda exe, argv, env: execs.append((exe, argv, env)))
+    monkeypatch.setitem(cli_module._state, "console_script", False)
+    cli_module._preload_machine_allocator()
+    assert execs == []  # called inside another program: it cannot replace that process
+    monkeypatch.setitem(cli_module._state, "console_script", True)
+    cli_module._preload_machine_allocator()
+    assert [(exe, argv, env["LD_PRELOAD"]) for exe, argv, env in execs] == [
+        (sys.executable, sys.orig_argv, lib)
+    ]
+    monkeypatch.setenv("LD_PRELOAD", lib)  # the process it became: no second exec
+    cli_module._preload_machine_allocator()
+    monkeypatch.setenv("AI_QUERY_TCMALLOC", "0")
+    monkeypatch.delenv("LD_PRELOAD")
+    cli_module._preload_machine_allocator()
+    assert len(execs) == 1

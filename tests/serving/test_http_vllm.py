@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -13,6 +14,8 @@ import numpy as np
 import openai
 import pytest
 
+from ai_query.machine import this_machine
+from tests.processes import engine_cores
 from tests.serving.http_servers import HTTPServer
 
 pytestmark = pytest.mark.slow
@@ -42,6 +45,23 @@ def test_chat_and_streaming_agree(vllm_server: HTTPServer) -> None:
     assert "".join(pieces) == text
     usage = chunks[-1].usage
     assert usage is not None and usage.completion_tokens == answer.usage.completion_tokens
+
+
+def test_the_server_and_its_engines_run_on_the_machines_tcmalloc(vllm_server: HTTPServer) -> None:
+    """``ai-query serve`` started from a shell without ``LD_PRELOAD`` runs itself again (the same
+    PID) with the machine's tcmalloc (scripts/setup.sh installs it): its in-process embeddings
+    engine and its chat engine's process both have it mapped."""
+    assert this_machine().tcmalloc, "no tcmalloc on this machine: run scripts/setup.sh"
+    pid = vllm_server.proc.pid
+    environ = dict(
+        item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if b"=" in item
+    )
+    assert b"libtcmalloc" in environ.get(b"LD_PRELOAD", b"")
+    cores = engine_cores(pid)
+    assert cores, "the server's chat engine process should be running"
+    for each in [pid, *cores]:
+        assert "libtcmalloc" in Path(f"/proc/{each}/maps").read_text(), each
 
 
 def test_multi_turn_conversation_is_templated(vllm_server: HTTPServer) -> None:
