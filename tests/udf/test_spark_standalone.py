@@ -91,11 +91,12 @@ def _spark_home() -> Path:
 
 
 def _alive_workers(webui: str) -> int:
-    """How many ALIVE workers the master's web UI lists; -1 while it does not answer."""
+    """How many ALIVE workers the master's web UI lists; -1 while it does not answer, or answers
+    its HTML page instead (a master just started can, before its JSON handler is attached)."""
     try:
         with urllib.request.urlopen(f"{webui}/json/", timeout=2) as resp:
             state = json.load(resp)
-    except OSError:
+    except (OSError, ValueError):
         return -1
     return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
 
