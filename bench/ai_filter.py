@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import add_model_args, bench_catalog, texts, timed  # noqa: E402
+from common import add_model_args, bench_catalog, cpu_line, texts, timed  # noqa: E402
 
 CHAT = "smollm2-135m-instruct"
 
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2048)
     add_model_args(parser)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     import pyarrow as pa
 
     import ai_query

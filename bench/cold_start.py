@@ -34,6 +34,7 @@ from common import (
     add_model_args,
     bench_catalog,
     chat_model_dir,
+    cpu_line,
     engine_settings,
     write_catalog,
 )
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2)
     add_model_args(parser)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     chat_model_dir(args)  # convert the bundled model now, outside the timed runs
     workdir = Path(tempfile.mkdtemp(prefix="cold-start-"))
     print(f"model: {args.model or CHAT_ENDPOINT + ' (bundled)'}; logs in {workdir}", flush=True)

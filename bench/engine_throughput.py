@@ -24,6 +24,7 @@ from common import (
     bench_catalog,
     chat_model_dir,
     chat_prompts,
+    cpu_line,
     embed_model_dir,
     offline_chat,
     offline_llm,
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--embed-rows", type=int, default=4096)
     add_model_args(parser)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     catalog = bench_catalog(args)
 
     docs = texts(args.embed_rows)

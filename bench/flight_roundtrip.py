@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import add_model_args, timed  # noqa: E402
+from common import add_model_args, cpu_line, timed  # noqa: E402
 
 from ai_query.engine.core.batch import align_results, request_batch  # noqa: E402
 from ai_query.engine.flight.client import FlightEngineClient  # noqa: E402
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=200)
     add_model_args(parser)  # accepted for uniformity: the echo engine runs no model
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     batches = make_batches(args.batches, args.rows, args.chars)
     total_rows = args.batches * args.rows
     megabytes = sum(b.column(0).nbytes for b in batches) / 1e6

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_model_args, bench_catalog
+from common import add_model_args, bench_catalog, cpu_line
 
 MOODS = ["great", "bad", "fine", "awful", "lovely", "broken", "perfect", "noisy", "slow", "cheap"]
 
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=["vllm", "deterministic"], default="vllm")
     add_model_args(parser)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
 
     from ai_query.engine.core.batch import request_batch
     from ai_query.jobs.runner import RunRequest

@@ -24,7 +24,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import TOPICS, add_model_args, chat_model_dir, offline_chat, offline_llm, timed
+from common import (
+    TOPICS,
+    add_model_args,
+    chat_model_dir,
+    cpu_line,
+    offline_chat,
+    offline_llm,
+    timed,
+)
 from shared_prefix import instruction
 
 
@@ -34,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     add_model_args(parser)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     llm = offline_llm("chat", chat_model_dir(args), block_size=args.block_size)
     offline_chat(llm, ["warm up"], 8)
     shared = len(llm.get_tokenizer()(instruction(0))["input_ids"])

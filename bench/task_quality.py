@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from common import add_model_args, bench_catalog  # noqa: E402
+from common import add_model_args, bench_catalog, cpu_line  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 TOPICS = ["sports", "politics", "technology", "health", "finance"]
@@ -103,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(parser)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
 
     import pyarrow as pa
 

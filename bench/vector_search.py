@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from common import (  # noqa: E402
     add_model_args,
     bench_catalog,
+    cpu_line,
     embed_model_dir,
     offline_llm,
     texts,
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--no-offline", action="store_true", help="skip the LLM.embed baseline")
     add_model_args(parser)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     import pyarrow as pa
 
     import ai_query
