@@ -58,6 +58,23 @@ CHAT_ENDPOINT = "smollm2-135m-instruct"
 EMBED_ENDPOINT = "all-minilm-l6-v2"
 
 
+def query_rows(con: Any, endpoint: str, rows: list[str], params: str = "") -> tuple[float, list[Any]]:
+    """(seconds, answers in row order) of ``SELECT id, ai_query(endpoint, p{params}) FROM t``.
+
+    ``rows`` become table ``t`` (``id``, ``p``) of the ai_query connection ``con``, in id order;
+    a lost or null row stops the benchmark rather than counting as speed.
+    """
+    import pyarrow as pa
+
+    con.raw.register("src", pa.table({"id": range(len(rows)), "p": rows}))
+    con.execute("CREATE OR REPLACE TABLE t AS SELECT * FROM src ORDER BY id")
+    sql = f"SELECT id, ai_query('{endpoint}', p{params}) AS r FROM t"
+    table, seconds = timed(lambda: con.sql(sql).to_arrow_table())
+    if table.num_rows != len(rows) or table.column("r").null_count:
+        raise SystemExit("the DuckDB query lost rows")
+    return seconds, table.sort_by("id").column("r").to_pylist()
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--model DIR`` and ``--embed-model DIR``: the models both sides of a benchmark run.
 

@@ -43,6 +43,7 @@ from common import (  # noqa: E402
     cpu_line,
     embed_model_dir,
     offline_llm,
+    query_rows,
     texts,
     timed,
 )
@@ -58,21 +59,14 @@ def duckdb_run(
     endpoint: str, rows: list[str], params: str, catalog: Any, in_process: bool = False
 ) -> tuple[float, list[Any]]:
     """(seconds, answers in row order) of ``SELECT ai_query(...) FROM t`` over ``rows``."""
-    import pyarrow as pa
-
     import ai_query
     from ai_query.engine.local import LocalEngine
 
     con = ai_query.connect(catalog=catalog, engine=LocalEngine(catalog) if in_process else None)
-    con.raw.register("src", pa.table({"id": range(len(rows)), "p": rows}))
-    con.execute("CREATE TABLE t AS SELECT * FROM src ORDER BY id")
     con.sql(f"SELECT ai_query('{endpoint}', 'warm up'{params})").fetchall()
-    sql = f"SELECT id, ai_query('{endpoint}', p{params}) AS r FROM t"
-    table, seconds = timed(lambda: con.sql(sql).to_arrow_table())
-    if table.num_rows != len(rows) or table.column("r").null_count:
-        raise SystemExit("the DuckDB query lost rows")
+    result = query_rows(con, endpoint, rows, params)
     con.close()
-    return seconds, table.sort_by("id").column("r").to_pylist()
+    return result
 
 
 def per_row_openai(prompts: list[str], max_tokens: int, model_dir: Path) -> float:

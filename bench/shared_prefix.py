@@ -60,7 +60,7 @@ from common import (  # noqa: E402
     chat_model_dir,
     cpu_line,
     process_malloc,
-    timed,
+    query_rows,
 )
 
 from ai_query.engine.process.lifeline import descendants  # noqa: E402
@@ -123,18 +123,8 @@ class Ours:
         )  # fmt: skip
 
     def run(self, prompts: list[str]) -> tuple[float, list[str]]:
-        import pyarrow as pa
-
-        self.con.raw.register("src", pa.table({"id": range(len(prompts)), "p": prompts}))
-        self.con.execute("CREATE OR REPLACE TABLE t AS SELECT * FROM src ORDER BY id")
-        sql = (
-            f"SELECT id, ai_query('{self.endpoint}', p, modelParameters => "
-            f"named_struct('max_tokens', {MAX_TOKENS})) AS r FROM t"
-        )
-        table, seconds = timed(lambda: self.con.sql(sql).to_arrow_table())
-        if table.num_rows != len(prompts) or table.column("r").null_count:
-            raise SystemExit("the DuckDB query lost rows")
-        return seconds, table.sort_by("id").column("r").to_pylist()
+        params = f", modelParameters => named_struct('max_tokens', {MAX_TOKENS})"
+        return query_rows(self.con, self.endpoint, prompts, params)
 
 
 def main() -> None:
