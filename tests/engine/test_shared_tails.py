@@ -138,3 +138,34 @@ def test_importing_the_module_does_not_import_vllm_and_only_the_connector_is_bui
             "print(hasattr(m, 'Other'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_one_token_request_is_never_a_source_and_rows_do_not_wait_for_it() -> None:
+    planner = TailPlanner(BS, 4, live)
+    assert planner.match("read0", prompt(0), 8, "h0", lasting=False) == 0
+    planner.allocated("read0", [10, 11], 0)
+    assert planner.match("read1", prompt(1), 8, "h0", lasting=False) == 0, "nothing to wait for"
+    planner.allocated("read1", [10, 12], 0)
+    assert planner.step({"read0": 7, "read1": 7}) == TailSteps()
+    assert planner.match("r2", prompt(2), 8, "h0") == 0, "no block was kept from them"
+
+
+def test_a_row_waits_one_step_at_most_for_a_source() -> None:
+    """Every source is gone by the next step (rows that stop at their first token): the rows
+    that waited compute their own block instead of waiting again, one row a step."""
+    planner = TailPlanner(BS, 4, lambda *_: False)
+    assert planner.match("r0", prompt(0), 8, "h0") == 0
+    planner.allocated("r0", [10, 11], 0)
+    waiting = [f"r{k}" for k in range(1, 5)]
+    assert [planner.match(r, prompt(1), 8, "h0") for r in waiting] == [None] * 4
+    planner.step({"r0": 7})
+    planner.finished("r0")
+    assert planner.match("r1", prompt(1), 8, "h0") == 0, "the first becomes a source"
+    planner.allocated("r1", [10, 21], 0)
+    assert [planner.match(r, prompt(1), 8, "h0") for r in waiting[1:]] == [0] * 3
+    assert planner.match("new", prompt(6), 8, "h0") is None, "a row that has not waited does"
+    planner.step({"r1": 7})
+    longer = [*prompt(2), 903, 904, 905, 906, 907, 908]  # its next block: it may wait for it
+    assert planner.match("r2", longer, 16, "h1") == 0
+    planner.allocated("r2", [10, 11, 22], 0)
+    assert planner.match("r3", longer, 16, "h1") is None

@@ -47,6 +47,40 @@ def test_a_row_gets_the_instructions_partial_block_from_a_row_in_flight(real_eng
     assert sorted(together) == [288, 300]
 
 
+def test_one_token_reads_behind_a_new_instruction_run_in_one_step(real_engine) -> None:
+    """A label score's reads generate one token each: none is a source (each is gone before
+    another row could get its block), so none waits for another and 8 reads queued together
+    finish in one engine step: when each read's answer arrives, no read is left. Before, rows
+    waited for such a read and went in one a step, 6 reads left when the first two finished."""
+    from vllm import SamplingParams
+
+    from ai_query.engine.backends.registry import shared_backend
+
+    backend = shared_backend(real_engine.catalog.get(CHAT).config.served_entities[0])
+    instruction = [2000 + i for i in range(300)]  # in no cache yet
+
+    async def read(row: int) -> int:
+        prompt = {"prompt_token_ids": [*instruction, 5000 + row, 6001, 6002, 6003]}
+        params = SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=[6004])
+        async for _ in backend._engine.generate(prompt, params, f"read-{row}"):
+            pass
+        return int(backend._engine.output_processor.get_num_unfinished_requests())
+
+    async def reads() -> list[int]:
+        await backend.start()
+        engine = backend._engine
+        await engine.pause_generation(mode="keep", clear_cache=False)  # the 8 are queued
+        tasks = [asyncio.ensure_future(read(row)) for row in range(8)]
+        for _ in range(500):
+            if engine.output_processor.get_num_unfinished_requests() == 8:
+                break
+            await asyncio.sleep(0.01)
+        await engine.resume_generation()
+        return list(await asyncio.gather(*tasks))
+
+    assert real_engine.loop.run(reads()) == [0] * 8
+
+
 def test_a_users_table_behind_one_instruction_answers_as_recomputing_does(tmp_path: Path) -> None:
     """Float32 engines, so a copied block and a recomputed one are the same numbers. The
     shared-tails engine gets a KV cache of 72 blocks, too small for the table's rows at once:
