@@ -81,6 +81,7 @@ def test_a_source_whose_block_is_not_computed_in_its_step_or_no_longer_held_give
     assert planner.match("r1", prompt(1), 8, "h0") == 0
     planner = planner_with_source()
     planner.finished("r0")
+    planner.step({})  # a step after the one that freed it: its block may be overwritten
     assert planner.match("r1", prompt(1), 8, "h0") == 0
 
 
@@ -117,6 +118,19 @@ def test_the_store_copies_every_layer_of_a_block_aside_and_into_another() -> Non
     assert store._blocks == {}
 
 
+def test_a_freed_block_is_copied_aside_before_a_load_into_it() -> None:
+    layers = {"l0": torch.zeros(6, 2, BS, 4)}
+    store = TailStore()
+    store.register(layers)
+    layers["l0"][2] = 2.0  # a finished source's block, freed; kept copy 0 is ones
+    store.run(TailSteps(saves=[(0, 1)]))
+    layers["l0"][1] = 1.0
+    store.run(TailSteps(saves=[(0, 1)]))
+    store.run(TailSteps(rescues=[(1, 2)], loads=[(0, 2), (1, 3)]))
+    assert torch.equal(layers["l0"][3], torch.full((2, BS, 4), 2.0))
+    assert torch.equal(layers["l0"][2], torch.ones(2, BS, 4))
+
+
 def test_a_block_loaded_in_a_step_is_copied_aside_after_its_load() -> None:
     layers = {"l0": torch.zeros(6, 2, BS, 4)}
     store = TailStore()
@@ -140,26 +154,35 @@ def test_importing_the_module_does_not_import_vllm_and_only_the_connector_is_bui
     assert out.stdout.strip() == "False"
 
 
-def test_a_one_token_request_is_never_a_source_and_rows_do_not_wait_for_it() -> None:
-    planner = TailPlanner(BS, 4, live)
-    assert planner.match("read0", prompt(0), 8, "h0", lasting=False) == 0
-    planner.allocated("read0", [10, 11], 0)
-    assert planner.match("read1", prompt(1), 8, "h0", lasting=False) == 0, "nothing to wait for"
-    planner.allocated("read1", [10, 12], 0)
-    assert planner.step({"read0": 7, "read1": 7}) == TailSteps()
-    assert planner.match("r2", prompt(2), 8, "h0") == 0, "no block was kept from them"
+def test_a_source_that_finished_in_the_last_step_gives_its_freed_block_in_this_one_only() -> None:
+    """A label score's read generates one token: it finishes in the step that computes its
+    block. Rows that waited for it get the block, copied aside before anything else in the
+    next step (it is free: a load or the forward pass may overwrite it); later rows do not."""
+    planner = planner_with_source()
+    assert planner.match("r1", prompt(1), 8, "h0") == 5  # r0 is in flight, as before
+    planner.finished("r0")
+    planner.allocated("r1", [10, 11], 5)  # r1 got r0's freed block 11: the rescue comes first
+    assert planner.match("r2", prompt(2), 8, "h0") == 5
+    planner.allocated("r2", [10, 21], 5)
+    assert planner.step({"r1": 3, "r2": 3}) == TailSteps(rescues=[(0, 11)],
+                                                         loads=[(0, 11), (0, 21)])
+    assert planner.match("r3", prompt(3), 8, "h0") == 5, "the copy aside stays"
+    planner = planner_with_source()
+    planner.finished("r0")
+    assert planner.step({}) == TailSteps(), "no row wanted it in the next step"
+    assert planner.match("r1", prompt(1), 8, "h0") == 0, "its block may be overwritten now"
 
 
 def test_a_row_waits_one_step_at_most_for_a_source() -> None:
-    """Every source is gone by the next step (rows that stop at their first token): the rows
-    that waited compute their own block instead of waiting again, one row a step."""
+    """Sources that never give their block (each prefill stops inside it, or the row is
+    preempted): the rows that waited compute their own block instead of waiting again, one
+    row a step."""
     planner = TailPlanner(BS, 4, lambda *_: False)
     assert planner.match("r0", prompt(0), 8, "h0") == 0
     planner.allocated("r0", [10, 11], 0)
     waiting = [f"r{k}" for k in range(1, 5)]
     assert [planner.match(r, prompt(1), 8, "h0") for r in waiting] == [None] * 4
-    planner.step({"r0": 7})
-    planner.finished("r0")
+    planner.step({"r0": 7})  # one token short of its block
     assert planner.match("r1", prompt(1), 8, "h0") == 0, "the first becomes a source"
     planner.allocated("r1", [10, 21], 0)
     assert [planner.match(r, prompt(1), 8, "h0") for r in waiting[1:]] == [0] * 3

@@ -16,11 +16,13 @@ once, when a second row first wants it, and kept aside (least recently used drop
 rows after: tables of unique prompts copy nothing. Rows that would match a block being computed
 in this step wait for the next one (the connector's ``None``), so a table's first step has one
 source per instruction instead of many rows that each recompute the same tokens; a row waits
-once at most for each block. Rows in flight together share: a block whose source finished
-before any other row wanted it is gone, so a request that generates one token (a label
-score's read) is never a source. Without that, 512 ``ai_filter`` rows behind one predicate
-entered the engine one row a step, each waiting for a source that was gone by the next: 36 s
-against 18 s with the connector off (the real engine, 2-core AMD EPYC).
+once at most for each block. Rows in flight together share: a source that finished in a step
+(a label score's read generates one token, so it finishes in the step that computes its
+prompt) has its block copied aside at the start of the next step, before that step's copies
+into rows and its forward pass can overwrite the freed block; a block whose source finished
+before then is gone. Before, 512 ``ai_filter`` rows behind one predicate entered the engine
+one row a step, each waiting for a source that was gone by the next: 36 s against 18 s with
+the connector off (the real engine, 2-core AMD EPYC).
 
 The KV is the same as recomputing it: in float32 the answers are identical, token for token; in
 bfloat16 a recomputed row and a copied one differ as rows computed in different batches do.
@@ -68,9 +70,12 @@ def shared_length(a: Sequence[int], b: Sequence[int]) -> int:
 @dataclass
 class TailSteps:
     """What the worker does at the start of one step, before the forward pass (the connector's
-    metadata, picklable): copy source blocks aside (``saves``: store id, block id), copy kept
-    blocks into rows' new blocks (``loads``: store id, block id), free store ids (``drops``)."""
+    metadata, picklable): copy the blocks of sources that finished in the last step aside
+    (``rescues``: store id, block id; first, as those blocks are free now), copy source blocks
+    aside (``saves``), copy kept blocks into rows' new blocks (``loads``: store id, block id),
+    free store ids (``drops``)."""
 
+    rescues: list[tuple[int, int]] = field(default_factory=list)
     saves: list[tuple[int, int]] = field(default_factory=list)
     loads: list[tuple[int, int]] = field(default_factory=list)
     drops: list[int] = field(default_factory=list)
@@ -88,6 +93,9 @@ class _Source:
     block_id: int = -1
     store_id: int | None = None
     """Where it was copied aside once another row wanted it (None: not yet)."""
+    freed: bool = False
+    """Its row finished in the last step: its block is free but still holds what it computed
+    until this step's copies and forward pass."""
 
 
 #: Still the source's: whether the block of a running row still holds what it computed
@@ -116,6 +124,8 @@ class TailPlanner:
         """This step's new sources, by key."""
         self._keys_of: dict[str, list[Hashable]] = {}
         """Request id -> the keys its blocks are known by."""
+        self._freed: list[tuple[Hashable, _Source]] = []
+        """Sources whose rows finished since the last step (usable in the next step only)."""
         self._waited: dict[str, int] = {}
         """Request id -> the block it last waited a step for (it does not wait for it again)."""
         self._steps = TailSteps()
@@ -123,15 +133,10 @@ class TailPlanner:
         """Tokens rows got from other rows' blocks instead of computing them (since the start)."""
 
     def match(self, request_id: str, tokens: Sequence[int], computed: int,
-              parent: Hashable, *, lasting: bool = True) -> int | None:
+              parent: Hashable) -> int | None:
         """Tokens after ``computed`` (block-aligned: the prefix cache's hit) that the request
         gets from an earlier row's block; None to ask again next step (such a block is being
-        computed in this one; a row waits once at most for each of its blocks).
-
-        ``lasting``: whether the request outlives the step that computes its prompt (it
-        generates more than one token). One that does not (a label score's read: one token) is
-        never a source: it is gone before any other row could get its block, and rows that
-        waited for it would wait again, one row a step."""
+        computed in this one; a row waits once at most for each of its blocks)."""
         segment = tuple(tokens[computed : computed + self.block_size])
         if len(segment) < MIN_SHARED_TOKENS:
             return 0
@@ -139,7 +144,7 @@ class TailPlanner:
         index = computed // self.block_size
         best, found = 0, None
         for source in self._sources.get(key, ()):
-            if source.store_id is None and not self.is_live(
+            if source.store_id is None and not source.freed and not self.is_live(
                     source.request_id, source.index, source.block_id,
                     source.index * self.block_size + len(source.tokens)):
                 continue
@@ -153,8 +158,7 @@ class TailPlanner:
                 s.request_id != request_id for s in self._pending.get(key, ())):
             self._waited[request_id] = index
             return None
-        if lasting:
-            self._matched[request_id] = (_Source(request_id, segment, index), key)
+        self._matched[request_id] = (_Source(request_id, segment, index), key)
         return 0
 
     def allocated(self, request_id: str, block_ids: Sequence[int], loaded: int) -> None:
@@ -169,22 +173,28 @@ class TailPlanner:
         elif source.request_id != request_id and loaded > 0:
             if source.store_id is None:
                 source.store_id, self._next_id = self._next_id, self._next_id + 1
-                self._steps.saves.append((source.store_id, source.block_id))
+                copies = self._steps.rescues if source.freed else self._steps.saves
+                copies.append((source.store_id, source.block_id))
                 self._kept[source.store_id] = (key, source)
             self._kept.move_to_end(source.store_id)
             self._steps.loads.append((source.store_id, block_ids[source.index]))
             self.loaded_tokens += loaded
 
     def finished(self, request_id: str) -> None:
-        """The request is done: its blocks are freed (copies aside stay)."""
+        """The request is done: its blocks are freed (copies aside stay); its blocks not copied
+        aside can still be, in the next step only."""
         self._waited.pop(request_id, None)
         for key in self._keys_of.pop(request_id, ()):
-            kept = [s for s in self._sources.get(key, ())
-                    if s.request_id != request_id or s.store_id is not None]
-            if kept:
-                self._sources[key] = kept
-            else:
-                self._sources.pop(key, None)
+            for source in self._sources.get(key, ()):
+                if source.request_id == request_id and source.store_id is None:
+                    source.freed = True
+                    self._freed.append((key, source))
+
+    def _forget(self, key: Hashable, source: _Source) -> None:
+        if key in self._sources and source in self._sources[key]:
+            self._sources[key].remove(source)
+            if not self._sources[key]:
+                del self._sources[key]
 
     def step(self, scheduled: Mapping[str, int]) -> TailSteps:
         """This step's work for the worker; ``scheduled``: tokens scheduled per request. A new
@@ -201,12 +211,13 @@ class TailPlanner:
             for old in running[:-SOURCES_PER_KEY]:
                 known.remove(old)
         steps, self._steps = self._steps, TailSteps()
+        for key, source in self._freed:  # this step's forward pass may overwrite their blocks
+            if source.store_id is None:
+                self._forget(key, source)
+        self._freed = []
         while len(self._kept) > self.capacity:
             store_id, (key, source) = self._kept.popitem(last=False)
-            if key in self._sources and source in self._sources[key]:
-                self._sources[key].remove(source)
-                if not self._sources[key]:
-                    del self._sources[key]
+            self._forget(key, source)
             steps.drops.append(store_id)
         self._pending, self._matched = {}, {}
         return steps
@@ -229,16 +240,21 @@ class TailStore:
                 self.layers.append(tensor)
 
     def run(self, steps: TailSteps) -> None:
-        """Before the forward pass: kept blocks into the rows' new blocks (the row's own tokens
-        then overwrite the rest of the block), sources' blocks copied aside in this step after
-        the others' loads (a source that resumed after a preemption may load its own block in
-        this step), then drops."""
+        """Before the forward pass: first the blocks of sources that finished in the last step
+        copied aside (they are free: a load in this step may go into one), then kept blocks
+        into the rows' new blocks (the row's own tokens then overwrite the rest of the block),
+        sources' blocks copied aside in this step after the others' loads (a source that
+        resumed after a preemption may load its own block in this step), then drops."""
         import torch
 
+        def save(copies: Sequence[tuple[int, int]]) -> None:
+            for store_id, block_id in copies:
+                self._blocks[store_id] = torch.stack([layer[block_id] for layer in self.layers])
+
+        save(steps.rescues)
         new = {store_id for store_id, _ in steps.saves}
         self._load([load for load in steps.loads if load[0] not in new])
-        for store_id, block_id in steps.saves:
-            self._blocks[store_id] = torch.stack([layer[block_id] for layer in self.layers])
+        save(steps.saves)
         self._load([load for load in steps.loads if load[0] in new])
         for store_id in steps.drops:
             self._blocks.pop(store_id, None)
@@ -302,8 +318,7 @@ def _connector_class() -> type:
             k = num_computed_tokens // self.planner.block_size
             parent = request.block_hashes[k - 1] if k else ROOT
             found = self.planner.match(request.request_id, request.prompt_token_ids,
-                                       num_computed_tokens, parent,
-                                       lasting=request.max_tokens > 1)
+                                       num_computed_tokens, parent)
             return found, False
 
         def update_state_after_alloc(self, request: Any, blocks: Any,
