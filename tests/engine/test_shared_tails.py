@@ -159,18 +159,27 @@ def test_a_source_that_finished_in_the_last_step_gives_its_freed_block_in_this_o
     block. Rows that waited for it get the block, copied aside before anything else in the
     next step (it is free: a load or the forward pass may overwrite it); later rows do not."""
     planner = planner_with_source()
-    assert planner.match("r1", prompt(1), 8, "h0") == 5  # r0 is in flight, as before
-    planner.finished("r0")
-    planner.allocated("r1", [10, 11], 5)  # r1 got r0's freed block 11: the rescue comes first
+    planner.finished("r0", [10, 11], 16)  # it held block 11 to the end
+    assert planner.match("r1", prompt(1), 8, "h0") == 5
+    planner.allocated("r1", [10, 11], 5)  # r1 got the freed block 11: the rescue comes first
     assert planner.match("r2", prompt(2), 8, "h0") == 5
     planner.allocated("r2", [10, 21], 5)
     assert planner.step({"r1": 3, "r2": 3}) == TailSteps(rescues=[(0, 11)],
                                                          loads=[(0, 11), (0, 21)])
     assert planner.match("r3", prompt(3), 8, "h0") == 5, "the copy aside stays"
     planner = planner_with_source()
-    planner.finished("r0")
+    planner.finished("r0", [10, 11], 16)
     assert planner.step({}) == TailSteps(), "no row wanted it in the next step"
     assert planner.match("r1", prompt(1), 8, "h0") == 0, "its block may be overwritten now"
+
+
+def test_a_source_block_lost_to_a_preemption_is_not_copied_when_its_row_finishes() -> None:
+    planner = planner_with_source()
+    planner.finished("r0", [10, 12], 16)  # preempted: block 11 freed (maybe reused), 12 now
+    assert planner.match("r1", prompt(1), 8, "h0") == 0
+    planner = planner_with_source()
+    planner.finished("r0", [10, 11], 12)  # block 11 again, but not yet computed again
+    assert planner.match("r1", prompt(1), 8, "h0") == 0
 
 
 def test_a_row_waits_one_step_at_most_for_a_source() -> None:

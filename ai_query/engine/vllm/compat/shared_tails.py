@@ -180,15 +180,23 @@ class TailPlanner:
             self._steps.loads.append((source.store_id, block_ids[source.index]))
             self.loaded_tokens += loaded
 
-    def finished(self, request_id: str) -> None:
-        """The request is done: its blocks are freed (copies aside stay); its blocks not copied
-        aside can still be, in the next step only."""
+    def finished(self, request_id: str, block_ids: Sequence[int] = (), computed: int = 0) -> None:
+        """The request is done: its blocks are freed (copies aside stay). A source block it
+        still held at the end (``block_ids``: its blocks then, ``computed``: its computed
+        tokens) can still be copied aside, in the next step only; one it lost to a preemption
+        (freed, maybe reused, not yet computed again) is forgotten."""
         self._waited.pop(request_id, None)
         for key in self._keys_of.pop(request_id, ()):
-            for source in self._sources.get(key, ()):
-                if source.request_id == request_id and source.store_id is None:
+            for source in list(self._sources.get(key, ())):
+                if source.request_id != request_id or source.store_id is not None:
+                    continue
+                end = source.index * self.block_size + len(source.tokens)
+                if (source.index < len(block_ids) and block_ids[source.index] == source.block_id
+                        and computed >= end):
                     source.freed = True
                     self._freed.append((key, source))
+                else:
+                    self._forget(key, source)
 
     def _forget(self, key: Hashable, source: _Source) -> None:
         if key in self._sources and source in self._sources[key]:
@@ -331,7 +339,7 @@ def _connector_class() -> type:
 
         def request_finished(self, request: Any, block_ids: Any) -> tuple[bool, None]:
             self._requests.pop(request.request_id, None)
-            self.planner.finished(request.request_id)
+            self.planner.finished(request.request_id, block_ids, request.num_computed_tokens)
             return False, None
 
         # -- worker
