@@ -19,22 +19,31 @@ CHAT = "smollm2-135m-instruct"
 INSTRUCTION = [1000 + i for i in range(300)]
 
 
-def test_a_row_gets_the_instructions_partial_block_from_a_row_in_flight(real_engine) -> None:
-    from vllm import SamplingParams
-
+def chat_backend(real_engine):  # type: ignore[no-untyped-def]
     from ai_query.engine.backends.registry import shared_backend
 
-    backend = shared_backend(real_engine.catalog.get(CHAT).config.served_entities[0])
+    return shared_backend(real_engine.catalog.get(CHAT).config.served_entities[0])
+
+
+async def cached_tokens(backend, instruction: list[int], row: int, **params) -> int:  # type: ignore[no-untyped-def]
+    """The prompt tokens vLLM reports cached for ``row``'s prompt behind ``instruction``."""
+    from vllm import SamplingParams
+
+    prompt = {"prompt_token_ids": [*instruction, 5000 + row, 6001, 6002, 6003]}
+    final = None
+    async for out in backend._engine.generate(
+            prompt, SamplingParams(temperature=0, **params), f"row-{instruction[0]}-{row}"):
+        final = out
+    assert final is not None
+    return int(final.num_cached_tokens)
+
+
+def test_a_row_gets_the_instructions_partial_block_from_a_row_in_flight(real_engine) -> None:
+    backend = chat_backend(real_engine)
     assert backend.engine_args["kv_transfer_config"]["kv_connector"] == "SharedTailConnector"
 
     async def cached(row: int) -> int:
-        prompt = {"prompt_token_ids": [*INSTRUCTION, 5000 + row, 6001, 6002, 6003]}
-        params = SamplingParams(max_tokens=2, temperature=0)
-        final = None
-        async for out in backend._engine.generate(prompt, params, f"tails-{row}"):
-            final = out
-        assert final is not None
-        return int(final.num_cached_tokens)
+        return await cached_tokens(backend, INSTRUCTION, row, max_tokens=2)
 
     async def rows() -> list[int]:
         await backend.start()
@@ -56,21 +65,12 @@ def test_one_token_reads_get_the_instructions_partial_block_from_a_finished_read
     block and the 6 that waited get its 12 tokens in the next step, copied from the finished
     read's freed block. Before, they waited for a read that was gone and went in one a step,
     each computing the 12 tokens again (288 cached)."""
-    from vllm import SamplingParams
-
-    from ai_query.engine.backends.registry import shared_backend
-
-    backend = shared_backend(real_engine.catalog.get(CHAT).config.served_entities[0])
+    backend = chat_backend(real_engine)
     instruction = [2000 + i for i in range(300)]  # in no cache yet
 
     async def read(row: int) -> int:
-        prompt = {"prompt_token_ids": [*instruction, 5000 + row, 6001, 6002, 6003]}
-        params = SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=[6004])
-        final = None
-        async for out in backend._engine.generate(prompt, params, f"read-{row}"):
-            final = out
-        assert final is not None
-        return int(final.num_cached_tokens)
+        return await cached_tokens(backend, instruction, row, max_tokens=1,
+                                   logprob_token_ids=[6004])
 
     async def reads() -> list[int]:
         await backend.start()
